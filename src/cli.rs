@@ -1,0 +1,248 @@
+//! The `wald` subcommands. Each parses its arguments here and calls into the library;
+//! exit codes are part of the interface (documented in `docs/operations.md`).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sha2::Digest;
+
+use crate::config::diagnostic::{Diagnostic, Severity};
+use crate::config::{self, LoadReport, env};
+
+/// A write-ahead-log service: durable HTTP ingest, delivery to many targets, DLQ and replay.
+#[derive(Debug, Parser)]
+#[command(name = "wald", version, about)]
+pub struct Cli {
+    /// The service settings file. Default: `wald.toml` if it exists, else built-in defaults.
+    #[arg(long, global = true, env = "WALD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: the HTTP API and every namespace in the pipelines directory.
+    Serve {
+        /// Address to listen on, instead of `listen` in wald.toml.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Pipelines directory, instead of `pipelines_dir` in wald.toml.
+        #[arg(long)]
+        pipelines: Option<PathBuf>,
+    },
+    /// Check pipeline files without running anything (a dry run).
+    ///
+    /// Exit codes: 0 valid, 1 invalid (or warnings with --deny-warnings), 2 could not
+    /// run (no such path, unreadable).
+    Validate {
+        /// Pipeline files and directories (a directory's *.toml). Default: the
+        /// pipelines directory of wald.toml.
+        paths: Vec<PathBuf>,
+        /// `human` (like a compiler) or `json` (one object per finding per line).
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+        /// Also reach every backend, target and store (writes nothing to them).
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Print the SHA-256 of an API key, as `api_keys_sha256` and `admin_key_sha256` take.
+    ///
+    /// The key is read from standard input when not given, so that it stays out of the
+    /// shell history.
+    HashKey {
+        /// The key to hash.
+        key: Option<String>,
+        /// Make a new random key and print it with its hash.
+        #[arg(long, conflicts_with = "key")]
+        generate: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { listen, pipelines } => serve(cli.config.as_deref(), listen, pipelines),
+        Command::Validate {
+            paths,
+            format,
+            deny_warnings,
+            connect,
+        } => validate(cli.config.as_deref(), paths, format, deny_warnings, connect),
+        Command::HashKey { key, generate } => hash_key(key, generate),
+    }
+}
+
+/// `--config`, or `wald.toml` when it exists.
+fn service_config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    explicit.map(Path::to_path_buf).or_else(|| {
+        Path::new("wald.toml")
+            .exists()
+            .then(|| PathBuf::from("wald.toml"))
+    })
+}
+
+fn validate(
+    config_path: Option<&Path>,
+    paths: Vec<PathBuf>,
+    format: Format,
+    deny_warnings: bool,
+    connect: bool,
+) -> anyhow::Result<ExitCode> {
+    let service_path = service_config_path(config_path);
+    let (service, mut service_diagnostics) =
+        config::load_service(service_path.as_deref(), &env::process_env);
+    let paths = if paths.is_empty() {
+        vec![
+            service
+                .as_ref()
+                .map(|s| s.pipelines_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("pipelines")),
+        ]
+    } else {
+        paths
+    };
+    let mut report = config::load_pipelines(&paths, &env::process_env);
+    service_diagnostics.append(&mut report.diagnostics);
+    report.diagnostics = service_diagnostics;
+
+    if connect && report.errors() == 0 {
+        let service = service.clone().unwrap_or_default();
+        let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        let found = runtime.block_on(crate::connect::check_all(&service, &report.pipelines));
+        report.diagnostics.extend(found);
+    }
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match format {
+        Format::Human => {
+            for d in &report.diagnostics {
+                writeln!(out, "{}", d.render())?;
+            }
+            writeln!(out, "{}", summary(&report, connect))?;
+        }
+        Format::Json => {
+            for d in &report.diagnostics {
+                writeln!(out, "{}", serde_json::to_string(d)?)?;
+            }
+        }
+    }
+    Ok(ExitCode::from(validate_exit_code(&report, deny_warnings)))
+}
+
+/// 0 valid, 1 invalid, 2 could not run.
+pub fn validate_exit_code(report: &LoadReport, deny_warnings: bool) -> u8 {
+    if report.could_not_run() {
+        2
+    } else if report.errors() > 0 || (deny_warnings && report.warnings() > 0) {
+        1
+    } else {
+        0
+    }
+}
+
+fn summary(report: &LoadReport, connected: bool) -> String {
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let (errors, warnings) = (report.errors(), report.warnings());
+    let files = plural(report.files.len(), "file");
+    let names: Vec<&str> = report
+        .pipelines
+        .iter()
+        .map(|p| p.config.namespace.as_str())
+        .collect();
+    let valid = format!(
+        "{} valid{}",
+        plural(names.len(), "namespace"),
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", names.join(", "))
+        }
+    );
+    let reached = if connected && errors == 0 {
+        ", every backend and target reached"
+    } else {
+        ""
+    };
+    match (errors, warnings) {
+        (0, 0) => format!("ok: {valid} in {files}{reached}"),
+        (0, w) => format!("ok: {valid} in {files}{reached}, {}", plural(w, "warning")),
+        (e, w) => format!(
+            "invalid: {} and {} in {files}; {valid}",
+            plural(e, "error"),
+            plural(w, "warning")
+        ),
+    }
+}
+
+fn hash_key(key: Option<String>, generate: bool) -> anyhow::Result<ExitCode> {
+    let hash = |key: &str| hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    if generate {
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+        let key = format!("wald_{}", hex::encode(bytes));
+        println!("key:    {key}");
+        println!("sha256: {}", hash(&key));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = match key {
+        Some(key) => key,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the key from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    anyhow::ensure!(
+        !key.is_empty(),
+        "the key is empty; pass it as an argument, on standard input, or use --generate"
+    );
+    println!("{}", hash(&key));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(
+    config_path: Option<&Path>,
+    listen: Option<std::net::SocketAddr>,
+    pipelines: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let service_path = service_config_path(config_path);
+    let (service, diagnostics) = config::load_service(service_path.as_deref(), &env::process_env);
+    let Some(mut service) = service else {
+        print_diagnostics(&diagnostics);
+        anyhow::bail!("wald.toml is invalid; `wald validate` shows why");
+    };
+    crate::telemetry::init(service.log_format);
+    if let Some(listen) = listen {
+        service.listen = listen;
+    }
+    if let Some(pipelines) = pipelines {
+        service.pipelines_dir = pipelines;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(crate::http::serve(service))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics.iter().filter(|d| d.severity == Severity::Error) {
+        eprintln!("{}", d.render());
+    }
+}

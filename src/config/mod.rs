@@ -1,0 +1,238 @@
+//! Configuration: `wald.toml` for the service and one file per namespace in
+//! `pipelines/`.
+//!
+//! Three stages, as in the design: **parse** ([`file`]: read, TOML, `${VAR}`, serde
+//! types as written in [`pipeline`], [`service`], and each plugin's own file) ->
+//! **validate** ([`validate`]: pure, returns every finding of every file) -> **build**
+//! (the runtime connects and opens files; `validate --connect` runs its checks alone).
+//! [`diagnostic`] places findings at `file:line:column` and renders them.
+
+pub mod diagnostic;
+pub mod env;
+pub mod file;
+pub mod pipeline;
+pub mod secret;
+pub mod service;
+pub mod units;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+
+use diagnostic::{Code, Diagnostic, Finding, Location, Severity};
+use env::Lookup;
+use file::{Document, SourceText};
+use pipeline::PipelineConfig;
+use service::ServiceConfig;
+
+/// A pipeline file that parsed and validated without errors.
+#[derive(Clone, Debug)]
+pub struct LoadedPipeline {
+    pub source: SourceText,
+    pub config: PipelineConfig,
+}
+
+/// What loading a set of pipeline files gave: the good ones, and every finding.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub pipelines: Vec<LoadedPipeline>,
+    /// Files read, in the order they were loaded.
+    pub files: Vec<PathBuf>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadReport {
+    pub fn errors(&self) -> usize {
+        self.count(Severity::Error)
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.count(Severity::Warning)
+    }
+
+    fn count(&self, severity: Severity) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == severity)
+            .count()
+    }
+
+    /// Whether some path could not be read at all.
+    pub fn could_not_run(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.code.is_could_not_run())
+    }
+}
+
+/// The pipeline files that `paths` name: a file as given, a directory's `*.toml` files
+/// (not its subdirectories, not hidden files), each file once.
+pub fn collect_files(paths: &[PathBuf], diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |file: PathBuf, files: &mut Vec<PathBuf>| {
+        let identity = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+        if seen.insert(identity) {
+            files.push(file);
+        }
+    };
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => match read_dir_pipelines(path) {
+                Ok(found) if found.is_empty() => diagnostics.push(Diagnostic::for_path(
+                    path,
+                    Finding::error(Code::NoPipelines, Location::File, "no pipeline files (*.toml) in this directory")
+                        .with_hint("add a file such as `orders.toml` declaring `namespace = \"orders\"`; see pipelines/examples/"),
+                )),
+                Ok(found) => found.into_iter().for_each(|f| add(f, &mut files)),
+                Err(e) => diagnostics.push(unreadable(path, &e)),
+            },
+            Ok(_) => add(path.clone(), &mut files),
+            Err(e) => diagnostics.push(unreadable(path, &e)),
+        }
+    }
+    files
+}
+
+fn read_dir_pipelines(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || !name.ends_with(".toml") {
+            continue;
+        }
+        // A link whose target is a directory is not a pipeline; a broken or looping
+        // link is reported when it is read.
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        files.push(path);
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn unreadable(path: &Path, e: &std::io::Error) -> Diagnostic {
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "check the path; `wald validate` takes pipeline files and directories"
+        }
+        _ if e.raw_os_error() == Some(40) => "a symbolic link points back at itself; fix the link",
+        _ => "check that the path is readable by wald's user",
+    };
+    Diagnostic::for_path(
+        path,
+        Finding::error(
+            Code::Unreadable,
+            Location::File,
+            format!("cannot read: {e}"),
+        )
+        .with_hint(hint),
+    )
+}
+
+/// Loads, parses and validates every pipeline file that `paths` name.
+pub fn load_pipelines(paths: &[PathBuf], lookup: Lookup) -> LoadReport {
+    let mut report = LoadReport::default();
+    report.files = collect_files(paths, &mut report.diagnostics);
+    let mut loaded: Vec<LoadedPipeline> = Vec::new();
+    for path in report.files.clone() {
+        let (source, config, findings) = load_pipeline_file(&path, lookup);
+        let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
+        report
+            .diagnostics
+            .extend(findings.into_iter().map(|f| source.place(f)));
+        if let (Some(config), false) = (config, has_errors) {
+            loaded.push(LoadedPipeline { source, config });
+        }
+    }
+    // A namespace declared twice: every later file is in error and names the first.
+    let duplicates = validate::validate_set(
+        loaded
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.config.namespace.as_str())),
+    );
+    let mut rejected = vec![false; loaded.len()];
+    for (index, finding, first) in duplicates {
+        let first_place = loaded[first].source.place(finding.clone());
+        let place = match (first_place.line, first_place.column) {
+            (Some(line), Some(column)) => format!("{}:{line}:{column}", first_place.file.display()),
+            _ => first_place.file.display().to_string(),
+        };
+        let finding = finding.with_hint(format!(
+            "it is first declared at {place}; each namespace has exactly one file, so rename one or remove it"
+        ));
+        report.diagnostics.push(loaded[index].source.place(finding));
+        rejected[index] = true;
+    }
+    report.pipelines = loaded
+        .into_iter()
+        .zip(rejected)
+        .filter_map(|(p, rejected)| (!rejected).then_some(p))
+        .collect();
+    report
+}
+
+/// Loads and validates one pipeline file. The config is returned when it could be
+/// read into its types, even when validation found errors in it.
+pub fn load_pipeline_file(
+    path: &Path,
+    lookup: Lookup,
+) -> (SourceText, Option<PipelineConfig>, Vec<Finding>) {
+    let text = match file::read_text(path) {
+        Ok(text) => text,
+        Err((finding, lossy)) => {
+            return (
+                SourceText::new(path, lossy.unwrap_or_default()),
+                None,
+                vec![finding],
+            );
+        }
+    };
+    let mut doc = match Document::parse(path, &text, lookup) {
+        Ok(doc) => doc,
+        Err((source, findings)) => return (source, None, findings),
+    };
+    let config = pipeline::parse_pipeline(&mut doc);
+    let mut findings = std::mem::take(&mut doc.findings);
+    if let Some(config) = &config {
+        findings.extend(validate::validate_pipeline(config));
+    }
+    (doc.source, config, findings)
+}
+
+/// Loads `wald.toml`; without a file, the defaults.
+pub fn load_service(
+    path: Option<&Path>,
+    lookup: Lookup,
+) -> (Option<ServiceConfig>, Vec<Diagnostic>) {
+    let Some(path) = path else {
+        return (Some(ServiceConfig::default()), Vec::new());
+    };
+    let text = match file::read_text(path) {
+        Ok(text) => text,
+        Err((finding, lossy)) => {
+            let source = SourceText::new(path, lossy.unwrap_or_default());
+            return (None, vec![source.place(finding)]);
+        }
+    };
+    if text.trim().is_empty() {
+        return (Some(ServiceConfig::default()), Vec::new());
+    }
+    let mut doc = match Document::parse(path, &text, lookup) {
+        Ok(doc) => doc,
+        Err((source, findings)) => {
+            return (
+                None,
+                findings.into_iter().map(|f| source.place(f)).collect(),
+            );
+        }
+    };
+    let config = service::parse_service(&mut doc);
+    let mut findings = std::mem::take(&mut doc.findings);
+    if let Some(config) = &config {
+        findings.extend(config.validate());
+    }
+    let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
+    let diagnostics = findings.into_iter().map(|f| doc.source.place(f)).collect();
+    (config.filter(|_| !has_errors), diagnostics)
+}

@@ -1,0 +1,205 @@
+//! `wald.toml`: the settings of the service itself. The file is optional and every key
+//! has a default, so `wald serve` runs with none.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::diagnostic::{Code, KeyPath};
+use super::file::Document;
+use super::secret::Secret;
+use super::units::{ByteSize, HumanDuration};
+use super::validate::Checks;
+
+/// The service settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Address of the HTTP API. Default: 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Where the embedded logs, cursors and the status store live. Default: data.
+    pub data_dir: PathBuf,
+    /// The directory of pipeline files, one namespace per `*.toml`. Default: pipelines.
+    pub pipelines_dir: PathBuf,
+    /// Reload when a file in `pipelines_dir` changes. Default: true.
+    pub watch: bool,
+    /// SHA-256 (hex) of the admin key for `/api/v1/admin/*` and DLQ replay. Default:
+    /// none, which disables those routes.
+    pub admin_key_sha256: Option<Secret<String>>,
+    /// `text` or `json` logs. Default: text.
+    pub log_format: LogFormat,
+    /// How long shutdown waits for in-flight writes and deliveries. Default: 30s.
+    pub shutdown_timeout: HumanDuration,
+    /// `[http]`: limits of the API server.
+    pub http: HttpLimits,
+    /// `[status_store]`: where transaction status is kept.
+    pub status_store: StatusStoreConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            pipelines_dir: PathBuf::from("pipelines"),
+            watch: true,
+            admin_key_sha256: None,
+            log_format: LogFormat::Text,
+            shutdown_timeout: HumanDuration::from_secs(30),
+            http: HttpLimits::default(),
+            status_store: StatusStoreConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Largest request body. Default: 8MiB. Range: 1KiB..=256MiB.
+    pub max_body_bytes: ByteSize,
+    /// Deepest JSON nesting accepted in a payload. Default: 64. Range: 1..=1024.
+    pub max_json_depth: u32,
+    /// Writes waiting for durability per namespace before new ones get 503.
+    /// Default: 10000. Range: 1..=1000000.
+    pub max_in_flight_per_namespace: u32,
+    /// Time a client has to send its request headers. Default: 10s.
+    pub header_read_timeout: HumanDuration,
+    /// Time a whole request may take. Default: 30s.
+    pub request_timeout: HumanDuration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: ByteSize::mib(8),
+            max_json_depth: 64,
+            max_in_flight_per_namespace: 10_000,
+            header_read_timeout: HumanDuration::from_secs(10),
+            request_timeout: HumanDuration::from_secs(30),
+        }
+    }
+}
+
+/// `[status_store]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusStoreConfig {
+    /// `embedded` (in `data_dir`), `postgres` or `redis` (shared by several instances).
+    /// Default: embedded.
+    #[serde(rename = "type")]
+    pub kind: StatusStoreKind,
+    /// Connection URL; required for `postgres` and `redis`, not allowed for `embedded`.
+    pub url: Option<Secret<String>>,
+    /// How long a transaction's status is kept after its last change. Default: 7d.
+    pub retention: HumanDuration,
+}
+
+impl Default for StatusStoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StatusStoreKind::Embedded,
+            url: None,
+            retention: HumanDuration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusStoreKind {
+    Embedded,
+    Postgres,
+    Redis,
+}
+
+/// Reads a parsed `wald.toml`.
+pub fn parse_service(doc: &mut Document<'_>) -> Option<ServiceConfig> {
+    let root = std::mem::take(doc.root.get_mut());
+    let span = doc.root.span();
+    doc.section(toml::Spanned::new(span, root))
+}
+
+impl ServiceConfig {
+    pub fn validate(&self) -> Vec<super::diagnostic::Finding> {
+        let mut checks = Checks::default();
+        let root = KeyPath::root();
+        if let Some(hash) = &self.admin_key_sha256 {
+            let hash = hash.expose();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                checks.error(
+                    Code::InvalidValue,
+                    &root.key("admin_key_sha256"),
+                    "not a SHA-256 hash: expected 64 hex digits",
+                    "store the hash, not the key: `wald hash-key` prints it",
+                );
+            }
+        }
+        let http = root.key("http");
+        checks.range(
+            Code::InvalidValue,
+            &http.key("max_body_bytes"),
+            self.http.max_body_bytes,
+            ByteSize::kib(1),
+            ByteSize::mib(256),
+        );
+        checks.range(
+            Code::InvalidValue,
+            &http.key("max_json_depth"),
+            self.http.max_json_depth,
+            1,
+            1024,
+        );
+        checks.range(
+            Code::InvalidValue,
+            &http.key("max_in_flight_per_namespace"),
+            self.http.max_in_flight_per_namespace,
+            1,
+            1_000_000,
+        );
+        for (key, value) in [
+            ("header_read_timeout", self.http.header_read_timeout),
+            ("request_timeout", self.http.request_timeout),
+        ] {
+            if value.get().is_zero() {
+                checks.error(
+                    Code::InvalidValue,
+                    &http.key(key),
+                    format!("`{key}` is zero"),
+                    format!("set `{key}` to for example \"10s\""),
+                );
+            }
+        }
+        let store = root.key("status_store");
+        match (self.status_store.kind, &self.status_store.url) {
+            (StatusStoreKind::Embedded, Some(_)) => checks.error(
+                Code::InvalidValue,
+                &store.key("url"),
+                "the embedded status store takes no `url`",
+                "remove `url`, or set `type = \"postgres\"` or `\"redis\"`",
+            ),
+            (StatusStoreKind::Postgres, Some(url)) => {
+                checks.url(&store.key("url"), url.expose(), &["postgres", "postgresql"]);
+            }
+            (StatusStoreKind::Redis, Some(url)) => {
+                checks.url(&store.key("url"), url.expose(), &["redis", "rediss"]);
+            }
+            (StatusStoreKind::Postgres | StatusStoreKind::Redis, None) => checks.error(
+                Code::MissingKey,
+                &store,
+                "this status store needs a `url`",
+                "add `url = \"${STATUS_STORE_URL}\"`",
+            ),
+            (StatusStoreKind::Embedded, None) => {}
+        }
+        checks.findings
+    }
+}

@@ -1,0 +1,24 @@
+//! wald: a write-ahead-log service. Services POST messages to a namespace; wald makes
+//! them durable on the namespace's log backend before it answers, then delivers each
+//! message to the namespace's targets with retries, a dead-letter queue and replay.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `wald` subcommands (`serve`, `validate`, `hash-key`, ...).
+//! - [`config`]: `wald.toml` and pipeline files: parsing with places, `${VAR}`
+//!   expansion, pure validation that reports every error, diagnostics.
+//! - [`backend`]: log backends, one file each (`embedded`, `kafka`, `sqs`,
+//!   `redis_streams`) with its configuration and checks.
+//! - [`target`]: delivery targets, one file each (`postgres`, `redis`, `http`, `kafka`,
+//!   `file`) with its configuration and checks; `template` fills placeholders.
+//! - [`connect`]: the build stage's reachability checks behind `validate --connect`.
+//! - [`http`]: the HTTP API server.
+//! - [`telemetry`]: logging set-up.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod http;
+pub mod target;
+pub mod telemetry;

@@ -1,0 +1,62 @@
+//! The Kafka target: produces each message to a topic, keyed by a template. Its
+//! configuration and checks live here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::template::Template;
+use crate::backend::kafka::{check_brokers, check_options, check_topic};
+use crate::config::diagnostic::{Code, KeyPath};
+use crate::config::units::HumanDuration;
+use crate::config::validate::Checks;
+
+use super::redis::ValueShape;
+
+/// `[[target]]` with `type = "kafka"`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Bootstrap servers, `host:port` separated by commas. Required.
+    pub brokers: String,
+    /// Topic to produce to. Required.
+    pub topic: String,
+    /// Record key template. Default: the message's key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The record value: the `payload` alone or the whole `envelope`. Default: payload.
+    #[serde(default)]
+    pub value: ValueShape,
+    /// Longest wait for the broker's acknowledgement. Default: 30s. Range: 1s..=5m.
+    #[serde(default = "default_delivery_timeout")]
+    pub delivery_timeout: HumanDuration,
+    /// Further librdkafka properties. Default: none.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_delivery_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+impl Config {
+    pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {
+        check_brokers(checks, &at.key("brokers"), &self.brokers);
+        check_topic(checks, &at.key("topic"), &self.topic);
+        if let Some(key) = &self.key
+            && let Err(errors) = Template::parse(key)
+        {
+            super::report_template_errors(checks, &at.key("key"), errors);
+        }
+        let timeout = self.delivery_timeout.get().as_secs();
+        if !(1..=300).contains(&timeout) {
+            checks.error(
+                Code::InvalidValue,
+                &at.key("delivery_timeout"),
+                "`delivery_timeout` must be from 1s to 5m",
+                "set `delivery_timeout` to for example \"30s\"",
+            );
+        }
+        check_options(checks, &at.key("options"), &self.options);
+    }
+}
