@@ -242,9 +242,44 @@ pub struct Diagnostic {
     /// The offending line, secrets masked; not part of the JSON form.
     #[serde(skip)]
     pub source_line: Option<String>,
+    /// Where the caret starts in `source_line` (1-based); differs from `column` when
+    /// a long line is shown in part.
+    #[serde(skip)]
+    pub caret_column: usize,
     /// How many columns the caret underlines.
     #[serde(skip)]
     pub width: usize,
+}
+
+/// Longest part of a source line that is shown, in characters.
+const MAX_EXCERPT: usize = 100;
+
+/// The part of `line` around `column` that is shown, and the caret's column in it.
+fn excerpt(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= MAX_EXCERPT {
+        return (line.to_string(), column);
+    }
+    let start = column
+        .saturating_sub(MAX_EXCERPT / 2)
+        .min(chars.len().saturating_sub(MAX_EXCERPT));
+    let end = (start + MAX_EXCERPT).min(chars.len());
+    let shown: String = chars[start..end]
+        .iter()
+        .map(|c| {
+            if c.is_control() && *c != '\t' {
+                '\u{fffd}'
+            } else {
+                *c
+            }
+        })
+        .collect();
+    let prefix = if start > 0 { "..." } else { "" };
+    let suffix = if end < chars.len() { "..." } else { "" };
+    (
+        format!("{prefix}{shown}{suffix}"),
+        column - start + prefix.len(),
+    )
 }
 
 impl Diagnostic {
@@ -259,6 +294,7 @@ impl Diagnostic {
             message: finding.message,
             hint: finding.hint,
             source_line: None,
+            caret_column: 0,
             width: 0,
         }
     }
@@ -276,11 +312,13 @@ impl Diagnostic {
         let column = text[line_start..start].chars().count() + 1;
         let end = floor_char_boundary(text, span.end.clamp(start, line_end.max(start)));
         let width = text[start..end].chars().count().max(1);
+        let (source_line, caret_column) = excerpt(&redact_line(line_text), column);
         Self {
             line: Some(line),
             column: Some(column),
-            source_line: Some(redact_line(line_text)),
-            width,
+            source_line: Some(source_line),
+            caret_column,
+            width: width.min(MAX_EXCERPT),
             ..Self::for_path(path, finding)
         }
     }
@@ -299,12 +337,11 @@ impl Diagnostic {
         let gutter = self.line.map(|l| l.to_string().len()).unwrap_or(1);
         let pad = " ".repeat(gutter);
         out.push_str(&format!("{pad}--> {place}\n"));
-        if let (Some(line), Some(column), Some(text)) = (self.line, self.column, &self.source_line)
-        {
+        if let (Some(line), Some(text)) = (self.line, &self.source_line) {
             out.push_str(&format!("{pad} |\n{line} | {text}\n"));
             let indent: String = text
                 .chars()
-                .take(column - 1)
+                .take(self.caret_column.saturating_sub(1))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
             out.push_str(&format!("{pad} | {indent}{}\n", "^".repeat(self.width)));
@@ -355,6 +392,25 @@ mod tests {
         assert!(rendered.contains("a.toml:3:14"), "{rendered}");
         assert!(rendered.contains("3 | batch_size = 0"), "{rendered}");
         assert!(rendered.contains("  |              ^\n"), "{rendered}");
+    }
+
+    #[test]
+    fn long_lines_are_shown_around_the_column() {
+        let text = format!("a = \"{}\"", "x".repeat(500));
+        let d = Diagnostic::at_span(
+            Path::new("a.toml"),
+            &text,
+            300..301,
+            Finding::error(Code::Syntax, Location::File, "bad"),
+        );
+        assert_eq!(d.column, Some(301));
+        let shown = d.source_line.clone().unwrap();
+        assert!(
+            shown.starts_with("...") && shown.ends_with("..."),
+            "{shown}"
+        );
+        assert!(shown.chars().count() <= MAX_EXCERPT + 6);
+        assert_eq!(shown.chars().nth(d.caret_column - 1), Some('x'));
     }
 
     #[test]

@@ -21,9 +21,14 @@ use toml::de::{DeTable, DeValue};
 
 use super::diagnostic::{Code, Diagnostic, Finding, KeyPath, Location, did_you_mean};
 use super::env::{self, Lookup};
+use super::secret;
 
 /// Configuration files are small; anything larger is a mistake (a log, a dump).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Syntax errors shown per file; after the first few, the parser's recovery mostly
+/// reports the consequences of the first.
+const MAX_SYNTAX_ERRORS: usize = 10;
 
 /// A file's text and the spans of its keys and values, so that findings can be placed.
 #[derive(Debug, Clone)]
@@ -173,7 +178,20 @@ impl<'i> Document<'i> {
         }
         let (root, errors) = DeTable::parse_recoverable(text);
         if !errors.is_empty() {
-            let findings = errors.iter().map(syntax_finding).collect();
+            let mut findings: Vec<Finding> = Vec::new();
+            for finding in errors.iter().map(syntax_finding) {
+                if !findings.contains(&finding) {
+                    findings.push(finding);
+                }
+            }
+            let more = findings.len().saturating_sub(MAX_SYNTAX_ERRORS);
+            findings.truncate(MAX_SYNTAX_ERRORS);
+            if more > 0
+                && let Some(last) = findings.last_mut()
+            {
+                last.message
+                    .push_str(&format!(" (and {more} more syntax errors)"));
+            }
             return Err((source, findings));
         }
         let mut doc = Self {
@@ -327,6 +345,9 @@ impl Walker<'_, '_> {
 
     fn value(&mut self, value: &mut Spanned<DeValue<'_>>, path: &KeyPath) {
         self.source.values.insert(path.clone(), value.span());
+        if let DeValue::String(text) = value.get_ref() {
+            self.check_inline_secret(path, text, value.span());
+        }
         match value.get_mut() {
             DeValue::String(text) if env::has_placeholders(text) => {
                 match env::expand(text, self.lookup) {
@@ -355,6 +376,41 @@ impl Walker<'_, '_> {
             }
             DeValue::Table(table) => self.table(table, path),
             _ => {}
+        }
+    }
+}
+
+impl Walker<'_, '_> {
+    /// A secret written into the file rather than taken from the environment is a
+    /// warning: files end up in repositories and tickets.
+    fn check_inline_secret(&mut self, path: &KeyPath, text: &str, span: Range<usize>) {
+        let raw = self.source.text.get(span).unwrap_or("");
+        if raw.contains("${") || text.is_empty() {
+            return;
+        }
+        let key = super::validate::last_key(path);
+        let secret_key = secret::SECRET_KEYS.contains(&key.as_str())
+            || key.eq_ignore_ascii_case("authorization");
+        let url_password = url::Url::parse(text).is_ok_and(|u| u.password().is_some());
+        if secret_key || url_password {
+            let what = if url_password {
+                "a password in a URL"
+            } else {
+                "a secret"
+            };
+            self.findings.push(
+                Finding::warning(
+                    Code::InlineSecret,
+                    Location::Path {
+                        path: path.clone(),
+                        needle: None,
+                    },
+                    format!("`{key}` holds {what} written into the file"),
+                )
+                .with_hint(format!(
+                    "take it from the environment: `{key} = \"${{VARIABLE}}\"`"
+                )),
+            );
         }
     }
 }

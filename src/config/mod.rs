@@ -137,9 +137,9 @@ pub fn load_pipelines(paths: &[PathBuf], lookup: Lookup) -> LoadReport {
     for path in report.files.clone() {
         let (source, config, findings) = load_pipeline_file(&path, lookup);
         let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
-        report
-            .diagnostics
-            .extend(findings.into_iter().map(|f| source.place(f)));
+        let mut placed: Vec<Diagnostic> = findings.into_iter().map(|f| source.place(f)).collect();
+        placed.sort_by_key(|d| (d.line, d.column));
+        report.diagnostics.extend(placed);
         if let (Some(config), false) = (config, has_errors) {
             loaded.push(LoadedPipeline { source, config });
         }
@@ -178,22 +178,32 @@ pub fn load_pipeline_file(
     path: &Path,
     lookup: Lookup,
 ) -> (SourceText, Option<PipelineConfig>, Vec<Finding>) {
-    let text = match file::read_text(path) {
-        Ok(text) => text,
-        Err((finding, lossy)) => {
-            return (
-                SourceText::new(path, lossy.unwrap_or_default()),
-                None,
-                vec![finding],
-            );
-        }
-    };
-    let mut doc = match Document::parse(path, &text, lookup) {
+    match file::read_text(path) {
+        Ok(text) => load_pipeline_text(path, &text, lookup),
+        Err((finding, lossy)) => (
+            SourceText::new(path, lossy.unwrap_or_default()),
+            None,
+            vec![finding],
+        ),
+    }
+}
+
+/// Parses and validates the text of a pipeline file; `path` only names it.
+pub fn load_pipeline_text(
+    path: &Path,
+    text: &str,
+    lookup: Lookup,
+) -> (SourceText, Option<PipelineConfig>, Vec<Finding>) {
+    let mut doc = match Document::parse(path, text, lookup) {
         Ok(doc) => doc,
         Err((source, findings)) => return (source, None, findings),
     };
     let config = pipeline::parse_pipeline(&mut doc);
     let mut findings = std::mem::take(&mut doc.findings);
+    debug_assert!(
+        config.is_some() || findings.iter().any(|f| f.severity == Severity::Error),
+        "a pipeline that did not parse must say why"
+    );
     if let Some(config) = &config {
         findings.extend(validate::validate_pipeline(config));
     }

@@ -42,17 +42,13 @@ impl PipelineConfig {
 /// `max_message_bytes` when the file does not say.
 pub const DEFAULT_MAX_MESSAGE_BYTES: ByteSize = ByteSize::mib(1);
 
-/// The keys of a pipeline file other than `[producer]` and `[[target]]`, which are
-/// tagged by `type` and read by hand.
+/// The top-level keys of a pipeline file; each table is read on its own.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Head {
     namespace: String,
     #[serde(default)]
     description: String,
-    source: SourceConfig,
-    #[serde(default)]
-    consumer: ConsumerConfig,
 }
 
 /// `[source]`: the HTTP ingest API of this namespace.
@@ -118,9 +114,12 @@ pub struct ConsumerConfig {
     /// `per_key` keeps each key's order; `none` delivers with full concurrency.
     /// Default: per_key.
     pub order: Order,
-    /// `[consumer.retry]`.
+    /// `[consumer.retry]`. Read on its own by [`parse_pipeline`], so that its errors
+    /// and those of `[consumer]` are all reported.
+    #[serde(skip)]
     pub retry: RetryPolicy,
-    /// `[consumer.dlq]`.
+    /// `[consumer.dlq]`, read on its own likewise.
+    #[serde(skip)]
     pub dlq: DlqConfig,
 }
 
@@ -237,21 +236,37 @@ pub(crate) struct TargetCommon {
 }
 
 /// Reads a parsed pipeline file into its typed form, recording every problem in `doc`.
-/// Returns `None` when any section failed to deserialize.
+/// Each table is read on its own, so that an error in one does not hide those in
+/// another. Returns `None` when any of them failed.
 pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
     let root_span = doc.root.span();
     let mut root = std::mem::take(doc.root.get_mut());
+    let source = Document::take(&mut root, "source");
+    let consumer = Document::take(&mut root, "consumer");
     let producer = Document::take(&mut root, "producer");
     let targets = Document::take(&mut root, "target");
     let head: Option<Head> = doc.section(Spanned::new(root_span.clone(), root));
 
+    let source = match source {
+        Some(value) => doc.table_section::<SourceConfig>(value, "source"),
+        None => {
+            doc.findings.push(
+                Finding::error(Code::MissingKey, Location::Span(root_span.start..root_span.start), "missing required table `[source]`")
+                    .with_hint("add `[source]` with `type = \"http\"` and `api_keys_sha256 = [...]` or `public = true`"),
+            );
+            None
+        }
+    };
+    let consumer = match consumer {
+        Some(value) => parse_consumer(doc, value),
+        None => Some(ConsumerConfig::default()),
+    };
     let producer = match producer {
         None => Some(BackendConfig::default()),
         Some(value) => doc
             .expect_table(value, "producer")
             .and_then(|table| BackendConfig::parse(doc, table)),
     };
-
     let targets = match targets {
         None => Some(Vec::new()),
         Some(value) => parse_targets(doc, value),
@@ -261,10 +276,31 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
     Some(PipelineConfig {
         namespace: head.namespace,
         description: head.description,
-        source: head.source,
+        source: source?,
         producer: producer?,
-        consumer: head.consumer,
+        consumer: consumer?,
         targets: targets?,
+    })
+}
+
+fn parse_consumer<'i>(
+    doc: &mut Document<'i>,
+    value: Spanned<DeValue<'i>>,
+) -> Option<ConsumerConfig> {
+    let mut table = doc.expect_table(value, "consumer")?;
+    let retry = match Document::take(table.get_mut(), "retry") {
+        Some(value) => doc.table_section::<RetryPolicy>(value, "consumer.retry"),
+        None => Some(RetryPolicy::default()),
+    };
+    let dlq = match Document::take(table.get_mut(), "dlq") {
+        Some(value) => doc.table_section::<DlqConfig>(value, "consumer.dlq"),
+        None => Some(DlqConfig::default()),
+    };
+    let consumer: Option<ConsumerConfig> = doc.section(table);
+    Some(ConsumerConfig {
+        retry: retry?,
+        dlq: dlq?,
+        ..consumer?
     })
 }
 
