@@ -171,11 +171,6 @@ impl<'i> Document<'i> {
         lookup: Lookup,
     ) -> Result<Self, (SourceText, Vec<Finding>)> {
         let source = SourceText::new(path, text.to_string());
-        if text.trim().is_empty() {
-            let finding = Finding::error(Code::EmptyFile, Location::File, "file is empty")
-                .with_hint("a pipeline file needs at least `namespace`, `[source]` and one `[[target]]`; see docs/configuration.md");
-            return Err((source, vec![finding]));
-        }
         let (root, errors) = DeTable::parse_recoverable(text);
         if !errors.is_empty() {
             let mut findings: Vec<Finding> = Vec::new();

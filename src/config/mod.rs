@@ -198,6 +198,11 @@ pub fn load_pipeline_text(
         Ok(doc) => doc,
         Err((source, findings)) => return (source, None, findings),
     };
+    if doc.root.get_ref().is_empty() {
+        let finding = Finding::error(Code::EmptyFile, Location::File, "file declares nothing")
+            .with_hint("a pipeline file needs at least `namespace`, `[source]` and one `[[target]]`; see docs/configuration.md");
+        return (doc.source, None, vec![finding]);
+    }
     let config = pipeline::parse_pipeline(&mut doc);
     let mut findings = std::mem::take(&mut doc.findings);
     debug_assert!(
@@ -225,9 +230,6 @@ pub fn load_service(
             return (None, vec![source.place(finding)]);
         }
     };
-    if text.trim().is_empty() {
-        return (Some(ServiceConfig::default()), Vec::new());
-    }
     let mut doc = match Document::parse(path, &text, lookup) {
         Ok(doc) => doc,
         Err((source, findings)) => {

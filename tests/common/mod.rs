@@ -1,0 +1,85 @@
+//! Helpers shared by the integration tests: running the real `wald` binary, and finding
+//! out whether a local service (Postgres, Redis) is there.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// The crate's root: where `pipelines/` and `tests/fixtures/` are.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `wald` command run from the crate's root, with no `wald.toml` from the caller.
+pub fn wald() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wald"));
+    command.current_dir(root()).env_remove("WALD_CONFIG").stdin(Stdio::null());
+    command
+}
+
+/// Runs `wald` with `args` and returns what it did.
+pub fn run(args: &[&str]) -> Output {
+    wald().args(args).output().expect("the wald binary runs")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// One finding of `validate --format json`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    pub file: String,
+    pub severity: String,
+    pub code: String,
+    /// `line:column`, or `-` for a finding about the whole file.
+    pub place: String,
+}
+
+/// Runs `wald validate --format json` on `paths` and parses what it printed.
+pub fn validate_json(paths: &[&Path]) -> (Option<i32>, Vec<Found>) {
+    let output = wald()
+        .args(["validate", "--format", "json"])
+        .args(paths)
+        .output()
+        .expect("the wald binary runs");
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    let found = stdout(&output)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let place = match (v["line"].as_u64(), v["column"].as_u64()) {
+                (Some(l), Some(c)) => format!("{l}:{c}"),
+                _ => "-".to_string(),
+            };
+            Found {
+                file: v["file"].as_str().unwrap_or_default().to_string(),
+                severity: v["severity"].as_str().unwrap_or_default().to_string(),
+                code: v["code"].as_str().unwrap_or_default().to_string(),
+                place,
+            }
+        })
+        .collect();
+    (output.status.code(), found)
+}
+
+/// Whether a service this test needs answers at `addr`. Without it the test is skipped
+/// with a printed reason, except under CI, where it fails: CI machines have it.
+pub fn service_available(name: &str, addr: &str) -> bool {
+    let addr: SocketAddr = addr.parse().expect("a socket address");
+    if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{name} is not reachable at {addr}, and CI is set: CI machines must run it");
+    }
+    eprintln!("skipped: {name} is not reachable at {addr} (set CI=1 to make this a failure)");
+    false
+}
