@@ -13,15 +13,32 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 #[test]
 fn shipped_pipelines_and_every_example_are_valid() -> Result {
     let output = run(&["validate", "pipelines/", "pipelines/examples/"]);
-    assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
     let text = stdout(&output);
     assert!(text.starts_with("ok: "), "{text}");
-    for kind in ["kafka", "sqs", "redis_streams", "postgres", "redis", "http", "file"] {
+    for kind in [
+        "kafka",
+        "sqs",
+        "redis_streams",
+        "postgres",
+        "redis",
+        "http",
+        "file",
+    ] {
         let listed = std::fs::read_dir(root().join("pipelines/examples"))?
             .chain(std::fs::read_dir(root().join("pipelines"))?)
             .filter_map(|e| e.ok())
             .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
-            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&format!("type = \"{kind}\""))));
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains(&format!("type = \"{kind}\"")))
+            });
         assert!(listed, "no example uses `type = \"{kind}\"`");
     }
     Ok(())
@@ -44,11 +61,15 @@ fn expectations(file: &Path) -> Result<Vec<(String, String)>> {
 /// of `severity` it must produce, exactly.
 fn check_fixtures(dir: &str, severity: &str) -> Result<usize> {
     let mut checked = 0;
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(root().join(dir))?.map(|e| e.map(|e| e.path())).collect::<std::result::Result<_, _>>()?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(root().join(dir))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::result::Result<_, _>>()?;
     entries.sort();
     for entry in entries {
         let files: Vec<PathBuf> = if entry.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&entry)?.map(|e| e.map(|e| e.path())).collect::<std::result::Result<_, _>>()?;
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&entry)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<std::result::Result<_, _>>()?;
             files.sort();
             files
         } else {
@@ -57,15 +78,33 @@ fn check_fixtures(dir: &str, severity: &str) -> Result<usize> {
         let mut expected = BTreeSet::new();
         for file in &files {
             for (code, place) in expectations(file)? {
-                expected.insert((file.file_name().unwrap().to_string_lossy().into_owned(), code, place));
+                expected.insert((
+                    file.file_name().unwrap().to_string_lossy().into_owned(),
+                    code,
+                    place,
+                ));
             }
         }
-        assert!(!expected.is_empty(), "{} declares no `# expect:`", entry.display());
+        assert!(
+            !expected.is_empty(),
+            "{} declares no `# expect:`",
+            entry.display()
+        );
         let (code, found) = validate_json(&[&entry]);
         let got: BTreeSet<_> = found
             .into_iter()
             .filter(|f: &Found| f.severity == severity)
-            .map(|f| (Path::new(&f.file).file_name().unwrap().to_string_lossy().into_owned(), f.code, f.place))
+            .map(|f| {
+                (
+                    Path::new(&f.file)
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                    f.code,
+                    f.place,
+                )
+            })
             .collect();
         assert_eq!(got, expected, "findings of {}", entry.display());
         let want_exit = if severity == "error" { 1 } else { 0 };
@@ -92,7 +131,10 @@ fn every_warning_fixture_reports_exactly_its_expected_warnings() -> Result {
 fn deny_warnings_makes_a_warning_fatal() {
     let file = "tests/fixtures/warnings/no_targets.toml";
     assert_eq!(run(&["validate", file]).status.code(), Some(0));
-    assert_eq!(run(&["validate", "--deny-warnings", file]).status.code(), Some(1));
+    assert_eq!(
+        run(&["validate", "--deny-warnings", file]).status.code(),
+        Some(1)
+    );
 }
 
 #[test]
@@ -109,25 +151,44 @@ fn every_error_of_every_file_is_reported_in_one_run() {
 
 #[test]
 fn human_output_shows_file_line_column_the_line_a_caret_and_a_hint() {
-    let output = run(&["validate", "tests/fixtures/invalid/unknown_key_consumer_retry.toml"]);
+    let output = run(&[
+        "validate",
+        "tests/fixtures/invalid/unknown_key_consumer_retry.toml",
+    ]);
     let text = stdout(&output);
-    assert!(text.contains("error[unknown_key]: unknown key `max_attemps`"), "{text}");
-    assert!(text.contains("--> tests/fixtures/invalid/unknown_key_consumer_retry.toml:11:1"), "{text}");
+    assert!(
+        text.contains("error[unknown_key]: unknown key `max_attemps`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--> tests/fixtures/invalid/unknown_key_consumer_retry.toml:11:1"),
+        "{text}"
+    );
     assert!(text.contains("11 | max_attemps = 3"), "{text}");
     assert!(text.contains("   | ^^^^^^^^^^^\n"), "{text}");
-    assert!(text.contains("= hint: did you mean `max_attempts`?"), "{text}");
+    assert!(
+        text.contains("= hint: did you mean `max_attempts`?"),
+        "{text}"
+    );
     assert!(text.contains("invalid: 2 errors"), "{text}");
 }
 
 #[test]
 fn json_output_has_one_object_per_finding_with_every_field() -> Result {
-    let output = run(&["validate", "--format", "json", "tests/fixtures/invalid/unknown_type.toml"]);
+    let output = run(&[
+        "validate",
+        "--format",
+        "json",
+        "tests/fixtures/invalid/unknown_type.toml",
+    ]);
     let text = stdout(&output);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
     for line in lines {
         let v: serde_json::Value = serde_json::from_str(line)?;
-        for field in ["file", "line", "column", "severity", "code", "message", "hint"] {
+        for field in [
+            "file", "line", "column", "severity", "code", "message", "hint",
+        ] {
             assert!(v.get(field).is_some(), "{field} missing in {line}");
         }
         assert_eq!(v["code"], "unknown_type");
@@ -144,15 +205,35 @@ fn bad_input_of_every_kind_gets_a_clear_error_and_exit_code() -> Result {
         std::fs::write(&path, bytes)?;
         Ok(path)
     };
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let latin1 = write("latin1.toml", b"namespace = \"caf\xe9\"\n")?;
     let cases: Vec<(PathBuf, i32, &str)> = vec![
         (write("empty.toml", b"")?, 1, "empty_file"),
         (write("garbage.toml", &garbage)?, 1, "not_utf8"),
         (latin1, 1, "not_utf8"),
-        (write("huge.toml", &vec![b'#'; 10 * 1024 * 1024])?, 1, "file_too_large"),
-        (write("deep.toml", format!("a = {}", "[".repeat(100_000)).as_bytes())?, 1, "syntax"),
-        (write("deep-tables.toml", format!("a = {}", "{ b = ".repeat(50_000)).as_bytes())?, 1, "syntax"),
+        (
+            write("huge.toml", &vec![b'#'; 10 * 1024 * 1024])?,
+            1,
+            "file_too_large",
+        ),
+        (
+            write(
+                "deep.toml",
+                format!("a = {}", "[".repeat(100_000)).as_bytes(),
+            )?,
+            1,
+            "syntax",
+        ),
+        (
+            write(
+                "deep-tables.toml",
+                format!("a = {}", "{ b = ".repeat(50_000)).as_bytes(),
+            )?,
+            1,
+            "syntax",
+        ),
         (dir.path().join("no-such-file.toml"), 2, "unreadable"),
     ];
     let empty_dir = dir.path().join("empty-dir");
@@ -165,9 +246,25 @@ fn bad_input_of_every_kind_gets_a_clear_error_and_exit_code() -> Result {
 
     for (path, exit, code) in cases {
         let output = wald().arg("validate").arg(&path).output()?;
-        assert!(!stderr(&output).contains("panicked"), "{}: {}", path.display(), stderr(&output));
-        assert_eq!(output.status.code(), Some(exit), "{}: {}", path.display(), stdout(&output));
-        assert!(stdout(&output).contains(&format!("[{code}]")), "{}: {}", path.display(), stdout(&output));
+        assert!(
+            !stderr(&output).contains("panicked"),
+            "{}: {}",
+            path.display(),
+            stderr(&output)
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(exit),
+            "{}: {}",
+            path.display(),
+            stdout(&output)
+        );
+        assert!(
+            stdout(&output).contains(&format!("[{code}]")),
+            "{}: {}",
+            path.display(),
+            stdout(&output)
+        );
     }
     Ok(())
 }
@@ -179,7 +276,10 @@ fn not_utf8_points_at_the_first_bad_byte() -> Result {
     std::fs::write(&path, b"namespace = \"ok\"\ndescription = \"caf\xe9\"\n")?;
     let (_, found) = validate_json(&[&path]);
     assert_eq!(found.len(), 1);
-    assert_eq!((found[0].code.as_str(), found[0].place.as_str()), ("not_utf8", "2:19"));
+    assert_eq!(
+        (found[0].code.as_str(), found[0].place.as_str()),
+        ("not_utf8", "2:19")
+    );
     Ok(())
 }
 
@@ -220,12 +320,18 @@ hmac_secret = "short-inline"
         let output = wald()
             .args(["validate", "--format", format])
             .arg(&path)
-            .env("WALD_TEST_SECRET_URL", "ftp://user:from-the-env@example.invalid/")
+            .env(
+                "WALD_TEST_SECRET_URL",
+                "ftp://user:from-the-env@example.invalid/",
+            )
             .output()?;
         let all = format!("{}{}", stdout(&output), stderr(&output));
         assert_eq!(output.status.code(), Some(1), "{all}");
         for secret in ["hunter2-inline", "from-the-env", "short-inline"] {
-            assert!(!all.contains(secret), "`{secret}` leaked in {format} output:\n{all}");
+            assert!(
+                !all.contains(secret),
+                "`{secret}` leaked in {format} output:\n{all}"
+            );
         }
         assert!(all.contains("invalid_url"), "{all}");
     }
@@ -240,9 +346,17 @@ fn environment_variables_and_defaults_are_expanded() -> Result {
         &path,
         "namespace = \"${WALD_TEST_NS}\"\n[source]\ntype = \"http\"\npublic = true\n[[target]]\nname = \"out\"\ntype = \"file\"\npath = \"${WALD_TEST_UNSET_DIR:-data/out}/x.jsonl\"\n",
     )?;
-    let output = wald().arg("validate").arg(&path).env("WALD_TEST_NS", "from-env").output()?;
+    let output = wald()
+        .arg("validate")
+        .arg(&path)
+        .env("WALD_TEST_NS", "from-env")
+        .output()?;
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-    assert!(stdout(&output).contains("(from-env)"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("(from-env)"),
+        "{}",
+        stdout(&output)
+    );
     Ok(())
 }
 
@@ -252,16 +366,34 @@ fn hash_key_prints_the_sha256_of_a_key_from_an_argument_or_stdin() -> Result {
     let output = run(&["hash-key", "orders-demo-key"]);
     assert_eq!(stdout(&output).trim(), expected);
 
-    let mut child = wald().arg("hash-key").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn()?;
+    let mut child = wald()
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
     use std::io::Write;
-    child.stdin.take().ok_or("stdin")?.write_all(b"orders-demo-key\n")?;
+    child
+        .stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(b"orders-demo-key\n")?;
     let output = child.wait_with_output()?;
     assert_eq!(stdout(&output).trim(), expected);
 
     let output = run(&["hash-key", "--generate"]);
     let text = stdout(&output);
-    let key = text.lines().find_map(|l| l.strip_prefix("key:")).ok_or("no key line")?.trim().to_string();
-    let hash = text.lines().find_map(|l| l.strip_prefix("sha256:")).ok_or("no hash line")?.trim().to_string();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .ok_or("no key line")?
+        .trim()
+        .to_string();
+    let hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256:"))
+        .ok_or("no hash line")?
+        .trim()
+        .to_string();
     assert!(key.starts_with("wald_") && key.len() > 40, "{key}");
     assert_eq!(stdout(&run(&["hash-key", &key])).trim(), hash);
     Ok(())
@@ -269,13 +401,34 @@ fn hash_key_prints_the_sha256_of_a_key_from_an_argument_or_stdin() -> Result {
 
 #[test]
 fn connect_reaches_postgres_and_redis_and_names_what_it_cannot_reach() -> Result {
-    if !service_available("Postgres", "127.0.0.1:5432") || !service_available("Redis", "127.0.0.1:6379") {
+    if !service_available("Postgres", "127.0.0.1:5432")
+        || !service_available("Redis", "127.0.0.1:6379")
+    {
         return Ok(());
     }
     let table = format!("wald_connect_test_{}", std::process::id());
-    let psql = |sql: &str| std::process::Command::new("psql").args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc", sql]).output();
-    let created = psql(&format!("CREATE TABLE IF NOT EXISTS {table} (id text PRIMARY KEY, body jsonb)"))?;
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let psql = |sql: &str| {
+        std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-qc",
+                sql,
+            ])
+            .output()
+    };
+    let created = psql(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (id text PRIMARY KEY, body jsonb)"
+    ))?;
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
 
     let dir = tempfile::tempdir()?;
     let reachable = dir.path().join("reachable.toml");
@@ -308,9 +461,16 @@ path = "{}/out/x.jsonl"
             dir.path().display()
         ),
     )?;
-    let output = wald().args(["validate", "--connect"]).arg(&reachable).output()?;
+    let output = wald()
+        .args(["validate", "--connect"])
+        .arg(&reachable)
+        .output()?;
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-    assert!(stdout(&output).contains("every backend and target reached"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("every backend and target reached"),
+        "{}",
+        stdout(&output)
+    );
 
     let unreachable = dir.path().join("unreachable.toml");
     std::fs::write(
@@ -336,13 +496,22 @@ url = "http://127.0.0.1:1/hook"
     // Without --connect the file is valid; with it, each of the three is named.
     let (code, found) = validate_json(&[&unreachable]);
     assert_eq!((code, found), (Some(0), Vec::new()));
-    let output = wald().args(["validate", "--connect", "--format", "json"]).arg(&unreachable).output()?;
+    let output = wald()
+        .args(["validate", "--connect", "--format", "json"])
+        .arg(&unreachable)
+        .output()?;
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
-    let unreachable_lines: Vec<&str> = text.lines().filter(|l| l.contains("\"unreachable\"")).collect();
+    let unreachable_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"unreachable\""))
+        .collect();
     assert_eq!(unreachable_lines.len(), 3, "{text}");
     assert!(text.contains("redis_streams backend"), "{text}");
-    assert!(text.contains("target `db`") && text.contains("wald_no_such_table"), "{text}");
+    assert!(
+        text.contains("target `db`") && text.contains("wald_no_such_table"),
+        "{text}"
+    );
     assert!(text.contains("target `hook`"), "{text}");
 
     psql(&format!("DROP TABLE IF EXISTS {table}"))?;

@@ -33,9 +33,9 @@ pub fn expand(text: &str, lookup: Lookup) -> Result<String, Vec<ExpandError>> {
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let tail = &rest[pos..];
-        if tail.starts_with("$${") {
+        if let Some(after) = tail.strip_prefix("$${") {
             out.push_str("${");
-            rest = &tail[3..];
+            rest = after;
             continue;
         }
         if !tail.starts_with("${") {

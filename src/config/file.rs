@@ -101,47 +101,60 @@ impl SourceText {
         }
         None
     }
+}
 
-    /// The raw text of a value as written in the file (before `${VAR}` expansion).
-    pub fn raw_value(&self, path: &KeyPath) -> Option<&str> {
-        self.values.get(path).and_then(|s| self.text.get(s.clone()))
+/// A file that could not be made into a tree: its text as far as it could be read,
+/// and why.
+#[derive(Debug)]
+pub struct Rejected {
+    pub source: SourceText,
+    pub findings: Vec<Finding>,
+}
+
+impl Rejected {
+    fn new(source: SourceText, findings: Vec<Finding>) -> Box<Self> {
+        Box::new(Self { source, findings })
     }
 }
 
-/// Reads a file as UTF-8 text, within [`MAX_FILE_BYTES`].
-pub fn read_text(path: &Path) -> Result<String, (Finding, Option<String>)> {
-    let unreadable = |e: std::io::Error| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::NotFound => "check the path",
-            std::io::ErrorKind::PermissionDenied => "make the file readable by wald's user",
-            _ if e.raw_os_error() == Some(40) => {
-                "a symbolic link points back at itself; fix the link"
-            }
-            _ => "check that the path is a readable file",
-        };
-        (
-            Finding::error(
-                Code::Unreadable,
-                Location::File,
-                format!("cannot read file: {e}"),
-            )
-            .with_hint(hint),
-            None,
-        )
+/// Why a path could not be read, with a hint for the common causes.
+pub fn unreadable(e: &std::io::Error) -> Finding {
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "check the path; `wald validate` takes pipeline files and directories"
+        }
+        std::io::ErrorKind::PermissionDenied => "make the file readable by wald's user",
+        _ if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            "a symbolic link points back at itself; fix the link"
+        }
+        _ => "check that the path is a readable file",
     };
-    let file = std::fs::File::open(path).map_err(unreadable)?;
+    Finding::error(
+        Code::Unreadable,
+        Location::File,
+        format!("cannot read: {e}"),
+    )
+    .with_hint(hint)
+}
+
+/// Reads a file as UTF-8 text, within [`MAX_FILE_BYTES`].
+pub fn read_text(path: &Path) -> Result<String, Box<Rejected>> {
+    let rejected =
+        |finding: Finding| Rejected::new(SourceText::new(path, String::new()), vec![finding]);
+    let file = std::fs::File::open(path).map_err(|e| rejected(unreadable(&e)))?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
+        .map_err(|e| rejected(unreadable(&e)))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        let finding = Finding::error(
-            Code::FileTooLarge,
-            Location::File,
-            format!("file is larger than {} KiB", MAX_FILE_BYTES / 1024),
-        )
-        .with_hint("a pipeline file declares one namespace and is a few KiB; check that this is the right file");
-        return Err((finding, None));
+        return Err(rejected(
+            Finding::error(
+                Code::FileTooLarge,
+                Location::File,
+                format!("file is larger than {} KiB", MAX_FILE_BYTES / 1024),
+            )
+            .with_hint("a pipeline file declares one namespace and is a few KiB; check that this is the right file"),
+        ));
     }
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
@@ -152,7 +165,7 @@ pub fn read_text(path: &Path) -> Result<String, (Finding, Option<String>)> {
             "file is not UTF-8 text",
         )
         .with_hint("save the file as UTF-8; configuration files are text");
-        (finding, Some(lossy))
+        Rejected::new(SourceText::new(path, lossy), vec![finding])
     })
 }
 
@@ -165,11 +178,7 @@ pub struct Document<'i> {
 
 impl<'i> Document<'i> {
     /// Parses `text`; `None` with findings when the TOML itself is broken.
-    pub fn parse(
-        path: &Path,
-        text: &'i str,
-        lookup: Lookup,
-    ) -> Result<Self, (SourceText, Vec<Finding>)> {
+    pub fn parse(path: &Path, text: &'i str, lookup: Lookup) -> Result<Self, Box<Rejected>> {
         let source = SourceText::new(path, text.to_string());
         let (root, errors) = DeTable::parse_recoverable(text);
         if !errors.is_empty() {
@@ -187,7 +196,7 @@ impl<'i> Document<'i> {
                 last.message
                     .push_str(&format!(" (and {more} more syntax errors)"));
             }
-            return Err((source, findings));
+            return Err(Rejected::new(source, findings));
         }
         let mut doc = Self {
             source,

@@ -82,10 +82,10 @@ pub fn collect_files(paths: &[PathBuf], diagnostics: &mut Vec<Diagnostic>) -> Ve
                         .with_hint("add a file such as `orders.toml` declaring `namespace = \"orders\"`; see pipelines/examples/"),
                 )),
                 Ok(found) => found.into_iter().for_each(|f| add(f, &mut files)),
-                Err(e) => diagnostics.push(unreadable(path, &e)),
+                Err(e) => diagnostics.push(Diagnostic::for_path(path, file::unreadable(&e))),
             },
             Ok(_) => add(path.clone(), &mut files),
-            Err(e) => diagnostics.push(unreadable(path, &e)),
+            Err(e) => diagnostics.push(Diagnostic::for_path(path, file::unreadable(&e))),
         }
     }
     files
@@ -108,25 +108,6 @@ fn read_dir_pipelines(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
-}
-
-fn unreadable(path: &Path, e: &std::io::Error) -> Diagnostic {
-    let hint = match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            "check the path; `wald validate` takes pipeline files and directories"
-        }
-        _ if e.raw_os_error() == Some(40) => "a symbolic link points back at itself; fix the link",
-        _ => "check that the path is readable by wald's user",
-    };
-    Diagnostic::for_path(
-        path,
-        Finding::error(
-            Code::Unreadable,
-            Location::File,
-            format!("cannot read: {e}"),
-        )
-        .with_hint(hint),
-    )
 }
 
 /// Loads, parses and validates every pipeline file that `paths` name.
@@ -180,11 +161,7 @@ pub fn load_pipeline_file(
 ) -> (SourceText, Option<PipelineConfig>, Vec<Finding>) {
     match file::read_text(path) {
         Ok(text) => load_pipeline_text(path, &text, lookup),
-        Err((finding, lossy)) => (
-            SourceText::new(path, lossy.unwrap_or_default()),
-            None,
-            vec![finding],
-        ),
+        Err(rejected) => (rejected.source, None, rejected.findings),
     }
 }
 
@@ -196,7 +173,7 @@ pub fn load_pipeline_text(
 ) -> (SourceText, Option<PipelineConfig>, Vec<Finding>) {
     let mut doc = match Document::parse(path, text, lookup) {
         Ok(doc) => doc,
-        Err((source, findings)) => return (source, None, findings),
+        Err(rejected) => return (rejected.source, None, rejected.findings),
     };
     if doc.root.get_ref().is_empty() {
         let finding = Finding::error(Code::EmptyFile, Location::File, "file declares nothing")
@@ -223,21 +200,16 @@ pub fn load_service(
     let Some(path) = path else {
         return (Some(ServiceConfig::default()), Vec::new());
     };
+    let rejected = |r: Box<file::Rejected>| -> Vec<Diagnostic> {
+        r.findings.into_iter().map(|f| r.source.place(f)).collect()
+    };
     let text = match file::read_text(path) {
         Ok(text) => text,
-        Err((finding, lossy)) => {
-            let source = SourceText::new(path, lossy.unwrap_or_default());
-            return (None, vec![source.place(finding)]);
-        }
+        Err(r) => return (None, rejected(r)),
     };
     let mut doc = match Document::parse(path, &text, lookup) {
         Ok(doc) => doc,
-        Err((source, findings)) => {
-            return (
-                None,
-                findings.into_iter().map(|f| source.place(f)).collect(),
-            );
-        }
+        Err(r) => return (None, rejected(r)),
     };
     let config = service::parse_service(&mut doc);
     let mut findings = std::mem::take(&mut doc.findings);

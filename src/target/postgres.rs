@@ -170,7 +170,15 @@ pub async fn probe(config: &Config) -> Result<(), String> {
     conn.prepare(sqlx::AssertSqlSafe(sql).into_sql_str())
         .await
         .map(|_| ())
-        .map_err(|e| format!("the statement does not prepare: {e}"))
+        .map_err(|e| format!("the statement does not prepare: {}", database_message(&e)))
+}
+
+/// The server's own words for a database error, without sqlx's decoration.
+fn database_message(e: &sqlx::Error) -> String {
+    match e.as_database_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    }
 }
 
 /// Connects and runs `SELECT 1`.
@@ -181,7 +189,7 @@ pub async fn probe_url(url: &str) -> Result<(), String> {
     conn.execute("SELECT 1")
         .await
         .map(|_| ())
-        .map_err(|e| format!("SELECT 1 failed: {e}"))
+        .map_err(|e| format!("SELECT 1 failed: {}", database_message(&e)))
 }
 
 async fn connect(url: &str) -> Result<sqlx::PgConnection, String> {

@@ -16,7 +16,10 @@ pub fn root() -> PathBuf {
 /// A `wald` command run from the crate's root, with no `wald.toml` from the caller.
 pub fn wald() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wald"));
-    command.current_dir(root()).env_remove("WALD_CONFIG").stdin(Stdio::null());
+    command
+        .current_dir(root())
+        .env_remove("WALD_CONFIG")
+        .stdin(Stdio::null());
     command
 }
 
@@ -54,7 +57,8 @@ pub fn validate_json(paths: &[&Path]) -> (Option<i32>, Vec<Found>) {
     let found = stdout(&output)
         .lines()
         .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
             let place = match (v["line"].as_u64(), v["column"].as_u64()) {
                 (Some(l), Some(c)) => format!("{l}:{c}"),
                 _ => "-".to_string(),

@@ -1,0 +1,106 @@
+//! `wald serve` through the real binary: it starts on the shipped pipelines, answers
+//! its probes, quarantines a bad file without exiting, and stops on SIGTERM.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Starts `wald serve` on a free port with `pipelines` and returns it with its address.
+async fn start(pipelines: &std::path::Path) -> Result<(Child, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wald"))
+        .current_dir(common::root())
+        .env_remove("WALD_CONFIG")
+        .env("RUST_LOG", "info")
+        .args(["serve", "--listen", "127.0.0.1:0", "--pipelines"])
+        .arg(pipelines)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+    let address = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.split("address=").nth(1) {
+                return Ok::<_, std::io::Error>(
+                    rest.split_whitespace().next().unwrap_or("").to_string(),
+                );
+            }
+        }
+        Err(std::io::Error::other("wald exited before listening"))
+    })
+    .await??;
+    // Keep draining the log so that the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, address))
+}
+
+async fn stop(mut child: Child) -> Result<std::process::ExitStatus> {
+    let pid = child.id().ok_or("already exited")?;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    Ok(tokio::time::timeout(Duration::from_secs(10), child.wait()).await??)
+}
+
+#[tokio::test]
+async fn serve_runs_the_shipped_pipelines_and_answers_health() -> Result {
+    let (child, address) = start(&common::root().join("pipelines")).await?;
+    let health: serde_json::Value = reqwest::get(format!("http://{address}/api/v1/health"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(health["status"], "ok", "{health}");
+    let names: Vec<&str> = health["namespaces"]
+        .as_array()
+        .ok_or("namespaces")?
+        .iter()
+        .filter_map(|n| n["namespace"].as_str())
+        .collect();
+    assert_eq!(names, ["demo", "orders"]);
+    for probe in ["liveness", "readiness"] {
+        let response = reqwest::get(format!("http://{address}/api/v1/health/{probe}")).await?;
+        assert_eq!(response.status(), 200, "{probe}");
+    }
+    let missing = reqwest::get(format!("http://{address}/no/such/route")).await?;
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await?;
+    assert_eq!(body["error"]["code"], "route_not_found");
+    assert!(stop(child).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_file_is_quarantined_and_the_others_still_run() -> Result {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        common::root().join("pipelines/demo.toml"),
+        dir.path().join("demo.toml"),
+    )?;
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "namespace = \"broken\"\n[source\n",
+    )?;
+    let (child, address) = start(dir.path()).await?;
+    let health: serde_json::Value = reqwest::get(format!("http://{address}/api/v1/health"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["namespaces"][0]["namespace"], "demo");
+    assert!(
+        health["quarantined_files"][0]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("broken.toml"),
+        "{health}"
+    );
+    assert!(stop(child).await?.success());
+    Ok(())
+}
