@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::{Found, root, run, service_available, stderr, stdout, validate_json, wald};
+use common::{Found, psql, root, run, service_available, stderr, stdout, validate_json, wald};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -407,21 +407,8 @@ fn connect_reaches_postgres_and_redis_and_names_what_it_cannot_reach() -> Result
         return Ok(());
     }
     let table = format!("wald_connect_test_{}", std::process::id());
-    let psql = |sql: &str| {
-        std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "test",
-                "-qc",
-                sql,
-            ])
-            .output()
-    };
-    let created = psql(&format!(
+    let sql = |sql: String| psql(&["-c".as_ref(), sql.as_ref()]);
+    let created = sql(format!(
         "CREATE TABLE IF NOT EXISTS {table} (id text PRIMARY KEY, body jsonb)"
     ))?;
     assert!(
@@ -514,6 +501,26 @@ url = "http://127.0.0.1:1/hook"
     );
     assert!(text.contains("target `hook`"), "{text}");
 
-    psql(&format!("DROP TABLE IF EXISTS {table}"))?;
+    sql(format!("DROP TABLE IF EXISTS {table}"))?;
+    Ok(())
+}
+
+#[test]
+fn the_postgres_example_prepares_against_the_example_migration() -> Result {
+    if !service_available("Postgres", "127.0.0.1:5432") {
+        return Ok(());
+    }
+    let migration = root().join("migrations/examples/0001_example_tables.sql");
+    let migrated = psql(&["-f".as_ref(), migration.as_os_str()])?;
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let output = wald()
+        .args(["validate", "--connect", "pipelines/examples/postgres.toml"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+        .output()?;
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     Ok(())
 }

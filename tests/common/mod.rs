@@ -87,3 +87,22 @@ pub fn service_available(name: &str, addr: &str) -> bool {
     eprintln!("skipped: {name} is not reachable at {addr} (set CI=1 to make this a failure)");
     false
 }
+
+/// Runs `psql` against the local test database with `args` (`-c SQL` or `-f FILE`),
+/// stopping at the first error.
+pub fn psql(args: &[&std::ffi::OsStr]) -> std::io::Result<Output> {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
+        .args(args)
+        .output()
+}
