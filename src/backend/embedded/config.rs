@@ -1,5 +1,4 @@
-//! The embedded log: segment files on local disk, the default backend. Its
-//! configuration lives here; the log itself is built in a later module of this folder.
+//! The embedded log's configuration: `[producer]` with `type = "embedded"`.
 
 use serde::{Deserialize, Serialize};
 

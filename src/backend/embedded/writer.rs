@@ -1,0 +1,416 @@
+//! The writer of one log: the only code that appends to segment files.
+//!
+//! Group commit: a task takes every append request waiting in its queue, encodes them
+//! into one buffer, writes it with one `write` and makes it durable with one
+//! `fdatasync`, then answers each request. While that sync runs, new requests queue up
+//! and form the next group, so one sync serves many requests under load. A request is
+//! answered only after the sync that covers it; if the write or the sync fails, the
+//! bytes are cut off again and every request of the group gets the error, so that
+//! nothing is ever acknowledged after a failed sync.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use super::config::SyncMode;
+use super::cursor::write_atomically;
+use super::error::LogError;
+use super::format::{
+    self, FLAG_END_OF_BATCH, FrameMeta, INDEX_INTERVAL, IndexEntry, SEGMENT_HEADER_LEN,
+};
+use super::log::{Appended, Committed, Shared};
+use super::segment::{Segment, create_segment, segment_file_name};
+use crate::backend::{Durability, Record};
+
+/// Most bytes one group writes at once; more waits for the next group.
+const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// One append request: records that are durable together or not at all.
+pub struct AppendRequest {
+    pub records: Vec<Record>,
+    pub reply: oneshot::Sender<Result<Appended, LogError>>,
+}
+
+/// What the writer owns: the active segment and the position in it.
+pub struct WriterState {
+    pub shared: Arc<Shared>,
+    /// Write handle of the active segment.
+    pub file: File,
+    pub segment: Arc<Segment>,
+    /// End of the written bytes.
+    pub pos: u64,
+    /// End of the synced bytes.
+    pub durable_len: u64,
+    pub next_offset: u64,
+    pub last_timestamp_ms: u64,
+    pub next_index_at: u64,
+    /// A failed write could not be cut off; try again before the next write.
+    pub truncate_pending: bool,
+    buf: Vec<u8>,
+}
+
+/// A request encoded into the group's buffer, waiting for its answer.
+struct Pending {
+    reply: oneshot::Sender<Result<Appended, LogError>>,
+    first_offset: u64,
+    last_offset: u64,
+}
+
+impl WriterState {
+    pub fn new(
+        shared: Arc<Shared>,
+        file: File,
+        segment: Arc<Segment>,
+        pos: u64,
+        next_offset: u64,
+        last_timestamp_ms: u64,
+    ) -> Self {
+        let next_index_at = segment
+            .index_snapshot()
+            .last()
+            .map_or(0, |e| e.position + INDEX_INTERVAL);
+        Self {
+            shared,
+            file,
+            segment,
+            pos,
+            durable_len: pos,
+            next_offset,
+            last_timestamp_ms,
+            next_index_at,
+            truncate_pending: false,
+            buf: Vec::new(),
+        }
+    }
+
+    fn sync_mode(&self) -> SyncMode {
+        self.shared.config.sync
+    }
+
+    /// Writes one group of requests and answers each of them.
+    fn write_group(&mut self, group: Vec<AppendRequest>) {
+        if let Some(reason) = self.shared.failure() {
+            for request in group {
+                let _ = request.reply.send(Err(LogError::Failed(reason.clone())));
+            }
+            return;
+        }
+        if self.truncate_pending {
+            match self.file.set_len(self.pos) {
+                Ok(()) => self.truncate_pending = false,
+                Err(e) => {
+                    for request in group {
+                        let _ = request.reply.send(Err(LogError::io(
+                            "cutting off a failed write",
+                            &self.segment.path,
+                            clone_io(&e),
+                        )));
+                    }
+                    return;
+                }
+            }
+        }
+        if self.segment_is_old() {
+            // A failed roll leaves the writer on the old segment, which still works.
+            if let Err(e) = self.roll() {
+                warn!(error = %e, "Could not start a new segment; the current one goes on.");
+            }
+        }
+        let mut pending: Vec<Pending> = Vec::new();
+        self.buf.clear();
+        for request in group {
+            let size: usize = request
+                .records
+                .iter()
+                .map(|r| format::frame_len(r.key.as_deref(), &r.headers, &r.payload))
+                .sum();
+            let end = self.pos + (self.buf.len() + size) as u64;
+            let has_data = self.pos + self.buf.len() as u64 > SEGMENT_HEADER_LEN as u64;
+            if end > self.shared.config.segment_size.bytes() && has_data {
+                self.flush(&mut pending);
+                if let Err(e) = self.roll() {
+                    let _ = request.reply.send(Err(e));
+                    continue;
+                }
+            }
+            let first_offset = self.next_offset;
+            self.encode(&request.records);
+            pending.push(Pending {
+                reply: request.reply,
+                first_offset,
+                last_offset: self.next_offset - 1,
+            });
+        }
+        self.flush(&mut pending);
+    }
+
+    /// Encodes one request's records after what the buffer holds.
+    fn encode(&mut self, records: &[Record]) {
+        let now = now_ms();
+        for (i, record) in records.iter().enumerate() {
+            let position = self.pos + self.buf.len() as u64;
+            // Timestamps never go back, so that seeking by time can bisect.
+            let timestamp_ms = now.max(self.last_timestamp_ms);
+            let flags = if i + 1 == records.len() {
+                FLAG_END_OF_BATCH
+            } else {
+                0
+            };
+            let meta = FrameMeta {
+                offset: self.next_offset,
+                timestamp_ms,
+                durable_len: self.durable_len,
+                flags,
+            };
+            format::encode_frame(
+                &mut self.buf,
+                meta,
+                record.key.as_deref(),
+                &record.headers,
+                &record.payload,
+            );
+            if position >= self.next_index_at {
+                self.segment.push_index(IndexEntry {
+                    offset: self.next_offset,
+                    position,
+                    timestamp_ms,
+                });
+                self.next_index_at = position + INDEX_INTERVAL;
+            }
+            self.last_timestamp_ms = timestamp_ms;
+            self.next_offset += 1;
+        }
+    }
+
+    /// Writes the buffer, syncs it (in `always` mode) and answers the pending requests.
+    fn flush(&mut self, pending: &mut Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        let result =
+            self.file
+                .write_all_at(&self.buf, self.pos)
+                .and_then(|()| match self.sync_mode() {
+                    SyncMode::Always => self.file.sync_data(),
+                    SyncMode::Interval => Ok(()),
+                });
+        match result {
+            Ok(()) => {
+                let stats = &self.shared.stats;
+                stats
+                    .appends
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                stats.records.fetch_add(
+                    pending
+                        .iter()
+                        .map(|p| p.last_offset - p.first_offset + 1)
+                        .sum(),
+                    Ordering::Relaxed,
+                );
+                stats
+                    .bytes
+                    .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+                if self.sync_mode() == SyncMode::Always {
+                    stats.syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                self.pos += self.buf.len() as u64;
+                let durability = match self.sync_mode() {
+                    SyncMode::Always => {
+                        self.durable_len = self.pos;
+                        Durability::Durable
+                    }
+                    SyncMode::Interval => Durability::Written,
+                };
+                self.publish();
+                for p in pending.drain(..) {
+                    let _ = p.reply.send(Ok(Appended {
+                        first_offset: p.first_offset,
+                        last_offset: p.last_offset,
+                        durability,
+                    }));
+                }
+            }
+            Err(e) => {
+                // Nothing of this group is acknowledged: take its offsets and bytes back.
+                let first = pending[0].first_offset;
+                self.next_offset = first;
+                self.segment.truncate_index(first);
+                self.next_index_at = self
+                    .segment
+                    .index_snapshot()
+                    .last()
+                    .map_or(0, |e| e.position + INDEX_INTERVAL);
+                if self.file.set_len(self.pos).is_err() {
+                    self.truncate_pending = true;
+                }
+                error!(segment = %self.segment.path.display(), error = %e, requests = pending.len(), "Append failed; nothing of it was acknowledged.");
+                for p in pending.drain(..) {
+                    let _ = p.reply.send(Err(LogError::io(
+                        "appending to the log",
+                        &self.segment.path,
+                        clone_io(&e),
+                    )));
+                }
+            }
+        }
+        self.buf.clear();
+    }
+
+    /// Tells readers how far the log is committed.
+    fn publish(&self) {
+        self.shared.committed.send_replace(Committed {
+            next_offset: self.next_offset,
+            segment_base: self.segment.base_offset,
+            end_pos: self.pos,
+        });
+    }
+
+    fn segment_is_old(&self) -> bool {
+        let age = now_ms().saturating_sub(self.segment.created_ms);
+        self.pos > SEGMENT_HEADER_LEN as u64
+            && age >= self.shared.config.segment_age.get().as_millis() as u64
+    }
+
+    /// Seals the active segment (synced whole, index written) and starts a new one whose
+    /// header and directory entry are durable before any record goes into it.
+    fn roll(&mut self) -> Result<(), LogError> {
+        if self.durable_len < self.pos {
+            self.sync()?;
+        }
+        let index_path = self.segment.path.with_extension("idx");
+        if let Err(e) = write_atomically(
+            &index_path,
+            &format::encode_index(&self.segment.index_snapshot()),
+        ) {
+            warn!(error = %e, "Could not write a segment index; it is rebuilt when needed.");
+        }
+        let base = self.next_offset;
+        let (file, created_ms) = create_segment(&self.shared.dir, base)?;
+        let path = self.shared.dir.join(segment_file_name(base));
+        let reader =
+            File::open(&path).map_err(|e| LogError::io("opening a new segment", &path, e))?;
+        self.segment.seal(self.pos);
+        let segment = Arc::new(Segment::new(
+            base,
+            created_ms,
+            path,
+            reader,
+            Some(Vec::new()),
+        ));
+        self.shared.push_segment(segment.clone());
+        self.file = file;
+        self.segment = segment;
+        self.pos = SEGMENT_HEADER_LEN as u64;
+        self.durable_len = self.pos;
+        self.next_index_at = 0;
+        self.publish();
+        info!(segment = %self.segment.path.display(), "Segment started.");
+        Ok(())
+    }
+
+    /// `sync = "interval"`: makes what was written durable.
+    fn sync(&mut self) -> Result<(), LogError> {
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                self.durable_len = self.pos;
+                Ok(())
+            }
+            Err(e) => {
+                error!(segment = %self.segment.path.display(), error = %e, "Sync failed: acknowledged writes may be lost.");
+                Err(LogError::io("syncing the log", &self.segment.path, e))
+            }
+        }
+    }
+}
+
+/// The writer task: gathers groups and hands each to a blocking thread for its I/O.
+pub async fn run(mut state: WriterState, mut requests: mpsc::Receiver<AppendRequest>) {
+    let interval = state.shared.config.sync_interval.get();
+    let mut retention = tokio::time::interval(RETENTION_EVERY);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let dirty = state.durable_len < state.pos;
+        let first = tokio::select! {
+            request = requests.recv() => request,
+            _ = tokio::time::sleep(interval), if dirty && state.sync_mode() == SyncMode::Interval => {
+                state = blocking(state, |s| { let _ = s.sync(); }).await;
+                continue;
+            }
+            _ = retention.tick() => {
+                state = blocking(state, |s| {
+                    if let Err(e) = s.shared.apply_retention(now_ms()) {
+                        warn!(error = %e, "Retention failed; it runs again later.");
+                    }
+                }).await;
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
+        let mut group = vec![first];
+        let mut bytes = group_bytes(&group[0]);
+        while bytes < MAX_GROUP_BYTES {
+            match requests.try_recv() {
+                Ok(request) => {
+                    bytes += group_bytes(&request);
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        state = blocking(state, move |s| s.write_group(group)).await;
+    }
+    if state.durable_len < state.pos {
+        let _ = blocking(state, |s| {
+            let _ = s.sync();
+        })
+        .await;
+    }
+}
+
+/// Runs `work` on the blocking pool with the state, and gives the state back.
+async fn blocking(
+    mut state: WriterState,
+    work: impl FnOnce(&mut WriterState) + Send + 'static,
+) -> WriterState {
+    let shared = state.shared.clone();
+    match tokio::task::spawn_blocking(move || {
+        work(&mut state);
+        state
+    })
+    .await
+    {
+        Ok(state) => state,
+        Err(e) => {
+            // The state went down with the panic; no further write can be trusted.
+            shared.fail(format!("the writer panicked: {e}"));
+            std::panic::resume_unwind(e.into_panic())
+        }
+    }
+}
+
+fn group_bytes(request: &AppendRequest) -> usize {
+    request.records.iter().map(|r| r.payload.len() + 64).sum()
+}
+
+fn clone_io(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
