@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::config::Config;
@@ -149,13 +148,13 @@ impl Shared {
     }
 }
 
-/// A handle to one log. Cheap to clone; the writer task stops when the last handle is
+/// A handle to one log. Cheap to clone; the writer thread stops when the last handle is
 /// dropped, or at [`Log::close`].
 #[derive(Clone)]
 pub struct Log {
     shared: Arc<Shared>,
     requests: mpsc::Sender<AppendRequest>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Log {
@@ -270,8 +269,14 @@ impl Log {
             recovered.next_offset,
             recovered.last_timestamp_ms,
         );
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            LogError::Invalid("a log is opened from within the async runtime".into())
+        })?;
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let writer = tokio::spawn(writer::run(state, receiver));
+        let writer = std::thread::Builder::new()
+            .name("wald-log-writer".into())
+            .spawn(move || writer::run(state, receiver, runtime))
+            .map_err(|e| LogError::io("starting the log writer", dir, e))?;
         Ok(Self {
             shared,
             requests,
@@ -464,7 +469,7 @@ impl Log {
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         drop(self.requests);
         if let Some(writer) = writer {
-            let _ = writer.await;
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
     }
 }

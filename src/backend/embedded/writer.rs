@@ -12,7 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -332,68 +332,63 @@ impl WriterState {
     }
 }
 
-/// The writer task: gathers groups and hands each to a blocking thread for its I/O.
-pub async fn run(mut state: WriterState, mut requests: mpsc::Receiver<AppendRequest>) {
+/// The writer thread: gathers each group from the queue and writes it. A thread of its
+/// own rather than a task, so that a group's answers go out and the next group starts
+/// without waiting for a runtime worker.
+pub fn run(
+    mut state: WriterState,
+    mut requests: mpsc::Receiver<AppendRequest>,
+    runtime: tokio::runtime::Handle,
+) {
     let interval = state.shared.config.sync_interval.get();
-    let mut retention = tokio::time::interval(RETENTION_EVERY);
-    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_retention = Instant::now() + RETENTION_EVERY;
     loop {
-        let dirty = state.durable_len < state.pos;
-        let first = tokio::select! {
-            request = requests.recv() => request,
-            _ = tokio::time::sleep(interval), if dirty && state.sync_mode() == SyncMode::Interval => {
-                state = blocking(state, |s| { let _ = s.sync(); }).await;
-                continue;
-            }
-            _ = retention.tick() => {
-                state = blocking(state, |s| {
-                    if let Err(e) = s.shared.apply_retention(now_ms()) {
+        let dirty = state.durable_len < state.pos && state.sync_mode() == SyncMode::Interval;
+        let deadline = if dirty {
+            next_retention.min(Instant::now() + interval)
+        } else {
+            next_retention
+        };
+        let first = runtime
+            .block_on(async { tokio::time::timeout_at(deadline.into(), requests.recv()).await });
+        let first = match first {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            Err(_) => {
+                if dirty {
+                    let _ = state.sync();
+                }
+                if Instant::now() >= next_retention {
+                    if let Err(e) = state.shared.apply_retention(now_ms()) {
                         warn!(error = %e, "Retention failed; it runs again later.");
                     }
-                }).await;
+                    next_retention = Instant::now() + RETENTION_EVERY;
+                }
                 continue;
             }
         };
-        let Some(first) = first else { break };
         let mut group = vec![first];
         let mut bytes = group_bytes(&group[0]);
-        while bytes < MAX_GROUP_BYTES {
-            match requests.try_recv() {
-                Ok(request) => {
-                    bytes += group_bytes(&request);
-                    group.push(request);
+        // Take what is queued; then give appenders that are about to queue one chance to,
+        // since a request that just misses a group waits a whole sync for the next.
+        for round in 0..2 {
+            if round == 1 {
+                std::thread::yield_now();
+            }
+            while bytes < MAX_GROUP_BYTES {
+                match requests.try_recv() {
+                    Ok(request) => {
+                        bytes += group_bytes(&request);
+                        group.push(request);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
         }
-        state = blocking(state, move |s| s.write_group(group)).await;
+        state.write_group(group);
     }
     if state.durable_len < state.pos {
-        let _ = blocking(state, |s| {
-            let _ = s.sync();
-        })
-        .await;
-    }
-}
-
-/// Runs `work` on the blocking pool with the state, and gives the state back.
-async fn blocking(
-    mut state: WriterState,
-    work: impl FnOnce(&mut WriterState) + Send + 'static,
-) -> WriterState {
-    let shared = state.shared.clone();
-    match tokio::task::spawn_blocking(move || {
-        work(&mut state);
-        state
-    })
-    .await
-    {
-        Ok(state) => state,
-        Err(e) => {
-            // The state went down with the panic; no further write can be trusted.
-            shared.fail(format!("the writer panicked: {e}"));
-            std::panic::resume_unwind(e.into_panic())
-        }
+        let _ = state.sync();
     }
 }
 
