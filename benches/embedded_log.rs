@@ -234,7 +234,7 @@ async fn bench_wald(dir: &Path, settings: &Settings) -> Result<Sample> {
 fn bench_fdatasync_per_record(path: &Path, settings: &Settings) -> Result<Sample> {
     let file = std::fs::OpenOptions::new()
         .create(true)
-        .read(true)
+        .truncate(true)
         .write(true)
         .open(path)?;
     let record = payload(0);
