@@ -340,14 +340,10 @@ impl Log {
                 Some(following) => (segment.sealed_len().unwrap_or(0), following.base_offset),
                 None => (committed.end_pos, committed.next_offset),
             };
+            // Never past the committed end, even where a sealed segment holds more.
+            let wanted = (max_records - records.len()).min((committed.next_offset - next) as usize);
             let batch = segment
-                .read(
-                    next,
-                    end_pos,
-                    end_offset,
-                    max_records - records.len(),
-                    max_bytes,
-                )
+                .read(next, end_pos, end_offset, wanted, max_bytes)
                 .inspect_err(|e| self.fail_on_corruption(e))?;
             match batch.last() {
                 Some(last) => next = last.offset + 1,
