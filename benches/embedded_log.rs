@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use wald::backend::Record;
 use wald::backend::embedded::{Config, Log};
-use wald::config::units::ByteSize;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -365,20 +364,14 @@ impl Drop for RedisAof {
     }
 }
 
-/// Child process: fills a log in `dir` to `bytes`, says so, and goes on appending until
+/// Child process (default configuration: 64 MiB segments): fills a log in `dir` to `bytes`, says so, and goes on appending until
 /// it is killed.
 fn fill(dir: &Path, bytes: u64) -> Result {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let log = Log::open(
-            dir,
-            Config {
-                segment_size: ByteSize::mib(64),
-                ..Config::default()
-            },
-        )?;
+        let log = Log::open(dir, Config::default())?;
         let mut said = false;
         let mut tasks = tokio::task::JoinSet::new();
         for writer in 0..8u64 {
@@ -433,13 +426,7 @@ fn recovery_time(dir: &Path, bytes: u64, runtime: &tokio::runtime::Runtime) -> R
         .status();
     let started = Instant::now();
     runtime.block_on(async {
-        let log = Log::open(
-            dir,
-            Config {
-                segment_size: ByteSize::mib(64),
-                ..Config::default()
-            },
-        )?;
+        let log = Log::open(dir, Config::default())?;
         log.append(vec![Record {
             key: None,
             headers: Vec::new(),

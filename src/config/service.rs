@@ -133,15 +133,7 @@ impl ServiceConfig {
         let mut checks = Checks::default();
         let root = KeyPath::root();
         if let Some(hash) = &self.admin_key_sha256 {
-            let hash = hash.expose();
-            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                checks.error(
-                    Code::InvalidValue,
-                    &root.key("admin_key_sha256"),
-                    "not a SHA-256 hash: expected 64 hex digits",
-                    "store the hash, not the key: `wald hash-key` prints it",
-                );
-            }
+            checks.sha256(&root.key("admin_key_sha256"), hash.expose());
         }
         let http = root.key("http");
         checks.range(

@@ -109,6 +109,18 @@ impl Checks {
         }
     }
 
+    /// `value` must be a SHA-256 hash in hex, as `wald hash-key` prints it.
+    pub fn sha256(&mut self, path: &KeyPath, value: &str) {
+        if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            self.error(
+                Code::InvalidValue,
+                path,
+                "not a SHA-256 hash: expected 64 hex digits",
+                "store the hash, not the key: `wald hash-key` prints it",
+            );
+        }
+    }
+
     /// `name` must be a name wald can use in file names, metrics and URLs.
     pub fn name(&mut self, code: Code, path: &KeyPath, name: &str, what: &str) {
         if !is_valid_name(name) {
@@ -178,14 +190,7 @@ pub fn validate_pipeline(config: &PipelineConfig) -> Vec<Finding> {
         );
     }
     for (i, hash) in config.source.api_keys_sha256.iter().enumerate() {
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            checks.error(
-                Code::InvalidValue,
-                &source.key("api_keys_sha256").index(i),
-                "not a SHA-256 hash: expected 64 hex digits",
-                "store the hash, not the key: `wald hash-key` prints it",
-            );
-        }
+        checks.sha256(&source.key("api_keys_sha256").index(i), hash);
     }
     if let Some(size) = config.source.max_message_bytes {
         checks.range(

@@ -46,6 +46,34 @@ pub fn create_segment(dir: &Path, base: u64) -> Result<(File, u64), LogError> {
     }
 }
 
+/// Decides which records get an entry in a sparse index: the first one after every
+/// [`INDEX_INTERVAL`] bytes of the segment.
+#[derive(Debug, Default)]
+pub struct IndexSampler {
+    next_at: u64,
+}
+
+impl IndexSampler {
+    /// A sampler that goes on after the index's last entry.
+    pub fn after(last: Option<&IndexEntry>) -> Self {
+        Self {
+            next_at: last.map_or(0, |e| e.position + INDEX_INTERVAL),
+        }
+    }
+
+    /// The entry for the record at `position`, if it gets one.
+    pub fn sample(&mut self, offset: u64, position: u64, timestamp_ms: u64) -> Option<IndexEntry> {
+        (position >= self.next_at).then(|| {
+            self.next_at = position + INDEX_INTERVAL;
+            IndexEntry {
+                offset,
+                position,
+                timestamp_ms,
+            }
+        })
+    }
+}
+
 /// A segment file, shared by the writer (which appends through its own handle) and the
 /// readers (which read through this one).
 pub struct Segment {
@@ -303,7 +331,7 @@ fn build_index(
     let mut scanner = Scanner::new(file, SEGMENT_HEADER_LEN as u64, end_pos);
     let mut entries = Vec::new();
     let mut expected = base;
-    let mut next_index_at = 0;
+    let mut sampler = IndexSampler::default();
     loop {
         let position = scanner.pos;
         match scanner
@@ -312,14 +340,7 @@ fn build_index(
         {
             None => break,
             Some(Ok(frame)) if frame.record.offset == expected => {
-                if position >= next_index_at {
-                    entries.push(IndexEntry {
-                        offset: expected,
-                        position,
-                        timestamp_ms: frame.record.timestamp_ms,
-                    });
-                    next_index_at = position + INDEX_INTERVAL;
-                }
+                entries.extend(sampler.sample(expected, position, frame.record.timestamp_ms));
                 expected += 1;
             }
             Some(other) => {
@@ -388,7 +409,7 @@ pub fn recover_tail(
     };
     let mut pending_index = Vec::new();
     let mut expected = base;
-    let mut next_index_at = 0;
+    let mut sampler = IndexSampler::default();
     let damage_at = loop {
         let position = scanner.pos;
         match scanner
@@ -397,14 +418,7 @@ pub fn recover_tail(
         {
             None => break None,
             Some(Ok(frame)) if frame.record.offset == expected => {
-                if position >= next_index_at {
-                    pending_index.push(IndexEntry {
-                        offset: expected,
-                        position,
-                        timestamp_ms: frame.record.timestamp_ms,
-                    });
-                    next_index_at = position + INDEX_INTERVAL;
-                }
+                pending_index.extend(sampler.sample(expected, position, frame.record.timestamp_ms));
                 expected += 1;
                 if frame.flags & format::FLAG_END_OF_BATCH != 0 {
                     recovered.valid_len = scanner.pos;

@@ -20,11 +20,9 @@ use tracing::{error, info, warn};
 use super::config::SyncMode;
 use super::cursor::write_atomically;
 use super::error::LogError;
-use super::format::{
-    self, FLAG_END_OF_BATCH, FrameMeta, INDEX_INTERVAL, IndexEntry, SEGMENT_HEADER_LEN,
-};
+use super::format::{self, FLAG_END_OF_BATCH, FrameMeta, SEGMENT_HEADER_LEN};
 use super::log::{Appended, Committed, Shared};
-use super::segment::{Segment, create_segment, segment_file_name};
+use super::segment::{IndexSampler, Segment, create_segment, segment_file_name};
 use crate::backend::{Durability, Record};
 
 /// Most bytes one group writes at once; more waits for the next group.
@@ -51,7 +49,7 @@ pub struct WriterState {
     pub durable_len: u64,
     pub next_offset: u64,
     pub last_timestamp_ms: u64,
-    pub next_index_at: u64,
+    pub index_sampler: IndexSampler,
     /// A failed write could not be cut off; try again before the next write.
     pub truncate_pending: bool,
     buf: Vec<u8>,
@@ -73,10 +71,7 @@ impl WriterState {
         next_offset: u64,
         last_timestamp_ms: u64,
     ) -> Self {
-        let next_index_at = segment
-            .index_snapshot()
-            .last()
-            .map_or(0, |e| e.position + INDEX_INTERVAL);
+        let index_sampler = IndexSampler::after(segment.index_snapshot().last());
         Self {
             shared,
             file,
@@ -85,7 +80,7 @@ impl WriterState {
             durable_len: pos,
             next_offset,
             last_timestamp_ms,
-            next_index_at,
+            index_sampler,
             truncate_pending: false,
             buf: Vec::new(),
         }
@@ -177,13 +172,11 @@ impl WriterState {
                 &record.headers,
                 &record.payload,
             );
-            if position >= self.next_index_at {
-                self.segment.push_index(IndexEntry {
-                    offset: self.next_offset,
-                    position,
-                    timestamp_ms,
-                });
-                self.next_index_at = position + INDEX_INTERVAL;
+            if let Some(entry) = self
+                .index_sampler
+                .sample(self.next_offset, position, timestamp_ms)
+            {
+                self.segment.push_index(entry);
             }
             self.last_timestamp_ms = timestamp_ms;
             self.next_offset += 1;
@@ -243,11 +236,7 @@ impl WriterState {
                 let first = pending[0].first_offset;
                 self.next_offset = first;
                 self.segment.truncate_index(first);
-                self.next_index_at = self
-                    .segment
-                    .index_snapshot()
-                    .last()
-                    .map_or(0, |e| e.position + INDEX_INTERVAL);
+                self.index_sampler = IndexSampler::after(self.segment.index_snapshot().last());
                 if self.file.set_len(self.pos).is_err() {
                     self.truncate_pending = true;
                 }
@@ -310,7 +299,7 @@ impl WriterState {
         self.segment = segment;
         self.pos = SEGMENT_HEADER_LEN as u64;
         self.durable_len = self.pos;
-        self.next_index_at = 0;
+        self.index_sampler = IndexSampler::default();
         self.publish();
         info!(segment = %self.segment.path.display(), "Segment started.");
         Ok(())
