@@ -238,11 +238,6 @@ impl Log {
                 .and_then(|()| write_file.sync_data())
                 .map_err(|e| LogError::io("cutting off a torn tail", &active.path, e))?;
         }
-        if let Some(previous) = segments.iter().rev().nth(1)
-            && active.base_offset < previous.base_offset
-        {
-            return Err(LogError::Invalid("segments out of order".into()));
-        }
         let committed = Committed {
             next_offset: recovered.next_offset,
             segment_base: active.base_offset,
