@@ -27,14 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: the HTTP API and every namespace in the pipelines directory.
-    Serve {
-        /// Address to listen on, instead of `listen` in wald.toml.
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// Pipelines directory, instead of `pipelines_dir` in wald.toml.
-        #[arg(long)]
-        pipelines: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Check pipeline files without running anything (a dry run).
     ///
     /// Exit codes: 0 valid, 1 invalid (or warnings with --deny-warnings), 2 could not
@@ -66,6 +59,20 @@ pub enum Command {
     },
 }
 
+/// Settings of `wald serve` that override `wald.toml`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on, instead of `listen`.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Pipelines directory, instead of `pipelines_dir`.
+    #[arg(long)]
+    pipelines: Option<PathBuf>,
+    /// Data directory, instead of `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Human,
@@ -75,7 +82,7 @@ pub enum Format {
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { listen, pipelines } => serve(cli.config.as_deref(), listen, pipelines),
+        Command::Serve(args) => serve(cli.config.as_deref(), args),
         Command::Validate {
             paths,
             format,
@@ -218,11 +225,7 @@ fn hash_key(key: Option<String>, generate: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(
-    config_path: Option<&Path>,
-    listen: Option<std::net::SocketAddr>,
-    pipelines: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let service_path = service_config_path(config_path);
     let (service, diagnostics) = config::load_service(service_path.as_deref(), &env::process_env);
     let Some(mut service) = service else {
@@ -230,11 +233,14 @@ fn serve(
         anyhow::bail!("wald.toml is invalid; `wald validate` shows why");
     };
     crate::telemetry::init(service.log_format);
-    if let Some(listen) = listen {
+    if let Some(listen) = args.listen {
         service.listen = listen;
     }
-    if let Some(pipelines) = pipelines {
+    if let Some(pipelines) = args.pipelines {
         service.pipelines_dir = pipelines;
+    }
+    if let Some(data_dir) = args.data_dir {
+        service.data_dir = data_dir;
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(crate::http::serve(service))?;

@@ -1,5 +1,6 @@
-//! `wald serve` through the real binary: it starts on the shipped pipelines, answers
-//! its probes, quarantines a bad file without exiting, and stops on SIGTERM.
+//! `wald serve` through the real binary: it starts on the shipped pipelines, opens and
+//! recovers their embedded logs, answers its probes, quarantines a bad file or a
+//! corrupt log without exiting, and stops on SIGTERM.
 
 mod common;
 
@@ -11,14 +12,17 @@ use tokio::process::{Child, Command};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Starts `wald serve` on a free port with `pipelines` and returns it with its address.
-async fn start(pipelines: &std::path::Path) -> Result<(Child, String)> {
+/// Starts `wald serve` on a free port with `pipelines` and `data`, and returns it with
+/// its address.
+async fn start(pipelines: &std::path::Path, data: &std::path::Path) -> Result<(Child, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wald"))
         .current_dir(common::root())
         .env_remove("WALD_CONFIG")
         .env("RUST_LOG", "info")
         .args(["serve", "--listen", "127.0.0.1:0", "--pipelines"])
         .arg(pipelines)
+        .arg("--data-dir")
+        .arg(data)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -51,7 +55,8 @@ async fn stop(mut child: Child) -> Result<std::process::ExitStatus> {
 
 #[tokio::test]
 async fn serve_runs_the_shipped_pipelines_and_answers_health() -> Result {
-    let (child, address) = start(&common::root().join("pipelines")).await?;
+    let data = tempfile::tempdir()?;
+    let (child, address) = start(&common::root().join("pipelines"), data.path()).await?;
     let health: serde_json::Value = reqwest::get(format!("http://{address}/api/v1/health"))
         .await?
         .json()
@@ -64,6 +69,15 @@ async fn serve_runs_the_shipped_pipelines_and_answers_health() -> Result {
         .filter_map(|n| n["namespace"].as_str())
         .collect();
     assert_eq!(names, ["demo", "orders"]);
+    for namespace in health["namespaces"].as_array().ok_or("namespaces")? {
+        assert_eq!(namespace["state"], "running", "{namespace}");
+        assert_eq!(namespace["log"]["next_offset"], 0, "{namespace}");
+    }
+    assert!(
+        data.path()
+            .join("demo/log/00000000000000000000.log")
+            .exists()
+    );
     for probe in ["liveness", "readiness"] {
         let response = reqwest::get(format!("http://{address}/api/v1/health/{probe}")).await?;
         assert_eq!(response.status(), 200, "{probe}");
@@ -87,7 +101,7 @@ async fn a_bad_file_is_quarantined_and_the_others_still_run() -> Result {
         dir.path().join("broken.toml"),
         "namespace = \"broken\"\n[source\n",
     )?;
-    let (child, address) = start(dir.path()).await?;
+    let (child, address) = start(dir.path(), dir.path()).await?;
     let health: serde_json::Value = reqwest::get(format!("http://{address}/api/v1/health"))
         .await?
         .json()
@@ -102,5 +116,54 @@ async fn a_bad_file_is_quarantined_and_the_others_still_run() -> Result {
         "{health}"
     );
     assert!(stop(child).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_corrupt_log_fails_its_namespace_alone_and_keeps_its_data() -> Result {
+    use wald::backend::Record;
+    use wald::backend::embedded::{Config, NamespaceStore};
+
+    let data = tempfile::tempdir()?;
+    let store = NamespaceStore::open(data.path(), "demo", &Config::default())?;
+    for i in 0..20u8 {
+        store
+            .log
+            .append(vec![Record {
+                payload: vec![i; 100],
+                ..Record::default()
+            }])
+            .await?;
+    }
+    store.log.close().await;
+    // Damage the third record: intact records written after it had been synced follow,
+    // so this is corruption, not a torn write.
+    let segment = data.path().join("demo/log/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment)?;
+    let position = wald::backend::embedded::format::SEGMENT_HEADER_LEN + 2 * 170 + 60;
+    bytes[position] ^= 0x40;
+    std::fs::write(&segment, &bytes)?;
+
+    let (child, address) = start(&common::root().join("pipelines"), data.path()).await?;
+    let health: serde_json::Value = reqwest::get(format!("http://{address}/api/v1/health"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let demo = &health["namespaces"][0];
+    assert_eq!(
+        (demo["namespace"].as_str(), demo["state"].as_str()),
+        (Some("demo"), Some("failed")),
+        "{health}"
+    );
+    let error = demo["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("corrupt log") && error.contains("00000000000000000000.log"),
+        "{error}"
+    );
+    assert_eq!(health["namespaces"][1]["state"], "running", "{health}");
+    assert!(stop(child).await?.success());
+    // Nothing was cut off or deleted.
+    assert_eq!(std::fs::read(&segment)?, bytes);
     Ok(())
 }

@@ -15,7 +15,7 @@ use super::cursor::{CursorStore, sync_dir};
 use super::error::LogError;
 use super::format::{self, SEGMENT_HEADER_LEN, StoredRecord};
 use super::segment::{Segment, create_segment, recover_tail, segment_file_name};
-use super::writer::{self, AppendRequest, WriterState, now_ms};
+use super::writer::{self, AppendRequest, WriterMessage, WriterState, now_ms};
 use crate::backend::{Durability, Record};
 
 /// Append requests waiting for the writer before `append` waits for room.
@@ -148,12 +148,12 @@ impl Shared {
     }
 }
 
-/// A handle to one log. Cheap to clone; the writer thread stops when the last handle is
-/// dropped, or at [`Log::close`].
+/// A handle to one log. Cheap to clone; the writer thread stops at [`Log::close`], or
+/// when the last handle is dropped.
 #[derive(Clone)]
 pub struct Log {
     shared: Arc<Shared>,
-    requests: mpsc::Sender<AppendRequest>,
+    requests: mpsc::Sender<WriterMessage>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -283,6 +283,11 @@ impl Log {
         &self.shared.dir
     }
 
+    /// Why the log refuses appends, if it found corruption or could not recover.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
     /// Appends `records` as one request: durable together or not at all. Answers once
     /// they are durable (`sync = "always"`) or written (`sync = "interval"`).
     pub async fn append(&self, records: Vec<Record>) -> Result<Appended, LogError> {
@@ -296,7 +301,7 @@ impl Log {
         }
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(AppendRequest { records, reply })
+            .send(WriterMessage::Append(AppendRequest { records, reply }))
             .await
             .map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
@@ -456,9 +461,10 @@ impl Log {
     }
 
     /// Stops the writer after the appends already queued, syncing what was written.
+    /// Every handle of the log is closed; later appends fail with [`LogError::Closed`].
     pub async fn close(self) {
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        drop(self.requests);
+        let _ = self.requests.send(WriterMessage::Close).await;
         if let Some(writer) = writer {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }

@@ -31,6 +31,13 @@ const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
+/// What the writer's queue carries.
+pub enum WriterMessage {
+    Append(AppendRequest),
+    /// Stop after the appends queued before this; later ones fail as closed.
+    Close,
+}
+
 /// One append request: records that are durable together or not at all.
 pub struct AppendRequest {
     pub records: Vec<Record>,
@@ -326,7 +333,7 @@ impl WriterState {
 /// without waiting for a runtime worker.
 pub fn run(
     mut state: WriterState,
-    mut requests: mpsc::Receiver<AppendRequest>,
+    mut requests: mpsc::Receiver<WriterMessage>,
     runtime: tokio::runtime::Handle,
 ) {
     let interval = state.shared.config.sync_interval.get();
@@ -341,8 +348,8 @@ pub fn run(
         let first = runtime
             .block_on(async { tokio::time::timeout_at(deadline.into(), requests.recv()).await });
         let first = match first {
-            Ok(Some(request)) => request,
-            Ok(None) => break,
+            Ok(Some(WriterMessage::Append(request))) => request,
+            Ok(Some(WriterMessage::Close) | None) => break,
             Err(_) => {
                 if dirty {
                     let _ = state.sync();
@@ -358,24 +365,31 @@ pub fn run(
         };
         let mut group = vec![first];
         let mut bytes = group_bytes(&group[0]);
+        let mut closing = false;
         // Take what is queued; then give appenders that are about to queue one chance to,
         // since a request that just misses a group waits a whole sync for the next.
         for round in 0..2 {
             if round == 1 {
                 std::thread::yield_now();
             }
-            while bytes < MAX_GROUP_BYTES {
+            while bytes < MAX_GROUP_BYTES && !closing {
                 match requests.try_recv() {
-                    Ok(request) => {
+                    Ok(WriterMessage::Append(request)) => {
                         bytes += group_bytes(&request);
                         group.push(request);
                     }
+                    Ok(WriterMessage::Close) => closing = true,
                     Err(_) => break,
                 }
             }
         }
         state.write_group(group);
+        if closing {
+            break;
+        }
     }
+    // Appends queued after the close fail as closed when their replies are dropped.
+    requests.close();
     if state.durable_len < state.pos {
         let _ = state.sync();
     }
