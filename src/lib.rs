@@ -12,7 +12,8 @@
 //! - [`target`]: delivery targets, one file each (`postgres`, `redis`, `http`, `kafka`,
 //!   `file`) with its configuration and checks; `template` fills placeholders.
 //! - [`connect`]: the build stage's reachability checks behind `validate --connect`.
-//! - [`http`]: the HTTP API server.
+//! - [`runtime`]: the running namespaces, each with its storage.
+//! - [`http`]: the HTTP API server: ingest, probes, errors, auth, request ids.
 //! - [`telemetry`]: logging set-up.
 
 pub mod backend;
@@ -20,5 +21,6 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod http;
+pub mod runtime;
 pub mod target;
 pub mod telemetry;

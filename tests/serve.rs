@@ -4,53 +4,16 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use common::{Server, stop};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Starts `wald serve` on a free port with `pipelines` and `data`, and returns it with
-/// its address.
-async fn start(pipelines: &std::path::Path, data: &std::path::Path) -> Result<(Child, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wald"))
-        .current_dir(common::root())
-        .env_remove("WALD_CONFIG")
-        .env("RUST_LOG", "info")
-        .args(["serve", "--listen", "127.0.0.1:0", "--pipelines"])
-        .arg(pipelines)
-        .arg("--data-dir")
-        .arg(data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
-    let address = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.split("address=").nth(1) {
-                return Ok::<_, std::io::Error>(
-                    rest.split_whitespace().next().unwrap_or("").to_string(),
-                );
-            }
-        }
-        Err(std::io::Error::other("wald exited before listening"))
-    })
-    .await??;
-    // Keep draining the log so that the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, address))
-}
-
-async fn stop(mut child: Child) -> Result<std::process::ExitStatus> {
-    let pid = child.id().ok_or("already exited")?;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    Ok(tokio::time::timeout(Duration::from_secs(10), child.wait()).await??)
+async fn start(
+    pipelines: &std::path::Path,
+    data: &std::path::Path,
+) -> Result<(tokio::process::Child, String)> {
+    let server = Server::start(pipelines, data, &[]).await?;
+    Ok((server.child, server.address))
 }
 
 #[tokio::test]

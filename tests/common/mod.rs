@@ -106,3 +106,66 @@ pub fn psql(args: &[&std::ffi::OsStr]) -> std::io::Result<Output> {
         .args(args)
         .output()
 }
+
+/// A `wald serve` process on a free port.
+pub struct Server {
+    pub child: tokio::process::Child,
+    /// `127.0.0.1:port`
+    pub address: String,
+}
+
+impl Server {
+    /// Starts `wald serve` with `pipelines` and `data` (and `extra` arguments), and waits
+    /// until it listens.
+    pub async fn start(
+        pipelines: &Path,
+        data: &Path,
+        extra: &[&str],
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wald"))
+            .current_dir(root())
+            .env_remove("WALD_CONFIG")
+            .env("RUST_LOG", "info")
+            .args(extra)
+            .args(["serve", "--listen", "127.0.0.1:0", "--pipelines"])
+            .arg(pipelines)
+            .arg("--data-dir")
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+        let address = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    return Ok::<_, std::io::Error>(
+                        rest.split_whitespace().next().unwrap_or("").to_string(),
+                    );
+                }
+            }
+            Err(std::io::Error::other("wald exited before listening"))
+        })
+        .await??;
+        // Keep draining the log so that the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { child, address })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+}
+
+/// Stops a server with SIGTERM and waits for it.
+pub async fn stop(
+    mut child: tokio::process::Child,
+) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
+    let pid = child.id().ok_or("already exited")?;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    Ok(tokio::time::timeout(Duration::from_secs(10), child.wait()).await??)
+}

@@ -1,0 +1,88 @@
+//! API errors: each has a stable machine code and an HTTP status, and is answered as
+//! `{"error": {"code", "message", "request_id"}}`. Internal details go to the log, never
+//! into the answer.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::request_id::current_request_id;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    InvalidMessage(String),
+    #[error("no API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
+    MissingKey,
+    #[error("the API key is not valid for namespace `{0}`")]
+    InvalidKey(String),
+    #[error("the API key is not allowed to write to namespace `{0}`")]
+    Forbidden(String),
+    #[error("namespace `{0}` does not exist")]
+    NamespaceNotFound(String),
+    #[error("the request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("a message payload is larger than the namespace's limit of {0} bytes")]
+    MessageTooLarge(u64),
+    #[error("namespace `{0}` cannot take writes now; retry later")]
+    Unavailable(String),
+    #[error("the disk of namespace `{0}` is full; retry later")]
+    StorageFull(String),
+    #[error("no such route")]
+    RouteNotFound,
+}
+
+impl ApiError {
+    /// The stable machine code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Malformed(_) => "malformed_request",
+            ApiError::InvalidMessage(_) => "invalid_message",
+            ApiError::MissingKey => "missing_api_key",
+            ApiError::InvalidKey(_) => "invalid_api_key",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NamespaceNotFound(_) => "namespace_not_found",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::MessageTooLarge(_) => "message_too_large",
+            ApiError::Unavailable(_) => "namespace_unavailable",
+            ApiError::StorageFull(_) => "storage_full",
+            ApiError::RouteNotFound => "route_not_found",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed(_) | ApiError::InvalidMessage(_) => StatusCode::BAD_REQUEST,
+            ApiError::MissingKey | ApiError::InvalidKey(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NamespaceNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::BodyTooLarge(_) | ApiError::MessageTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Unavailable(_) | ApiError::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "error": { "code": self.code(), "message": self.to_string(), "request_id": current_request_id() } })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}

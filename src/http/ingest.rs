@@ -1,0 +1,374 @@
+//! The write routes: `POST /api/v1/wal/write` (one message) and
+//! `POST /api/v1/wal/write/batch` (many messages for one namespace, answered per
+//! message). A write is answered 202 only after the namespace's backend confirmed it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tracing::warn;
+
+use super::AppState;
+use super::auth::authorize;
+use super::error::ApiError;
+use crate::backend::embedded::LogError;
+use crate::backend::{Durability, Record};
+use crate::runtime::Namespace;
+
+/// Header names wald sets on every stored message; clients may not use the prefix.
+pub const RESERVED_PREFIX: &str = "wald-";
+pub const HEADER_MESSAGE_ID: &str = "wald-message-id";
+pub const HEADER_TRANSACTION_ID: &str = "wald-transaction-id";
+pub const HEADER_CONTENT_TYPE: &str = "wald-content-type";
+pub const HEADER_DELIVER_AT: &str = "wald-deliver-at";
+pub const HEADER_TARGETS: &str = "wald-targets";
+
+/// Most headers one message may carry.
+const MAX_HEADERS: usize = 64;
+/// Most messages in one batch.
+pub const MAX_BATCH: usize = 10_000;
+
+/// One message as a client sends it. In a single write it names its namespace; in a
+/// batch the batch does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageIn {
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Any JSON value.
+    #[serde(default)]
+    pub payload: Option<Box<RawValue>>,
+    /// Binary payload, base64 (standard alphabet); instead of `payload`.
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+    /// Partitions and orders: one key's messages are delivered in order.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Deliver no sooner than this long from now ("10m").
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// Deliver no sooner than this time (RFC 3339).
+    #[serde(default)]
+    pub deliver_at: Option<String>,
+    /// Deliver to these targets of the namespace only. Default: all.
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchIn {
+    pub namespace: String,
+    pub messages: Vec<MessageIn>,
+}
+
+/// Ids a message was given.
+struct Accepted {
+    message_id: String,
+}
+
+pub async fn write(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let message: MessageIn = parse_body(&state, body)?;
+    let namespace_name = message
+        .namespace
+        .clone()
+        .ok_or_else(|| ApiError::Malformed("missing field `namespace`".into()))?;
+    let namespace = find_namespace(&state, &namespace_name, &headers)?;
+    let transaction_id = new_id();
+    let (record, accepted) = to_record(namespace, message, &transaction_id)?;
+    let durability = append(namespace, vec![record]).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "message_id": accepted.message_id,
+            "transaction_id": transaction_id,
+            "durability": durability,
+        })),
+    ))
+}
+
+pub async fn write_batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let batch: BatchIn = parse_body(&state, body)?;
+    let namespace = find_namespace(&state, &batch.namespace, &headers)?;
+    if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
+        return Err(ApiError::Malformed(format!(
+            "a batch holds 1 to {MAX_BATCH} messages"
+        )));
+    }
+    let transaction_id = new_id();
+    let mut results = Vec::with_capacity(batch.messages.len());
+    let mut records = Vec::new();
+    for (index, message) in batch.messages.into_iter().enumerate() {
+        let converted = match message.namespace.as_deref() {
+            Some(other) if other != batch.namespace => Err(ApiError::InvalidMessage(format!(
+                "the message names namespace `{other}`, the batch `{}`",
+                batch.namespace
+            ))),
+            _ => to_record(namespace, message, &transaction_id),
+        };
+        match converted {
+            Ok((record, accepted)) => {
+                records.push(record);
+                results.push(json!({ "index": index, "status": 202, "message_id": accepted.message_id }));
+            }
+            Err(e) => results.push(json!({ "index": index, "status": e.status().as_u16(), "error": e.body()["error"] })),
+        }
+    }
+    if records.is_empty() {
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "transaction_id": null, "results": results })),
+        ));
+    }
+    // The valid messages are appended together: durable together or not at all.
+    let durability = append(namespace, records).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({ "transaction_id": transaction_id, "durability": durability, "results": results }),
+        ),
+    ))
+}
+
+/// The request body as `T`, within the body limit and the JSON depth limit.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge(state.service.http.max_body_bytes.bytes())
+        } else {
+            ApiError::Malformed(rejection.body_text())
+        }
+    })?;
+    let max_depth = state.service.http.max_json_depth as usize;
+    if json_depth(&body) > max_depth {
+        return Err(ApiError::Malformed(format!(
+            "JSON nested deeper than {max_depth} levels"
+        )));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+/// The namespace a write goes to, once the caller may write to it.
+fn find_namespace<'a>(
+    state: &'a AppState,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<&'a Namespace, ApiError> {
+    let namespace = state
+        .namespaces
+        .iter()
+        .find(|n| n.name() == name)
+        .ok_or_else(|| ApiError::NamespaceNotFound(name.to_string()))?;
+    authorize(headers, namespace, &state.namespaces)?;
+    Ok(namespace)
+}
+
+/// Checks one message against its namespace and makes it a record.
+fn to_record(
+    namespace: &Namespace,
+    message: MessageIn,
+    transaction_id: &str,
+) -> Result<(Record, Accepted), ApiError> {
+    let config = &namespace.pipeline.config;
+    let (payload, content_type) = match (message.payload, message.payload_base64) {
+        (Some(json), None) => (json.get().as_bytes().to_vec(), "application/json"),
+        (None, Some(encoded)) => (
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| {
+                    ApiError::InvalidMessage(format!("`payload_base64` is not base64: {e}"))
+                })?,
+            "application/octet-stream",
+        ),
+        _ => {
+            return Err(ApiError::InvalidMessage(
+                "give exactly one of `payload` and `payload_base64`".into(),
+            ));
+        }
+    };
+    let limit = config.max_message_bytes().bytes();
+    if payload.len() as u64 > limit {
+        return Err(ApiError::MessageTooLarge(limit));
+    }
+    if message.headers.len() > MAX_HEADERS {
+        return Err(ApiError::InvalidMessage(format!(
+            "a message carries at most {MAX_HEADERS} headers"
+        )));
+    }
+    if let Some(name) = message.headers.keys().find(|n| {
+        n.is_empty() || n.to_ascii_lowercase().starts_with(RESERVED_PREFIX) || n.len() > 256
+    }) {
+        return Err(ApiError::InvalidMessage(format!(
+            "header `{name}` is not allowed: names are 1 to 256 characters and do not start with `{RESERVED_PREFIX}`"
+        )));
+    }
+    let message_id = new_id();
+    let mut headers: Vec<(String, Vec<u8>)> = vec![
+        (HEADER_MESSAGE_ID.into(), message_id.clone().into_bytes()),
+        (
+            HEADER_TRANSACTION_ID.into(),
+            transaction_id.as_bytes().to_vec(),
+        ),
+        (HEADER_CONTENT_TYPE.into(), content_type.as_bytes().to_vec()),
+    ];
+    if let Some(due) = deliver_at(
+        &message.delay,
+        &message.deliver_at,
+        config.source.max_delay.get(),
+    )? {
+        headers.push((HEADER_DELIVER_AT.into(), due.to_string().into_bytes()));
+    }
+    if let Some(targets) = &message.targets {
+        let known: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+        if targets.is_empty() {
+            return Err(ApiError::InvalidMessage(
+                "`targets` is empty; leave it out to deliver to all".into(),
+            ));
+        }
+        if let Some(unknown) = targets.iter().find(|t| !known.contains(&t.as_str())) {
+            return Err(ApiError::InvalidMessage(format!(
+                "namespace `{}` has no target `{unknown}`; its targets: {}",
+                config.namespace,
+                known.join(", ")
+            )));
+        }
+        headers.push((HEADER_TARGETS.into(), targets.join(",").into_bytes()));
+    }
+    headers.extend(
+        message
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes())),
+    );
+    let record = Record {
+        key: message.key.map(String::into_bytes),
+        headers,
+        payload,
+    };
+    Ok((record, Accepted { message_id }))
+}
+
+/// When a delayed message is due (milliseconds since the epoch), if it is delayed.
+fn deliver_at(
+    delay: &Option<String>,
+    at: &Option<String>,
+    max_delay: Duration,
+) -> Result<Option<u64>, ApiError> {
+    let now = SystemTime::now();
+    let due = match (delay, at) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidMessage(
+                "give `delay` or `deliver_at`, not both".into(),
+            ));
+        }
+        (Some(delay), None) => {
+            now + humantime::parse_duration(delay).map_err(|e| {
+                ApiError::InvalidMessage(format!("`delay` is not a duration such as \"10m\": {e}"))
+            })?
+        }
+        (None, Some(at)) => humantime::parse_rfc3339_weak(at).map_err(|e| {
+            ApiError::InvalidMessage(format!("`deliver_at` is not an RFC 3339 time: {e}"))
+        })?,
+    };
+    if due.duration_since(now).unwrap_or_default() > max_delay {
+        return Err(ApiError::InvalidMessage(format!(
+            "the delay is longer than the namespace's `max_delay` of {}",
+            humantime::format_duration(max_delay)
+        )));
+    }
+    Ok(Some(
+        due.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    ))
+}
+
+/// Appends to the namespace's backend and waits for it to confirm.
+async fn append(namespace: &Namespace, records: Vec<Record>) -> Result<Durability, ApiError> {
+    let name = namespace.name().to_string();
+    if let Some(reason) = namespace.unavailable() {
+        warn!(namespace = %name, reason = %reason, "Write refused: namespace unavailable.");
+        return Err(ApiError::Unavailable(name));
+    }
+    let store = namespace
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable(name.clone()))?;
+    match store.log.append(records).await {
+        Ok(appended) => Ok(appended.durability),
+        Err(e) => {
+            warn!(namespace = %name, error = %e, "Write failed; nothing was acknowledged.");
+            Err(match e {
+                e if e.is_storage_full() => ApiError::StorageFull(name),
+                LogError::Invalid(message) => ApiError::InvalidMessage(message),
+                _ => ApiError::Unavailable(name),
+            })
+        }
+    }
+}
+
+/// A new time-ordered id (UUID v7).
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// How deeply `bytes` nest arrays and objects, strings skipped; a cheap bound checked
+/// before parsing so that a deep document costs no recursion.
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_skips_strings() {
+        assert_eq!(json_depth(br#"{"a": [1, {"b": "[[[{{{"}]}"#), 3);
+        assert_eq!(json_depth(br#""\"[""#), 0);
+        assert_eq!(json_depth(b"[[[[]]]]"), 4);
+    }
+}

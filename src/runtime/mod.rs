@@ -1,0 +1,6 @@
+//! The running service: each namespace with its storage, as `wald serve` runs it.
+//! Consumers, delivery and reload land here.
+
+pub mod namespace;
+
+pub use namespace::Namespace;

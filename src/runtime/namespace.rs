@@ -1,0 +1,98 @@
+//! One running namespace: its configuration, its storage, the hashes of its API keys,
+//! and whether it is up.
+
+use serde_json::json;
+use tracing::error;
+
+use crate::backend::BackendConfig;
+use crate::backend::embedded::NamespaceStore;
+use crate::config::LoadedPipeline;
+
+/// A namespace as the server runs it.
+pub struct Namespace {
+    pub pipeline: LoadedPipeline,
+    /// Its storage, when its backend is the embedded log and the log opened.
+    pub store: Option<NamespaceStore>,
+    /// Why it does not run, if it does not.
+    pub failure: Option<String>,
+    /// SHA-256 of each API key allowed to write, decoded once for constant-time checks.
+    pub key_hashes: Vec<[u8; 32]>,
+}
+
+impl Namespace {
+    /// Opens the namespace's storage; a failure (corruption found by recovery) keeps
+    /// this namespace down and leaves the others alone.
+    pub fn open(pipeline: LoadedPipeline, data_dir: &std::path::Path) -> Self {
+        let config = &pipeline.config;
+        let (store, failure) = match &config.producer {
+            BackendConfig::Embedded(embedded) => {
+                match NamespaceStore::open(data_dir, &config.namespace, embedded) {
+                    Ok(store) => (Some(store), None),
+                    Err(e) => {
+                        error!(namespace = %config.namespace, error = %e, "Namespace failed to open its log.");
+                        (None, Some(e.to_string()))
+                    }
+                }
+            }
+            other => (
+                None,
+                Some(format!(
+                    "the {} backend is not available in this version",
+                    other.kind()
+                )),
+            ),
+        };
+        // Validation accepted only 64-hex-digit hashes.
+        let key_hashes = config
+            .source
+            .api_keys_sha256
+            .iter()
+            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+            .collect();
+        Self {
+            pipeline,
+            store,
+            failure,
+            key_hashes,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.pipeline.config.namespace
+    }
+
+    /// Why the namespace cannot take writes now, if it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        self.failure
+            .clone()
+            .or_else(|| self.store.as_ref().and_then(|s| s.log.failure()))
+    }
+
+    /// The namespace's state for the health and status answers.
+    pub fn health(&self) -> serde_json::Value {
+        let mut health = json!({
+            "namespace": self.name(),
+            "backend": self.pipeline.config.producer.kind(),
+            "state": if self.unavailable().is_some() { "failed" } else { "running" },
+        });
+        if let Some(error) = self.unavailable() {
+            health["error"] = json!(error);
+        }
+        if let Some(store) = &self.store {
+            health["log"] = json!({
+                "first_offset": store.log.first_offset(),
+                "next_offset": store.log.committed().next_offset,
+                "segments": store.log.segment_paths().len(),
+            });
+        }
+        health
+    }
+
+    /// Closes the storage, syncing what was written.
+    pub async fn close(&self) {
+        if let Some(store) = &self.store {
+            store.log.clone().close().await;
+            store.dlq.clone().close().await;
+        }
+    }
+}

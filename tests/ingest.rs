@@ -1,0 +1,381 @@
+//! The write routes through the real binary and the real embedded log: answers only
+//! after durability, the auth matrix, limits answered with their codes and nothing
+//! appended, per-message batch answers, and an acknowledged write surviving SIGKILL.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Server, stop};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn sha256(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// Three namespaces: `alpha` and `beta` with a key each, `open` public with small limits.
+fn pipelines(dir: &Path) -> Result {
+    for (name, key) in [("alpha", "alpha-key"), ("beta", "beta-key")] {
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!(
+                "namespace = \"{name}\"\n[source]\ntype = \"http\"\napi_keys_sha256 = [\"{}\"]\n\
+                 [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out/{name}.jsonl\"\n",
+                sha256(key)
+            ),
+        )?;
+    }
+    std::fs::write(
+        dir.join("open.toml"),
+        "namespace = \"open\"\n[source]\ntype = \"http\"\npublic = true\nmax_message_bytes = \"100B\"\nmax_delay = \"1h\"\n\
+         [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out/open.jsonl\"\n",
+    )?;
+    std::fs::write(
+        dir.join("wald.toml"),
+        "[http]\nmax_body_bytes = \"2KiB\"\nmax_json_depth = 8\n",
+    )?;
+    Ok(())
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    server: Server,
+    client: reqwest::Client,
+}
+
+async fn setup() -> Result<Setup> {
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes)?;
+    pipelines(&pipes)?;
+    std::fs::rename(pipes.join("wald.toml"), dir.path().join("wald.toml"))?;
+    let data = dir.path().join("data");
+    let config = dir.path().join("wald.toml");
+    let server =
+        Server::start(&pipes, &data, &["--config", config.to_str().ok_or("path")?]).await?;
+    Ok(Setup {
+        _dir: dir,
+        data,
+        server,
+        client: reqwest::Client::new(),
+    })
+}
+
+impl Setup {
+    async fn post(
+        &self,
+        path: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Value)> {
+        self.post_raw(path, body.to_string(), headers).await
+    }
+
+    async fn post_raw(
+        &self,
+        path: &str,
+        body: String,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Value)> {
+        let mut request = self.client.post(self.server.url(path)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "every answer carries X-Request-Id"
+        );
+        Ok((status, response.json().await?))
+    }
+
+    async fn next_offset(&self, namespace: &str) -> Result<u64> {
+        let health: Value = reqwest::get(self.server.url("/api/v1/health"))
+            .await?
+            .json()
+            .await?;
+        let ns = health["namespaces"]
+            .as_array()
+            .ok_or("namespaces")?
+            .iter()
+            .find(|n| n["namespace"] == namespace)
+            .ok_or("namespace missing")?;
+        ns["log"]["next_offset"]
+            .as_u64()
+            .ok_or_else(|| format!("no offset in {ns}").into())
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_write_is_answered_202_with_ids_once_durable() -> Result {
+    let s = setup().await?;
+    let (status, body) = s
+        .post(
+            "/api/v1/wal/write",
+            json!({"namespace": "open", "payload": {"n": 1}, "key": "k"}),
+            &[],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["durability"], "durable");
+    for id in ["message_id", "transaction_id"] {
+        assert!(
+            uuid::Uuid::parse_str(body[id].as_str().unwrap_or("")).is_ok(),
+            "{id} in {body}"
+        );
+    }
+    assert_eq!(s.next_offset("open").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_auth_matrix_holds() -> Result {
+    let s = setup().await?;
+    let write = |ns: &str| json!({"namespace": ns, "payload": 1});
+    // (namespace, headers, expected status, expected code)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        ("alpha", vec![], StatusCode::UNAUTHORIZED, "missing_api_key"),
+        (
+            "alpha",
+            vec![("authorization", "Bearer wrong")],
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+        ),
+        (
+            "alpha",
+            vec![("x-api-key", "beta-key")],
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "beta",
+            vec![("authorization", "Bearer alpha-key")],
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "alpha",
+            vec![("authorization", "Basic alpha-key")],
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+        ),
+    ];
+    for (ns, headers, want, want_code) in cases {
+        let (status, body) = s.post("/api/v1/wal/write", write(ns), &headers).await?;
+        assert_eq!(
+            (status, code(&body)),
+            (want, want_code),
+            "{ns} {headers:?}: {body}"
+        );
+    }
+    assert_eq!(
+        s.next_offset("alpha").await?,
+        0,
+        "refused writes append nothing"
+    );
+    for headers in [
+        [("authorization", "Bearer alpha-key")],
+        [("x-api-key", "alpha-key")],
+    ] {
+        let (status, body) = s
+            .post("/api/v1/wal/write", write("alpha"), &headers)
+            .await?;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    assert_eq!(s.next_offset("alpha").await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_its_code_and_appends_nothing() -> Result {
+    let s = setup().await?;
+    let big = "x".repeat(3000);
+    let deep = format!(
+        "{{\"namespace\": \"open\", \"payload\": {}1{}}}",
+        "[".repeat(20),
+        "]".repeat(20)
+    );
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        (
+            json!({"namespace": "open", "payload": big}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            json!({"namespace": "open", "payload": "x".repeat(200)}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+        ),
+        (
+            "{\"namespace\": \"open\", \"payload\": ".to_string(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+        ),
+        (
+            json!({"namespace": "open", "payload": 1, "colour": "red"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+        ),
+        (
+            json!({"payload": 1}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+        ),
+        (deep, StatusCode::BAD_REQUEST, "malformed_request"),
+        (
+            json!({"namespace": "nope", "payload": 1}).to_string(),
+            StatusCode::NOT_FOUND,
+            "namespace_not_found",
+        ),
+        (
+            json!({"namespace": "open"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+        ),
+        (
+            json!({"namespace": "open", "payload_base64": "***"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+        ),
+        (
+            json!({"namespace": "open", "payload": 1, "delay": "2h"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+        ),
+        (
+            json!({"namespace": "open", "payload": 1, "delay": "soon"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+        ),
+        (
+            json!({"namespace": "open", "payload": 1, "targets": ["nope"]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+        ),
+        (
+            json!({"namespace": "open", "payload": 1, "headers": {"wald-message-id": "x"}})
+                .to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+        ),
+    ];
+    for (body, want, want_code) in cases {
+        let (status, answer) = s.post_raw("/api/v1/wal/write", body.clone(), &[]).await?;
+        assert_eq!(
+            (status, code(&answer)),
+            (want, want_code),
+            "{body:.80}: {answer}"
+        );
+        assert!(answer["error"]["request_id"].is_string());
+    }
+    assert_eq!(s.next_offset("open").await?, 0);
+    let (status, body) = s.post("/no/such/route", json!({}), &[]).await?;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "route_not_found")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_is_answered_per_message_and_its_valid_messages_appended_together() -> Result {
+    let s = setup().await?;
+    let batch = json!({"namespace": "open", "messages": [
+        {"payload": 1, "key": "a"},
+        {"payload": "x".repeat(200)},
+        {"payload_base64": "aGVsbG8="},
+        {"namespace": "alpha", "payload": 2},
+    ]});
+    let (status, body) = s.post("/api/v1/wal/write/batch", batch, &[]).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let statuses: Vec<u64> = body["results"]
+        .as_array()
+        .ok_or("results")?
+        .iter()
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [202, 413, 202, 400]);
+    assert_eq!(body["results"][1]["error"]["code"], "message_too_large");
+    assert_eq!(s.next_offset("open").await?, 2);
+
+    let (status, body) = s
+        .post(
+            "/api/v1/wal/write/batch",
+            json!({"namespace": "open", "messages": [{"payload": "x".repeat(200)}]}),
+            &[],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = s
+        .post(
+            "/api/v1/wal/write/batch",
+            json!({"namespace": "alpha", "messages": [{"payload": 1}]}),
+            &[],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_acknowledged_write_survives_sigkill() -> Result {
+    let s = setup().await?;
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        let (status, body) = s
+            .post(
+                "/api/v1/wal/write",
+                json!({"namespace": "open", "payload": {"n": n}}),
+                &[],
+            )
+            .await?;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        acknowledged.push(body["message_id"].as_str().ok_or("id")?.to_string());
+    }
+    let Setup {
+        _dir, data, server, ..
+    } = s;
+    let mut child = server.child;
+    child.start_kill()?;
+    child.wait().await?;
+
+    let store = wald::backend::embedded::NamespaceStore::open(&data, "open", &Default::default())?;
+    let records = store.log.read(0, usize::MAX, usize::MAX)?;
+    let ids: Vec<String> = records
+        .iter()
+        .filter_map(|r| r.headers.iter().find(|(k, _)| k == "wald-message-id"))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(ids, acknowledged);
+    for (n, record) in records.iter().enumerate() {
+        assert_eq!(record.payload, format!("{{\"n\":{n}}}").into_bytes());
+    }
+    store.log.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_is_graceful() -> Result {
+    let s = setup().await?;
+    let (status, _) = s
+        .post(
+            "/api/v1/wal/write",
+            json!({"namespace": "open", "payload": 1}),
+            &[],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(stop(s.server.child).await?.success());
+    Ok(())
+}
