@@ -17,7 +17,8 @@ fn sha256(key: &str) -> String {
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
-/// Three namespaces: `alpha` and `beta` with a key each, `open` public with small limits.
+/// Namespaces `alpha` and `beta` with a key each, `open` public with small limits,
+/// `limited` public with a rate limit of 1 per second and a burst of 3.
 fn pipelines(dir: &Path) -> Result {
     for (name, key) in [("alpha", "alpha-key"), ("beta", "beta-key")] {
         std::fs::write(
@@ -35,8 +36,9 @@ fn pipelines(dir: &Path) -> Result {
          [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out/open.jsonl\"\n",
     )?;
     std::fs::write(
-        dir.join("wald.toml"),
-        "[http]\nmax_body_bytes = \"2KiB\"\nmax_json_depth = 8\n",
+        dir.join("limited.toml"),
+        "namespace = \"limited\"\n[source]\ntype = \"http\"\npublic = true\nrate_limit = { per_second = 1, burst = 3 }\n\
+         [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out/limited.jsonl\"\n",
     )?;
     Ok(())
 }
@@ -53,9 +55,12 @@ async fn setup() -> Result<Setup> {
     let pipes = dir.path().join("pipelines");
     std::fs::create_dir(&pipes)?;
     pipelines(&pipes)?;
-    std::fs::rename(pipes.join("wald.toml"), dir.path().join("wald.toml"))?;
-    let data = dir.path().join("data");
     let config = dir.path().join("wald.toml");
+    std::fs::write(
+        &config,
+        "[http]\nmax_body_bytes = \"2KiB\"\nmax_json_depth = 8\n",
+    )?;
+    let data = dir.path().join("data");
     let server =
         Server::start(&pipes, &data, &["--config", config.to_str().ok_or("path")?]).await?;
     Ok(Setup {
@@ -377,5 +382,38 @@ async fn shutdown_is_graceful() -> Result {
         .await?;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert!(stop(s.server.child).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() -> Result {
+    let s = setup().await?;
+    for _ in 0..3 {
+        let (status, body) = s
+            .post(
+                "/api/v1/wal/write",
+                json!({"namespace": "limited", "payload": 1}),
+                &[],
+            )
+            .await?;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let response = s
+        .client
+        .post(s.server.url("/api/v1/wal/write"))
+        .body(json!({"namespace": "limited", "payload": 1}).to_string())
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response
+        .headers()
+        .get("retry-after")
+        .ok_or("no Retry-After")?
+        .to_str()?
+        .parse()?;
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await?;
+    assert_eq!(code(&body), "rate_limited");
+    assert_eq!(s.next_offset("limited").await?, 3);
     Ok(())
 }

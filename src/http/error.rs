@@ -32,6 +32,10 @@ pub enum ApiError {
     MessageTooLarge(u64),
     #[error("namespace `{0}` cannot take writes now; retry later")]
     Unavailable(String),
+    #[error("namespace `{0}` has too many writes waiting for durability; retry later")]
+    Overloaded(String),
+    #[error("namespace `{namespace}` is over its rate limit; retry after {retry_after} s")]
+    RateLimited { namespace: String, retry_after: u64 },
     #[error("the disk of namespace `{0}` is full; retry later")]
     StorageFull(String),
     #[error("no such route")]
@@ -51,6 +55,8 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::MessageTooLarge(_) => "message_too_large",
             ApiError::Unavailable(_) => "namespace_unavailable",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::RouteNotFound => "route_not_found",
         }
@@ -65,7 +71,10 @@ impl ApiError {
             ApiError::BodyTooLarge(_) | ApiError::MessageTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::Unavailable(_) | ApiError::StorageFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::StorageFull(_) | ApiError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -77,11 +86,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECONDS),
+            _ => None,
+        };
         let mut response = (self.status(), Json(self.body())).into_response();
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -23,6 +23,7 @@ use super::error::ApiError;
 use crate::backend::embedded::LogError;
 use crate::backend::{Durability, Record};
 use crate::runtime::Namespace;
+use crate::runtime::limits::Refusal;
 
 /// Header names wald sets on every stored message; clients may not use the prefix.
 pub const RESERVED_PREFIX: &str = "wald-";
@@ -305,9 +306,21 @@ fn deliver_at(
     ))
 }
 
-/// Appends to the namespace's backend and waits for it to confirm.
+/// Admits the records (rate limit, in-flight bound), appends them to the namespace's
+/// backend and waits for it to confirm.
 async fn append(namespace: &Namespace, records: Vec<Record>) -> Result<Durability, ApiError> {
     let name = namespace.name().to_string();
+    let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+    let _permit = namespace
+        .admission
+        .admit(count)
+        .map_err(|refusal| match refusal {
+            Refusal::Overloaded => ApiError::Overloaded(name.clone()),
+            Refusal::RateLimited(wait) => ApiError::RateLimited {
+                namespace: name.clone(),
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            },
+        })?;
     if let Some(reason) = namespace.unavailable() {
         warn!(namespace = %name, reason = %reason, "Write refused: namespace unavailable.");
         return Err(ApiError::Unavailable(name));

@@ -1,6 +1,7 @@
 //! The running service: each namespace with its storage, as `wald serve` runs it.
 //! Consumers, delivery and reload land here.
 
+pub mod limits;
 pub mod namespace;
 
 pub use namespace::Namespace;

@@ -7,6 +7,7 @@ use tracing::error;
 use crate::backend::BackendConfig;
 use crate::backend::embedded::NamespaceStore;
 use crate::config::LoadedPipeline;
+use crate::runtime::limits::Admission;
 
 /// A namespace as the server runs it.
 pub struct Namespace {
@@ -17,12 +18,14 @@ pub struct Namespace {
     pub failure: Option<String>,
     /// SHA-256 of each API key allowed to write, decoded once for constant-time checks.
     pub key_hashes: Vec<[u8; 32]>,
+    /// Rate limit and the bound on writes waiting for durability.
+    pub admission: Admission,
 }
 
 impl Namespace {
     /// Opens the namespace's storage; a failure (corruption found by recovery) keeps
     /// this namespace down and leaves the others alone.
-    pub fn open(pipeline: LoadedPipeline, data_dir: &std::path::Path) -> Self {
+    pub fn open(pipeline: LoadedPipeline, data_dir: &std::path::Path, max_in_flight: u32) -> Self {
         let config = &pipeline.config;
         let (store, failure) = match &config.producer {
             BackendConfig::Embedded(embedded) => {
@@ -49,11 +52,13 @@ impl Namespace {
             .iter()
             .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
             .collect();
+        let admission = Admission::new(config.source.rate_limit, max_in_flight);
         Self {
             pipeline,
             store,
             failure,
             key_hashes,
+            admission,
         }
     }
 
