@@ -46,6 +46,10 @@ pub enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Write messages to a running server, and print each answer as a JSON line.
+    ///
+    /// Exit codes: 0 every message accepted, 1 a message refused, 2 no answer.
+    Write(WriteArgs),
     /// Print the SHA-256 of an API key, as `api_keys_sha256` and `admin_key_sha256` take.
     ///
     /// The key is read from standard input when not given, so that it stays out of the
@@ -73,6 +77,33 @@ pub struct ServeArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// What `wald write` sends, and where.
+#[derive(Debug, clap::Args)]
+pub struct WriteArgs {
+    /// The server's base URL.
+    #[arg(long, env = "WALD_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The namespace's API key, if it has keys.
+    #[arg(long, env = "WALD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The namespace; with a payload argument.
+    #[arg(long, short, required_unless_present = "file")]
+    namespace: Option<String>,
+    /// The message's key.
+    #[arg(long, short)]
+    key: Option<String>,
+    /// Deliver no sooner than this long from now ("10m").
+    #[arg(long)]
+    delay: Option<String>,
+    /// The payload, as JSON.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    payload: Option<String>,
+    /// A JSON Lines file of whole write requests (`{"namespace": ..., "payload": ...}`),
+    /// sent one by one; `-` reads standard input.
+    #[arg(long, conflicts_with_all = ["namespace", "key", "delay"])]
+    file: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Human,
@@ -90,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connect,
         } => validate(cli.config.as_deref(), paths, format, deny_warnings, connect),
         Command::HashKey { key, generate } => hash_key(key, generate),
+        Command::Write(args) => write(args),
     }
 }
 
@@ -245,6 +277,64 @@ fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(crate::http::serve(service))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn write(args: WriteArgs) -> anyhow::Result<ExitCode> {
+    let requests: Vec<serde_json::Value> = match (&args.file, &args.payload) {
+        (Some(path), _) => {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+            };
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+                .map(|(i, line)| {
+                    serde_json::from_str(line)
+                        .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))
+                })
+                .collect::<anyhow::Result<_>>()?
+        }
+        (None, Some(payload)) => {
+            let payload: serde_json::Value = serde_json::from_str(payload)
+                .context("the payload is not JSON; quote a string as '\"text\"'")?;
+            let mut request =
+                serde_json::json!({ "namespace": args.namespace, "payload": payload });
+            if let Some(key) = &args.key {
+                request["key"] = key.clone().into();
+            }
+            if let Some(delay) = &args.delay {
+                request["delay"] = delay.clone().into();
+            }
+            vec![request]
+        }
+        (None, None) => anyhow::bail!("give a payload or --file"),
+    };
+    let url = format!("{}/api/v1/wal/write", args.server.trim_end_matches('/'));
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut refused = false;
+        for request in requests {
+            let mut call = client.post(&url).json(&request);
+            if let Some(key) = &args.api_key {
+                call = call.bearer_auth(key);
+            }
+            let response = match call.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    eprintln!("error: no answer from {url}: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            refused |= !response.status().is_success();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            println!("{body}");
+        }
+        Ok(ExitCode::from(u8::from(refused)))
+    })
 }
 
 fn print_diagnostics(diagnostics: &[Diagnostic]) {

@@ -417,3 +417,74 @@ async fn the_rate_limit_answers_429_with_retry_after() -> Result {
     assert_eq!(s.next_offset("limited").await?, 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn wald_write_sends_payloads_and_files_and_says_what_was_refused() -> Result {
+    let s = setup().await?;
+    let server = format!("http://{}", s.server.address);
+    let run = |args: Vec<String>| {
+        let mut command = common::wald();
+        command.args(["write", "--server", &server]).args(&args);
+        command.output()
+    };
+    let output = run(vec![
+        "-n".into(),
+        "open".into(),
+        "-k".into(),
+        "a".into(),
+        "{\"n\":1}".into(),
+    ])?;
+    assert_eq!(output.status.code(), Some(0), "{}", common::stderr(&output));
+    let answer: Value = serde_json::from_str(common::stdout(&output).trim())?;
+    assert_eq!(answer["durability"], "durable");
+
+    let file = s._dir.path().join("requests.jsonl");
+    std::fs::write(
+        &file,
+        "{\"namespace\":\"open\",\"payload\":2}\n\n{\"namespace\":\"open\",\"payload\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}\n",
+    )?;
+    let output = run(vec!["--file".into(), file.display().to_string()])?;
+    assert_eq!(output.status.code(), Some(1), "one message was too large");
+    assert_eq!(common::stdout(&output).lines().count(), 2);
+    assert_eq!(s.next_offset("open").await?, 2);
+
+    let output = run(vec![
+        "-n".into(),
+        "alpha".into(),
+        "--api-key".into(),
+        "alpha-key".into(),
+        "1".into(),
+    ])?;
+    assert_eq!(output.status.code(), Some(0), "{}", common::stdout(&output));
+    let output = common::wald()
+        .args(["write", "--server", "http://127.0.0.1:1", "-n", "open", "1"])
+        .output()?;
+    assert_eq!(output.status.code(), Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_seed_messages_write_to_the_shipped_pipelines() -> Result {
+    let data = tempfile::tempdir()?;
+    let server = Server::start(&common::root().join("pipelines"), data.path(), &[]).await?;
+    let url = format!("http://{}", server.address);
+    for (file, key) in [
+        ("seeds/demo.jsonl", None),
+        ("seeds/orders.jsonl", Some("orders-demo-key")),
+    ] {
+        let mut command = common::wald();
+        command.args(["write", "--server", &url, "--file", file]);
+        if let Some(key) = key {
+            command.args(["--api-key", key]);
+        }
+        let output = command.output()?;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{file}: {}",
+            common::stdout(&output)
+        );
+    }
+    assert!(stop(server.child).await?.success());
+    Ok(())
+}
