@@ -49,7 +49,9 @@ fn main() -> Result {
         println!("not measured: wrk is not installed (apt-get install wrk)");
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let scratch = tempfile::tempdir_in(".")?;
     let _guard = runtime.enter();
     let wald = runtime.block_on(serve(wald_router(scratch.path())?))?;
@@ -66,31 +68,86 @@ fn main() -> Result {
     let batch_script = lua_script(scratch.path(), "batch", &batch)?;
 
     for &connections in connection_counts {
-        println!("\nHTTP writes of 256-byte payloads, {connections} keep-alive connections, {rounds} rounds of {seconds} s, alternating");
+        println!(
+            "\nHTTP writes of 256-byte payloads, {connections} keep-alive connections, {rounds} rounds of {seconds} s, alternating"
+        );
         let mut samples: [Vec<Sample>; 4] = Default::default();
         for _ in 0..rounds {
-            samples[0].push(wrk(wald, "/api/v1/wal/write", &single_script, connections, seconds)?);
-            samples[1].push(wrk(bare, "/api/v1/wal/write", &single_script, connections, seconds)?);
-            samples[2].push(wrk(naive, "/api/v1/wal/write", &single_script, connections, seconds)?);
-            samples[3].push(wrk(wald, "/api/v1/wal/write/batch", &batch_script, connections, seconds)?);
+            samples[0].push(wrk(
+                wald,
+                "/api/v1/wal/write",
+                &single_script,
+                connections,
+                seconds,
+            )?);
+            samples[1].push(wrk(
+                bare,
+                "/api/v1/wal/write",
+                &single_script,
+                connections,
+                seconds,
+            )?);
+            samples[2].push(wrk(
+                naive,
+                "/api/v1/wal/write",
+                &single_script,
+                connections,
+                seconds,
+            )?);
+            samples[3].push(wrk(
+                wald,
+                "/api/v1/wal/write/batch",
+                &batch_script,
+                connections,
+                seconds,
+            )?);
         }
         let base = median(&samples[1], |s| s.requests_per_sec);
-        println!("| candidate | durability | requests/s (median) | spread | p50 ms | p99 ms | ratio to (a) |");
+        println!(
+            "| candidate | durability | requests/s (median) | spread | p50 ms | p99 ms | ratio to (a) |"
+        );
         println!("|---|---|---|---|---|---|---|");
         row("wald write", "fdatasync before 202", &samples[0], base, 1.0);
-        row("(a) bare handler, no append", "none", &samples[1], base, 1.0);
-        row("(b) write + fdatasync per request", "fdatasync before 202", &samples[2], base, 1.0);
-        row("wald batch of 100 (records/s)", "fdatasync before 202", &samples[3], base, 100.0);
+        row(
+            "(a) bare handler, no append",
+            "none",
+            &samples[1],
+            base,
+            1.0,
+        );
+        row(
+            "(b) write + fdatasync per request",
+            "fdatasync before 202",
+            &samples[2],
+            base,
+            1.0,
+        );
+        row(
+            "wald batch of 100 (records/s)",
+            "fdatasync before 202",
+            &samples[3],
+            base,
+            100.0,
+        );
         let ratio = median(&samples[0], |s| s.requests_per_sec) / base;
-        println!("wald / (a) = {ratio:.2} (goal: at least 0.8); (a) / (b) = {:.1}", base / median(&samples[2], |s| s.requests_per_sec));
+        println!(
+            "wald / (a) = {ratio:.2} (goal: at least 0.8); (a) / (b) = {:.1}",
+            base / median(&samples[2], |s| s.requests_per_sec)
+        );
     }
     Ok(())
 }
 
 fn row(name: &str, durability: &str, samples: &[Sample], base: f64, scale: f64) {
     let rate = median(samples, |s| s.requests_per_sec) * scale;
-    let low = samples.iter().map(|s| s.requests_per_sec * scale).fold(f64::INFINITY, f64::min);
-    let high = samples.iter().map(|s| s.requests_per_sec * scale).fold(0.0, f64::max);
+    let low = samples
+        .iter()
+        .map(|s| s.requests_per_sec * scale)
+        .fold(f64::INFINITY, f64::min);
+    let high = samples
+        .iter()
+        .map(|s| s.requests_per_sec * scale)
+        .fold(0.0, f64::max);
     println!(
         "| {name} | {durability} | {rate:.0} | {low:.0}..{high:.0} | {:.2} | {:.2} | {:.2} |",
         median(samples, |s| s.p50_ms),
@@ -107,9 +164,14 @@ fn median(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
 
 /// The real API over one public namespace on the embedded log.
 fn wald_router(dir: &Path) -> Result<Router> {
-    let (source, config, findings) = load_pipeline_text(Path::new("bench.toml"), PIPELINE, &|_| None);
+    let (source, config, findings) =
+        load_pipeline_text(Path::new("bench.toml"), PIPELINE, &|_| None);
     let config = config.ok_or_else(|| format!("{findings:?}"))?;
-    let namespace = Namespace::open(LoadedPipeline { source, config }, &dir.join("data"), 100_000);
+    let namespace = Namespace::open(
+        LoadedPipeline { source, config },
+        &dir.join("data"),
+        100_000,
+    );
     let state = AppState {
         service: Default::default(),
         namespaces: vec![namespace],
@@ -134,7 +196,11 @@ fn bare_router() -> Router {
 
 /// Appends each body and syncs it before answering, one request at a time.
 fn fdatasync_router(path: &Path) -> Result<Router> {
-    let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
     let log = Arc::new(Mutex::new((file, 0u64)));
     Ok(Router::new().route(
         "/api/v1/wal/write",
@@ -180,9 +246,21 @@ fn lua_script(dir: &Path, name: &str, body: &str) -> Result<std::path::PathBuf> 
 }
 
 /// Runs wrk against `address` and reads requests/s and the latency percentiles.
-fn wrk(address: SocketAddr, path: &str, script: &Path, connections: usize, seconds: u64) -> Result<Sample> {
+fn wrk(
+    address: SocketAddr,
+    path: &str,
+    script: &Path,
+    connections: usize,
+    seconds: u64,
+) -> Result<Sample> {
     let output = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
         .arg(script)
         .arg(format!("http://{address}{path}"))
         .output()?;
@@ -191,10 +269,17 @@ fn wrk(address: SocketAddr, path: &str, script: &Path, connections: usize, secon
         return Err(format!("wrk saw errors:\n{text}").into());
     }
     let field = |prefix: &str| -> Option<&str> {
-        text.lines().map(str::trim).find(|l| l.starts_with(prefix)).and_then(|l| l.split_whitespace().nth(1))
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
     };
     let millis = |value: &str| -> f64 {
-        let (number, unit) = value.split_at(value.find(|c: char| c.is_alphabetic()).unwrap_or(value.len()));
+        let (number, unit) = value.split_at(
+            value
+                .find(|c: char| c.is_alphabetic())
+                .unwrap_or(value.len()),
+        );
         let number: f64 = number.parse().unwrap_or(f64::NAN);
         match unit {
             "us" => number / 1000.0,

@@ -43,7 +43,7 @@ fn default_linger() -> HumanDuration {
     HumanDuration::from_millis(5)
 }
 
-fn default_delivery_timeout() -> HumanDuration {
+pub(crate) fn default_delivery_timeout() -> HumanDuration {
     HumanDuration::from_secs(30)
 }
 
@@ -96,15 +96,7 @@ impl Config {
                 "set `linger` to a few milliseconds",
             );
         }
-        let timeout = self.delivery_timeout.get().as_secs();
-        if !(1..=300).contains(&timeout) {
-            checks.error(
-                Code::InvalidValue,
-                &at.key("delivery_timeout"),
-                "`delivery_timeout` must be from 1s to 5m",
-                "set `delivery_timeout` to for example \"30s\"",
-            );
-        }
+        check_delivery_timeout(checks, &at.key("delivery_timeout"), self.delivery_timeout);
         check_options(checks, &at.key("options"), &self.options);
     }
 }
@@ -142,6 +134,18 @@ pub fn check_topic(checks: &mut Checks, at: &KeyPath, topic: &str) {
             at,
             format!("`{}` is not a valid Kafka topic name", topic.escape_debug()),
             "use 1 to 249 characters of a-z, A-Z, 0-9, `.`, `_` and `-`",
+        );
+    }
+}
+
+/// A producer's `delivery_timeout` must be from 1s to 5m.
+pub fn check_delivery_timeout(checks: &mut Checks, at: &KeyPath, timeout: HumanDuration) {
+    if !(1..=300).contains(&timeout.get().as_secs()) {
+        checks.error(
+            Code::InvalidValue,
+            at,
+            "`delivery_timeout` must be from 1s to 5m",
+            "set `delivery_timeout` to for example \"30s\"",
         );
     }
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::template::Template;
-use crate::backend::kafka::{check_brokers, check_options, check_topic};
-use crate::config::diagnostic::{Code, KeyPath};
+use crate::backend::kafka::{check_brokers, check_delivery_timeout, check_options, check_topic};
+use crate::config::diagnostic::KeyPath;
 use crate::config::units::HumanDuration;
 use crate::config::validate::Checks;
 
@@ -28,15 +28,11 @@ pub struct Config {
     #[serde(default)]
     pub value: ValueShape,
     /// Longest wait for the broker's acknowledgement. Default: 30s. Range: 1s..=5m.
-    #[serde(default = "default_delivery_timeout")]
+    #[serde(default = "crate::backend::kafka::default_delivery_timeout")]
     pub delivery_timeout: HumanDuration,
     /// Further librdkafka properties. Default: none.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
-}
-
-fn default_delivery_timeout() -> HumanDuration {
-    HumanDuration::from_secs(30)
 }
 
 impl Config {
@@ -48,15 +44,7 @@ impl Config {
         {
             super::report_template_errors(checks, &at.key("key"), errors);
         }
-        let timeout = self.delivery_timeout.get().as_secs();
-        if !(1..=300).contains(&timeout) {
-            checks.error(
-                Code::InvalidValue,
-                &at.key("delivery_timeout"),
-                "`delivery_timeout` must be from 1s to 5m",
-                "set `delivery_timeout` to for example \"30s\"",
-            );
-        }
+        check_delivery_timeout(checks, &at.key("delivery_timeout"), self.delivery_timeout);
         check_options(checks, &at.key("options"), &self.options);
     }
 }
