@@ -50,6 +50,16 @@ pub enum Command {
     ///
     /// Exit codes: 0 every message accepted, 1 a message refused, 2 no answer.
     Write(WriteArgs),
+    /// Show a running server's health, or one namespace's status, as JSON.
+    ///
+    /// Exit codes: 0 running, 1 degraded, failed or no such namespace, 2 no answer.
+    Status {
+        /// The namespace; without it, every namespace's health.
+        namespace: Option<String>,
+        /// The server's base URL.
+        #[arg(long, env = "WALD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
     /// Print the SHA-256 of an API key, as `api_keys_sha256` and `admin_key_sha256` take.
     ///
     /// The key is read from standard input when not given, so that it stays out of the
@@ -122,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => validate(cli.config.as_deref(), paths, format, deny_warnings, connect),
         Command::HashKey { key, generate } => hash_key(key, generate),
         Command::Write(args) => write(args),
+        Command::Status { namespace, server } => status(&server, namespace.as_deref()),
     }
 }
 
@@ -334,6 +345,29 @@ fn write(args: WriteArgs) -> anyhow::Result<ExitCode> {
             println!("{body}");
         }
         Ok(ExitCode::from(u8::from(refused)))
+    })
+}
+
+fn status(server: &str, namespace: Option<&str>) -> anyhow::Result<ExitCode> {
+    let base = server.trim_end_matches('/');
+    let url = match namespace {
+        Some(namespace) => format!("{base}/api/v1/wal/namespace/{namespace}/status"),
+        None => format!("{base}/api/v1/health"),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let response = match reqwest::get(&url).await {
+            Ok(response) => response,
+            Err(e) => {
+                eprintln!("error: no answer from {url}: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let ok = response.status().is_success();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        let healthy = ok && (body["status"] == "ok" || body["state"] == "running");
+        Ok(ExitCode::from(u8::from(!healthy)))
     })
 }
 

@@ -488,3 +488,73 @@ async fn the_seed_messages_write_to_the_shipped_pipelines() -> Result {
     assert!(stop(server.child).await?.success());
     Ok(())
 }
+
+#[tokio::test]
+async fn namespace_status_shows_positions_and_wald_status_prints_it() -> Result {
+    let s = setup().await?;
+    for headers in [
+        [("authorization", "bearer alpha-key")],
+        [("authorization", "BEARER alpha-key")],
+    ] {
+        let (status, body) = s
+            .post(
+                "/api/v1/wal/write",
+                json!({"namespace": "alpha", "payload": 1}),
+                &headers,
+            )
+            .await?;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "the scheme is case-insensitive: {body}"
+        );
+    }
+    let status: Value = reqwest::get(s.server.url("/api/v1/wal/namespace/alpha/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["log"]["next_offset"], 2);
+    assert_eq!(status["dlq_depth"], 0);
+    assert_eq!(status["consumer_groups"], json!([]));
+    assert_eq!(status["targets"], json!([{"name": "out", "type": "file"}]));
+    assert!(
+        status["file"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("alpha.toml"),
+        "{status}"
+    );
+
+    let missing = reqwest::get(s.server.url("/api/v1/wal/namespace/nope/status")).await?;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let server = format!("http://{}", s.server.address);
+    let output = common::wald()
+        .args(["status", "alpha", "--server", &server])
+        .output()?;
+    assert_eq!(output.status.code(), Some(0), "{}", common::stdout(&output));
+    let printed: Value = serde_json::from_str(&common::stdout(&output))?;
+    assert_eq!(printed["log"]["next_offset"], 2);
+    let output = common::wald()
+        .args(["status", "--server", &server])
+        .output()?;
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        common::wald()
+            .args(["status", "nope", "--server", &server])
+            .output()?
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        common::wald()
+            .args(["status", "--server", "http://127.0.0.1:1"])
+            .output()?
+            .status
+            .code(),
+        Some(2)
+    );
+    Ok(())
+}

@@ -11,11 +11,13 @@ use crate::runtime::Namespace;
 
 /// The key a request carries, if any.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    // The scheme is case-insensitive (RFC 9110); the key is not.
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     bearer
         .or_else(|| {
             headers

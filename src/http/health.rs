@@ -1,12 +1,14 @@
-//! The probes: health (every namespace's state), liveness and readiness.
+//! The probes (health with every namespace's state, liveness, readiness) and one
+//! namespace's status.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use serde_json::json;
 
 use super::AppState;
+use super::error::ApiError;
 use crate::runtime::Namespace;
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -25,4 +27,49 @@ pub async fn liveness() -> Json<serde_json::Value> {
 
 pub async fn readiness(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({ "status": "ready", "namespaces": state.namespaces.len() }))
+}
+
+/// `GET /api/v1/wal/namespace/{ns}/status`: state, backend, log positions, consumer
+/// groups' cursors and lag, DLQ depth, pending delayed messages, and the file the
+/// namespace comes from.
+pub async fn namespace_status(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let namespace = state
+        .namespaces
+        .iter()
+        .find(|n| n.name() == name)
+        .ok_or_else(|| ApiError::NamespaceNotFound(name.clone()))?;
+    let mut status = namespace.health();
+    status["description"] = json!(namespace.pipeline.config.description);
+    status["file"] = json!(namespace.pipeline.source.path.display().to_string());
+    status["targets"] = json!(
+        namespace
+            .pipeline
+            .config
+            .targets
+            .iter()
+            .map(|t| json!({"name": t.name, "type": t.kind.kind()}))
+            .collect::<Vec<_>>()
+    );
+    if let Some(store) = &namespace.store {
+        let next = store.log.committed().next_offset;
+        let groups: Vec<_> = store
+            .log
+            .cursors()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(group, cursor)| json!({ "group": group, "next_offset": cursor, "lag": next.saturating_sub(cursor) }))
+            .collect();
+        let dlq = store
+            .dlq
+            .committed()
+            .next_offset
+            .saturating_sub(store.dlq.first_offset());
+        status["consumer_groups"] = json!(groups);
+        status["dlq_depth"] = json!(dlq);
+        status["delayed_pending"] = json!(store.delays.pending());
+    }
+    Ok(Json(status))
 }

@@ -1,7 +1,8 @@
 //! The HTTP API server: [`router`] builds the routes over shared state, [`serve`] opens
 //! every namespace and runs until a shutdown signal.
 //!
-//! Routes so far: the write routes ([`ingest`]) and the probes ([`health`]). Every
+//! Routes so far: the write routes ([`ingest`]), namespace status and the probes
+//! ([`health`]). Every
 //! answer carries `X-Request-Id` ([`request_id`]); every error is JSON with a stable
 //! code ([`error`]).
 
@@ -41,6 +42,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/wal/write", post(ingest::write))
         .route("/api/v1/wal/write/batch", post(ingest::write_batch))
+        .route(
+            "/api/v1/wal/namespace/{namespace}/status",
+            get(health::namespace_status),
+        )
         .route("/api/v1/health", get(health::health))
         .route("/api/v1/health/liveness", get(health::liveness))
         .route("/api/v1/health/readiness", get(health::readiness))

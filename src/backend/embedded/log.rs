@@ -394,6 +394,11 @@ impl Log {
         Ok(committed.next_offset)
     }
 
+    /// Every consumer group with a committed cursor, and its next offset.
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, LogError> {
+        self.shared.cursors.all()
+    }
+
     /// A consumer group's next offset: its committed cursor, else the oldest record.
     pub fn cursor(&self, group: &str) -> Result<u64, LogError> {
         Ok(self
