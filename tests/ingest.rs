@@ -58,7 +58,7 @@ async fn setup() -> Result<Setup> {
     let config = dir.path().join("wald.toml");
     std::fs::write(
         &config,
-        "[http]\nmax_body_bytes = \"2KiB\"\nmax_json_depth = 8\n",
+        "[http]\nmax_body_bytes = \"2KiB\"\nmax_json_depth = 8\nheader_read_timeout = \"1s\"\nrequest_timeout = \"2s\"\n",
     )?;
     let data = dir.path().join("data");
     let server =
@@ -556,5 +556,44 @@ async fn namespace_status_shows_positions_and_wald_status_prints_it() -> Result 
             .code(),
         Some(2)
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_clients_cannot_hold_a_connection() -> Result {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await?;
+
+    // Headers that never end: the connection is closed after `header_read_timeout`.
+    let mut stream = tokio::net::TcpStream::connect(&s.server.address).await?;
+    stream
+        .write_all(b"POST /api/v1/wal/write HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server kept a connection whose headers never ended"
+    );
+
+    // A body that never arrives: answered 504 after `request_timeout`, durability unknown.
+    let mut stream = tokio::net::TcpStream::connect(&s.server.address).await?;
+    stream
+        .write_all(b"POST /api/v1/wal/write HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"namespace\"")
+        .await?;
+    let mut answer = vec![0u8; 4096];
+    let n =
+        tokio::time::timeout(std::time::Duration::from_secs(6), stream.read(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        answer.contains("\"durability\":\"unknown\"") && answer.contains("durability_unknown"),
+        "{answer}"
+    );
+    assert_eq!(s.next_offset("open").await?, 0);
     Ok(())
 }

@@ -40,6 +40,8 @@ pub enum ApiError {
     StorageFull(String),
     #[error("no such route")]
     RouteNotFound,
+    #[error("the request took longer than {0} s; a write in it may or may not be durable")]
+    TimedOut(u64),
 }
 
 impl ApiError {
@@ -59,6 +61,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::RouteNotFound => "route_not_found",
+            ApiError::TimedOut(_) => "durability_unknown",
         }
     }
 
@@ -75,12 +78,17 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
-    /// The JSON body of this error.
+    /// The JSON body of this error; a timed-out write also says `"durability": "unknown"`.
     pub fn body(&self) -> serde_json::Value {
-        json!({ "error": { "code": self.code(), "message": self.to_string(), "request_id": current_request_id() } })
+        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string(), "request_id": current_request_id() } });
+        if matches!(self, ApiError::TimedOut(_)) {
+            body["durability"] = json!("unknown");
+        }
+        body
     }
 }
 

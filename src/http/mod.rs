@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod ingest;
 pub mod request_id;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -51,8 +52,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/health/readiness", get(health::readiness))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.service.http.request_timeout.get(),
+            limit_time,
+        ))
         .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
+}
+
+/// Answers 504 when a request takes longer than `[http] request_timeout`: for a write
+/// the append may or may not have become durable.
+async fn limit_time(
+    axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::TimedOut(timeout.as_secs()).into_response(),
+    }
 }
 
 async fn not_found() -> Response {
@@ -104,9 +122,14 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(service.listen).await?;
     info!(address = %listener.local_addr()?, "Listening.");
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    server::run(
+        listener,
+        router(state.clone()),
+        service.http.header_read_timeout.get(),
+        service.shutdown_timeout.get(),
+        shutdown_signal(),
+    )
+    .await;
     for namespace in &state.namespaces {
         namespace.close().await;
     }
