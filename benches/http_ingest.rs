@@ -176,6 +176,7 @@ fn wald_router(dir: &Path) -> Result<Router> {
         service: Default::default(),
         namespaces: vec![namespace],
         quarantined: Vec::new(),
+        http: Default::default(),
     };
     Ok(router(Arc::new(state)))
 }

@@ -20,3 +20,18 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Metric names of `/metrics`, in one place.
+pub mod metric {
+    pub const NAMESPACE_UP: &str = "wald_namespace_up";
+    pub const WRITE_MESSAGES: &str = "wald_write_messages_total";
+    pub const WRITE_PAYLOAD_BYTES: &str = "wald_write_payload_bytes_total";
+    pub const WRITE_REFUSED: &str = "wald_write_refused_total";
+    pub const APPEND_LATENCY: &str = "wald_append_latency_seconds";
+    pub const LOG_APPENDS: &str = "wald_log_appends_total";
+    pub const LOG_RECORDS: &str = "wald_log_records_total";
+    pub const LOG_SYNCS: &str = "wald_log_syncs_total";
+    pub const LOG_BYTES: &str = "wald_log_bytes_total";
+    pub const LOG_NEXT_OFFSET: &str = "wald_log_next_offset";
+    pub const HTTP_REQUESTS: &str = "wald_http_requests_total";
+}

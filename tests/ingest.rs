@@ -597,3 +597,62 @@ async fn slow_clients_cannot_hold_a_connection() -> Result {
     assert_eq!(s.next_offset("open").await?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn metrics_count_writes_refusals_syncs_and_requests() -> Result {
+    let s = setup().await?;
+    for n in 0..2 {
+        let (status, _) = s
+            .post(
+                "/api/v1/wal/write",
+                json!({"namespace": "open", "payload": n}),
+                &[],
+            )
+            .await?;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let (status, _) = s
+        .post(
+            "/api/v1/wal/write",
+            json!({"namespace": "open", "payload": "x".repeat(200)}),
+            &[],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let metrics: Value = reqwest::get(s.server.url("/api/v1/wal/namespace/open/metrics"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(metrics["writes"]["accepted_messages"], 2, "{metrics}");
+    assert_eq!(
+        metrics["writes"]["refused"],
+        json!({"message_too_large": 1})
+    );
+    assert_eq!(metrics["log"]["records"], 2);
+    assert!(metrics["log"]["syncs"].as_u64().unwrap_or(0) >= 1);
+    let missing = reqwest::get(s.server.url("/api/v1/wal/namespace/nope/metrics")).await?;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let text = reqwest::get(s.server.url("/metrics")).await?.text().await?;
+    for line in [
+        "wald_namespace_up{namespace=\"open\"} 1",
+        "wald_write_messages_total{namespace=\"open\"} 2",
+        "wald_write_refused_total{namespace=\"open\",code=\"message_too_large\"} 1",
+        "wald_log_records_total{namespace=\"open\"} 2",
+        "wald_append_latency_seconds_count{namespace=\"open\"} 2",
+        "wald_append_latency_seconds_bucket{namespace=\"open\",le=\"+Inf\"} 2",
+        "wald_http_requests_total{route=\"/api/v1/wal/write\",status=\"202\"} 2",
+        "wald_http_requests_total{route=\"/api/v1/wal/write\",status=\"413\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = line.rsplit_once(' ').ok_or("no value")?;
+        assert!(value.parse::<f64>().is_ok(), "not a sample: {line}");
+    }
+    Ok(())
+}

@@ -91,8 +91,12 @@ pub async fn write(
         .ok_or_else(|| ApiError::Malformed("missing field `namespace`".into()))?;
     let namespace = find_namespace(&state, &namespace_name, &headers)?;
     let transaction_id = new_id();
-    let (record, accepted) = to_record(namespace, message, &transaction_id)?;
-    let durability = append(namespace, vec![record]).await?;
+    let appended = async {
+        let (record, accepted) = to_record(namespace, message, &transaction_id)?;
+        Ok::<_, ApiError>((append(namespace, vec![record]).await?, accepted))
+    }
+    .await;
+    let (durability, accepted) = appended.inspect_err(|e| namespace.counters.refused(e.code()))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -129,9 +133,14 @@ pub async fn write_batch(
         match converted {
             Ok((record, accepted)) => {
                 records.push(record);
-                results.push(json!({ "index": index, "status": 202, "message_id": accepted.message_id }));
+                results.push(
+                    json!({ "index": index, "status": 202, "message_id": accepted.message_id }),
+                );
             }
-            Err(e) => results.push(json!({ "index": index, "status": e.status().as_u16(), "error": e.body()["error"] })),
+            Err(e) => {
+                namespace.counters.refused(e.code());
+                results.push(json!({ "index": index, "status": e.status().as_u16(), "error": e.body()["error"] }));
+            }
         }
     }
     if records.is_empty() {
@@ -141,7 +150,9 @@ pub async fn write_batch(
         ));
     }
     // The valid messages are appended together: durable together or not at all.
-    let durability = append(namespace, records).await?;
+    let durability = append(namespace, records)
+        .await
+        .inspect_err(|e| namespace.counters.refused(e.code()))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(
@@ -329,8 +340,15 @@ async fn append(namespace: &Namespace, records: Vec<Record>) -> Result<Durabilit
         .store
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable(name.clone()))?;
+    let started = std::time::Instant::now();
+    let payload_bytes: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
     match store.log.append(records).await {
-        Ok(appended) => Ok(appended.durability),
+        Ok(appended) => {
+            namespace
+                .counters
+                .accepted(u64::from(count), payload_bytes, started.elapsed());
+            Ok(appended.durability)
+        }
         Err(e) => {
             warn!(namespace = %name, error = %e, "Write failed; nothing was acknowledged.");
             Err(match e {

@@ -2,7 +2,7 @@
 //! every namespace and runs until a shutdown signal.
 //!
 //! Routes so far: the write routes ([`ingest`]), namespace status and the probes
-//! ([`health`]). Every
+//! ([`health`]), metrics as JSON and for Prometheus ([`metrics`]). Every
 //! answer carries `X-Request-Id` ([`request_id`]); every error is JSON with a stable
 //! code ([`error`]).
 
@@ -10,6 +10,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod metrics;
 pub mod request_id;
 pub mod server;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub namespaces: Vec<Namespace>,
     /// Files whose errors kept their namespace from loading.
     pub quarantined: Vec<String>,
+    /// Requests answered, by route and status.
+    pub http: metrics::HttpCounters,
 }
 
 /// The API's routes over `state`.
@@ -47,10 +50,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/wal/namespace/{namespace}/status",
             get(health::namespace_status),
         )
+        .route(
+            "/api/v1/wal/namespace/{namespace}/metrics",
+            get(metrics::namespace_metrics),
+        )
+        .route("/metrics", get(metrics::prometheus))
         .route("/api/v1/health", get(health::health))
         .route("/api/v1/health/liveness", get(health::liveness))
         .route("/api/v1/health/readiness", get(health::readiness))
         .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.service.http.request_timeout.get(),
@@ -119,6 +131,7 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
         service: service.clone(),
         namespaces,
         quarantined,
+        http: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(service.listen).await?;
     info!(address = %listener.local_addr()?, "Listening.");

@@ -1,6 +1,7 @@
 //! The running service: each namespace with its storage, as `wald serve` runs it.
 //! Consumers, delivery and reload land here.
 
+pub mod counters;
 pub mod limits;
 pub mod namespace;
 

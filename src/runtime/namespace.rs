@@ -7,6 +7,7 @@ use tracing::error;
 use crate::backend::BackendConfig;
 use crate::backend::embedded::NamespaceStore;
 use crate::config::LoadedPipeline;
+use crate::runtime::counters::WriteCounters;
 use crate::runtime::limits::Admission;
 
 /// A namespace as the server runs it.
@@ -20,6 +21,8 @@ pub struct Namespace {
     pub key_hashes: Vec<[u8; 32]>,
     /// Rate limit and the bound on writes waiting for durability.
     pub admission: Admission,
+    /// Writes accepted and refused, append latency.
+    pub counters: WriteCounters,
 }
 
 impl Namespace {
@@ -59,6 +62,7 @@ impl Namespace {
             failure,
             key_hashes,
             admission,
+            counters: WriteCounters::default(),
         }
     }
 

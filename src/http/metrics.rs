@@ -1,0 +1,248 @@
+//! Metrics: `GET /api/v1/wal/namespace/{ns}/metrics` (JSON) and `GET /metrics`
+//! (Prometheus text format), both read from the namespaces' counters and logs. Metric
+//! names are in [`crate::telemetry::metric`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::runtime::Namespace;
+use crate::runtime::counters::LATENCY_BUCKETS;
+use crate::telemetry::metric;
+
+/// Requests answered, by route and status.
+#[derive(Default)]
+pub struct HttpCounters(Mutex<BTreeMap<(String, u16), u64>>);
+
+/// Middleware: counts each request by its route (the pattern, not the path) and status.
+pub async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let mut counts = state.http.0.lock().unwrap_or_else(|e| e.into_inner());
+    *counts
+        .entry((route, response.status().as_u16()))
+        .or_default() += 1;
+    response
+}
+
+pub async fn namespace_metrics(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let namespace = state
+        .namespaces
+        .iter()
+        .find(|n| n.name() == name)
+        .ok_or_else(|| ApiError::NamespaceNotFound(name.clone()))?;
+    let counters = &namespace.counters;
+    let (_, latency_sum, latency_count) = counters.latency();
+    let mut body = json!({
+        "namespace": namespace.name(),
+        "writes": {
+            "accepted_messages": counters.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            "payload_bytes": counters.payload_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            "refused": counters.refused_by_code(),
+            "mean_append_latency_ms": if latency_count == 0 { 0.0 } else { latency_sum * 1000.0 / latency_count as f64 },
+        },
+    });
+    if let Some(store) = &namespace.store {
+        let (appends, records, syncs, bytes) = store.log.stats();
+        body["log"] = json!({
+            "appends": appends,
+            "records": records,
+            "syncs": syncs,
+            "bytes": bytes,
+            "records_per_sync": if syncs == 0 { 0.0 } else { records as f64 / syncs as f64 },
+            "next_offset": store.log.committed().next_offset,
+        });
+    }
+    Ok(Json(body))
+}
+
+pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
+    let mut out = String::new();
+    counter_family(
+        &mut out,
+        metric::NAMESPACE_UP,
+        "gauge",
+        "1 when the namespace takes writes.",
+        &state,
+        |n| vec![(String::new(), u64::from(n.unavailable().is_none()))],
+    );
+    counter_family(
+        &mut out,
+        metric::WRITE_MESSAGES,
+        "counter",
+        "Messages acknowledged.",
+        &state,
+        |n| {
+            vec![(
+                String::new(),
+                n.counters
+                    .accepted
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )]
+        },
+    );
+    counter_family(
+        &mut out,
+        metric::WRITE_PAYLOAD_BYTES,
+        "counter",
+        "Payload bytes acknowledged.",
+        &state,
+        |n| {
+            vec![(
+                String::new(),
+                n.counters
+                    .payload_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )]
+        },
+    );
+    counter_family(
+        &mut out,
+        metric::WRITE_REFUSED,
+        "counter",
+        "Write requests refused, by error code.",
+        &state,
+        |n| {
+            n.counters
+                .refused_by_code()
+                .into_iter()
+                .map(|(code, count)| (format!(",code=\"{code}\""), count))
+                .collect()
+        },
+    );
+    let log_stat = |i: usize| {
+        move |n: &Namespace| {
+            n.store.as_ref().map_or_else(Vec::new, |s| {
+                let (a, r, y, b) = s.log.stats();
+                vec![(String::new(), [a, r, y, b][i])]
+            })
+        }
+    };
+    counter_family(
+        &mut out,
+        metric::LOG_APPENDS,
+        "counter",
+        "Append requests written to the log.",
+        &state,
+        log_stat(0),
+    );
+    counter_family(
+        &mut out,
+        metric::LOG_RECORDS,
+        "counter",
+        "Records written to the log.",
+        &state,
+        log_stat(1),
+    );
+    counter_family(
+        &mut out,
+        metric::LOG_SYNCS,
+        "counter",
+        "fdatasync calls of the log; records/syncs is the group-commit factor.",
+        &state,
+        log_stat(2),
+    );
+    counter_family(
+        &mut out,
+        metric::LOG_BYTES,
+        "counter",
+        "Bytes written to the log.",
+        &state,
+        log_stat(3),
+    );
+    counter_family(
+        &mut out,
+        metric::LOG_NEXT_OFFSET,
+        "gauge",
+        "Offset the next record of the log gets.",
+        &state,
+        |n| {
+            n.store.as_ref().map_or_else(Vec::new, |s| {
+                vec![(String::new(), s.log.committed().next_offset)]
+            })
+        },
+    );
+
+    let _ = writeln!(
+        out,
+        "# HELP {} Append latency, from admission to the backend's confirmation.",
+        metric::APPEND_LATENCY
+    );
+    let _ = writeln!(out, "# TYPE {} histogram", metric::APPEND_LATENCY);
+    for n in &state.namespaces {
+        let (cumulative, sum, count) = n.counters.latency();
+        let labels = format!("namespace=\"{}\"", n.name());
+        for (bound, value) in LATENCY_BUCKETS
+            .iter()
+            .map(|b| b.to_string())
+            .chain(["+Inf".to_string()])
+            .zip(&cumulative)
+        {
+            let _ = writeln!(
+                out,
+                "{}_bucket{{{labels},le=\"{bound}\"}} {value}",
+                metric::APPEND_LATENCY
+            );
+        }
+        let _ = writeln!(out, "{}_sum{{{labels}}} {sum}", metric::APPEND_LATENCY);
+        let _ = writeln!(out, "{}_count{{{labels}}} {count}", metric::APPEND_LATENCY);
+    }
+
+    let _ = writeln!(
+        out,
+        "# HELP {} HTTP requests answered, by route and status.",
+        metric::HTTP_REQUESTS
+    );
+    let _ = writeln!(out, "# TYPE {} counter", metric::HTTP_REQUESTS);
+    for ((route, status), count) in state
+        .http
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "{}{{route=\"{route}\",status=\"{status}\"}} {count}",
+            metric::HTTP_REQUESTS
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Writes one metric family with a sample per namespace (and per extra label set).
+fn counter_family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    state: &AppState,
+    samples: impl Fn(&Namespace) -> Vec<(String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for n in &state.namespaces {
+        for (extra_labels, value) in samples(n) {
+            let _ = writeln!(
+                out,
+                "{name}{{namespace=\"{}\"{extra_labels}}} {value}",
+                n.name()
+            );
+        }
+    }
+}
