@@ -36,11 +36,7 @@ pub async fn namespace_status(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let namespace = state
-        .namespaces
-        .iter()
-        .find(|n| n.name() == name)
-        .ok_or_else(|| ApiError::NamespaceNotFound(name.clone()))?;
+    let namespace = state.namespace(&name)?;
     let mut status = namespace.health();
     status["description"] = json!(namespace.pipeline.config.description);
     status["file"] = json!(namespace.pipeline.source.path.display().to_string());

@@ -188,11 +188,7 @@ fn find_namespace<'a>(
     name: &str,
     headers: &HeaderMap,
 ) -> Result<&'a Namespace, ApiError> {
-    let namespace = state
-        .namespaces
-        .iter()
-        .find(|n| n.name() == name)
-        .ok_or_else(|| ApiError::NamespaceNotFound(name.to_string()))?;
+    let namespace = state.namespace(name)?;
     authorize(headers, namespace, &state.namespaces)?;
     Ok(namespace)
 }

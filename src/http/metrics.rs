@@ -41,11 +41,7 @@ pub async fn namespace_metrics(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let namespace = state
-        .namespaces
-        .iter()
-        .find(|n| n.name() == name)
-        .ok_or_else(|| ApiError::NamespaceNotFound(name.clone()))?;
+    let namespace = state.namespace(&name)?;
     let counters = &namespace.counters;
     let (_, latency_sum, latency_count) = counters.latency();
     let mut body = json!({

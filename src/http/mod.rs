@@ -39,6 +39,16 @@ pub struct AppState {
     pub http: metrics::HttpCounters,
 }
 
+impl AppState {
+    /// The namespace called `name`, or 404.
+    pub fn namespace(&self, name: &str) -> Result<&Namespace, ApiError> {
+        self.namespaces
+            .iter()
+            .find(|n| n.name() == name)
+            .ok_or_else(|| ApiError::NamespaceNotFound(name.to_string()))
+    }
+}
+
 /// The API's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit =
