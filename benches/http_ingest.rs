@@ -167,13 +167,14 @@ fn wald_router(dir: &Path) -> Result<Router> {
     let (source, config, findings) =
         load_pipeline_text(Path::new("bench.toml"), PIPELINE, &|_| None);
     let config = config.ok_or_else(|| format!("{findings:?}"))?;
-    let namespace = Namespace::open(
-        LoadedPipeline { source, config },
-        &dir.join("data"),
-        100_000,
-    );
+    let mut service = wald::config::service::ServiceConfig {
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
+    service.http.max_in_flight_per_namespace = 100_000;
+    let namespace = Namespace::open(LoadedPipeline { source, config }, &service);
     let state = AppState {
-        service: Default::default(),
+        service,
         namespaces: vec![namespace],
         quarantined: Vec::new(),
         http: Default::default(),

@@ -656,3 +656,56 @@ async fn metrics_count_writes_refusals_syncs_and_requests() -> Result {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idempotency_key_repeats_the_first_answer_and_survives_a_restart() -> Result {
+    let s = setup().await?;
+    let write = json!({"namespace": "open", "payload": {"n": 1}, "idempotency_key": "order-1"});
+    let (status, first) = s.post("/api/v1/wal/write", write.clone(), &[]).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, again) = s.post("/api/v1/wal/write", write.clone(), &[]).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(
+        (&again["message_id"], &again["transaction_id"]),
+        (&first["message_id"], &first["transaction_id"])
+    );
+    assert_eq!(again["repeated"], true);
+    assert_eq!(s.next_offset("open").await?, 1, "a repeat appends nothing");
+
+    let other = json!({"namespace": "open", "payload": {"n": 2}, "idempotency_key": "order-1"});
+    let (status, body) = s.post("/api/v1/wal/write", other, &[]).await?;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::CONFLICT, "idempotency_conflict")
+    );
+    let batch = json!({"namespace": "open", "messages": [{"payload": 1, "idempotency_key": "k"}]});
+    let (status, _) = s.post("/api/v1/wal/write/batch", batch, &[]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // After a restart the key is still known.
+    let Setup {
+        _dir,
+        data,
+        server,
+        client,
+    } = s;
+    assert!(stop(server.child).await?.success());
+    let config = _dir.path().join("wald.toml");
+    let server = Server::start(
+        &_dir.path().join("pipelines"),
+        &data,
+        &["--config", config.to_str().ok_or("path")?],
+    )
+    .await?;
+    let s = Setup {
+        _dir,
+        data,
+        server,
+        client,
+    };
+    let (status, after) = s.post("/api/v1/wal/write", write, &[]).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{after}");
+    assert_eq!(after["message_id"], first["message_id"]);
+    assert_eq!(s.next_offset("open").await?, 1);
+    Ok(())
+}

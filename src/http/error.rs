@@ -40,6 +40,10 @@ pub enum ApiError {
     StorageFull(String),
     #[error("no such route")]
     RouteNotFound,
+    #[error("idempotency key `{0}` was used with another body")]
+    IdempotencyConflict(String),
+    #[error("a write with idempotency key `{0}` is in progress; retry later")]
+    IdempotencyInProgress(String),
     #[error("the request took longer than {0} s; a write in it may or may not be durable")]
     TimedOut(u64),
 }
@@ -62,6 +66,8 @@ impl ApiError {
             ApiError::StorageFull(_) => "storage_full",
             ApiError::RouteNotFound => "route_not_found",
             ApiError::TimedOut(_) => "durability_unknown",
+            ApiError::IdempotencyConflict(_) => "idempotency_conflict",
+            ApiError::IdempotencyInProgress(_) => "idempotency_in_progress",
         }
     }
 
@@ -79,6 +85,9 @@ impl ApiError {
             }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::IdempotencyConflict(_) | ApiError::IdempotencyInProgress(_) => {
+                StatusCode::CONFLICT
+            }
         }
     }
 

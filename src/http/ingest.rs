@@ -15,6 +15,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use sha2::Digest;
 use tracing::warn;
 
 use super::AppState;
@@ -23,6 +24,7 @@ use super::error::ApiError;
 use crate::backend::embedded::LogError;
 use crate::backend::{Durability, Record};
 use crate::runtime::Namespace;
+use crate::runtime::idempotency::{Check, Remembered};
 use crate::runtime::limits::Refusal;
 
 /// Header names wald sets on every stored message; clients may not use the prefix.
@@ -65,6 +67,10 @@ pub struct MessageIn {
     /// Deliver to these targets of the namespace only. Default: all.
     #[serde(default)]
     pub targets: Option<Vec<String>>,
+    /// A write repeated with this key and the same body gets the first write's ids and
+    /// appends nothing; with another body it is refused (409). Single writes only.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,19 +90,61 @@ pub async fn write(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let message: MessageIn = parse_body(&state, body)?;
+    let (message, body): (MessageIn, Bytes) = parse_body(&state, body)?;
     let namespace_name = message
         .namespace
         .clone()
         .ok_or_else(|| ApiError::Malformed("missing field `namespace`".into()))?;
     let namespace = find_namespace(&state, &namespace_name, &headers)?;
+    let key = message.idempotency_key.clone();
+    let body_hash = hex::encode(sha2::Sha256::digest(&body));
+    if let Some(repeat) = check_idempotency(namespace, key.as_deref(), &body_hash)
+        .inspect_err(|e| namespace.counters.refused(e.code()))?
+    {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "message_id": repeat.message_id,
+                "transaction_id": repeat.transaction_id,
+                "durability": Durability::Durable,
+                "repeated": true,
+            })),
+        ));
+    }
     let transaction_id = new_id();
     let appended = async {
         let (record, accepted) = to_record(namespace, message, &transaction_id)?;
         Ok::<_, ApiError>((append(namespace, vec![record]).await?, accepted))
     }
     .await;
-    let (durability, accepted) = appended.inspect_err(|e| namespace.counters.refused(e.code()))?;
+    let (durability, accepted) = match appended {
+        Ok(appended) => appended,
+        Err(e) => {
+            namespace.counters.refused(e.code());
+            if let (Some(key), Some(store)) = (&key, &namespace.idempotency) {
+                store.release(key);
+            }
+            return Err(e);
+        }
+    };
+    if let (Some(key), Some(store)) = (key, namespace.idempotency.clone()) {
+        let remembered = Remembered {
+            key,
+            hash: body_hash,
+            message_id: accepted.message_id.clone(),
+            transaction_id: transaction_id.clone(),
+            at_ms: crate::backend::embedded::writer::now_ms(),
+        };
+        // The message is durable whatever happens here; a key that could not be kept
+        // only means that a retry would append the message again.
+        match tokio::task::spawn_blocking(move || store.complete(remembered)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(namespace = %namespace_name, error = %e, "Idempotency key not kept.")
+            }
+            Err(e) => warn!(namespace = %namespace_name, error = %e, "Idempotency key not kept."),
+        }
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -112,7 +160,7 @@ pub async fn write_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let batch: BatchIn = parse_body(&state, body)?;
+    let (batch, _): (BatchIn, Bytes) = parse_body(&state, body)?;
     let namespace = find_namespace(&state, &batch.namespace, &headers)?;
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
         return Err(ApiError::Malformed(format!(
@@ -124,6 +172,9 @@ pub async fn write_batch(
     let mut records = Vec::new();
     for (index, message) in batch.messages.into_iter().enumerate() {
         let converted = match message.namespace.as_deref() {
+            _ if message.idempotency_key.is_some() => Err(ApiError::InvalidMessage(
+                "`idempotency_key` is taken on single writes, not in batches".into(),
+            )),
             Some(other) if other != batch.namespace => Err(ApiError::InvalidMessage(format!(
                 "the message names namespace `{other}`, the batch `{}`",
                 batch.namespace
@@ -165,7 +216,7 @@ pub async fn write_batch(
 fn parse_body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
+) -> Result<(T, Bytes), ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge(state.service.http.max_body_bytes.bytes())
@@ -179,7 +230,31 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             "JSON nested deeper than {max_depth} levels"
         )));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(e.to_string()))
+    let parsed = serde_json::from_slice(&body).map_err(|e| ApiError::Malformed(e.to_string()))?;
+    Ok((parsed, body))
+}
+
+/// What a write's idempotency key says: `Some` ids of the earlier write with the same
+/// body, `None` to go on (the key is then reserved), or an error.
+fn check_idempotency(
+    namespace: &Namespace,
+    key: Option<&str>,
+    body_hash: &str,
+) -> Result<Option<Remembered>, ApiError> {
+    let (Some(key), Some(store)) = (key, &namespace.idempotency) else {
+        return Ok(None);
+    };
+    if key.is_empty() || key.len() > 256 {
+        return Err(ApiError::InvalidMessage(
+            "`idempotency_key` is 1 to 256 characters".into(),
+        ));
+    }
+    match store.check(key, body_hash) {
+        Check::New => Ok(None),
+        Check::Repeat(remembered) => Ok(Some(remembered)),
+        Check::Conflict => Err(ApiError::IdempotencyConflict(key.to_string())),
+        Check::InProgress => Err(ApiError::IdempotencyInProgress(key.to_string())),
+    }
 }
 
 /// The namespace a write goes to, once the caller may write to it.

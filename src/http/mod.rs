@@ -125,13 +125,7 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
     let namespaces: Vec<Namespace> = report
         .pipelines
         .into_iter()
-        .map(|p| {
-            Namespace::open(
-                p,
-                &service.data_dir,
-                service.http.max_in_flight_per_namespace,
-            )
-        })
+        .map(|p| Namespace::open(p, &service))
         .collect();
     for n in &namespaces {
         let config = &n.pipeline.config;

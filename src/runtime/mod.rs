@@ -2,6 +2,7 @@
 //! Consumers, delivery and reload land here.
 
 pub mod counters;
+pub mod idempotency;
 pub mod limits;
 pub mod namespace;
 

@@ -5,9 +5,13 @@ use serde_json::json;
 use tracing::error;
 
 use crate::backend::BackendConfig;
-use crate::backend::embedded::NamespaceStore;
+use std::sync::Arc;
+
+use crate::backend::embedded::{NamespaceStore, namespace_dir};
 use crate::config::LoadedPipeline;
+use crate::config::service::ServiceConfig;
 use crate::runtime::counters::WriteCounters;
+use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
 
 /// A namespace as the server runs it.
@@ -23,12 +27,16 @@ pub struct Namespace {
     pub admission: Admission,
     /// Writes accepted and refused, append latency.
     pub counters: WriteCounters,
+    /// Idempotency keys of its writes, when its storage opened.
+    pub idempotency: Option<Arc<IdempotencyStore>>,
 }
 
 impl Namespace {
     /// Opens the namespace's storage; a failure (corruption found by recovery) keeps
     /// this namespace down and leaves the others alone.
-    pub fn open(pipeline: LoadedPipeline, data_dir: &std::path::Path, max_in_flight: u32) -> Self {
+    /// Opens the namespace under `service.data_dir`.
+    pub fn open(pipeline: LoadedPipeline, service: &ServiceConfig) -> Self {
+        let data_dir = &service.data_dir;
         let config = &pipeline.config;
         let (store, failure) = match &config.producer {
             BackendConfig::Embedded(embedded) => {
@@ -55,7 +63,17 @@ impl Namespace {
             .iter()
             .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
             .collect();
-        let admission = Admission::new(config.source.rate_limit, max_in_flight);
+        let admission = Admission::new(
+            config.source.rate_limit,
+            service.http.max_in_flight_per_namespace,
+        );
+        let idempotency = store.as_ref().and_then(|_| {
+            let path = namespace_dir(data_dir, &config.namespace).join("idempotency.log");
+            IdempotencyStore::open(&path, service.status_store.retention.get())
+                .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Idempotency keys unavailable."))
+                .ok()
+                .map(Arc::new)
+        });
         Self {
             pipeline,
             store,
@@ -63,6 +81,7 @@ impl Namespace {
             key_hashes,
             admission,
             counters: WriteCounters::default(),
+            idempotency,
         }
     }
 
