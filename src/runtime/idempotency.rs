@@ -10,7 +10,7 @@
 //! appends it again (at least once, never lost).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::embedded::LogError;
-use crate::backend::embedded::cursor::write_atomically;
+use crate::backend::embedded::journal;
 use crate::backend::embedded::writer::now_ms;
 
 /// The ids a keyed write got.
@@ -60,33 +60,17 @@ pub struct IdempotencyStore {
 
 impl IdempotencyStore {
     pub fn open(path: &Path, retention: Duration) -> Result<Self, LogError> {
-        let io = |e| LogError::io("opening the idempotency keys", path, e);
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(e)),
-        };
         let oldest = now_ms().saturating_sub(retention.as_millis() as u64);
         let mut slots = HashMap::new();
-        let (mut at, mut entries) = (0, 0);
-        while let Some((entry, len)) = decode(&bytes[at..]) {
-            at += len;
+        let mut entries = 0;
+        let file = journal::open(path, "idempotency keys", |rest| {
+            let (entry, len) = decode(rest)?;
             entries += 1;
             if entry.at_ms >= oldest {
                 slots.insert(entry.key.clone(), Slot::Done(entry));
             }
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        if at < bytes.len() {
-            // Only the last entry can be torn: nothing after it was ever synced.
-            file.set_len(at as u64)
-                .and_then(|()| file.sync_data())
-                .map_err(io)?;
-        }
+            Some(len)
+        })?;
         let store = Self {
             path: path.to_path_buf(),
             retention,
@@ -165,11 +149,7 @@ impl IdempotencyStore {
             })
             .flatten()
             .collect();
-        write_atomically(&self.path, &bytes)?;
-        inner.0 = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| LogError::io("reopening the idempotency keys", &self.path, e))?;
+        inner.0 = journal::rewrite(&self.path, "idempotency keys", &bytes)?;
         inner.2 = live;
         Ok(())
     }

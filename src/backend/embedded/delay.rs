@@ -8,13 +8,13 @@
 //! is cut off) and rewritten atomically when done entries outnumber the pending ones.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::cursor::write_atomically;
 use super::error::LogError;
+use super::journal;
 
 const ENTRY_LEN: usize = 21;
 const SCHEDULED: u8 = 1;
@@ -39,47 +39,21 @@ struct Inner {
 
 impl DelayIndex {
     pub fn open(path: &Path) -> Result<Self, LogError> {
-        let io = |e| LogError::io("opening the delay index", path, e);
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(e)),
-        };
         let mut by_due = BTreeSet::new();
         let mut due_of = HashMap::new();
         let mut entries = 0;
-        let mut valid_len = 0;
-        for chunk in bytes.chunks(ENTRY_LEN) {
-            let Some((kind, offset, due)) = decode(chunk) else {
-                // Only the last entry can be torn; anything after it was never synced.
-                break;
-            };
-            match kind {
-                SCHEDULED => {
-                    if let Some(old) = due_of.insert(offset, due) {
-                        by_due.remove(&(old, offset));
-                    }
-                    by_due.insert((due, offset));
-                }
-                _ => {
-                    if let Some(due) = due_of.remove(&offset) {
-                        by_due.remove(&(due, offset));
-                    }
-                }
+        let file = journal::open(path, "delay index", |rest| {
+            let (kind, offset, due) = decode(rest.get(..ENTRY_LEN)?)?;
+            if let Some(old) = due_of.remove(&offset) {
+                by_due.remove(&(old, offset));
+            }
+            if kind == SCHEDULED {
+                due_of.insert(offset, due);
+                by_due.insert((due, offset));
             }
             entries += 1;
-            valid_len += ENTRY_LEN;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        if valid_len < bytes.len() {
-            file.set_len(valid_len as u64)
-                .and_then(|()| file.sync_data())
-                .map_err(io)?;
-        }
+            Some(ENTRY_LEN)
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             inner: Mutex::new(Inner {
@@ -144,11 +118,7 @@ impl DelayIndex {
             .iter()
             .flat_map(|&(due, offset)| encode(SCHEDULED, offset, due))
             .collect();
-        write_atomically(&self.path, &bytes)?;
-        inner.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| LogError::io("reopening the delay index", &self.path, e))?;
+        inner.file = journal::rewrite(&self.path, "delay index", &bytes)?;
         inner.entries = inner.by_due.len();
         Ok(())
     }

@@ -42,6 +42,7 @@ pub mod cursor;
 pub mod delay;
 pub mod error;
 pub mod format;
+pub mod journal;
 pub mod log;
 pub mod segment;
 pub mod writer;
