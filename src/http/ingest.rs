@@ -97,8 +97,11 @@ pub async fn write(
         .ok_or_else(|| ApiError::Malformed("missing field `namespace`".into()))?;
     let namespace = find_namespace(&state, &namespace_name, &headers)?;
     let key = message.idempotency_key.clone();
-    let body_hash = hex::encode(sha2::Sha256::digest(&body));
-    if let Some(repeat) = check_idempotency(namespace, key.as_deref(), &body_hash)
+    // Only a keyed write needs its body's hash.
+    let body_hash = key
+        .as_ref()
+        .map(|_| hex::encode(sha2::Sha256::digest(&body)));
+    if let Some(repeat) = check_idempotency(namespace, key.as_deref(), body_hash.as_deref())
         .inspect_err(|e| namespace.counters.refused(e.code()))?
     {
         return Ok((
@@ -127,10 +130,10 @@ pub async fn write(
             return Err(e);
         }
     };
-    if let (Some(key), Some(store)) = (key, namespace.idempotency.clone()) {
+    if let (Some(key), Some(hash), Some(store)) = (key, body_hash, namespace.idempotency.clone()) {
         let remembered = Remembered {
             key,
-            hash: body_hash,
+            hash,
             message_id: accepted.message_id.clone(),
             transaction_id: transaction_id.clone(),
             at_ms: crate::backend::embedded::writer::now_ms(),
@@ -239,9 +242,9 @@ fn parse_body<T: serde::de::DeserializeOwned>(
 fn check_idempotency(
     namespace: &Namespace,
     key: Option<&str>,
-    body_hash: &str,
+    body_hash: Option<&str>,
 ) -> Result<Option<Remembered>, ApiError> {
-    let (Some(key), Some(store)) = (key, &namespace.idempotency) else {
+    let (Some(key), Some(body_hash), Some(store)) = (key, body_hash, &namespace.idempotency) else {
         return Ok(None);
     };
     if key.is_empty() || key.len() > 256 {
