@@ -60,6 +60,16 @@ pub enum Command {
         #[arg(long, env = "WALD_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// Show a write's transaction: each message's state per target, as JSON.
+    ///
+    /// Exit codes: 0 found, 1 unknown transaction or refused, 2 no answer.
+    Tx {
+        /// The `transaction_id` a write was answered with.
+        id: String,
+        /// The server's base URL.
+        #[arg(long, env = "WALD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
     /// Print the SHA-256 of an API key, as `api_keys_sha256` and `admin_key_sha256` take.
     ///
     /// The key is read from standard input when not given, so that it stays out of the
@@ -133,6 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::HashKey { key, generate } => hash_key(key, generate),
         Command::Write(args) => write(args),
         Command::Status { namespace, server } => status(&server, namespace.as_deref()),
+        Command::Tx { id, server } => transaction(&server, &id),
     }
 }
 
@@ -354,9 +365,25 @@ fn status(server: &str, namespace: Option<&str>) -> anyhow::Result<ExitCode> {
         Some(namespace) => format!("{base}/api/v1/wal/namespace/{namespace}/status"),
         None => format!("{base}/api/v1/health"),
     };
+    show(&url, |body| {
+        body["status"] == "ok" || body["state"] == "running"
+    })
+}
+
+fn transaction(server: &str, id: &str) -> anyhow::Result<ExitCode> {
+    let url = format!(
+        "{}/api/v1/wal/transaction/{id}/status",
+        server.trim_end_matches('/')
+    );
+    show(&url, |_| true)
+}
+
+/// GETs `url` and prints the JSON answer; exits 0 when the answer is a success that
+/// `good` accepts, 1 otherwise, 2 when there was no answer.
+fn show(url: &str, good: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let response = match reqwest::get(&url).await {
+        let response = match reqwest::get(url).await {
             Ok(response) => response,
             Err(e) => {
                 eprintln!("error: no answer from {url}: {e}");
@@ -366,8 +393,7 @@ fn status(server: &str, namespace: Option<&str>) -> anyhow::Result<ExitCode> {
         let ok = response.status().is_success();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         println!("{}", serde_json::to_string_pretty(&body)?);
-        let healthy = ok && (body["status"] == "ok" || body["state"] == "running");
-        Ok(ExitCode::from(u8::from(!healthy)))
+        Ok(ExitCode::from(u8::from(!(ok && good(&body)))))
     })
 }
 

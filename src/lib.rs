@@ -13,7 +13,9 @@
 //!   `file`) with its configuration and checks; `template` fills placeholders.
 //! - [`connect`]: the build stage's reachability checks behind `validate --connect`.
 //! - [`runtime`]: the running namespaces, each with its storage.
-//! - [`http`]: the HTTP API server: ingest, probes, errors, auth, request ids.
+//! - [`status`]: transaction status: the store (embedded or Postgres) and the tailer
+//!   that records every logged message in it.
+//! - [`http`]: the HTTP API server: ingest, status, probes, errors, auth, request ids.
 //! - [`telemetry`]: logging set-up.
 
 pub mod backend;
@@ -22,5 +24,6 @@ pub mod config;
 pub mod connect;
 pub mod http;
 pub mod runtime;
+pub mod status;
 pub mod target;
 pub mod telemetry;

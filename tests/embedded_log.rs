@@ -328,6 +328,9 @@ async fn retention_deletes_only_consumed_old_segments() -> Result {
 
     // No group has consumed anything: everything stays.
     assert!(log.apply_retention()?.is_empty());
+    // The status index read everything, but it only observes: everything stays.
+    log.commit(wald::backend::embedded::log::OBSERVER_GROUP, 300)?;
+    assert!(log.apply_retention()?.is_empty());
     // One group consumed everything, another only half: only what both passed goes.
     log.commit("fast", 300)?;
     log.commit("slow", 150)?;

@@ -322,6 +322,8 @@ async fn a_batch_is_answered_per_message_and_its_valid_messages_appended_togethe
         )
         .await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(code(&body), "invalid_message");
+    assert_eq!(body["results"][0]["error"]["code"], "message_too_large");
     let (status, _) = s
         .post(
             "/api/v1/wal/write/batch",

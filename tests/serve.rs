@@ -130,3 +130,45 @@ async fn a_corrupt_log_fails_its_namespace_alone_and_keeps_its_data() -> Result 
     assert_eq!(std::fs::read(&segment)?, bytes);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_openapi_document_and_its_offline_page_are_served() -> Result {
+    let data = tempfile::tempdir()?;
+    let (child, address) = start(&common::root().join("pipelines"), data.path()).await?;
+    let spec: serde_json::Value = reqwest::get(format!("http://{address}/api/openapi.json"))
+        .await?
+        .json()
+        .await?;
+    assert!(
+        spec["openapi"].as_str().unwrap_or("").starts_with("3."),
+        "{spec}"
+    );
+    let paths: Vec<&String> = spec["paths"].as_object().ok_or("paths")?.keys().collect();
+    for route in [
+        "/api/v1/wal/write",
+        "/api/v1/wal/write/batch",
+        "/api/v1/wal/namespace/{namespace}/status",
+        "/api/v1/wal/namespace/{namespace}/metrics",
+        "/api/v1/wal/transaction/{id}/status",
+        "/api/v1/health",
+        "/api/v1/health/liveness",
+        "/api/v1/health/readiness",
+        "/metrics",
+    ] {
+        assert!(
+            paths.iter().any(|p| *p == route),
+            "{route} missing from {paths:?}"
+        );
+    }
+    assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
+
+    // The page and its assets come from the binary itself.
+    let page = reqwest::get(format!("http://{address}/api/docs/")).await?;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await?.contains("swagger-ui"));
+    let asset = reqwest::get(format!("http://{address}/api/docs/swagger-ui-bundle.js")).await?;
+    assert_eq!(asset.status(), 200);
+    assert!(asset.bytes().await?.len() > 100_000);
+    assert!(stop(child).await?.success());
+    Ok(())
+}

@@ -29,7 +29,7 @@ pub struct Record {
 }
 
 /// How durable an acknowledged append is; every write answer says which applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// On stable storage: synced (`fdatasync`), or confirmed by a replicated backend.

@@ -5,9 +5,38 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
+use super::ingest::BatchResult;
 use super::request_id::current_request_id;
+
+/// Every error answer: `{"error": {"code", "message", "request_id"}}`; a timed-out
+/// write also says `"durability": "unknown"`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    /// `unknown` when a write may or may not have become durable (504).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<String>,
+    /// A batch none of whose messages was valid: each message's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<BatchResult>>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable, e.g. `namespace_not_found`.
+    pub code: String,
+    /// For people; may change between versions.
+    pub message: String,
+    /// The request's `X-Request-Id`, also on every log line of the request.
+    pub request_id: Option<String>,
+}
+
+/// The documentation of an error answer, shared by every route.
+#[derive(utoipa::ToResponse)]
+#[response(description = "An error, with a stable code")]
+pub struct ErrorResponse(#[allow(dead_code)] ErrorBody);
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
@@ -18,6 +47,8 @@ pub enum ApiError {
     Malformed(String),
     #[error("{0}")]
     InvalidMessage(String),
+    #[error("no message of the batch is valid; see each result")]
+    InvalidBatch(Vec<BatchResult>),
     #[error("no API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
     MissingKey,
     #[error("the API key is not valid for namespace `{0}`")]
@@ -38,6 +69,10 @@ pub enum ApiError {
     RateLimited { namespace: String, retry_after: u64 },
     #[error("the disk of namespace `{0}` is full; retry later")]
     StorageFull(String),
+    #[error("transaction `{0}` is unknown, or older than the status store's retention")]
+    TransactionNotFound(String),
+    #[error("the transaction status store is unavailable; retry later")]
+    StatusUnavailable,
     #[error("no such route")]
     RouteNotFound,
     #[error("idempotency key `{0}` was used with another body")]
@@ -53,7 +88,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Malformed(_) => "malformed_request",
-            ApiError::InvalidMessage(_) => "invalid_message",
+            ApiError::InvalidMessage(_) | ApiError::InvalidBatch(_) => "invalid_message",
             ApiError::MissingKey => "missing_api_key",
             ApiError::InvalidKey(_) => "invalid_api_key",
             ApiError::Forbidden(_) => "forbidden",
@@ -65,6 +100,8 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::RouteNotFound => "route_not_found",
+            ApiError::TransactionNotFound(_) => "transaction_not_found",
+            ApiError::StatusUnavailable => "status_unavailable",
             ApiError::TimedOut(_) => "durability_unknown",
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::IdempotencyInProgress(_) => "idempotency_in_progress",
@@ -73,16 +110,21 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Malformed(_) | ApiError::InvalidMessage(_) => StatusCode::BAD_REQUEST,
+            ApiError::Malformed(_) | ApiError::InvalidMessage(_) | ApiError::InvalidBatch(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::MissingKey | ApiError::InvalidKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NamespaceNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::NamespaceNotFound(_)
+            | ApiError::TransactionNotFound(_)
+            | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge(_) | ApiError::MessageTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::Unavailable(_) | ApiError::StorageFull(_) | ApiError::Overloaded(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::StorageFull(_)
+            | ApiError::Overloaded(_)
+            | ApiError::StatusUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::IdempotencyConflict(_) | ApiError::IdempotencyInProgress(_) => {
@@ -91,13 +133,20 @@ impl ApiError {
         }
     }
 
-    /// The JSON body of this error; a timed-out write also says `"durability": "unknown"`.
-    pub fn body(&self) -> serde_json::Value {
-        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string(), "request_id": current_request_id() } });
-        if matches!(self, ApiError::TimedOut(_)) {
-            body["durability"] = json!("unknown");
+    /// The JSON body of this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                request_id: current_request_id(),
+            },
+            durability: matches!(self, ApiError::TimedOut(_)).then(|| "unknown".to_string()),
+            results: match self {
+                ApiError::InvalidBatch(results) => Some(results.clone()),
+                _ => None,
+            },
         }
-        body
     }
 }
 

@@ -8,9 +8,12 @@ use axum::extract::{Path, State};
 use serde_json::json;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponse};
 use crate::runtime::Namespace;
 
+/// Every namespace's state, and the files quarantined for errors.
+#[utoipa::path(get, path = "/api/v1/health", tag = "health",
+    responses((status = 200, description = "`ok`, or `degraded` when a namespace failed or a file was rejected", body = Object)))]
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let namespaces: Vec<_> = state.namespaces.iter().map(Namespace::health).collect();
     let all_running = namespaces.iter().all(|n| n["state"] == "running");
@@ -21,10 +24,16 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
     }))
 }
 
+/// Whether the process answers.
+#[utoipa::path(get, path = "/api/v1/health/liveness", tag = "health",
+    responses((status = 200, description = "The process is alive", body = Object)))]
 pub async fn liveness() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Whether the service takes traffic.
+#[utoipa::path(get, path = "/api/v1/health/readiness", tag = "health",
+    responses((status = 200, description = "Ready", body = Object)))]
 pub async fn readiness(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({ "status": "ready", "namespaces": state.namespaces.len() }))
 }
@@ -32,6 +41,12 @@ pub async fn readiness(State(state): State<Arc<AppState>>) -> Json<serde_json::V
 /// `GET /api/v1/wal/namespace/{ns}/status`: state, backend, log positions, consumer
 /// groups' cursors and lag, DLQ depth, pending delayed messages, and the file the
 /// namespace comes from.
+#[utoipa::path(get, path = "/api/v1/wal/namespace/{namespace}/status", tag = "status",
+    params(("namespace" = String, Path, description = "The namespace's name", example = "demo")),
+    responses(
+        (status = 200, description = "The namespace's state", body = Object),
+        (status = 404, response = ErrorResponse),
+    ))]
 pub async fn namespace_status(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -56,6 +71,7 @@ pub async fn namespace_status(
             .cursors()
             .unwrap_or_default()
             .into_iter()
+            .filter(|(group, _)| group != crate::status::TAILER_GROUP)
             .map(|(group, cursor)| json!({ "group": group, "next_offset": cursor, "lag": next.saturating_sub(cursor) }))
             .collect();
         let dlq = store
@@ -64,6 +80,11 @@ pub async fn namespace_status(
             .next_offset
             .saturating_sub(store.dlq.first_offset());
         status["consumer_groups"] = json!(groups);
+        if let Some(indexed) = &namespace.status_indexed {
+            let indexed = *indexed.borrow();
+            status["status_index"] =
+                json!({ "next_offset": indexed, "lag": next.saturating_sub(indexed) });
+        }
         status["dlq_depth"] = json!(dlq);
         status["delayed_pending"] = json!(store.delays.pending());
     }

@@ -12,15 +12,14 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::Digest;
 use tracing::warn;
 
 use super::AppState;
 use super::auth::authorize;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorDetail, ErrorResponse};
 use crate::backend::embedded::LogError;
 use crate::backend::{Durability, Record};
 use crate::runtime::Namespace;
@@ -42,13 +41,16 @@ pub const MAX_BATCH: usize = 10_000;
 
 /// One message as a client sends it. In a single write it names its namespace; in a
 /// batch the batch does.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageIn {
+    /// The namespace to write to; required on a single write, optional in a batch.
     #[serde(default)]
+    #[schema(example = "demo")]
     pub namespace: Option<String>,
-    /// Any JSON value.
+    /// Any JSON value, stored byte for byte.
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>, example = json!({"hello": "world"}))]
     pub payload: Option<Box<RawValue>>,
     /// Binary payload, base64 (standard alphabet); instead of `payload`.
     #[serde(default)]
@@ -73,11 +75,49 @@ pub struct MessageIn {
     pub idempotency_key: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Many messages for one namespace, appended together.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchIn {
+    #[schema(example = "demo")]
     pub namespace: String,
+    /// 1 to 10000 messages.
     pub messages: Vec<MessageIn>,
+}
+
+/// The answer to a write: it is durable (or written, see `durability`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WriteAccepted {
+    pub message_id: String,
+    /// Look it up at `/api/v1/wal/transaction/{id}/status`.
+    pub transaction_id: String,
+    pub durability: Durability,
+    /// True when an earlier write with the same idempotency key and body got these ids
+    /// and nothing was appended now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repeated: bool,
+}
+
+/// The answer to a batch some of whose messages were accepted: one result per
+/// message, in order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchAccepted {
+    /// Shared by the batch's accepted messages.
+    pub transaction_id: String,
+    /// How durable the accepted messages are.
+    pub durability: Durability,
+    pub results: Vec<BatchResult>,
+}
+
+/// One message of a batch: 202 with its id, or its error.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchResult {
+    pub index: usize,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 /// Ids a message was given.
@@ -85,11 +125,22 @@ struct Accepted {
     message_id: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/wal/write", tag = "write",
+    request_body = MessageIn,
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Durable on the namespace's backend", body = WriteAccepted),
+        (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse),
+        (status = 409, response = ErrorResponse), (status = 413, response = ErrorResponse),
+        (status = 429, response = ErrorResponse), (status = 503, response = ErrorResponse),
+        (status = 504, response = ErrorResponse),
+    ))]
 pub async fn write(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<WriteAccepted>), ApiError> {
     let (message, body): (MessageIn, Bytes) = parse_body(&state, body)?;
     let namespace_name = message
         .namespace
@@ -106,12 +157,12 @@ pub async fn write(
     {
         return Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "message_id": repeat.message_id,
-                "transaction_id": repeat.transaction_id,
-                "durability": Durability::Durable,
-                "repeated": true,
-            })),
+            Json(WriteAccepted {
+                message_id: repeat.message_id,
+                transaction_id: repeat.transaction_id,
+                durability: Durability::Durable,
+                repeated: true,
+            }),
         ));
     }
     let transaction_id = new_id();
@@ -150,19 +201,30 @@ pub async fn write(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "message_id": accepted.message_id,
-            "transaction_id": transaction_id,
-            "durability": durability,
-        })),
+        Json(WriteAccepted {
+            message_id: accepted.message_id,
+            transaction_id,
+            durability,
+            repeated: false,
+        }),
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/wal/write/batch", tag = "write",
+    request_body = BatchIn,
+    security((), ("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 202, description = "The accepted messages are durable together; see each result", body = BatchAccepted),
+        (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 403, response = ErrorResponse),
+        (status = 404, response = ErrorResponse), (status = 413, response = ErrorResponse),
+        (status = 429, response = ErrorResponse), (status = 503, response = ErrorResponse),
+        (status = 504, response = ErrorResponse),
+    ))]
 pub async fn write_batch(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
     let (batch, _): (BatchIn, Bytes) = parse_body(&state, body)?;
     let namespace = find_namespace(&state, &batch.namespace, &headers)?;
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
@@ -187,21 +249,26 @@ pub async fn write_batch(
         match converted {
             Ok((record, accepted)) => {
                 records.push(record);
-                results.push(
-                    json!({ "index": index, "status": 202, "message_id": accepted.message_id }),
-                );
+                results.push(BatchResult {
+                    index,
+                    status: StatusCode::ACCEPTED.as_u16(),
+                    message_id: Some(accepted.message_id),
+                    error: None,
+                });
             }
             Err(e) => {
                 namespace.counters.refused(e.code());
-                results.push(json!({ "index": index, "status": e.status().as_u16(), "error": e.body()["error"] }));
+                results.push(BatchResult {
+                    index,
+                    status: e.status().as_u16(),
+                    message_id: None,
+                    error: Some(e.body().error),
+                });
             }
         }
     }
     if records.is_empty() {
-        return Ok((
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "transaction_id": null, "results": results })),
-        ));
+        return Err(ApiError::InvalidBatch(results));
     }
     // The valid messages are appended together: durable together or not at all.
     let durability = append(namespace, records)
@@ -209,9 +276,11 @@ pub async fn write_batch(
         .inspect_err(|e| namespace.counters.refused(e.code()))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(
-            json!({ "transaction_id": transaction_id, "durability": durability, "results": results }),
-        ),
+        Json(BatchAccepted {
+            transaction_id,
+            durability,
+            results,
+        }),
     ))
 }
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponse};
 use crate::runtime::Namespace;
 use crate::runtime::counters::LATENCY_BUCKETS;
 use crate::telemetry::metric;
@@ -37,6 +37,14 @@ pub async fn count(State(state): State<Arc<AppState>>, request: Request, next: N
     response
 }
 
+/// Counters of one namespace as JSON: writes accepted and refused, append latency,
+/// log appends, records and syncs.
+#[utoipa::path(get, path = "/api/v1/wal/namespace/{namespace}/metrics", tag = "status",
+    params(("namespace" = String, Path, description = "The namespace's name", example = "demo")),
+    responses(
+        (status = 200, description = "The namespace's counters", body = Object),
+        (status = 404, response = ErrorResponse),
+    ))]
 pub async fn namespace_metrics(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -67,6 +75,9 @@ pub async fn namespace_metrics(
     Ok(Json(body))
 }
 
+/// Every metric in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "status",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::new();
     counter_family(

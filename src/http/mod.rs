@@ -1,8 +1,9 @@
 //! The HTTP API server: [`router`] builds the routes over shared state, [`serve`] opens
 //! every namespace and runs until a shutdown signal.
 //!
-//! Routes so far: the write routes ([`ingest`]), namespace status and the probes
-//! ([`health`]), metrics as JSON and for Prometheus ([`metrics`]). Every
+//! Routes: the write routes ([`ingest`]), namespace status and the probes
+//! ([`health`]), transaction status ([`transaction`]), metrics as JSON and for
+//! Prometheus ([`metrics`]), the OpenAPI document and its page ([`openapi`]). Every
 //! answer carries `X-Request-Id` ([`request_id`]); every error is JSON with a stable
 //! code ([`error`]).
 
@@ -11,8 +12,10 @@ pub mod error;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod openapi;
 pub mod request_id;
 pub mod server;
+pub mod transaction;
 
 use std::sync::Arc;
 
@@ -26,6 +29,7 @@ use crate::config::diagnostic::Severity;
 use crate::config::service::ServiceConfig;
 use crate::config::{self, env};
 use crate::runtime::Namespace;
+use crate::status::{StatusBook, StatusStore};
 use error::ApiError;
 
 /// What every handler can see.
@@ -37,6 +41,8 @@ pub struct AppState {
     pub quarantined: Vec<String>,
     /// Requests answered, by route and status.
     pub http: metrics::HttpCounters,
+    /// Transaction status, kept by each namespace's status tailer.
+    pub status: Arc<StatusBook>,
 }
 
 impl AppState {
@@ -64,10 +70,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/wal/namespace/{namespace}/metrics",
             get(metrics::namespace_metrics),
         )
+        .route(
+            "/api/v1/wal/transaction/{id}/status",
+            get(transaction::transaction_status),
+        )
         .route("/metrics", get(metrics::prometheus))
         .route("/api/v1/health", get(health::health))
         .route("/api/v1/health/liveness", get(health::liveness))
         .route("/api/v1/health/readiness", get(health::readiness))
+        .merge(openapi::routes())
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -122,10 +133,13 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
         }
     }
     quarantined.dedup();
+    let store = StatusStore::open(&service.status_store, &service.data_dir).await?;
+    info!(store = store.kind(), "Transaction status store open.");
+    let status = Arc::new(StatusBook::new(store));
     let namespaces: Vec<Namespace> = report
         .pipelines
         .into_iter()
-        .map(|p| Namespace::open(p, &service))
+        .map(|p| Namespace::open(p, &service, &status))
         .collect();
     for n in &namespaces {
         let config = &n.pipeline.config;
@@ -136,7 +150,10 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
         namespaces,
         quarantined,
         http: Default::default(),
+        status: status.clone(),
     });
+    let (stop_expiry, expiry_stopped) = tokio::sync::watch::channel(false);
+    let expiry = tokio::spawn(crate::status::expire_periodically(status, expiry_stopped));
     let listener = tokio::net::TcpListener::bind(service.listen).await?;
     info!(address = %listener.local_addr()?, "Listening.");
     server::run(
@@ -147,6 +164,8 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
+    let _ = stop_expiry.send(true);
+    let _ = expiry.await;
     for namespace in &state.namespaces {
         namespace.close().await;
     }

@@ -4,8 +4,11 @@
 use serde_json::json;
 use tracing::error;
 
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
 use crate::backend::BackendConfig;
-use std::sync::Arc;
 
 use crate::backend::embedded::{NamespaceStore, namespace_dir};
 use crate::config::LoadedPipeline;
@@ -13,6 +16,8 @@ use crate::config::service::ServiceConfig;
 use crate::runtime::counters::WriteCounters;
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
+use crate::status::StatusBook;
+use crate::status::tailer::Tailer;
 
 /// A namespace as the server runs it.
 pub struct Namespace {
@@ -29,13 +34,21 @@ pub struct Namespace {
     pub counters: WriteCounters,
     /// Idempotency keys of its writes, when its storage opened.
     pub idempotency: Option<Arc<IdempotencyStore>>,
+    /// How far the status tailer has recorded the log in the status store.
+    pub status_indexed: Option<watch::Receiver<u64>>,
+    /// The status tailer, taken when the namespace closes.
+    tailer: Mutex<Option<Tailer>>,
 }
 
 impl Namespace {
-    /// Opens the namespace's storage; a failure (corruption found by recovery) keeps
-    /// this namespace down and leaves the others alone.
-    /// Opens the namespace under `service.data_dir`.
-    pub fn open(pipeline: LoadedPipeline, service: &ServiceConfig) -> Self {
+    /// Opens the namespace's storage under `service.data_dir` and starts its status
+    /// tailer; a failure (corruption found by recovery) keeps this namespace down and
+    /// leaves the others alone.
+    pub fn open(
+        pipeline: LoadedPipeline,
+        service: &ServiceConfig,
+        status: &Arc<StatusBook>,
+    ) -> Self {
         let data_dir = &service.data_dir;
         let config = &pipeline.config;
         let (store, failure) = match &config.producer {
@@ -74,6 +87,12 @@ impl Namespace {
                 .ok()
                 .map(Arc::new)
         });
+        let tailer = store.as_ref().and_then(|store| {
+            let targets = config.targets.iter().map(|t| t.name.clone()).collect();
+            Tailer::start(store.log.clone(), config.namespace.clone(), targets, status.clone())
+                .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Transaction status unavailable."))
+                .ok()
+        });
         Self {
             pipeline,
             store,
@@ -82,6 +101,8 @@ impl Namespace {
             admission,
             counters: WriteCounters::default(),
             idempotency,
+            status_indexed: tailer.as_ref().map(|t| t.indexed.clone()),
+            tailer: Mutex::new(tailer),
         }
     }
 
@@ -116,8 +137,12 @@ impl Namespace {
         health
     }
 
-    /// Closes the storage, syncing what was written.
+    /// Stops the status tailer, then closes the storage, syncing what was written.
     pub async fn close(&self) {
+        let tailer = self.tailer.lock().ok().and_then(|mut t| t.take());
+        if let Some(tailer) = tailer {
+            tailer.stop().await;
+        }
         if let Some(store) = &self.store {
             store.log.clone().close().await;
             store.dlq.clone().close().await;

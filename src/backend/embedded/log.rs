@@ -18,6 +18,10 @@ use super::segment::{Segment, create_segment, recover_tail, segment_file_name};
 use super::writer::{self, AppendRequest, WriterMessage, WriterState, now_ms};
 use crate::backend::{Durability, Record};
 
+/// The consumer group of the status index: it holds segments back like any group, but
+/// a log that only it reads is not consumed, so retention deletes nothing on its word.
+pub const OBSERVER_GROUP: &str = "wald-status";
+
 /// Append requests waiting for the writer before `append` waits for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -102,13 +106,16 @@ impl Shared {
     pub fn apply_retention(&self, now_ms: u64) -> Result<Vec<PathBuf>, LogError> {
         let segments = self.segments();
         let floor = self.retention_floor.lock().ok().and_then(|f| *f);
-        let consumed_up_to = self
-            .cursors
-            .all()?
-            .into_iter()
-            .map(|(_, offset)| offset)
-            .chain(floor)
-            .min();
+        let cursors = self.cursors.all()?;
+        let consumed_up_to = if cursors.iter().all(|(group, _)| group == OBSERVER_GROUP) {
+            None
+        } else {
+            cursors
+                .into_iter()
+                .map(|(_, offset)| offset)
+                .chain(floor)
+                .min()
+        };
         let mut total: u64 = segments.iter().map(|s| s.sealed_len().unwrap_or(0)).sum();
         let retention_ms = self.config.retention.get().as_millis() as u64;
         let mut deleted = Vec::new();

@@ -33,7 +33,8 @@
 //!    rename it, sync the directory.
 //! 8. Retention deletes only sealed segments that every consumer group has passed
 //!    (unless `delete_unconsumed`), and only when they are older than `retention` or
-//!    beyond `retention_bytes`.
+//!    beyond `retention_bytes`. The status index's group (`wald-status`) holds segments
+//!    back but never lets one go on its own: a log only it has read is unconsumed.
 //!
 //! The byte layout is in [`format`] and in `docs/on-disk-format.md`.
 

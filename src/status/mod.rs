@@ -1,0 +1,373 @@
+//! Transaction status: the fate of every acknowledged write, per message and per target,
+//! answered by `GET /api/v1/wal/transaction/{id}/status` and `wald tx`.
+//!
+//! # How status is kept
+//!
+//! The log is the source of truth. A *status tailer* per namespace
+//! ([`tailer::run`]) reads the namespace's log as its own consumer group
+//! ([`TAILER_GROUP`]) and records each message as `pending` for each of its targets in
+//! the [`StatusStore`]; only then does it commit its cursor. So the write path does no
+//! extra work, and a crash loses no acknowledged transaction: whatever the store missed
+//! is read again from the log on restart. The delivery runtime updates a target's state
+//! (`delivered`, `retrying`, `dead_lettered`) as it goes.
+//!
+//! A lookup that finds nothing waits, briefly, for the tailers to reach the end of the
+//! log as it was when the lookup started: every write acknowledged before the lookup is
+//! then found ([`StatusBook::get`]).
+//!
+//! The store is embedded ([`embedded`], a file under `data_dir`) or Postgres
+//! ([`postgres`], shared by several instances). Entries are kept for
+//! `[status_store] retention` after their last change.
+
+pub mod embedded;
+pub mod postgres;
+pub mod tailer;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::service::{StatusStoreConfig, StatusStoreKind};
+
+/// The consumer group the status tailer reads each log as.
+pub use crate::backend::embedded::log::OBSERVER_GROUP as TAILER_GROUP;
+
+/// How long a lookup that found nothing waits for the tailers to catch up.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("the embedded status store failed: {0}")]
+    Embedded(String),
+    #[error("the Postgres status store failed: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("the Postgres status store's schema could not be applied: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the {0} status store is not available in this version; use `embedded` or `postgres`")]
+    Unsupported(&'static str),
+    #[error("a stored status entry is not valid: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Where delivery to one target stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not delivered yet (or delayed until its time).
+    Pending,
+    /// Failed, and will be tried again.
+    Retrying,
+    /// The target confirmed it.
+    Delivered,
+    /// Given up on: the message is in the namespace's dead-letter queue.
+    DeadLettered,
+}
+
+/// One target's state for one message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TargetStatus {
+    pub state: DeliveryState,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// The last attempt's error, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub updated_at_ms: u64,
+}
+
+/// One message of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessageStatus {
+    pub transaction_id: String,
+    pub message_id: String,
+    pub namespace: String,
+    /// Its place in the namespace's log.
+    pub offset: u64,
+    /// When it was made durable (milliseconds since the Unix epoch).
+    pub accepted_at_ms: u64,
+    /// When any of its targets' states last changed.
+    pub updated_at_ms: u64,
+    /// Per target of the message, by target name.
+    pub targets: BTreeMap<String, TargetStatus>,
+}
+
+impl MessageStatus {
+    /// A message just made durable: pending for each of `targets`.
+    pub fn accepted(
+        transaction_id: String,
+        message_id: String,
+        namespace: String,
+        offset: u64,
+        accepted_at_ms: u64,
+        targets: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let pending = TargetStatus {
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_error: None,
+            updated_at_ms: accepted_at_ms,
+        };
+        Self {
+            transaction_id,
+            message_id,
+            namespace,
+            offset,
+            accepted_at_ms,
+            updated_at_ms: accepted_at_ms,
+            targets: targets.into_iter().map(|t| (t, pending.clone())).collect(),
+        }
+    }
+}
+
+/// What a transaction's messages amount to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionState {
+    /// Some target of some message has not been reached yet.
+    Pending,
+    /// Some delivery failed and is being retried.
+    Retrying,
+    /// Every target of every message confirmed.
+    Delivered,
+    /// Some delivery was given up on (the rest is delivered).
+    DeadLettered,
+}
+
+/// `GET /api/v1/wal/transaction/{id}/status`.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct TransactionStatus {
+    pub transaction_id: String,
+    pub state: TransactionState,
+    pub messages: Vec<MessageStatus>,
+}
+
+impl TransactionStatus {
+    pub fn new(transaction_id: String, mut messages: Vec<MessageStatus>) -> Self {
+        messages.sort_by(|a, b| (&a.namespace, a.offset).cmp(&(&b.namespace, b.offset)));
+        let states: Vec<DeliveryState> = messages
+            .iter()
+            .flat_map(|m| m.targets.values().map(|t| t.state))
+            .collect();
+        let state = if states.contains(&DeliveryState::Retrying) {
+            TransactionState::Retrying
+        } else if states.contains(&DeliveryState::Pending) {
+            TransactionState::Pending
+        } else if states.contains(&DeliveryState::DeadLettered) {
+            TransactionState::DeadLettered
+        } else {
+            TransactionState::Delivered
+        };
+        Self {
+            transaction_id,
+            state,
+            messages,
+        }
+    }
+}
+
+/// A change to the status of one message's target, made by the delivery runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetUpdate {
+    pub transaction_id: String,
+    pub message_id: String,
+    pub target: String,
+    pub status: TargetStatus,
+}
+
+/// The status store, by `[status_store] type`.
+pub enum StatusStore {
+    Embedded(embedded::EmbeddedStore),
+    Postgres(postgres::PostgresStore),
+}
+
+impl StatusStore {
+    /// Opens the store `config` names: the embedded one under `data_dir`, or connects to
+    /// Postgres and applies its schema.
+    pub async fn open(
+        config: &StatusStoreConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<Self, StatusError> {
+        let retention = config.retention.get();
+        match (config.kind, &config.url) {
+            (StatusStoreKind::Postgres, Some(url)) => Ok(Self::Postgres(
+                postgres::PostgresStore::connect(url.expose(), retention).await?,
+            )),
+            (StatusStoreKind::Redis, _) => Err(StatusError::Unsupported("redis")),
+            _ => {
+                let path = data_dir.join("status.redb");
+                let store = tokio::task::spawn_blocking(move || {
+                    embedded::EmbeddedStore::open(&path, retention)
+                })
+                .await
+                .map_err(|e| StatusError::Embedded(e.to_string()))??;
+                Ok(Self::Embedded(store))
+            }
+        }
+    }
+
+    /// Records messages made durable (pending for each target). A message recorded
+    /// before keeps what it has: the tailer may read a message twice after a crash.
+    pub async fn record_accepted(&self, messages: Vec<MessageStatus>) -> Result<(), StatusError> {
+        match self {
+            Self::Embedded(s) => s.record_accepted(messages).await,
+            Self::Postgres(s) => s.record_accepted(messages).await,
+        }
+    }
+
+    /// Changes the state of targets of messages.
+    pub async fn update_targets(&self, updates: Vec<TargetUpdate>) -> Result<(), StatusError> {
+        match self {
+            Self::Embedded(s) => s.update_targets(updates).await,
+            Self::Postgres(s) => s.update_targets(updates).await,
+        }
+    }
+
+    /// The messages of a transaction; empty if it is unknown or expired.
+    pub async fn messages(&self, transaction_id: &str) -> Result<Vec<MessageStatus>, StatusError> {
+        match self {
+            Self::Embedded(s) => s.messages(transaction_id).await,
+            Self::Postgres(s) => s.messages(transaction_id).await,
+        }
+    }
+
+    /// Deletes entries whose last change is older than the retention; returns how many.
+    pub async fn expire(&self) -> Result<u64, StatusError> {
+        match self {
+            Self::Embedded(s) => s.expire().await,
+            Self::Postgres(s) => s.expire().await,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "embedded",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// The store plus what lookups need from the tailers: how far each has indexed, and
+/// where each log ends.
+pub struct StatusBook {
+    pub store: StatusStore,
+}
+
+/// What a lookup waits on for one namespace: the log's committed end when the lookup
+/// started, and the tailer's progress.
+pub struct CatchUp {
+    pub log_end: u64,
+    pub indexed: watch::Receiver<u64>,
+}
+
+impl StatusBook {
+    pub fn new(store: StatusStore) -> Self {
+        Self { store }
+    }
+
+    /// The transaction's status, or `None` when no namespace's log holds it. When the
+    /// store has nothing yet, waits (up to a few seconds) for each tailer to index its
+    /// log up to `catch_up`'s end, so that an acknowledged write is always found.
+    pub async fn get(
+        &self,
+        transaction_id: &str,
+        catch_up: Vec<CatchUp>,
+    ) -> Result<Option<TransactionStatus>, StatusError> {
+        let messages = self.store.messages(transaction_id).await?;
+        if !messages.is_empty() {
+            return Ok(Some(TransactionStatus::new(
+                transaction_id.to_string(),
+                messages,
+            )));
+        }
+        let waits = catch_up.into_iter().map(|mut c| async move {
+            let _ = c.indexed.wait_for(|indexed| *indexed >= c.log_end).await;
+        });
+        let caught_up = tokio::time::timeout(CATCH_UP_WAIT, futures::future::join_all(waits))
+            .await
+            .is_ok();
+        let messages = self.store.messages(transaction_id).await?;
+        if messages.is_empty() {
+            if !caught_up {
+                tracing::warn!(
+                    transaction_id,
+                    "Status lookup gave up waiting for a status tailer."
+                );
+            }
+            return Ok(None);
+        }
+        Ok(Some(TransactionStatus::new(
+            transaction_id.to_string(),
+            messages,
+        )))
+    }
+}
+
+/// How often expired entries are deleted.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Deletes expired entries at start and then every few minutes, until `stopped`.
+pub async fn expire_periodically(
+    book: std::sync::Arc<StatusBook>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(EXPIRY_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        match book.store.expire().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "Expired transaction status entries deleted."),
+            Err(e) => {
+                tracing::warn!(error = %e, "Expiring transaction status failed; trying again later.")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(targets: &[(&str, DeliveryState)]) -> MessageStatus {
+        let mut m = MessageStatus::accepted("t".into(), "m".into(), "ns".into(), 0, 1, []);
+        for (name, state) in targets {
+            m.targets.insert(
+                name.to_string(),
+                TargetStatus {
+                    state: *state,
+                    attempts: 1,
+                    last_error: None,
+                    updated_at_ms: 1,
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn a_transaction_is_as_far_as_its_least_advanced_target() {
+        use DeliveryState::*;
+        let state = |targets: &[(&str, DeliveryState)]| {
+            TransactionStatus::new("t".into(), vec![message(targets)]).state
+        };
+        assert_eq!(
+            state(&[("a", Delivered), ("b", Pending)]),
+            TransactionState::Pending
+        );
+        assert_eq!(
+            state(&[("a", Retrying), ("b", Pending)]),
+            TransactionState::Retrying
+        );
+        assert_eq!(
+            state(&[("a", Delivered), ("b", DeadLettered)]),
+            TransactionState::DeadLettered
+        );
+        assert_eq!(state(&[("a", Delivered)]), TransactionState::Delivered);
+        assert_eq!(state(&[]), TransactionState::Delivered);
+    }
+}
