@@ -150,23 +150,29 @@ async fn every_acknowledged_write_is_found_at_once_and_after_sigkill() -> Result
     Ok(())
 }
 
+/// Starts wald on the `shop` pipeline with `[status_store]` set to `store`.
+async fn start_with_store(dir: &Path, store: &str) -> Result<Server> {
+    let pipes = dir.join("pipelines");
+    pipeline(&pipes)?;
+    let config = dir.join("wald.toml");
+    std::fs::write(&config, format!("[status_store]\n{store}\n"))?;
+    Server::start(
+        &pipes,
+        &dir.join("data"),
+        &["--config", config.to_str().ok_or("path")?],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn the_postgres_store_keeps_status_in_its_table() -> Result {
     if !service_available("Postgres", "127.0.0.1:5432") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let pipes = dir.path().join("pipelines");
-    pipeline(&pipes)?;
-    let config = dir.path().join("wald.toml");
-    std::fs::write(
-        &config,
-        "[status_store]\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\n",
-    )?;
-    let server = Server::start(
-        &pipes,
-        &dir.path().join("data"),
-        &["--config", config.to_str().ok_or("path")?],
+    let server = start_with_store(
+        dir.path(),
+        "type = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"",
     )
     .await?;
     let (single, batch) = write_and_look_up(&server).await?;
@@ -184,6 +190,30 @@ async fn the_postgres_store_keeps_status_in_its_table() -> Result {
         String::from_utf8_lossy(&rows.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "4");
+    common::stop(server.child).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_redis_store_keeps_status_in_a_hash_that_expires() -> Result {
+    if !service_available("Redis", "127.0.0.1:6379") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let server = start_with_store(
+        dir.path(),
+        "type = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nretention = \"1h\"",
+    )
+    .await?;
+    let (single, _) = write_and_look_up(&server).await?;
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")?
+        .get_multiplexed_async_connection()
+        .await?;
+    let key = format!("wald:status:{single}");
+    let fields: i64 = redis::cmd("HLEN").arg(&key).query_async(&mut redis).await?;
+    assert_eq!(fields, 1);
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await?;
+    assert!(ttl > 0 && ttl <= 3_600_000, "{ttl}");
     common::stop(server.child).await?;
     Ok(())
 }

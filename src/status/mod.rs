@@ -15,12 +15,13 @@
 //! log as it was when the lookup started: every write acknowledged before the lookup is
 //! then found ([`StatusBook::get`]).
 //!
-//! The store is embedded ([`embedded`], a file under `data_dir`) or Postgres
-//! ([`postgres`], shared by several instances). Entries are kept for
-//! `[status_store] retention` after their last change.
+//! The store is embedded ([`embedded`], a file under `data_dir`), Postgres
+//! ([`postgres`]) or Redis ([`redis`]); the last two are shared by several instances.
+//! Entries are kept for `[status_store] retention` after their last change.
 
 pub mod embedded;
 pub mod postgres;
+pub mod redis;
 pub mod tailer;
 
 use std::collections::BTreeMap;
@@ -45,8 +46,8 @@ pub enum StatusError {
     Postgres(#[from] sqlx::Error),
     #[error("the Postgres status store's schema could not be applied: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("the {0} status store is not available in this version; use `embedded` or `postgres`")]
-    Unsupported(&'static str),
+    #[error("the Redis status store failed: {0}")]
+    Redis(#[from] ::redis::RedisError),
     #[error("a stored status entry is not valid: {0}")]
     Decode(#[from] serde_json::Error),
 }
@@ -181,11 +182,12 @@ pub struct TargetUpdate {
 pub enum StatusStore {
     Embedded(embedded::EmbeddedStore),
     Postgres(postgres::PostgresStore),
+    Redis(redis::RedisStore),
 }
 
 impl StatusStore {
     /// Opens the store `config` names: the embedded one under `data_dir`, or connects to
-    /// Postgres and applies its schema.
+    /// Postgres (and applies its schema) or Redis.
     pub async fn open(
         config: &StatusStoreConfig,
         data_dir: &std::path::Path,
@@ -195,7 +197,9 @@ impl StatusStore {
             (StatusStoreKind::Postgres, Some(url)) => Ok(Self::Postgres(
                 postgres::PostgresStore::connect(url.expose(), retention).await?,
             )),
-            (StatusStoreKind::Redis, _) => Err(StatusError::Unsupported("redis")),
+            (StatusStoreKind::Redis, Some(url)) => Ok(Self::Redis(
+                redis::RedisStore::connect(url.expose(), retention).await?,
+            )),
             _ => {
                 let path = data_dir.join("status.redb");
                 let store = tokio::task::spawn_blocking(move || {
@@ -214,6 +218,7 @@ impl StatusStore {
         match self {
             Self::Embedded(s) => s.record_accepted(messages).await,
             Self::Postgres(s) => s.record_accepted(messages).await,
+            Self::Redis(s) => s.record_accepted(messages).await,
         }
     }
 
@@ -222,6 +227,7 @@ impl StatusStore {
         match self {
             Self::Embedded(s) => s.update_targets(updates).await,
             Self::Postgres(s) => s.update_targets(updates).await,
+            Self::Redis(s) => s.update_targets(updates).await,
         }
     }
 
@@ -230,14 +236,17 @@ impl StatusStore {
         match self {
             Self::Embedded(s) => s.messages(transaction_id).await,
             Self::Postgres(s) => s.messages(transaction_id).await,
+            Self::Redis(s) => s.messages(transaction_id).await,
         }
     }
 
     /// Deletes entries whose last change is older than the retention; returns how many.
+    /// Redis expires its entries by itself.
     pub async fn expire(&self) -> Result<u64, StatusError> {
         match self {
             Self::Embedded(s) => s.expire().await,
             Self::Postgres(s) => s.expire().await,
+            Self::Redis(_) => Ok(0),
         }
     }
 
@@ -245,6 +254,7 @@ impl StatusStore {
         match self {
             Self::Embedded(_) => "embedded",
             Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
         }
     }
 }
