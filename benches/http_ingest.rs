@@ -27,8 +27,8 @@ use axum::routing::post;
 use wald::config::{LoadedPipeline, load_pipeline_text};
 use wald::http::{AppState, router};
 use wald::runtime::Namespace;
+use wald::status::StatusStore;
 use wald::status::embedded::EmbeddedStore;
-use wald::status::{StatusBook, StatusStore};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -56,12 +56,7 @@ fn main() -> Result {
         .build()?;
     let scratch = tempfile::tempdir_in(".")?;
     let _guard = runtime.enter();
-    let wald_app = {
-        // The namespace starts its status tailer on the runtime.
-        let _runtime = runtime.enter();
-        wald_router(scratch.path())?
-    };
-    let wald = runtime.block_on(serve(wald_app))?;
+    let wald = runtime.block_on(serve(wald_router(scratch.path())?))?;
     let bare = runtime.block_on(serve(bare_router()))?;
     let naive = runtime.block_on(serve(fdatasync_router(&scratch.path().join("naive.log"))?))?;
 
@@ -183,7 +178,7 @@ fn wald_router(dir: &Path) -> Result<Router> {
         &service.data_dir.join("status.redb"),
         service.status_store.retention.get(),
     )?;
-    let status = Arc::new(StatusBook::new(StatusStore::Embedded(store)));
+    let status = Arc::new(StatusStore::Embedded(store));
     let namespace = Namespace::open(LoadedPipeline { source, config }, &service, &status);
     let state = AppState {
         service,

@@ -172,3 +172,47 @@ async fn the_openapi_document_and_its_offline_page_are_served() -> Result {
     assert!(stop(child).await?.success());
     Ok(())
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_carry_the_request_id() -> Result {
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes)?;
+    // A namespace whose log is a file, not a directory: its writes fail and are logged.
+    std::fs::write(
+        pipes.join("broken.toml"),
+        "namespace = \"broken\"\n[source]\ntype = \"http\"\npublic = true\n",
+    )?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("broken"))?;
+    std::fs::write(data.join("broken/log"), "not a directory")?;
+    let config = dir.path().join("wald.toml");
+    std::fs::write(&config, "log_format = \"json\"\n")?;
+    let server =
+        Server::start(&pipes, &data, &["--config", config.to_str().ok_or("path")?]).await?;
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write"))
+        .header("x-request-id", "trace-me-42")
+        .json(&serde_json::json!({"namespace": "broken", "payload": 1}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 503);
+    let child = server.child;
+    assert!(stop(child).await?.success());
+    let lines = server.log.lock().map_err(|_| "poisoned")?.clone();
+    assert!(lines.len() > 3, "{lines:?}");
+    for line in &lines {
+        let object: serde_json::Value = serde_json::from_str(line)?;
+        assert!(
+            object["level"].is_string() && object["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("trace-me-42") && l.contains("Write refused")),
+        "the refused write is logged with its request id: {lines:?}"
+    );
+    Ok(())
+}

@@ -29,7 +29,7 @@ use crate::config::diagnostic::Severity;
 use crate::config::service::ServiceConfig;
 use crate::config::{self, env};
 use crate::runtime::Namespace;
-use crate::status::{StatusBook, StatusStore};
+use crate::status::StatusStore;
 use error::ApiError;
 
 /// What every handler can see.
@@ -42,7 +42,7 @@ pub struct AppState {
     /// Requests answered, by route and status.
     pub http: metrics::HttpCounters,
     /// Transaction status, kept by each namespace's status tailer.
-    pub status: Arc<StatusBook>,
+    pub status: Arc<StatusStore>,
 }
 
 impl AppState {
@@ -135,7 +135,7 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
     quarantined.dedup();
     let store = StatusStore::open(&service.status_store, &service.data_dir).await?;
     info!(store = store.kind(), "Transaction status store open.");
-    let status = Arc::new(StatusBook::new(store));
+    let status = Arc::new(store);
     let namespaces: Vec<Namespace> = report
         .pipelines
         .into_iter()

@@ -38,7 +38,7 @@ pub async fn transaction_status(
             })
         })
         .collect();
-    match state.status.get(&id, catch_up).await {
+    match state.status.find(&id, catch_up).await {
         Ok(Some(status)) => Ok(Json(status)),
         Ok(None) => Err(ApiError::TransactionNotFound(id)),
         Err(e) => {

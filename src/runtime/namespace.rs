@@ -16,7 +16,7 @@ use crate::config::service::ServiceConfig;
 use crate::runtime::counters::WriteCounters;
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
-use crate::status::StatusBook;
+use crate::status::StatusStore;
 use crate::status::tailer::Tailer;
 
 /// A namespace as the server runs it.
@@ -47,7 +47,7 @@ impl Namespace {
     pub fn open(
         pipeline: LoadedPipeline,
         service: &ServiceConfig,
-        status: &Arc<StatusBook>,
+        status: &Arc<StatusStore>,
     ) -> Self {
         let data_dir = &service.data_dir;
         let config = &pipeline.config;

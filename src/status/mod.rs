@@ -13,7 +13,7 @@
 //!
 //! A lookup that finds nothing waits, briefly, for the tailers to reach the end of the
 //! log as it was when the lookup started: every write acknowledged before the lookup is
-//! then found ([`StatusBook::get`]).
+//! then found ([`StatusStore::find`]).
 //!
 //! The store is embedded ([`embedded`], a file under `data_dir`), Postgres
 //! ([`postgres`]) or Redis ([`redis`]); the last two are shared by several instances.
@@ -259,12 +259,6 @@ impl StatusStore {
     }
 }
 
-/// The store plus what lookups need from the tailers: how far each has indexed, and
-/// where each log ends.
-pub struct StatusBook {
-    pub store: StatusStore,
-}
-
 /// What a lookup waits on for one namespace: the log's committed end when the lookup
 /// started, and the tailer's progress.
 pub struct CatchUp {
@@ -272,20 +266,16 @@ pub struct CatchUp {
     pub indexed: watch::Receiver<u64>,
 }
 
-impl StatusBook {
-    pub fn new(store: StatusStore) -> Self {
-        Self { store }
-    }
-
+impl StatusStore {
     /// The transaction's status, or `None` when no namespace's log holds it. When the
     /// store has nothing yet, waits (up to a few seconds) for each tailer to index its
     /// log up to `catch_up`'s end, so that an acknowledged write is always found.
-    pub async fn get(
+    pub async fn find(
         &self,
         transaction_id: &str,
         catch_up: Vec<CatchUp>,
     ) -> Result<Option<TransactionStatus>, StatusError> {
-        let messages = self.store.messages(transaction_id).await?;
+        let messages = self.messages(transaction_id).await?;
         if !messages.is_empty() {
             return Ok(Some(TransactionStatus::new(
                 transaction_id.to_string(),
@@ -298,7 +288,7 @@ impl StatusBook {
         let caught_up = tokio::time::timeout(CATCH_UP_WAIT, futures::future::join_all(waits))
             .await
             .is_ok();
-        let messages = self.store.messages(transaction_id).await?;
+        let messages = self.messages(transaction_id).await?;
         if messages.is_empty() {
             if !caught_up {
                 tracing::warn!(
@@ -320,7 +310,7 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Deletes expired entries at start and then every few minutes, until `stopped`.
 pub async fn expire_periodically(
-    book: std::sync::Arc<StatusBook>,
+    store: std::sync::Arc<StatusStore>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval(EXPIRY_INTERVAL);
@@ -329,7 +319,7 @@ pub async fn expire_periodically(
             _ = ticks.tick() => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
-        match book.store.expire().await {
+        match store.expire().await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "Expired transaction status entries deleted."),
             Err(e) => {

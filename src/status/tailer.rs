@@ -11,12 +11,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::{MessageStatus, StatusBook, TAILER_GROUP};
+use super::{MessageStatus, StatusStore, TAILER_GROUP};
 use crate::backend::embedded::{Log, LogError, StoredRecord};
 use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 
 /// Records read from the log per store write.
 const BATCH: usize = 4096;
+/// Shortest time between two store writes: each costs the store's sync and the
+/// cursor's, so under load the tailer gathers what came in meanwhile instead of
+/// competing with the log's own syncs. A lookup waits for the tailer, so this bounds
+/// how much longer a lookup of a brand-new write can take.
+const PACE: Duration = Duration::from_millis(50);
 /// Longest wait between tries when the store fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -35,7 +40,7 @@ impl Tailer {
         log: Log,
         namespace: String,
         targets: Vec<String>,
-        book: Arc<StatusBook>,
+        store: Arc<StatusStore>,
     ) -> Result<Self, LogError> {
         let subscription = log.subscribe(TAILER_GROUP)?;
         let (indexed_tx, indexed) = watch::channel(subscription.position());
@@ -45,7 +50,7 @@ impl Tailer {
             subscription,
             namespace,
             targets,
-            book,
+            store,
             indexed: indexed_tx,
             stopped,
         }));
@@ -69,13 +74,18 @@ struct Run {
     subscription: crate::backend::embedded::Subscription,
     namespace: String,
     targets: Vec<String>,
-    book: Arc<StatusBook>,
+    store: Arc<StatusStore>,
     indexed: watch::Sender<u64>,
     stopped: watch::Receiver<bool>,
 }
 
 async fn run(mut run: Run) {
+    let mut last_write = tokio::time::Instant::now();
     loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(last_write + PACE) => {}
+            _ = run.stopped.wait_for(|stop| *stop) => return,
+        }
         let records = tokio::select! {
             records = run.subscription.next_batch(BATCH) => records,
             _ = run.stopped.wait_for(|stop| *stop) => return,
@@ -95,6 +105,7 @@ async fn run(mut run: Run) {
             .iter()
             .filter_map(|r| accepted(r, &run.namespace, &run.targets))
             .collect();
+        last_write = tokio::time::Instant::now();
         if !record(&run, messages).await {
             return;
         }
@@ -118,7 +129,7 @@ async fn record(run: &Run, messages: Vec<MessageStatus>) -> bool {
     let mut backoff = Duration::from_millis(100);
     let mut stopped = run.stopped.clone();
     loop {
-        match run.book.store.record_accepted(messages.clone()).await {
+        match run.store.record_accepted(messages.clone()).await {
             Ok(()) => return true,
             Err(e) => {
                 warn!(namespace = %run.namespace, error = %e, retry_in = ?backoff, "Status store refused messages; trying again.");

@@ -112,6 +112,22 @@ pub struct Server {
     pub child: tokio::process::Child,
     /// `127.0.0.1:port`
     pub address: String,
+    /// Every line the server has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The listening address in a log line, text (`address=...`) or JSON (`"address":"..."`).
+fn listening_address(line: &str) -> Option<String> {
+    let rest = line
+        .split("address=")
+        .nth(1)
+        .or_else(|| line.split("\"address\":\"").nth(1))?;
+    Some(
+        rest.split(|c: char| c.is_whitespace() || c == '"')
+            .next()
+            .unwrap_or("")
+            .to_string(),
+    )
 }
 
 impl Server {
@@ -138,20 +154,34 @@ impl Server {
             .kill_on_drop(true)
             .spawn()?;
         let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let address = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split("address=").nth(1) {
-                    return Ok::<_, std::io::Error>(
-                        rest.split_whitespace().next().unwrap_or("").to_string(),
-                    );
+                let address = listening_address(&line);
+                log.lock()
+                    .map_err(|_| std::io::Error::other("poisoned"))?
+                    .push(line);
+                if let Some(address) = address {
+                    return Ok::<_, std::io::Error>(address);
                 }
             }
             Err(std::io::Error::other("wald exited before listening"))
         })
         .await??;
         // Keep draining the log so that the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, address })
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut kept) = kept.lock() {
+                    kept.push(line);
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            address,
+            log,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
