@@ -30,6 +30,10 @@ use wald::runtime::Namespace;
 use wald::status::StatusStore;
 use wald::status::embedded::EmbeddedStore;
 
+/// The allocator of the `wald` binary, so that the server measured is the one shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const PIPELINE: &str = "namespace = \"bench\"\n[source]\ntype = \"http\"\npublic = true\n\
