@@ -2,8 +2,10 @@
 //! Consumers, delivery and reload land here.
 
 pub mod counters;
+pub mod delivery;
 pub mod idempotency;
 pub mod limits;
 pub mod namespace;
+pub mod retry;
 
 pub use namespace::Namespace;

@@ -14,6 +14,7 @@ use crate::backend::embedded::{NamespaceStore, namespace_dir};
 use crate::config::LoadedPipeline;
 use crate::config::service::ServiceConfig;
 use crate::runtime::counters::WriteCounters;
+use crate::runtime::delivery::Delivery;
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
 use crate::status::StatusStore;
@@ -23,7 +24,7 @@ use crate::status::tailer::Tailer;
 pub struct Namespace {
     pub pipeline: LoadedPipeline,
     /// Its storage, when its backend is the embedded log and the log opened.
-    pub store: Option<NamespaceStore>,
+    pub store: Option<Arc<NamespaceStore>>,
     /// Why it does not run, if it does not.
     pub failure: Option<String>,
     /// SHA-256 of each API key allowed to write, decoded once for constant-time checks.
@@ -38,6 +39,10 @@ pub struct Namespace {
     pub status_indexed: Option<watch::Receiver<u64>>,
     /// The status tailer, taken when the namespace closes.
     tailer: Mutex<Option<Tailer>>,
+    /// Delivery to the targets, taken when the namespace closes.
+    delivery: Mutex<Option<Delivery>>,
+    /// Why delivery does not run, shared with the delivery task.
+    delivery_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Namespace {
@@ -54,7 +59,7 @@ impl Namespace {
         let (store, failure) = match &config.producer {
             BackendConfig::Embedded(embedded) => {
                 match NamespaceStore::open(data_dir, &config.namespace, embedded) {
-                    Ok(store) => (Some(store), None),
+                    Ok(store) => (Some(Arc::new(store)), None),
                     Err(e) => {
                         error!(namespace = %config.namespace, error = %e, "Namespace failed to open its log.");
                         (None, Some(e.to_string()))
@@ -93,7 +98,20 @@ impl Namespace {
                 .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Transaction status unavailable."))
                 .ok()
         });
+        let status_indexed = tailer.as_ref().map(|t| t.indexed.clone());
+        let delivery = store.as_ref().map(|store| {
+            Delivery::start(
+                config,
+                store.clone(),
+                status.clone(),
+                status_indexed.clone(),
+            )
+        });
         Self {
+            delivery_failure: delivery
+                .as_ref()
+                .map_or_else(Default::default, |d| d.failure.clone()),
+            delivery: Mutex::new(delivery),
             pipeline,
             store,
             failure,
@@ -101,7 +119,7 @@ impl Namespace {
             admission,
             counters: WriteCounters::default(),
             idempotency,
-            status_indexed: tailer.as_ref().map(|t| t.indexed.clone()),
+            status_indexed,
             tailer: Mutex::new(tailer),
         }
     }
@@ -127,6 +145,9 @@ impl Namespace {
         if let Some(error) = self.unavailable() {
             health["error"] = json!(error);
         }
+        if let Some(error) = self.delivery_failure.lock().ok().and_then(|f| f.clone()) {
+            health["delivery_error"] = json!(error);
+        }
         if let Some(store) = &self.store {
             health["log"] = json!({
                 "first_offset": store.log.first_offset(),
@@ -137,8 +158,13 @@ impl Namespace {
         health
     }
 
-    /// Stops the status tailer, then closes the storage, syncing what was written.
+    /// Stops delivery (after the message in hand) and the status tailer, then closes
+    /// the storage, syncing what was written.
     pub async fn close(&self) {
+        let delivery = self.delivery.lock().ok().and_then(|mut d| d.take());
+        if let Some(delivery) = delivery {
+            delivery.stop().await;
+        }
         let tailer = self.tailer.lock().ok().and_then(|mut t| t.take());
         if let Some(tailer) = tailer {
             tailer.stop().await;

@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use super::{DeliveryError, Message};
 
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::validate::Checks;
@@ -37,5 +40,52 @@ impl Config {
                 "name a file, for example \"data/out/orders.jsonl\"",
             );
         }
+    }
+}
+
+/// An open file target: appends one envelope per line.
+pub struct FileTarget {
+    path: PathBuf,
+    fsync: bool,
+    file: tokio::sync::Mutex<tokio::fs::File>,
+}
+
+impl FileTarget {
+    /// Opens (or creates) the file for appending, and its directory.
+    pub async fn open(config: &Config) -> Result<Self, DeliveryError> {
+        let failed = |e: std::io::Error| {
+            DeliveryError::retriable(format!("opening {}: {e}", config.path.display()))
+        };
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.path)
+            .await
+            .map_err(failed)?;
+        Ok(Self {
+            path: config.path.clone(),
+            fsync: config.fsync,
+            file: tokio::sync::Mutex::new(file),
+        })
+    }
+
+    pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
+        let mut line = message.envelope().to_string().into_bytes();
+        line.push(b'\n');
+        // One write per line, under the lock, so that lines never interleave.
+        let mut file = self.file.lock().await;
+        let written = match file.write_all(&line).await {
+            Ok(()) => file.flush().await,
+            Err(e) => Err(e),
+        };
+        let synced = match written {
+            Ok(()) if self.fsync => file.sync_data().await,
+            other => other,
+        };
+        synced
+            .map_err(|e| DeliveryError::retriable(format!("writing {}: {e}", self.path.display())))
     }
 }

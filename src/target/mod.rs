@@ -1,6 +1,7 @@
 //! Targets: where a namespace's messages are delivered. Each target type lives in its
-//! own file with its configuration and checks: `postgres`, `redis`, `http`, `kafka` and
-//! `file`. [`TargetConfig`] is one `[[target]]` table, dispatched on `type`.
+//! own file with its configuration, its checks and its delivery: `postgres`, `redis`,
+//! `http`, `kafka` and `file`. [`TargetConfig`] is one `[[target]]` table, dispatched
+//! on `type`; [`Target`] is a built target that delivers [`Message`]s.
 
 pub mod file;
 pub mod http;
@@ -9,6 +10,10 @@ pub mod postgres;
 pub mod redis;
 pub mod template;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
 use serde::Serialize;
 use toml::Spanned;
 use toml::de::DeTable;
@@ -108,5 +113,109 @@ pub(crate) fn report_template_errors(
             )
             .with_hint(e.hint),
         );
+    }
+}
+
+/// A message as targets receive it, read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub namespace: String,
+    /// Its place in the namespace's log.
+    pub offset: u64,
+    pub message_id: String,
+    pub transaction_id: String,
+    pub key: Option<String>,
+    /// When it was made durable, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The client's headers (wald's own `wald-*` headers left out).
+    pub headers: BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+    /// Whether `payload` is JSON (else binary).
+    pub payload_is_json: bool,
+}
+
+impl Message {
+    /// The payload as JSON: itself when it is JSON, else a base64 string.
+    pub fn payload_json(&self) -> serde_json::Value {
+        if self.payload_is_json
+            && let Ok(value) = serde_json::from_slice(&self.payload)
+        {
+            return value;
+        }
+        serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&self.payload))
+    }
+
+    /// The whole message as one JSON object: ids, namespace, key, timestamp, headers
+    /// and payload.
+    pub fn envelope(&self) -> serde_json::Value {
+        serde_json::json!({
+            "message_id": self.message_id,
+            "transaction_id": self.transaction_id,
+            "namespace": self.namespace,
+            "offset": self.offset,
+            "key": self.key,
+            "timestamp_ms": self.timestamp_ms,
+            "headers": self.headers,
+            "payload": self.payload_json(),
+        })
+    }
+}
+
+/// Why a delivery failed, and whether trying again may help.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DeliveryError {
+    pub message: String,
+    /// False for errors that no retry can fix (a 4xx, a constraint violation): the
+    /// message goes to the DLQ at once.
+    pub retriable: bool,
+    /// How long the target asked to wait (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl DeliveryError {
+    pub fn retriable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retriable: true,
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retriable: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// A target ready to deliver: its connections or files are open.
+pub enum Target {
+    File(file::FileTarget),
+    Http(http::HttpTarget),
+}
+
+impl Target {
+    /// The build stage: opens what the target needs. A target type whose delivery is
+    /// not available yet is an error here, so its namespace's messages wait in the log.
+    pub async fn build(config: &TargetConfig) -> Result<Self, DeliveryError> {
+        match &config.kind {
+            TargetKind::File(c) => Ok(Self::File(file::FileTarget::open(c).await?)),
+            TargetKind::Http(c) => Ok(Self::Http(http::HttpTarget::new(c)?)),
+            other => Err(DeliveryError::permanent(format!(
+                "delivery to {} targets is not available in this version",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Delivers one message.
+    pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
+        match self {
+            Self::File(t) => t.deliver(message).await,
+            Self::Http(t) => t.deliver(message).await,
+        }
     }
 }

@@ -1,0 +1,461 @@
+//! Delivery of one namespace on the embedded log: reads the log as consumer group
+//! [`DELIVERY_GROUP`], holds delayed messages until they are due, delivers each message
+//! to each of its targets with retries, parks what keeps failing in the dead-letter log,
+//! records every outcome in the status store, and only then commits its cursor.
+//!
+//! # Guarantees
+//!
+//! - At least once: the cursor passes a message only once every target of it has
+//!   succeeded or the message is in the DLQ (or, for a delayed message, once it is in
+//!   the durable delay index). A crash or a stop before that delivers it again.
+//! - A target that succeeded is not tried again because another target of the same
+//!   message failed (within one run; after a crash the message goes to all its
+//!   targets again, each delivery carrying the message id for idempotency).
+//! - Never early: a message with `wald-deliver-at` in the future waits in the delay
+//!   index, which survives restarts.
+//! - Order: messages are delivered one after the other in log order, so each key's order
+//!   holds. (A message being retried holds back the ones after it.)
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::backend::Record;
+use crate::backend::embedded::writer::now_ms;
+use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord};
+use crate::config::pipeline::{PipelineConfig, RetryPolicy};
+use crate::http::ingest::{
+    HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS,
+    HEADER_TRANSACTION_ID, RESERVED_PREFIX,
+};
+use crate::runtime::retry;
+use crate::status::{DeliveryState, StatusStore, TargetStatus, TargetUpdate};
+use crate::target::{DeliveryError, Message, Target};
+
+/// The consumer group delivery reads each log as.
+pub const DELIVERY_GROUP: &str = "wald";
+
+/// Headers a dead-lettered message carries besides its own.
+pub const HEADER_DLQ_TARGET: &str = "wald-dlq-target";
+pub const HEADER_DLQ_ATTEMPTS: &str = "wald-dlq-attempts";
+pub const HEADER_DLQ_FIRST_ERROR: &str = "wald-dlq-first-error";
+pub const HEADER_DLQ_LAST_ERROR: &str = "wald-dlq-last-error";
+pub const HEADER_DLQ_FIRST_FAILED_MS: &str = "wald-dlq-first-failed-ms";
+pub const HEADER_DLQ_LAST_FAILED_MS: &str = "wald-dlq-last-failed-ms";
+pub const HEADER_DLQ_SOURCE_OFFSET: &str = "wald-dlq-source-offset";
+
+/// Longest wait for new records before the delay index is looked at again.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Longest wait for the status tailer before a status update is written anyway.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+
+/// A namespace's running delivery.
+pub struct Delivery {
+    /// Why delivery does not run (a target could not be built), if it does not.
+    pub failure: Arc<Mutex<Option<String>>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// What the delivery task works with.
+struct Consumer {
+    namespace: String,
+    store: Arc<NamespaceStore>,
+    /// Each target by name, with the retry policy that applies to it.
+    targets: BTreeMap<String, (Target, RetryPolicy)>,
+    status: Arc<StatusStore>,
+    /// How far the status tailer has recorded the log: an update waits for it.
+    status_indexed: Option<watch::Receiver<u64>>,
+    batch_size: usize,
+    dlq_enabled: bool,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Delivery of one message stopped because the namespace is stopping.
+struct Stopped;
+
+impl Delivery {
+    /// Builds the namespace's targets and starts delivering. A target that cannot be
+    /// built keeps delivery down (the messages wait in the log) and is reported.
+    pub fn start(
+        config: &PipelineConfig,
+        store: Arc<NamespaceStore>,
+        status: Arc<StatusStore>,
+        status_indexed: Option<watch::Receiver<u64>>,
+    ) -> Self {
+        let failure = Arc::new(Mutex::new(None));
+        // The group's cursor exists from the start, so that retention never deletes
+        // what delivery has not read, even before delivery runs (blocking I/O, like
+        // opening the log).
+        let registered = store
+            .log
+            .cursor(DELIVERY_GROUP)
+            .and_then(|start| store.log.commit(DELIVERY_GROUP, start));
+        if let Err(e) = registered {
+            error!(namespace = %config.namespace, error = %e, "Delivery cursor could not be written.");
+            if let Ok(mut f) = failure.lock() {
+                *f = Some(e.to_string());
+            }
+        }
+        let (stop, stopped) = watch::channel(false);
+        let config = config.clone();
+        let reported = failure.clone();
+        let task = tokio::spawn(async move {
+            let mut targets = BTreeMap::new();
+            for t in &config.targets {
+                let policy = t.retry.as_ref().map_or_else(
+                    || config.consumer.retry.clone(),
+                    |o| o.apply(&config.consumer.retry),
+                );
+                match Target::build(t).await {
+                    Ok(target) => {
+                        targets.insert(t.name.clone(), (target, policy));
+                    }
+                    Err(e) => {
+                        error!(namespace = %config.namespace, target = %t.name, error = %e, "Delivery not started: a target could not be built; messages wait in the log.");
+                        if let Ok(mut failure) = reported.lock() {
+                            *failure = Some(format!("target `{}`: {e}", t.name));
+                        }
+                        return;
+                    }
+                }
+            }
+            let consumer = Consumer {
+                namespace: config.namespace.clone(),
+                store,
+                targets,
+                status,
+                status_indexed,
+                batch_size: config.consumer.batch_size as usize,
+                dlq_enabled: config.consumer.dlq.enabled,
+                stopped,
+            };
+            if let Err(e) = consumer.run().await {
+                error!(namespace = %config.namespace, error = %e, "Delivery stopped.");
+                if let Ok(mut failure) = reported.lock() {
+                    *failure = Some(e.to_string());
+                }
+            }
+        });
+        Self {
+            failure,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops after the message in hand; what was not committed is delivered again
+    /// after the next start.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+impl Consumer {
+    async fn run(self) -> Result<(), LogError> {
+        let mut subscription = self.store.log.subscribe(DELIVERY_GROUP)?;
+        info!(namespace = %self.namespace, from = subscription.position(), "Delivery started.");
+        loop {
+            if self.deliver_due().await.is_err() {
+                return Ok(());
+            }
+            let wait = self
+                .store
+                .delays
+                .next_due()
+                .map_or(IDLE_CHECK, |due| {
+                    Duration::from_millis(due.saturating_sub(now_ms()))
+                })
+                .min(IDLE_CHECK);
+            let mut stopped = self.stopped.clone();
+            let records = tokio::select! {
+                records = subscription.next_batch(self.batch_size) => records?,
+                _ = tokio::time::sleep(wait) => continue,
+                _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+            };
+            let Some(next) = records.last().map(|r| r.offset + 1) else {
+                continue;
+            };
+            let now = now_ms();
+            let mut delayed = Vec::new();
+            for record in records {
+                match due_ms(&record) {
+                    Some(due) if due > now => delayed.push((record.offset, due)),
+                    _ => {
+                        if self.deliver(&record).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if !delayed.is_empty() {
+                let store = self.store.clone();
+                blocking(move || store.schedule(&delayed)).await?;
+            }
+            let log = self.store.log.clone();
+            blocking(move || log.commit(DELIVERY_GROUP, next)).await?;
+        }
+    }
+
+    /// Delivers the delayed messages that are due, and forgets them in the index.
+    async fn deliver_due(&self) -> Result<(), Stopped> {
+        let due = self.store.delays.due(now_ms(), self.batch_size);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::new();
+        for (offset, _) in due {
+            let log = self.store.log.clone();
+            match blocking(move || log.read(offset, 1, usize::MAX)).await {
+                Ok(records) => match records.into_iter().next() {
+                    Some(record) => self.deliver(&record).await?,
+                    None => {
+                        error!(namespace = %self.namespace, offset, "A delayed message is no longer in the log.")
+                    }
+                },
+                Err(e) => {
+                    error!(namespace = %self.namespace, offset, error = %e, "A delayed message could not be read; it stays pending.");
+                    continue;
+                }
+            }
+            done.push(offset);
+        }
+        let store = self.store.clone();
+        if let Err(e) = blocking(move || store.complete(&done)).await {
+            warn!(namespace = %self.namespace, error = %e, "Delivered delayed messages could not be marked done; they will be delivered again.");
+        }
+        Ok(())
+    }
+
+    /// Delivers one message to each of its targets: until it succeeds, or goes to the
+    /// DLQ after a permanent error or its last attempt.
+    async fn deliver(&self, record: &StoredRecord) -> Result<(), Stopped> {
+        let message = to_message(&self.namespace, record);
+        let names: Vec<String> = match header(record, HEADER_TARGETS) {
+            Some(named) => named.split(',').map(str::to_string).collect(),
+            None => self.targets.keys().cloned().collect(),
+        };
+        let mut updates = Vec::new();
+        for name in names {
+            let Some((target, policy)) = self.targets.get(&name) else {
+                continue;
+            };
+            let mut first_error: Option<(String, u64)> = None;
+            let mut attempt = 1;
+            let outcome = loop {
+                match target.deliver(&message).await {
+                    Ok(()) => break Ok(attempt),
+                    Err(e) => {
+                        let failed_at = now_ms();
+                        let first = first_error
+                            .get_or_insert_with(|| (e.message.clone(), failed_at))
+                            .clone();
+                        if !e.retriable || attempt >= policy.max_attempts {
+                            break Err((e, attempt, first, failed_at));
+                        }
+                        warn!(namespace = %self.namespace, target = %name, message_id = %message.message_id, attempt, error = %e, "Delivery failed; retrying.");
+                        let update = self.update(
+                            &message,
+                            &name,
+                            DeliveryState::Retrying,
+                            attempt,
+                            Some(&e),
+                        );
+                        self.record_status(vec![update], message.offset).await;
+                        let wait = retry::next_wait(policy, attempt, e.retry_after);
+                        let mut stopped = self.stopped.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = stopped.wait_for(|stop| *stop) => return Err(Stopped),
+                        }
+                        attempt += 1;
+                    }
+                }
+            };
+            match outcome {
+                Ok(attempts) => {
+                    updates.push(self.update(
+                        &message,
+                        &name,
+                        DeliveryState::Delivered,
+                        attempts,
+                        None,
+                    ));
+                }
+                Err((e, attempts, first, last_ms)) => {
+                    self.dead_letter(record, &name, attempts, &first, &e, last_ms)
+                        .await?;
+                    updates.push(self.update(
+                        &message,
+                        &name,
+                        DeliveryState::DeadLettered,
+                        attempts,
+                        Some(&e),
+                    ));
+                }
+            }
+        }
+        self.record_status(updates, message.offset).await;
+        Ok(())
+    }
+
+    /// Appends the message to the dead-letter log with why it is there. Keeps trying
+    /// while the DLQ fails: the message must not be lost.
+    async fn dead_letter(
+        &self,
+        record: &StoredRecord,
+        target: &str,
+        attempts: u32,
+        first: &(String, u64),
+        last: &DeliveryError,
+        last_ms: u64,
+    ) -> Result<(), Stopped> {
+        if !self.dlq_enabled {
+            error!(namespace = %self.namespace, target, offset = record.offset, error = %last, "Message dropped after its last attempt: the DLQ is disabled.");
+            return Ok(());
+        }
+        error!(namespace = %self.namespace, target, offset = record.offset, attempts, error = %last, "Message sent to the DLQ.");
+        let mut headers = record.headers.clone();
+        headers.extend([
+            (HEADER_DLQ_TARGET.to_string(), target.as_bytes().to_vec()),
+            (
+                HEADER_DLQ_ATTEMPTS.to_string(),
+                attempts.to_string().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_FIRST_ERROR.to_string(),
+                first.0.clone().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_FIRST_FAILED_MS.to_string(),
+                first.1.to_string().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_LAST_ERROR.to_string(),
+                last.message.clone().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_LAST_FAILED_MS.to_string(),
+                last_ms.to_string().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_SOURCE_OFFSET.to_string(),
+                record.offset.to_string().into_bytes(),
+            ),
+        ]);
+        let entry = Record {
+            key: record.key.clone(),
+            headers,
+            payload: record.payload.clone(),
+        };
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.store.dlq.append(vec![entry.clone()]).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    error!(namespace = %self.namespace, error = %e, "The DLQ refused a message; trying again.");
+                    let mut stopped = self.stopped.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stopped.wait_for(|stop| *stop) => return Err(Stopped),
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn update(
+        &self,
+        message: &Message,
+        target: &str,
+        state: DeliveryState,
+        attempts: u32,
+        error: Option<&DeliveryError>,
+    ) -> TargetUpdate {
+        TargetUpdate {
+            transaction_id: message.transaction_id.clone(),
+            message_id: message.message_id.clone(),
+            target: target.to_string(),
+            status: TargetStatus {
+                state,
+                attempts,
+                last_error: error.map(|e| e.message.clone()),
+                updated_at_ms: now_ms(),
+            },
+        }
+    }
+
+    /// Records target states once the status tailer has recorded the message itself
+    /// (an update of a message the store does not have yet would be lost). Status is
+    /// information: a failure is logged, never blocks delivery.
+    async fn record_status(&self, updates: Vec<TargetUpdate>, offset: u64) {
+        if updates.is_empty() {
+            return;
+        }
+        if let Some(mut indexed) = self.status_indexed.clone() {
+            let mut stopped = self.stopped.clone();
+            tokio::select! {
+                _ = indexed.wait_for(|i| *i > offset) => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
+                _ = tokio::time::sleep(STATUS_WAIT) => {
+                    warn!(namespace = %self.namespace, offset, "The status tailer is behind; recording delivery status anyway.");
+                }
+            }
+        }
+        if let Err(e) = self.status.update_targets(updates).await {
+            warn!(namespace = %self.namespace, error = %e, "Delivery status not recorded.");
+        }
+    }
+}
+
+/// When a delayed message is due (milliseconds since the epoch), if it is delayed.
+fn due_ms(record: &StoredRecord) -> Option<u64> {
+    header(record, HEADER_DELIVER_AT)?.parse().ok()
+}
+
+fn header<'r>(record: &'r StoredRecord, name: &str) -> Option<&'r str> {
+    record
+        .headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+/// A stored record as targets receive it.
+pub fn to_message(namespace: &str, record: &StoredRecord) -> Message {
+    let text = |name| header(record, name).unwrap_or_default().to_string();
+    Message {
+        namespace: namespace.to_string(),
+        offset: record.offset,
+        message_id: text(HEADER_MESSAGE_ID),
+        transaction_id: text(HEADER_TRANSACTION_ID),
+        key: record
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        timestamp_ms: record.timestamp_ms,
+        headers: record
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.starts_with(RESERVED_PREFIX))
+            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect(),
+        payload: record.payload.clone(),
+        payload_is_json: header(record, HEADER_CONTENT_TYPE) != Some("application/octet-stream"),
+    }
+}
+
+/// Runs blocking log I/O off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LogError::Failed(format!("a log task panicked: {e}")))?
+}

@@ -1,0 +1,290 @@
+//! Delivery through the real binary: to a file, and to a real HTTP server started by
+//! the test that fails on purpose: retries with `Idempotency-Key` and a signature, a
+//! poison message dead-lettered after exactly its attempts, a permanent error
+//! dead-lettered at once, a delayed message never delivered early and surviving
+//! SIGKILL, and transaction status following each message.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use common::{Server, stop};
+use serde_json::{Value, json};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// One request the webhook received.
+#[derive(Clone)]
+struct Call {
+    body: Value,
+    raw: Vec<u8>,
+    headers: HeaderMap,
+    at: Instant,
+}
+
+/// What the webhook received, and how it should fail.
+#[derive(Clone, Default)]
+struct Hook {
+    calls: Arc<Mutex<Vec<Call>>>,
+    /// Per payload `kind`: how many of its first calls fail, and with which status.
+    failures: Arc<Mutex<HashMap<String, (usize, u16)>>>,
+}
+
+async fn hook(State(hook): State<Hook>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+    let raw = body.to_vec();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let kind = body["payload"]["kind"].as_str().unwrap_or("").to_string();
+    let call = Call {
+        body,
+        raw,
+        headers,
+        at: Instant::now(),
+    };
+    hook.calls.lock().map(|mut c| c.push(call)).ok();
+    let mut failures = hook.failures.lock().expect("lock");
+    match failures.get_mut(&kind) {
+        Some((left, status)) if *left > 0 => {
+            *left -= 1;
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+        _ => StatusCode::OK,
+    }
+}
+
+/// Starts the webhook on a free port; returns its URL.
+async fn start_hook(state: Hook) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{address}/hook"))
+}
+
+/// `shop`: public, targets `audit` (a file) and `hook` (the webhook), fast retries,
+/// 3 attempts.
+fn pipeline(dir: &Path, hook_url: &str, out: &Path) -> Result {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("shop.toml"),
+        format!(
+            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\nmax_delay = \"1h\"\n\
+             [consumer.retry]\nmax_attempts = 3\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n\
+             [[target]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n\
+             [[target]]\nname = \"hook\"\ntype = \"http\"\nurl = \"{hook_url}\"\n\
+             hmac_secret = \"0123456789abcdef0123\"\n",
+            out.display()
+        ),
+    )?;
+    Ok(())
+}
+
+async fn write(server: &Server, body: Value) -> Result<Value> {
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write"))
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    Ok(response.json().await?)
+}
+
+/// Polls the transaction until `done` holds, for at most `limit`.
+async fn transaction_until(
+    server: &Server,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status: Value =
+            reqwest::get(server.url(&format!("/api/v1/wal/transaction/{id}/status")))
+                .await?
+                .json()
+                .await?;
+        if done(&status) {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("transaction never reached the expected state: {status}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn target<'v>(status: &'v Value, name: &str) -> &'v Value {
+    &status["messages"][0]["targets"][name]
+}
+
+#[tokio::test]
+async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_failing() -> Result {
+    let hook_state = Hook::default();
+    hook_state.failures.lock().map_err(|_| "lock")?.extend([
+        ("flaky".to_string(), (2, 503)),
+        ("poison".to_string(), (usize::MAX, 500)),
+        ("refused".to_string(), (usize::MAX, 422)),
+    ]);
+    let url = start_hook(hook_state.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out/audit.jsonl");
+    pipeline(&dir.path().join("pipelines"), &url, &out)?;
+    let server =
+        Server::start(&dir.path().join("pipelines"), &dir.path().join("data"), &[]).await?;
+
+    // A message for which the webhook fails twice with 503, then takes it.
+    let flaky = write(
+        &server,
+        json!({"namespace": "shop", "key": "k", "payload": {"kind": "flaky"}}),
+    )
+    .await?;
+    let tx = flaky["transaction_id"].as_str().ok_or("id")?;
+    let status = transaction_until(&server, tx, Duration::from_secs(20), |s| {
+        s["state"] == "delivered"
+    })
+    .await?;
+    assert_eq!(target(&status, "hook")["attempts"], 3, "{status}");
+    assert_eq!(
+        target(&status, "audit")["attempts"],
+        1,
+        "the file target is not tried again: {status}"
+    );
+    {
+        let calls = hook_state.calls.lock().map_err(|_| "lock")?;
+        assert_eq!(calls.len(), 3);
+        for call in calls.iter() {
+            assert_eq!(call.body["message_id"], flaky["message_id"]);
+            assert_eq!(call.body["payload"], json!({"kind": "flaky"}));
+            assert_eq!(
+                call.headers["idempotency-key"],
+                flaky["message_id"].as_str().ok_or("id")?
+            );
+            use hmac::{KeyInit, Mac};
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"0123456789abcdef0123")?;
+            mac.update(&call.raw);
+            let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            assert_eq!(call.headers["x-wald-signature"].to_str()?, expected);
+        }
+    }
+    let lines = std::fs::read_to_string(&out)?;
+    let line: Value = serde_json::from_str(lines.lines().next().ok_or("no line")?)?;
+    assert_eq!(line["message_id"], flaky["message_id"]);
+    assert_eq!(line["key"], "k");
+
+    // A poison message: exactly max_attempts calls, then the DLQ.
+    let before = hook_state.calls.lock().map_err(|_| "lock")?.len();
+    let poison = write(
+        &server,
+        json!({"namespace": "shop", "payload": {"kind": "poison"}}),
+    )
+    .await?;
+    let tx = poison["transaction_id"].as_str().ok_or("id")?;
+    let status = transaction_until(&server, tx, Duration::from_secs(20), |s| {
+        s["state"] == "dead_lettered"
+    })
+    .await?;
+    let hook_state_calls = hook_state.calls.lock().map_err(|_| "lock")?.len() - before;
+    assert_eq!(hook_state_calls, 3, "exactly max_attempts");
+    assert_eq!(target(&status, "hook")["attempts"], 3);
+    assert!(
+        target(&status, "hook")["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("500"),
+        "{status}"
+    );
+    assert_eq!(target(&status, "audit")["state"], "delivered");
+
+    // A permanent error (422 is not in retry_on): one call, then the DLQ.
+    let refused = write(
+        &server,
+        json!({"namespace": "shop", "payload": {"kind": "refused"}}),
+    )
+    .await?;
+    let tx = refused["transaction_id"].as_str().ok_or("id")?;
+    let status = transaction_until(&server, tx, Duration::from_secs(20), |s| {
+        s["state"] == "dead_lettered"
+    })
+    .await?;
+    assert_eq!(target(&status, "hook")["attempts"], 1, "{status}");
+
+    let ns: Value = reqwest::get(server.url("/api/v1/wal/namespace/shop/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ns["dlq_depth"], 2, "{ns}");
+    let data = dir.path().join("data");
+    stop(server.child).await?;
+
+    // The DLQ holds both, with their target, attempts and errors.
+    let store = wald::backend::embedded::NamespaceStore::open(&data, "shop", &Default::default())?;
+    let parked = store.dlq.read(0, 10, usize::MAX)?;
+    let header = |r: &wald::backend::embedded::StoredRecord, name: &str| {
+        r.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(parked.len(), 2);
+    assert_eq!(
+        header(&parked[0], "wald-message-id").as_deref(),
+        poison["message_id"].as_str()
+    );
+    assert_eq!(
+        header(&parked[0], "wald-dlq-target").as_deref(),
+        Some("hook")
+    );
+    assert_eq!(
+        header(&parked[0], "wald-dlq-attempts").as_deref(),
+        Some("3")
+    );
+    assert!(
+        header(&parked[0], "wald-dlq-first-error")
+            .unwrap_or_default()
+            .contains("500")
+    );
+    assert_eq!(
+        header(&parked[1], "wald-dlq-attempts").as_deref(),
+        Some("1")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_delayed_message_is_never_early_and_survives_sigkill() -> Result {
+    let hook_state = Hook::default();
+    let url = start_hook(hook_state.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    let data = dir.path().join("data");
+    pipeline(&pipes, &url, &dir.path().join("out/audit.jsonl"))?;
+    let server = Server::start(&pipes, &data, &[]).await?;
+    let written = write(
+        &server,
+        json!({"namespace": "shop", "payload": {"kind": "later"}, "delay": "2s"}),
+    )
+    .await?;
+    let due = Instant::now() + Duration::from_millis(1900);
+    // Killed before it is due: it is delivered after the restart, not before its time.
+    let mut child = server.child;
+    child.start_kill()?;
+    child.wait().await?;
+    let server = Server::start(&pipes, &data, &[]).await?;
+    let tx = written["transaction_id"].as_str().ok_or("id")?;
+    transaction_until(&server, tx, Duration::from_secs(20), |s| {
+        s["state"] == "delivered"
+    })
+    .await?;
+    let calls = hook_state.calls.lock().map_err(|_| "lock")?.clone();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].at >= due, "delivered early");
+    assert!(calls[0].at < due + Duration::from_secs(3), "delivered late");
+    stop(server.child).await?;
+    Ok(())
+}
