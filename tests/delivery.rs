@@ -288,3 +288,97 @@ async fn a_delayed_message_is_never_early_and_survives_sigkill() -> Result {
     stop(server.child).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn postgres_rows_are_written_by_named_fields_and_survive_killed_connections() -> Result {
+    if !common::service_available("Postgres", "127.0.0.1:5432") {
+        return Ok(());
+    }
+    let sql = |q: &str| -> Result<String> {
+        let out = common::psql(&["-At".as_ref(), "-c".as_ref(), q.as_ref()])?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    sql("CREATE TABLE IF NOT EXISTS wald_test_delivered (
+           id text PRIMARY KEY, body jsonb NOT NULL, amount bigint CHECK (amount >= 0),
+           at timestamptz NOT NULL, order_key text)")?;
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    std::fs::write(
+        pipes.join("pay.toml"),
+        "namespace = \"pay\"\n[source]\ntype = \"http\"\npublic = true\n\
+         [consumer.retry]\nmax_attempts = 10\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\n\
+         [[target]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\n\
+         statement = \"INSERT INTO wald_test_delivered (id, body, amount, at, order_key) \
+         VALUES ($message_id, $payload, $payload.amount, $timestamp, $key) ON CONFLICT (id) DO NOTHING\"\n",
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        for n in 0..5 {
+            let written = write(
+                &server,
+                json!({"namespace": "pay", "key": format!("k{round}"), "payload": {"amount": round * 10 + n, "n": n}}),
+            )
+            .await?;
+            let id = |f: &str| written[f].as_str().map(str::to_string).ok_or("id");
+            ids.push((id("message_id")?, id("transaction_id")?));
+        }
+        for (_, tx) in &ids {
+            transaction_until(&server, tx, Duration::from_secs(30), |s| {
+                s["state"] == "delivered"
+            })
+            .await?;
+        }
+        // Kill every connection wald holds: the next round's deliveries fail once on a
+        // dead connection, reconnect and go on.
+        let killed = sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE datname = 'test' AND pid <> pg_backend_pid() AND query LIKE '%wald_test_delivered%'",
+        )?;
+        assert_ne!(killed, "0");
+    }
+    let list = ids
+        .iter()
+        .map(|(m, _)| format!("'{m}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        sql(&format!(
+            "SELECT count(*) FROM wald_test_delivered WHERE id IN ({list})"
+        ))?,
+        "15"
+    );
+    let (first, _) = &ids[0];
+    assert_eq!(
+        sql(&format!(
+            "SELECT body->>'n', amount, order_key, at > now() - interval '1 hour' FROM wald_test_delivered WHERE id = '{first}'"
+        ))?,
+        "0|0|k0|t"
+    );
+
+    // A row the table refuses (CHECK) is permanent: one attempt, then the DLQ.
+    let refused = write(
+        &server,
+        json!({"namespace": "pay", "payload": {"amount": -1}}),
+    )
+    .await?;
+    let tx = refused["transaction_id"].as_str().ok_or("id")?;
+    let status = transaction_until(&server, tx, Duration::from_secs(30), |s| {
+        s["state"] == "dead_lettered"
+    })
+    .await?;
+    assert_eq!(target(&status, "db")["attempts"], 1, "{status}");
+    assert!(
+        target(&status, "db")["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("check"),
+        "{status}"
+    );
+    stop(server.child).await?;
+    Ok(())
+}

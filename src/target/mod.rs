@@ -195,6 +195,7 @@ impl DeliveryError {
 pub enum Target {
     File(file::FileTarget),
     Http(http::HttpTarget),
+    Postgres(postgres::PostgresTarget),
 }
 
 impl Target {
@@ -204,6 +205,7 @@ impl Target {
         match &config.kind {
             TargetKind::File(c) => Ok(Self::File(file::FileTarget::open(c).await?)),
             TargetKind::Http(c) => Ok(Self::Http(http::HttpTarget::new(c)?)),
+            TargetKind::Postgres(c) => Ok(Self::Postgres(postgres::PostgresTarget::new(c)?)),
             other => Err(DeliveryError::permanent(format!(
                 "delivery to {} targets is not available in this version",
                 other.kind()
@@ -216,6 +218,7 @@ impl Target {
         match self {
             Self::File(t) => t.deliver(message).await,
             Self::Http(t) => t.deliver(message).await,
+            Self::Postgres(t) => t.deliver(message).await,
         }
     }
 }

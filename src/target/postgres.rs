@@ -5,6 +5,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::template::{self, Field};
+use super::{DeliveryError, Message};
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::HumanDuration;
@@ -204,10 +205,15 @@ impl Config {
     /// The statement with `$1`, `$2`, ... as Postgres takes it: `statement` rewritten,
     /// or an `INSERT` built from `table` and `columns`.
     pub fn positional_statement(&self) -> String {
+        self.positional().0
+    }
+
+    /// The positional statement and the field each parameter stands for, in order.
+    fn positional(&self) -> (String, Vec<Field>) {
         match (&self.statement, &self.table) {
             (Some(statement), _) => {
                 let params = template::parse_sql(statement).unwrap_or_default();
-                template::to_positional(statement, &params).0
+                template::to_positional(statement, &params)
             }
             (None, Some(table)) => {
                 let columns: Vec<&str> = self.columns.keys().map(String::as_str).collect();
@@ -218,9 +224,162 @@ impl Config {
                     values.join(", ")
                 );
                 let params = template::parse_sql(&insert).unwrap_or_default();
-                template::to_positional(&insert, &params).0
+                template::to_positional(&insert, &params)
             }
-            (None, None) => String::new(),
+            (None, None) => (String::new(), Vec::new()),
         }
+    }
+}
+
+/// A Postgres target ready to deliver: a pool that connects when first needed, so that
+/// a database that is down at start-up is only a retried delivery.
+pub struct PostgresTarget {
+    pool: sqlx::PgPool,
+    statement: String,
+    fields: Vec<Field>,
+    /// The type Postgres gives each parameter, learnt on first use.
+    types: tokio::sync::OnceCell<Vec<String>>,
+}
+
+impl PostgresTarget {
+    pub fn new(config: &Config) -> Result<Self, DeliveryError> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.timeout.get())
+            .connect_lazy(config.url.expose())
+            .map_err(|e| {
+                DeliveryError::permanent(format!("the Postgres URL is not usable: {e}"))
+            })?;
+        let (statement, fields) = config.positional();
+        Ok(Self {
+            pool,
+            statement,
+            fields,
+            types: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Runs the statement for the message.
+    pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
+        use sqlx::{AssertSqlSafe, Executor, SqlSafeStr, Statement, TypeInfo};
+
+        let types = self
+            .types
+            .get_or_try_init(|| async {
+                let prepared = self
+                    .pool
+                    .prepare(AssertSqlSafe(self.statement.clone()).into_sql_str())
+                    .await
+                    .map_err(classify)?;
+                Ok::<_, DeliveryError>(match prepared.parameters() {
+                    Some(sqlx::Either::Left(types)) => {
+                        types.iter().map(|t| t.name().to_string()).collect()
+                    }
+                    _ => Vec::new(),
+                })
+            })
+            .await?;
+        let mut query = sqlx::query(AssertSqlSafe(self.statement.as_str()));
+        for (field, pg_type) in self.fields.iter().zip(types) {
+            query = bind(query, field.value(message), pg_type)?;
+        }
+        query.execute(&self.pool).await.map_err(classify)?;
+        Ok(())
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `value` as Postgres's type for the parameter; a value that does not fit the
+/// type is a permanent error (retrying cannot change it).
+fn bind<'q>(
+    query: PgQuery<'q>,
+    value: serde_json::Value,
+    pg_type: &str,
+) -> Result<PgQuery<'q>, DeliveryError> {
+    use serde_json::Value;
+    let text = |v: &Value| match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    };
+    let unfit = |v: &Value| DeliveryError::permanent(format!("{v} is not a valid {pg_type}"));
+    Ok(match pg_type {
+        "JSON" | "JSONB" => query.bind(sqlx::types::Json(value)),
+        "INT8" | "INT4" | "INT2" => {
+            let n = match &value {
+                Value::Null => None,
+                Value::Number(n) => Some(n.as_i64().ok_or_else(|| unfit(&value))?),
+                Value::String(s) => Some(s.trim().parse::<i64>().map_err(|_| unfit(&value))?),
+                _ => return Err(unfit(&value)),
+            };
+            match pg_type {
+                "INT8" => query.bind(n),
+                "INT4" => query.bind(
+                    n.map(i32::try_from)
+                        .transpose()
+                        .map_err(|_| unfit(&value))?,
+                ),
+                _ => query.bind(
+                    n.map(i16::try_from)
+                        .transpose()
+                        .map_err(|_| unfit(&value))?,
+                ),
+            }
+        }
+        "FLOAT8" | "FLOAT4" => query.bind(match &value {
+            Value::Null => None,
+            Value::Number(n) => Some(n.as_f64().ok_or_else(|| unfit(&value))?),
+            Value::String(s) => Some(s.trim().parse::<f64>().map_err(|_| unfit(&value))?),
+            _ => return Err(unfit(&value)),
+        }),
+        "BOOL" => query.bind(match &value {
+            Value::Null => None,
+            Value::Bool(b) => Some(*b),
+            _ => return Err(unfit(&value)),
+        }),
+        "UUID" => query.bind(
+            text(&value)
+                .map(|s| uuid::Uuid::parse_str(&s).map_err(|_| unfit(&value)))
+                .transpose()?,
+        ),
+        "TIMESTAMPTZ" | "TIMESTAMP" => query.bind(match &value {
+            Value::Null => None,
+            Value::Number(n) => {
+                let ms = n.as_i64().ok_or_else(|| unfit(&value))?;
+                Some(
+                    sqlx::types::chrono::DateTime::from_timestamp_millis(ms)
+                        .ok_or_else(|| unfit(&value))?,
+                )
+            }
+            Value::String(s) => Some(
+                sqlx::types::chrono::DateTime::parse_from_rfc3339(s)
+                    .map_err(|_| unfit(&value))?
+                    .to_utc(),
+            ),
+            _ => return Err(unfit(&value)),
+        }),
+        // Text, and whatever else Postgres can read from text.
+        _ => query.bind(text(&value)),
+    })
+}
+
+/// Whether a Postgres error may pass: connection trouble, resource shortage,
+/// serialization failures and shutdowns are retried; constraint violations, bad data
+/// and bad statements go to the DLQ at once.
+fn classify(e: sqlx::Error) -> DeliveryError {
+    let message = format!("postgres: {e}");
+    let retriable = match &e {
+        sqlx::Error::Database(db) => {
+            let class = db.code().map(|c| c.chars().take(2).collect::<String>());
+            !matches!(class.as_deref(), Some("22" | "23" | "42" | "2B" | "44"))
+        }
+        sqlx::Error::TypeNotFound { .. } | sqlx::Error::ColumnNotFound(_) => false,
+        _ => true,
+    };
+    DeliveryError {
+        message,
+        retriable,
+        retry_after: None,
     }
 }

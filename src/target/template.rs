@@ -21,6 +21,40 @@ pub enum Field {
     Header(String),
 }
 
+impl Field {
+    /// This field of `message`, as JSON: a missing payload field or header is null.
+    pub fn value(&self, message: &super::Message) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Self::MessageId => Value::String(message.message_id.clone()),
+            Self::TransactionId => Value::String(message.transaction_id.clone()),
+            Self::Key => message.key.clone().map_or(Value::Null, Value::String),
+            Self::Namespace => Value::String(message.namespace.clone()),
+            Self::Timestamp => Value::from(message.timestamp_ms),
+            Self::Payload(path) => {
+                let mut value = message.payload_json();
+                for step in path {
+                    value = match value {
+                        Value::Object(mut map) => map.remove(step).unwrap_or(Value::Null),
+                        Value::Array(mut items) => step
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|i| *i < items.len())
+                            .map_or(Value::Null, |i| items.swap_remove(i)),
+                        _ => Value::Null,
+                    };
+                }
+                value
+            }
+            Self::Header(name) => message
+                .headers
+                .get(name)
+                .cloned()
+                .map_or(Value::Null, Value::String),
+        }
+    }
+}
+
 /// The placeholder names that need no path, for hints.
 pub const NAMES: &str = "message_id, transaction_id, key, namespace, timestamp, payload, payload.<field>, headers.<name>";
 
