@@ -382,3 +382,90 @@ async fn postgres_rows_are_written_by_named_fields_and_survive_killed_connection
     stop(server.child).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn redis_commands_fill_their_key_templates_and_survive_dropped_connections() -> Result {
+    if !common::service_available("Redis", "127.0.0.1:6379") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    std::fs::write(
+        pipes.join("cache.toml"),
+        format!(
+            "namespace = \"cache\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [consumer.retry]\nmax_attempts = 10\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\n\
+             [[target]]\nname = \"latest\"\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
+             command = \"SET\"\nkey = \"wald-test:{run}:order:{{payload.id}}\"\nttl = \"1h\"\nvalue = \"envelope\"\n\
+             [[target]]\nname = \"by-customer\"\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
+             command = \"HSET\"\nkey = \"wald-test:{run}:customer:{{payload.customer}}\"\nfield = \"{{payload.id}}\"\n"
+        ),
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")?
+        .get_multiplexed_async_connection()
+        .await?;
+    for id in 1..=6 {
+        if id == 4 {
+            // Drop wald's target connections (their last command was a SET or an
+            // HSET): wald reconnects and sends again.
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut redis)
+                .await?;
+            let ids: Vec<&str> = clients
+                .lines()
+                .filter(|c| c.contains(" cmd=set ") || c.contains(" cmd=hset "))
+                .filter_map(|c| c.split(' ').find_map(|f| f.strip_prefix("id=")))
+                .collect();
+            assert!(!ids.is_empty(), "{clients}");
+            for id in ids {
+                let _: redis::Value = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(id)
+                    .query_async(&mut redis)
+                    .await?;
+            }
+        }
+        let written = write(
+            &server,
+            json!({"namespace": "cache", "payload": {"id": id, "customer": "c7"}}),
+        )
+        .await?;
+        let tx = written["transaction_id"].as_str().ok_or("id")?;
+        transaction_until(&server, tx, Duration::from_secs(30), |s| {
+            s["state"] == "delivered"
+        })
+        .await?;
+    }
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")?
+        .get_multiplexed_async_connection()
+        .await?;
+    let stored: String = redis::cmd("GET")
+        .arg(format!("wald-test:{run}:order:5"))
+        .query_async(&mut redis)
+        .await?;
+    let stored: Value = serde_json::from_str(&stored)?;
+    assert_eq!(stored["payload"], json!({"id": 5, "customer": "c7"}));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("wald-test:{run}:order:5"))
+        .query_async(&mut redis)
+        .await?;
+    assert!(ttl > 0 && ttl <= 3_600_000);
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("wald-test:{run}:customer:c7"))
+        .query_async(&mut redis)
+        .await?;
+    let mut fields: Vec<u32> = fields.iter().filter_map(|f| f.parse().ok()).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, [1, 2, 3, 4, 5, 6]);
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("wald-test:{run}:customer:c7"))
+        .query_async(&mut redis)
+        .await?;
+    stop(server.child).await?;
+    Ok(())
+}

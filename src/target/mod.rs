@@ -196,6 +196,7 @@ pub enum Target {
     File(file::FileTarget),
     Http(http::HttpTarget),
     Postgres(postgres::PostgresTarget),
+    Redis(redis::RedisTarget),
 }
 
 impl Target {
@@ -206,6 +207,7 @@ impl Target {
             TargetKind::File(c) => Ok(Self::File(file::FileTarget::open(c).await?)),
             TargetKind::Http(c) => Ok(Self::Http(http::HttpTarget::new(c)?)),
             TargetKind::Postgres(c) => Ok(Self::Postgres(postgres::PostgresTarget::new(c)?)),
+            TargetKind::Redis(c) => Ok(Self::Redis(redis::RedisTarget::new(c)?)),
             other => Err(DeliveryError::permanent(format!(
                 "delivery to {} targets is not available in this version",
                 other.kind()
@@ -219,6 +221,7 @@ impl Target {
             Self::File(t) => t.deliver(message).await,
             Self::Http(t) => t.deliver(message).await,
             Self::Postgres(t) => t.deliver(message).await,
+            Self::Redis(t) => t.deliver(message).await,
         }
     }
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::template::Template;
+use super::{DeliveryError, Message};
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::HumanDuration;
@@ -111,5 +112,126 @@ impl Config {
                 "include a field, for example \"order:{payload.id}\"",
             );
         }
+    }
+}
+
+/// A Redis target ready to deliver: one connection that reconnects by itself; a
+/// command that failed with the connection is sent again by the retry.
+pub struct RedisTarget {
+    client: ::redis::Client,
+    connection: tokio::sync::OnceCell<::redis::aio::ConnectionManager>,
+    command: Command,
+    key: Template,
+    field: Option<Template>,
+    ttl_ms: Option<u64>,
+    value: ValueShape,
+}
+
+impl RedisTarget {
+    pub fn new(config: &Config) -> Result<Self, DeliveryError> {
+        let invalid = |what: &str| {
+            DeliveryError::permanent(format!("the Redis target's {what} is not valid"))
+        };
+        Ok(Self {
+            client: ::redis::Client::open(config.url.expose().as_str())
+                .map_err(|_| invalid("url"))?,
+            connection: tokio::sync::OnceCell::new(),
+            command: config.command,
+            key: Template::parse(&config.key).map_err(|_| invalid("key"))?,
+            field: config
+                .field
+                .as_deref()
+                .map(Template::parse)
+                .transpose()
+                .map_err(|_| invalid("field"))?,
+            ttl_ms: config.ttl.map(|t| t.get().as_millis() as u64),
+            value: config.value,
+        })
+    }
+
+    /// Runs the command for the message.
+    pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
+        let mut connection = self
+            .connection
+            .get_or_try_init(|| self.client.get_connection_manager())
+            .await
+            .map_err(classify)?
+            .clone();
+        let key = self.key.render(message);
+        let value = match self.value {
+            ValueShape::Payload => message.payload.clone(),
+            ValueShape::Envelope => message.envelope().to_string().into_bytes(),
+        };
+        let command = match self.command {
+            Command::Set => {
+                let mut c = ::redis::cmd("SET");
+                c.arg(&key).arg(value);
+                if let Some(ttl) = self.ttl_ms {
+                    c.arg("PX").arg(ttl);
+                }
+                c
+            }
+            Command::Del => {
+                let mut c = ::redis::cmd("DEL");
+                c.arg(&key);
+                c
+            }
+            Command::Hset => {
+                let mut c = ::redis::cmd("HSET");
+                let field = self
+                    .field
+                    .as_ref()
+                    .map(|f| f.render(message))
+                    .unwrap_or_default();
+                c.arg(&key).arg(field).arg(value);
+                c
+            }
+            Command::Xadd => {
+                let mut c = ::redis::cmd("XADD");
+                c.arg(&key)
+                    .arg("*")
+                    .arg("message_id")
+                    .arg(&message.message_id)
+                    .arg("value")
+                    .arg(value);
+                c
+            }
+            Command::Publish => {
+                let mut c = ::redis::cmd("PUBLISH");
+                c.arg(&key).arg(value);
+                c
+            }
+            Command::Lpush => {
+                let mut c = ::redis::cmd("LPUSH");
+                c.arg(&key).arg(value);
+                c
+            }
+        };
+        command
+            .query_async::<::redis::Value>(&mut connection)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+/// Connection trouble, timeouts and a busy or loading server are retried; an error
+/// the server gives for the command itself (wrong type, syntax) is permanent.
+fn classify(e: ::redis::RedisError) -> DeliveryError {
+    let retriable = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ::redis::ErrorKind::Server(::redis::ServerErrorKind::BusyLoading)
+                | ::redis::ErrorKind::Server(::redis::ServerErrorKind::TryAgain)
+                | ::redis::ErrorKind::Server(::redis::ServerErrorKind::ClusterDown)
+                | ::redis::ErrorKind::Server(::redis::ServerErrorKind::MasterDown)
+        );
+    DeliveryError {
+        message: format!("redis: {e}"),
+        retriable,
+        retry_after: None,
     }
 }

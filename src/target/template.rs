@@ -105,6 +105,23 @@ pub struct Template {
 }
 
 impl Template {
+    /// The template filled from `message`: a field that is a JSON string is written
+    /// as is, any other value as JSON, a missing one as nothing.
+    pub fn render(&self, message: &super::Message) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Field(field) => match field.value(message) {
+                    serde_json::Value::String(s) => out.push_str(&s),
+                    serde_json::Value::Null => {}
+                    other => out.push_str(&other.to_string()),
+                },
+            }
+        }
+        out
+    }
+
     pub fn parse(text: &str) -> Result<Self, Vec<TemplateError>> {
         let mut parts = Vec::new();
         let mut errors = Vec::new();
