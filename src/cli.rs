@@ -70,6 +70,24 @@ pub enum Command {
         #[arg(long, env = "WALD_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// Inspect and replay a namespace's dead-letter queue (needs the admin key).
+    ///
+    /// Exit codes: 0 done, 1 refused by the server, 2 no answer.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        /// The server's base URL.
+        #[arg(
+            long,
+            env = "WALD_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        server: String,
+        /// The admin key.
+        #[arg(long, env = "WALD_ADMIN_KEY", hide_env_values = true, global = true)]
+        admin_key: Option<String>,
+    },
     /// Print the SHA-256 of an API key, as `api_keys_sha256` and `admin_key_sha256` take.
     ///
     /// The key is read from standard input when not given, so that it stays out of the
@@ -80,6 +98,42 @@ pub enum Command {
         /// Make a new random key and print it with its hash.
         #[arg(long, conflicts_with = "key")]
         generate: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead-letter entries as JSON: target, attempts, errors, payload.
+    List {
+        namespace: String,
+        /// Only this target's entries.
+        #[arg(long)]
+        target: Option<String>,
+        /// `parked` (not replayed yet), `replayed` or `all`.
+        #[arg(long, default_value = "parked")]
+        state: String,
+        /// Start at this dead-letter offset.
+        #[arg(long)]
+        from: Option<u64>,
+        /// At most this many entries (up to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Append parked entries to the log again, for the target that failed.
+    Replay {
+        namespace: String,
+        /// Only these message ids (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Only this target's entries.
+        #[arg(long)]
+        target: Option<String>,
+        /// Show what would be replayed, and replay nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replays per second.
+        #[arg(long)]
+        rate: Option<u32>,
     },
 }
 
@@ -144,6 +198,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Write(args) => write(args),
         Command::Status { namespace, server } => status(&server, namespace.as_deref()),
         Command::Tx { id, server } => transaction(&server, &id),
+        Command::Dlq {
+            action,
+            server,
+            admin_key,
+        } => dlq(action, &server, admin_key.as_deref()),
     }
 }
 
@@ -378,15 +437,82 @@ fn transaction(server: &str, id: &str) -> anyhow::Result<ExitCode> {
     show(&url, |_| true)
 }
 
+fn dlq(action: DlqAction, server: &str, admin_key: Option<&str>) -> anyhow::Result<ExitCode> {
+    let base = server.trim_end_matches('/');
+    let client = reqwest::Client::new();
+    let request = match action {
+        DlqAction::List {
+            namespace,
+            target,
+            state,
+            from,
+            limit,
+        } => {
+            let mut url = url::Url::parse(&format!("{base}/api/v1/wal/namespace/{namespace}/dlq"))
+                .context("the server URL is not valid")?;
+            {
+                let mut query = url.query_pairs_mut();
+                query
+                    .append_pair("state", &state)
+                    .append_pair("limit", &limit.to_string());
+                if let Some(target) = &target {
+                    query.append_pair("target", target);
+                }
+                if let Some(from) = from {
+                    query.append_pair("from", &from.to_string());
+                }
+            }
+            client.get(url)
+        }
+        DlqAction::Replay {
+            namespace,
+            ids,
+            target,
+            dry_run,
+            rate,
+        } => {
+            let mut body = serde_json::json!({ "dry_run": dry_run });
+            if !ids.is_empty() {
+                body["ids"] = ids.into();
+            }
+            if let Some(target) = target {
+                body["target"] = target.into();
+            }
+            if let Some(rate) = rate {
+                body["rate_per_second"] = rate.into();
+            }
+            client
+                .post(format!(
+                    "{base}/api/v1/wal/namespace/{namespace}/dlq/replay"
+                ))
+                .json(&body)
+        }
+    };
+    let request = match admin_key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    };
+    send_and_show(request, |_| true)
+}
+
 /// GETs `url` and prints the JSON answer; exits 0 when the answer is a success that
 /// `good` accepts, 1 otherwise, 2 when there was no answer.
 fn show(url: &str, good: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<ExitCode> {
+    send_and_show(reqwest::Client::new().get(url), good)
+}
+
+/// Sends `request` and prints the JSON answer; exits 0 when the answer is a success
+/// that `good` accepts, 1 otherwise, 2 when there was no answer.
+fn send_and_show(
+    request: reqwest::RequestBuilder,
+    good: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let response = match reqwest::get(url).await {
+        let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
-                eprintln!("error: no answer from {url}: {e}");
+                eprintln!("error: no answer: {e}");
                 return Ok(ExitCode::from(2));
             }
         };

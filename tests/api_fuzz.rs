@@ -36,10 +36,21 @@ async fn fuzzing_the_api_finds_no_server_error_and_no_answer_off_its_document() 
         return Ok(());
     }
     let data = tempfile::tempdir()?;
-    let server = Server::start(&common::root().join("pipelines"), data.path(), &[]).await?;
+    // With an admin key, so that the DLQ routes are reached too.
+    use sha2::Digest;
+    let config = data.path().join("wald.toml");
+    let hash = hex::encode(sha2::Sha256::digest(b"fuzz-admin"));
+    std::fs::write(&config, format!("admin_key_sha256 = \"{hash}\"\n"))?;
+    let server = Server::start(
+        &common::root().join("pipelines"),
+        &data.path().join("data"),
+        &["--config", config.to_str().ok_or("path")?],
+    )
+    .await?;
     let spec = server.url("/api/openapi.json");
     let output = tokio::process::Command::new("schemathesis")
         .args(["run", &spec, "--checks", CHECKS])
+        .args(["--header", "Authorization: Bearer fuzz-admin"])
         .args([
             "--max-examples",
             "40",

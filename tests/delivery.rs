@@ -469,3 +469,191 @@ async fn redis_commands_fill_their_key_templates_and_survive_dropped_connections
     stop(server.child).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed_and_a_message_cannot_replay_forever() -> Result {
+    let hook_state = Hook::default();
+    // `fixable` fails its 3 attempts, then the webhook is "fixed"; `hopeless` never works.
+    hook_state.failures.lock().map_err(|_| "lock")?.extend([
+        ("fixable".to_string(), (3, 500)),
+        ("hopeless".to_string(), (usize::MAX, 500)),
+    ]);
+    let url = start_hook(hook_state.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    pipeline(&pipes, &url, &dir.path().join("out/audit.jsonl"))?;
+    let toml = std::fs::read_to_string(pipes.join("shop.toml"))?;
+    std::fs::write(
+        pipes.join("shop.toml"),
+        format!("{toml}[consumer.dlq]\nmax_replays = 1\n"),
+    )?;
+    let config = dir.path().join("wald.toml");
+    use sha2::Digest;
+    let admin_hash = hex::encode(sha2::Sha256::digest(b"admin-secret"));
+    std::fs::write(&config, format!("admin_key_sha256 = \"{admin_hash}\"\n"))?;
+    let server = Server::start(
+        &pipes,
+        &dir.path().join("data"),
+        &["--config", config.to_str().ok_or("path")?],
+    )
+    .await?;
+
+    let mut txs = Vec::new();
+    for kind in ["fixable", "hopeless"] {
+        let written = write(
+            &server,
+            json!({"namespace": "shop", "payload": {"kind": kind}}),
+        )
+        .await?;
+        let tx = written["transaction_id"].as_str().ok_or("id")?.to_string();
+        transaction_until(&server, &tx, Duration::from_secs(20), |s| {
+            s["state"] == "dead_lettered"
+        })
+        .await?;
+        txs.push((written["message_id"].as_str().ok_or("id")?.to_string(), tx));
+    }
+    let client = reqwest::Client::new();
+    let dlq_url = server.url("/api/v1/wal/namespace/shop/dlq");
+    // The admin key is required: entries hold payloads.
+    let response = client.get(&dlq_url).send().await?;
+    assert_eq!(response.status(), 401);
+    let response = client.get(&dlq_url).bearer_auth("wrong").send().await?;
+    assert_eq!(response.status(), 401);
+
+    let page: Value = client
+        .get(&dlq_url)
+        .bearer_auth("admin-secret")
+        .send()
+        .await?
+        .json()
+        .await?;
+    let entries = page["entries"].as_array().ok_or("entries")?;
+    assert_eq!(entries.len(), 2, "{page}");
+    assert_eq!(entries[0]["message_id"], txs[0].0.as_str());
+    assert_eq!(entries[0]["target"], "hook");
+    assert_eq!(entries[0]["attempts"], 3);
+    assert_eq!(entries[0]["payload"], json!({"kind": "fixable"}));
+    assert!(
+        entries[0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("500")
+    );
+    let page: Value = client
+        .get(format!("{dlq_url}?limit=1"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(page["entries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["next_from"], 1);
+
+    // A dry run says what would happen and changes nothing.
+    let address = format!("http://{}", server.address);
+    let output = common::wald()
+        .args([
+            "dlq",
+            "replay",
+            "shop",
+            "--dry-run",
+            "--server",
+            &address,
+            "--admin-key",
+            "admin-secret",
+        ])
+        .output()?;
+    assert_eq!(output.status.code(), Some(0), "{}", common::stderr(&output));
+    let dry: Value = serde_json::from_str(&common::stdout(&output))?;
+    assert_eq!(dry["replayed"].as_array().map(Vec::len), Some(2), "{dry}");
+    let calls_before = hook_state.calls.lock().map_err(|_| "lock")?.len();
+
+    // Replay everything: `fixable` is delivered now, to the webhook only.
+    let outcome: Value = client
+        .post(format!("{dlq_url}/replay"))
+        .bearer_auth("admin-secret")
+        .json(&json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        outcome["replayed"].as_array().map(Vec::len),
+        Some(2),
+        "{outcome}"
+    );
+    let status = transaction_until(&server, &txs[0].1, Duration::from_secs(20), |s| {
+        s["state"] == "delivered"
+    })
+    .await?;
+    assert_eq!(
+        target(&status, "audit")["attempts"],
+        1,
+        "the file target was not delivered again: {status}"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("out/audit.jsonl"))?;
+    assert_eq!(audit.lines().filter(|l| l.contains(&txs[0].0)).count(), 1);
+    assert!(hook_state.calls.lock().map_err(|_| "lock")?.len() > calls_before);
+
+    // `hopeless` failed again and is back in the DLQ, replayed once: max_replays is 1,
+    // so a second replay skips it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let parked = loop {
+        let page: Value = client
+            .get(&dlq_url)
+            .bearer_auth("admin-secret")
+            .send()
+            .await?
+            .json()
+            .await?;
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        if !entries.is_empty() || Instant::now() > deadline {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0]["message_id"], txs[1].0.as_str());
+    assert_eq!(parked[0]["replays"], 1);
+    let outcome: Value = client
+        .post(format!("{dlq_url}/replay"))
+        .bearer_auth("admin-secret")
+        .json(&json!({"ids": [txs[1].0]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(outcome["replayed"], json!([]), "{outcome}");
+    assert!(
+        outcome["skipped"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_replays")
+    );
+
+    let ns: Value = reqwest::get(server.url("/api/v1/wal/namespace/shop/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        ns["dlq_depth"], 1,
+        "only the hopeless message is parked: {ns}"
+    );
+    let output = common::wald()
+        .args([
+            "dlq",
+            "list",
+            "shop",
+            "--state",
+            "replayed",
+            "--server",
+            &address,
+            "--admin-key",
+            "admin-secret",
+        ])
+        .output()?;
+    let replayed: Value = serde_json::from_str(&common::stdout(&output))?;
+    assert_eq!(replayed["entries"].as_array().map(Vec::len), Some(2));
+    stop(server.child).await?;
+    Ok(())
+}

@@ -150,6 +150,8 @@ async fn the_openapi_document_and_its_offline_page_are_served() -> Result {
         "/api/v1/wal/namespace/{namespace}/status",
         "/api/v1/wal/namespace/{namespace}/metrics",
         "/api/v1/wal/transaction/{id}/status",
+        "/api/v1/wal/namespace/{namespace}/dlq",
+        "/api/v1/wal/namespace/{namespace}/dlq/replay",
         "/api/v1/health",
         "/api/v1/health/liveness",
         "/api/v1/health/readiness",
@@ -160,7 +162,26 @@ async fn the_openapi_document_and_its_offline_page_are_served() -> Result {
             "{route} missing from {paths:?}"
         );
     }
-    assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
+    // Every reference resolves.
+    fn refs<'v>(value: &'v serde_json::Value, out: &mut Vec<&'v str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(r) = map.get("$ref").and_then(|r| r.as_str()) {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&spec, &mut found);
+    assert!(!found.is_empty());
+    for reference in found {
+        let pointer = reference.strip_prefix('#').ok_or(reference)?;
+        assert!(spec.pointer(pointer).is_some(), "dangling {reference}");
+    }
 
     // The page and its assets come from the binary itself.
     let page = reqwest::get(format!("http://{address}/api/docs/")).await?;

@@ -35,6 +35,26 @@ fn matches(hashes: &[[u8; 32]], digest: &[u8; 32]) -> bool {
         .fold(false, |found, h| found | bool::from(h.ct_eq(digest)))
 }
 
+/// Whether the request carries the admin key (`admin_key_sha256` in `wald.toml`).
+/// Without one configured, the admin routes are off.
+pub fn authorize_admin(
+    headers: &HeaderMap,
+    service: &crate::config::service::ServiceConfig,
+) -> Result<(), ApiError> {
+    let hash: [u8; 32] = service
+        .admin_key_sha256
+        .as_ref()
+        .and_then(|h| hex::decode(h.expose()).ok()?.try_into().ok())
+        .ok_or(ApiError::AdminDisabled)?;
+    let key = presented_key(headers).ok_or(ApiError::MissingKey)?;
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    if matches(&[hash], &digest) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidAdminKey)
+    }
+}
+
 /// Whether the request may write to `target`. A key of another namespace is told apart
 /// from an unknown one (403 rather than 401).
 pub fn authorize(

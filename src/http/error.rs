@@ -55,6 +55,10 @@ pub enum ApiError {
     InvalidKey(String),
     #[error("the API key is not allowed to write to namespace `{0}`")]
     Forbidden(String),
+    #[error("this route needs the admin key, and none is set: set `admin_key_sha256` in wald.toml")]
+    AdminDisabled,
+    #[error("the admin key is not valid")]
+    InvalidAdminKey,
     #[error("namespace `{0}` does not exist")]
     NamespaceNotFound(String),
     #[error("the request body is larger than the limit of {0} bytes")]
@@ -92,6 +96,8 @@ impl ApiError {
             ApiError::MissingKey => "missing_api_key",
             ApiError::InvalidKey(_) => "invalid_api_key",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::AdminDisabled => "admin_disabled",
+            ApiError::InvalidAdminKey => "invalid_api_key",
             ApiError::NamespaceNotFound(_) => "namespace_not_found",
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::MessageTooLarge(_) => "message_too_large",
@@ -113,8 +119,10 @@ impl ApiError {
             ApiError::Malformed(_) | ApiError::InvalidMessage(_) | ApiError::InvalidBatch(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::MissingKey | ApiError::InvalidKey(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MissingKey | ApiError::InvalidKey(_) | ApiError::InvalidAdminKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden(_) | ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::NamespaceNotFound(_)
             | ApiError::TransactionNotFound(_)
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,

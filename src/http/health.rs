@@ -74,11 +74,13 @@ pub async fn namespace_status(
             .filter(|(group, _)| group != crate::status::TAILER_GROUP)
             .map(|(group, cursor)| json!({ "group": group, "next_offset": cursor, "lag": next.saturating_sub(cursor) }))
             .collect();
+        // Parked entries: those kept and not replayed.
         let dlq = store
             .dlq
             .committed()
             .next_offset
-            .saturating_sub(store.dlq.first_offset());
+            .saturating_sub(store.dlq.first_offset())
+            .saturating_sub(store.replayed.len() as u64);
         status["consumer_groups"] = json!(groups);
         if let Some(indexed) = &namespace.status_indexed {
             let indexed = *indexed.borrow();

@@ -8,6 +8,7 @@
 //! code ([`error`]).
 
 pub mod auth;
+pub mod dlq;
 pub mod error;
 pub mod health;
 pub mod ingest;
@@ -69,6 +70,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/wal/namespace/{namespace}/metrics",
             get(metrics::namespace_metrics),
+        )
+        .route("/api/v1/wal/namespace/{namespace}/dlq", get(dlq::list))
+        .route(
+            "/api/v1/wal/namespace/{namespace}/dlq/replay",
+            post(dlq::replay),
         )
         .route(
             "/api/v1/wal/transaction/{id}/status",

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{error, health, ingest, metrics, transaction};
+use super::{dlq, error, health, ingest, metrics, transaction};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,16 +17,22 @@ use super::{error, health, ingest, metrics, transaction};
         health::namespace_status,
         metrics::namespace_metrics,
         transaction::transaction_status,
+        dlq::list,
+        dlq::replay,
         health::health,
         health::liveness,
         health::readiness,
         metrics::prometheus,
     ),
-    components(schemas(error::ErrorBody), responses(error::ErrorResponse)),
+    components(
+        schemas(error::ErrorBody, crate::runtime::dlq::EntryState),
+        responses(error::ErrorResponse)
+    ),
     modifiers(&Security),
     tags(
         (name = "write", description = "Durable writes"),
         (name = "status", description = "Namespaces, transactions and metrics"),
+        (name = "dlq", description = "Dead-letter queues (admin key)"),
         (name = "health", description = "Probes"),
     )
 )]

@@ -3,6 +3,7 @@
 
 pub mod counters;
 pub mod delivery;
+pub mod dlq;
 pub mod idempotency;
 pub mod limits;
 pub mod namespace;

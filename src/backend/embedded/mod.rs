@@ -9,6 +9,7 @@
 //!     00000000000000000000.idx   sparse index of a sealed segment
 //!     cursors/<group>.cursor     each consumer group's next offset
 //!   dlq/                         the dead-letter log, laid out the same way
+//!   dlq-replayed.log             offsets of the dead-letter entries replayed
 //!   delays.log                   delayed messages by due time
 //! ```
 //!
@@ -45,6 +46,7 @@ pub mod error;
 pub mod format;
 pub mod journal;
 pub mod log;
+pub mod replayed;
 pub mod segment;
 pub mod writer;
 
@@ -56,11 +58,12 @@ pub use error::LogError;
 pub use format::StoredRecord;
 pub use log::{Appended, Committed, Log, Position, Subscription};
 
-/// A namespace's storage on the embedded backend: its log, its dead-letter log and its
-/// index of delayed messages.
+/// A namespace's storage on the embedded backend: its log, its dead-letter log (and
+/// which of its entries were replayed) and its index of delayed messages.
 pub struct NamespaceStore {
     pub log: Log,
     pub dlq: Log,
+    pub replayed: replayed::ReplayedSet,
     pub delays: DelayIndex,
 }
 
@@ -71,6 +74,7 @@ impl NamespaceStore {
         let store = Self {
             log: Log::open(&dir.join("log"), config.clone())?,
             dlq: Log::open(&dir.join("dlq"), config.clone())?,
+            replayed: replayed::ReplayedSet::open(&dir.join("dlq-replayed.log"))?,
             delays: DelayIndex::open(&dir.join("delays.log"))?,
         };
         store

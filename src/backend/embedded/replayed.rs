@@ -1,0 +1,102 @@
+//! Which entries of a dead-letter log were replayed. The dead-letter log itself is
+//! never changed; this append-only file remembers the offsets of replayed entries:
+//! each entry is `crc32c u32 | offset u64`, synced before the call returns, rebuilt in
+//! memory on open (a torn last entry is cut off).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::error::LogError;
+use super::journal;
+
+const ENTRY_LEN: usize = 12;
+
+pub struct ReplayedSet {
+    path: PathBuf,
+    inner: Mutex<(File, BTreeSet<u64>)>,
+}
+
+impl ReplayedSet {
+    pub fn open(path: &Path) -> Result<Self, LogError> {
+        let mut offsets = BTreeSet::new();
+        let file = journal::open(path, "replayed DLQ entries", |rest| {
+            let entry = rest.get(..ENTRY_LEN)?;
+            let crc = u32::from_le_bytes(entry[..4].try_into().ok()?);
+            (crc32c::crc32c(&entry[4..]) == crc).then_some(())?;
+            offsets.insert(u64::from_le_bytes(entry[4..].try_into().ok()?));
+            Some(ENTRY_LEN)
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            inner: Mutex::new((file, offsets)),
+        })
+    }
+
+    /// Whether the dead-letter entry at `offset` was replayed.
+    pub fn contains(&self, offset: u64) -> bool {
+        self.inner
+            .lock()
+            .is_ok_and(|inner| inner.1.contains(&offset))
+    }
+
+    /// How many entries were replayed.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |inner| inner.1.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remembers that these entries were replayed (blocking I/O; durable when it
+    /// returns).
+    pub fn insert(&self, offsets: &[u64]) -> Result<(), LogError> {
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| LogError::Failed("replayed set lock poisoned".into()))?;
+        let mut bytes = Vec::with_capacity(offsets.len() * ENTRY_LEN);
+        for offset in offsets {
+            let encoded = offset.to_le_bytes();
+            bytes.extend_from_slice(&crc32c::crc32c(&encoded).to_le_bytes());
+            bytes.extend_from_slice(&encoded);
+        }
+        inner
+            .0
+            .write_all(&bytes)
+            .and_then(|()| inner.0.sync_data())
+            .map_err(|e| LogError::io("writing the replayed DLQ entries", &self.path, e))?;
+        inner.1.extend(offsets);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replayed_offsets_survive_a_reopen_and_a_torn_entry() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("replayed.log");
+        let set = ReplayedSet::open(&path)?;
+        set.insert(&[3, 7])?;
+        drop(set);
+        let mut bytes = std::fs::read(&path)?;
+        bytes.extend_from_slice(&[1, 2, 3]);
+        std::fs::write(&path, bytes)?;
+        let set = ReplayedSet::open(&path)?;
+        assert!(set.contains(3) && set.contains(7) && !set.contains(4));
+        assert_eq!(set.len(), 2);
+        assert_eq!(
+            std::fs::metadata(&path)?.len(),
+            24,
+            "the torn entry is cut off"
+        );
+        Ok(())
+    }
+}

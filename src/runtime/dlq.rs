@@ -1,0 +1,325 @@
+//! The dead-letter queue of a namespace on the embedded log: listing its entries and
+//! replaying them.
+//!
+//! An entry is a copy of the message that failed, with `wald-dlq-*` headers saying for
+//! which target, after how many attempts, with which first and last errors and when.
+//! Replaying appends the message to the namespace's log again, for that target only,
+//! with the same ids (so its transaction status follows), and remembers the entry as
+//! replayed. Each replay adds one to the message's `wald-replays` header; a message
+//! replayed `max_replays` times is not replayed again, so a message that can never be
+//! delivered cannot loop forever.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Record;
+use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord};
+use crate::http::ingest::{HEADER_DELIVER_AT, HEADER_TARGETS};
+use crate::runtime::delivery::{
+    HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR, HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR,
+    HEADER_DLQ_LAST_FAILED_MS, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, to_message,
+};
+
+/// How often a message was replayed from the DLQ.
+pub const HEADER_REPLAYS: &str = "wald-replays";
+/// Most entries one list answer holds.
+pub const MAX_LIST: usize = 1000;
+/// Replays per second when the request names no rate.
+const DEFAULT_RATE: u32 = 1000;
+/// The fastest replay rate a request may ask for.
+pub const MAX_RATE: u32 = 100_000;
+
+/// One dead-letter entry.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct DlqEntry {
+    /// Its place in the dead-letter log; `from` of the next page starts after it.
+    pub dlq_offset: u64,
+    pub message_id: String,
+    pub transaction_id: String,
+    pub key: Option<String>,
+    /// The target that gave up on it.
+    pub target: String,
+    pub attempts: u32,
+    pub first_error: String,
+    pub last_error: String,
+    pub first_failed_at_ms: u64,
+    pub last_failed_at_ms: u64,
+    /// Its offset in the namespace's log.
+    pub source_offset: u64,
+    /// How often it was replayed before it came here.
+    pub replays: u32,
+    /// Whether this entry has been replayed.
+    pub replayed: bool,
+    /// The payload (JSON, or a base64 string for a binary payload).
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+/// Which entries a list shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryState {
+    /// Not replayed yet.
+    #[default]
+    Parked,
+    Replayed,
+    All,
+}
+
+/// `GET .../dlq` query.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Start at this dead-letter offset. Default: the oldest.
+    pub from: Option<u64>,
+    /// At most this many entries, up to 1000. Default: 100.
+    pub limit: Option<usize>,
+    /// Only the entries of this target.
+    pub target: Option<String>,
+    /// `parked` (default), `replayed` or `all`.
+    pub state: Option<EntryState>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct DlqPage {
+    pub entries: Vec<DlqEntry>,
+    /// `from` of the next page, when there may be more.
+    pub next_from: Option<u64>,
+}
+
+/// `POST .../dlq/replay` body: which entries to replay. Without `ids` or `target`,
+/// every parked entry.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Replay only the entries of these message ids.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// Replay only the entries of this target.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Say what would be replayed, and replay nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Replays per second, 1 to 100000. Default: 1000.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub rate_per_second: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayOutcome {
+    pub dry_run: bool,
+    /// Appended to the log again (or, with `dry_run`, would be).
+    pub replayed: Vec<ReplayedEntry>,
+    /// Matched, but not replayed, with why.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayedEntry {
+    pub dlq_offset: u64,
+    pub message_id: String,
+    pub target: String,
+    /// Its new offset in the namespace's log; absent on a dry run.
+    pub offset: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SkippedEntry {
+    pub dlq_offset: u64,
+    pub message_id: String,
+    pub reason: String,
+}
+
+fn header<'r>(record: &'r StoredRecord, name: &str) -> &'r str {
+    record
+        .headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .unwrap_or_default()
+}
+
+fn number<T: std::str::FromStr + Default>(record: &StoredRecord, name: &str) -> T {
+    header(record, name).parse().unwrap_or_default()
+}
+
+fn entry(namespace: &str, store: &NamespaceStore, record: &StoredRecord) -> DlqEntry {
+    let message = to_message(namespace, record);
+    DlqEntry {
+        dlq_offset: record.offset,
+        payload: message.payload_json(),
+        message_id: message.message_id,
+        transaction_id: message.transaction_id,
+        key: message.key,
+        target: header(record, HEADER_DLQ_TARGET).to_string(),
+        attempts: number(record, HEADER_DLQ_ATTEMPTS),
+        first_error: header(record, HEADER_DLQ_FIRST_ERROR).to_string(),
+        last_error: header(record, HEADER_DLQ_LAST_ERROR).to_string(),
+        first_failed_at_ms: number(record, HEADER_DLQ_FIRST_FAILED_MS),
+        last_failed_at_ms: number(record, HEADER_DLQ_LAST_FAILED_MS),
+        source_offset: number(record, HEADER_DLQ_SOURCE_OFFSET),
+        replays: number(record, HEADER_REPLAYS),
+        replayed: store.replayed.contains(record.offset),
+    }
+}
+
+/// Reads the dead-letter log from `from` on, a chunk at a time, handing each record to
+/// `visit` until it returns false (blocking I/O).
+fn scan(
+    store: &NamespaceStore,
+    from: u64,
+    mut visit: impl FnMut(&StoredRecord) -> bool,
+) -> Result<(), LogError> {
+    let end = store.dlq.committed().next_offset;
+    let mut next = from.max(store.dlq.first_offset());
+    while next < end {
+        let records = store.dlq.read(next, 256, 16 * 1024 * 1024)?;
+        let Some(last) = records.last().map(|r| r.offset) else {
+            break;
+        };
+        for record in &records {
+            if !visit(record) {
+                return Ok(());
+            }
+        }
+        next = last + 1;
+    }
+    Ok(())
+}
+
+/// One page of entries (blocking I/O).
+pub fn list(
+    namespace: &str,
+    store: &NamespaceStore,
+    query: &ListQuery,
+) -> Result<DlqPage, LogError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let state = query.state.unwrap_or_default();
+    let mut entries = Vec::new();
+    let mut next_from = None;
+    scan(store, query.from.unwrap_or(0), |record| {
+        if entries.len() == limit {
+            next_from = Some(record.offset);
+            return false;
+        }
+        let entry = entry(namespace, store, record);
+        let wanted = query.target.as_ref().is_none_or(|t| *t == entry.target)
+            && match state {
+                EntryState::Parked => !entry.replayed,
+                EntryState::Replayed => entry.replayed,
+                EntryState::All => true,
+            };
+        if wanted {
+            entries.push(entry);
+        }
+        true
+    })?;
+    Ok(DlqPage { entries, next_from })
+}
+
+/// Replays the parked entries `request` selects, at most `rate_per_second`.
+pub async fn replay(
+    namespace: &str,
+    store: &std::sync::Arc<NamespaceStore>,
+    request: &ReplayRequest,
+    max_replays: u32,
+) -> Result<ReplayOutcome, LogError> {
+    let selected = {
+        let store = store.clone();
+        let namespace = namespace.to_string();
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut selected = Vec::new();
+            scan(&store, 0, |record| {
+                let entry = entry(&namespace, &store, record);
+                let wanted = !entry.replayed
+                    && request.target.as_ref().is_none_or(|t| *t == entry.target)
+                    && request
+                        .ids
+                        .as_ref()
+                        .is_none_or(|ids| ids.contains(&entry.message_id));
+                if wanted {
+                    selected.push((entry, record.clone()));
+                }
+                true
+            })
+            .map(|()| selected)
+        })
+        .await
+        .map_err(|e| LogError::Failed(format!("a DLQ scan panicked: {e}")))??
+    };
+    let mut outcome = ReplayOutcome {
+        dry_run: request.dry_run,
+        replayed: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let rate = request
+        .rate_per_second
+        .unwrap_or(DEFAULT_RATE)
+        .clamp(1, MAX_RATE);
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    for (entry, record) in selected {
+        if entry.replays >= max_replays {
+            outcome.skipped.push(SkippedEntry {
+                dlq_offset: entry.dlq_offset,
+                message_id: entry.message_id,
+                reason: format!(
+                    "replayed {} times already, the namespace's `max_replays`",
+                    entry.replays
+                ),
+            });
+            continue;
+        }
+        let offset = if request.dry_run {
+            None
+        } else {
+            pace.tick().await;
+            let appended = store.log.append(vec![again(&record, &entry)]).await?;
+            let done = store.clone();
+            let dlq_offset = entry.dlq_offset;
+            tokio::task::spawn_blocking(move || done.replayed.insert(&[dlq_offset]))
+                .await
+                .map_err(|e| LogError::Failed(format!("a DLQ update panicked: {e}")))??;
+            Some(appended.first_offset)
+        };
+        outcome.replayed.push(ReplayedEntry {
+            dlq_offset: entry.dlq_offset,
+            message_id: entry.message_id,
+            target: entry.target,
+            offset,
+        });
+    }
+    Ok(outcome)
+}
+
+/// The message as it goes back into the log: its own headers and ids, for the target
+/// that failed only, due now, with one more replay counted.
+fn again(record: &StoredRecord, entry: &DlqEntry) -> Record {
+    let mut headers: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            !name.starts_with("wald-dlq-")
+                && name != HEADER_TARGETS
+                && name != HEADER_REPLAYS
+                && name != HEADER_DELIVER_AT
+        })
+        .cloned()
+        .collect();
+    headers.push((
+        HEADER_TARGETS.to_string(),
+        entry.target.clone().into_bytes(),
+    ));
+    headers.push((
+        HEADER_REPLAYS.to_string(),
+        (entry.replays + 1).to_string().into_bytes(),
+    ));
+    Record {
+        key: record.key.clone(),
+        headers,
+        payload: record.payload.clone(),
+    }
+}
