@@ -25,6 +25,8 @@ struct Call {
     raw: Vec<u8>,
     headers: HeaderMap,
     at: Instant,
+    /// Whether the webhook answered 2xx.
+    ok: bool,
 }
 
 /// What the webhook received, and how it should fail.
@@ -39,21 +41,25 @@ async fn hook(State(hook): State<Hook>, headers: HeaderMap, body: axum::body::By
     let raw = body.to_vec();
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let kind = body["payload"]["kind"].as_str().unwrap_or("").to_string();
+    let answer = {
+        let mut failures = hook.failures.lock().expect("lock");
+        match failures.get_mut(&kind) {
+            Some((left, status)) if *left > 0 => {
+                *left -= 1;
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            _ => StatusCode::OK,
+        }
+    };
     let call = Call {
         body,
         raw,
         headers,
         at: Instant::now(),
+        ok: answer.is_success(),
     };
     hook.calls.lock().map(|mut c| c.push(call)).ok();
-    let mut failures = hook.failures.lock().expect("lock");
-    match failures.get_mut(&kind) {
-        Some((left, status)) if *left > 0 => {
-            *left -= 1;
-            StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-        }
-        _ => StatusCode::OK,
-    }
+    answer
 }
 
 /// Starts the webhook on a free port; returns its URL.
@@ -654,6 +660,98 @@ async fn dead_letters_are_listed_and_replayed_and_a_message_cannot_replay_foreve
         .output()?;
     let replayed: Value = serde_json::from_str(&common::stdout(&output))?;
     assert_eq!(replayed["entries"].as_array().map(Vec::len), Some(2));
+    stop(server.child).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_being_retried_does_not_hold_back_the_others_and_each_key_keeps_its_order() -> Result
+{
+    let hook_state = Hook::default();
+    hook_state
+        .failures
+        .lock()
+        .map_err(|_| "lock")?
+        .insert("stuck".to_string(), (usize::MAX, 503));
+    let url = start_hook(hook_state.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    std::fs::write(
+        pipes.join("lanes.toml"),
+        format!(
+            "namespace = \"lanes\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [consumer]\nconcurrency = 4\norder = \"per_key\"\n\
+             [consumer.retry]\nmax_attempts = 100\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\n\
+             [[target]]\nname = \"hook\"\ntype = \"http\"\nurl = \"{url}\"\n"
+        ),
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let stuck = write(
+        &server,
+        json!({"namespace": "lanes", "key": "k0", "payload": {"kind": "stuck", "n": 0}}),
+    )
+    .await?;
+    let keys: Vec<String> = (1..=8).map(|k| format!("k{k}")).collect();
+    let mut last_by_key = Vec::new();
+    for n in 0..5 {
+        for key in &keys {
+            let w = write(
+                &server,
+                json!({"namespace": "lanes", "key": key, "payload": {"kind": "fine", "n": n}}),
+            )
+            .await?;
+            if n == 4 {
+                last_by_key.push((
+                    key.clone(),
+                    w["transaction_id"].as_str().ok_or("id")?.to_string(),
+                ));
+            }
+        }
+    }
+    // While k0 is retried, every key in another lane (lane = CRC32C of the key modulo
+    // `concurrency`) is delivered.
+    let lane = |key: &str| crc32c::crc32c(key.as_bytes()) % 4;
+    let free: Vec<&String> = last_by_key
+        .iter()
+        .filter(|(key, _)| lane(key) != lane("k0"))
+        .map(|(_, tx)| tx)
+        .collect();
+    assert!(!free.is_empty());
+    for tx in free {
+        transaction_until(&server, tx, Duration::from_secs(20), |s| {
+            s["state"] == "delivered"
+        })
+        .await?;
+    }
+    let tx = stuck["transaction_id"].as_str().ok_or("id")?;
+    let status: Value = reqwest::get(server.url(&format!("/api/v1/wal/transaction/{tx}/status")))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["state"], "retrying", "{status}");
+
+    // Released, k0 goes through, and so does everything behind it in its lane.
+    hook_state.failures.lock().map_err(|_| "lock")?.clear();
+    for tx in last_by_key
+        .iter()
+        .map(|(_, tx)| tx)
+        .chain([&tx.to_string()])
+    {
+        transaction_until(&server, tx, Duration::from_secs(20), |s| {
+            s["state"] == "delivered"
+        })
+        .await?;
+    }
+    let calls = hook_state.calls.lock().map_err(|_| "lock")?.clone();
+    for key in &keys {
+        let order: Vec<i64> = calls
+            .iter()
+            .filter(|c| c.ok && c.body["key"] == key.as_str())
+            .filter_map(|c| c.body["payload"]["n"].as_i64())
+            .collect();
+        assert_eq!(order, [0, 1, 2, 3, 4], "key {key} out of order");
+    }
     stop(server.child).await?;
     Ok(())
 }

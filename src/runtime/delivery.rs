@@ -13,21 +13,24 @@
 //!   targets again, each delivery carrying the message id for idempotency).
 //! - Never early: a message with `wald-deliver-at` in the future waits in the delay
 //!   index, which survives restarts.
-//! - Order: messages are delivered one after the other in log order, so each key's order
-//!   holds. (A message being retried holds back the ones after it.)
+//! - Order: `[consumer] concurrency` lanes deliver at once. With `order = "per_key"` a
+//!   key's messages all go to one lane, in log order, so each key's order holds and a
+//!   key being retried holds back only its lane; with `order = "none"` messages go to
+//!   the lanes in turn. The cursor moves up to the lowest message still in flight.
+//! - Bounded: each lane holds at most a few hundred messages; the backlog waits on disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::backend::Record;
 use crate::backend::embedded::writer::now_ms;
 use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord};
-use crate::config::pipeline::{PipelineConfig, RetryPolicy};
+use crate::config::pipeline::{Order, PipelineConfig, RetryPolicy};
 use crate::http::ingest::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS,
     HEADER_TRANSACTION_ID, RESERVED_PREFIX,
@@ -50,6 +53,11 @@ pub const HEADER_DLQ_SOURCE_OFFSET: &str = "wald-dlq-source-offset";
 
 /// Longest wait for new records before the delay index is looked at again.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Messages waiting per lane; with the lanes, bounds what delivery holds in memory.
+const LANE_DEPTH: usize = 256;
+/// Longest time completed deliveries wait for their cursor commit while others are
+/// still in flight (each commit costs two syncs).
+const COMMIT_EVERY: Duration = Duration::from_millis(50);
 /// Longest wait for the status tailer before a status update is written anyway.
 const STATUS_WAIT: Duration = Duration::from_secs(5);
 
@@ -71,6 +79,9 @@ struct Consumer {
     /// How far the status tailer has recorded the log: an update waits for it.
     status_indexed: Option<watch::Receiver<u64>>,
     batch_size: usize,
+    /// Messages delivered at once (`[consumer] concurrency`).
+    lanes: usize,
+    order: Order,
     dlq_enabled: bool,
     stopped: watch::Receiver<bool>,
 }
@@ -131,10 +142,12 @@ impl Delivery {
                 status,
                 status_indexed,
                 batch_size: config.consumer.batch_size as usize,
+                lanes: config.consumer.concurrency.max(1) as usize,
+                order: config.consumer.order,
                 dlq_enabled: config.consumer.dlq.enabled,
                 stopped,
             };
-            if let Err(e) = consumer.run().await {
+            if let Err(e) = Arc::new(consumer).run().await {
                 error!(namespace = %config.namespace, error = %e, "Delivery stopped.");
                 if let Ok(mut failure) = reported.lock() {
                     *failure = Some(e.to_string());
@@ -157,12 +170,129 @@ impl Delivery {
 }
 
 impl Consumer {
-    async fn run(self) -> Result<(), LogError> {
+    /// Reads the log and hands each message to a lane; commits the cursor up to the
+    /// lowest offset still in flight. Delayed messages are scheduled, and delivered by
+    /// their own task when due.
+    async fn run(self: Arc<Self>) -> Result<(), LogError> {
         let mut subscription = self.store.log.subscribe(DELIVERY_GROUP)?;
-        info!(namespace = %self.namespace, from = subscription.position(), "Delivery started.");
+        info!(namespace = %self.namespace, from = subscription.position(), lanes = self.lanes, "Delivery started.");
+        let delays = tokio::spawn(self.clone().deliver_delayed());
+        let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
+        let mut lanes = Vec::with_capacity(self.lanes);
+        let mut lane_tasks = tokio::task::JoinSet::new();
+        for _ in 0..self.lanes {
+            let (tx, mut rx) = mpsc::channel::<StoredRecord>(LANE_DEPTH);
+            lanes.push(tx);
+            let (consumer, done_tx) = (self.clone(), done_tx.clone());
+            lane_tasks.spawn(async move {
+                while let Some(record) = rx.recv().await {
+                    if consumer.deliver(&record).await.is_err() {
+                        return;
+                    }
+                    let _ = done_tx.send(record.offset);
+                }
+            });
+        }
+        drop(done_tx);
+        let mut in_flight = BTreeSet::new();
+        let mut read_up_to = subscription.position();
+        let mut committed = read_up_to;
+        let mut last_commit = tokio::time::Instant::now();
+        let mut next_lane = 0usize;
+        let mut stopped = self.stopped.clone();
+        let result = loop {
+            let watermark = in_flight.first().copied().unwrap_or(read_up_to);
+            let commit_due = watermark > committed
+                && (in_flight.is_empty() || last_commit.elapsed() >= COMMIT_EVERY);
+            if commit_due {
+                let log = self.store.log.clone();
+                if let Err(e) = blocking(move || log.commit(DELIVERY_GROUP, watermark)).await {
+                    break Err(e);
+                }
+                committed = watermark;
+                last_commit = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                biased;
+                () = stopping(&mut stopped) => break Ok(()),
+                Some(offset) = done.recv() => {
+                    in_flight.remove(&offset);
+                }
+                _ = tokio::time::sleep_until(last_commit + COMMIT_EVERY), if watermark > committed => {}
+                records = subscription.next_batch(self.batch_size) => {
+                    let records = match records {
+                        Ok(records) => records,
+                        Err(e) => break Err(e),
+                    };
+                    let Some(next) = records.last().map(|r| r.offset + 1) else {
+                        continue;
+                    };
+                    let now = now_ms();
+                    let mut delayed = Vec::new();
+                    let mut lost_lane = false;
+                    for record in records {
+                        if let Some(due) = due_ms(&record).filter(|due| *due > now) {
+                            delayed.push((record.offset, due));
+                            continue;
+                        }
+                        let lane = self.lane_of(&record, &mut next_lane);
+                        in_flight.insert(record.offset);
+                        // Waits while the lane is full: the backlog stays on disk.
+                        if lanes[lane].send(record).await.is_err() {
+                            lost_lane = true;
+                            break;
+                        }
+                    }
+                    if lost_lane {
+                        break Ok(());
+                    }
+                    if !delayed.is_empty() {
+                        let store = self.store.clone();
+                        if let Err(e) = blocking(move || store.schedule(&delayed)).await {
+                            break Err(e);
+                        }
+                    }
+                    read_up_to = next;
+                }
+            }
+        };
+        // Stopping: the lanes finish or abandon the message in hand; what completed is
+        // committed, the rest is delivered again after the next start.
+        drop(lanes);
+        while lane_tasks.join_next().await.is_some() {}
+        while let Ok(offset) = done.try_recv() {
+            in_flight.remove(&offset);
+        }
+        let _ = delays.await;
+        if result.is_ok() {
+            let watermark = in_flight.first().copied().unwrap_or(read_up_to);
+            if watermark > committed {
+                let log = self.store.log.clone();
+                blocking(move || log.commit(DELIVERY_GROUP, watermark)).await?;
+            }
+        }
+        result
+    }
+
+    /// The lane a message goes to: by its key's hash with `order = "per_key"` (so one
+    /// key's messages keep their order), else in turn.
+    fn lane_of(&self, record: &StoredRecord, next: &mut usize) -> usize {
+        match (&record.key, self.order) {
+            // CRC32C: stable across versions and machines, so the lane of a key is too.
+            (Some(key), Order::PerKey) => crc32c::crc32c(key) as usize % self.lanes,
+            _ => {
+                *next = (*next + 1) % self.lanes;
+                *next
+            }
+        }
+    }
+
+    /// Delivers delayed messages as they come due, until the namespace stops.
+    async fn deliver_delayed(self: Arc<Self>) {
+        let mut stopped = self.stopped.clone();
         loop {
             if self.deliver_due().await.is_err() {
-                return Ok(());
+                return;
             }
             let wait = self
                 .store
@@ -172,33 +302,10 @@ impl Consumer {
                     Duration::from_millis(due.saturating_sub(now_ms()))
                 })
                 .min(IDLE_CHECK);
-            let mut stopped = self.stopped.clone();
-            let records = tokio::select! {
-                records = subscription.next_batch(self.batch_size) => records?,
-                _ = tokio::time::sleep(wait) => continue,
-                _ = stopped.wait_for(|stop| *stop) => return Ok(()),
-            };
-            let Some(next) = records.last().map(|r| r.offset + 1) else {
-                continue;
-            };
-            let now = now_ms();
-            let mut delayed = Vec::new();
-            for record in records {
-                match due_ms(&record) {
-                    Some(due) if due > now => delayed.push((record.offset, due)),
-                    _ => {
-                        if self.deliver(&record).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                () = stopping(&mut stopped) => return,
             }
-            if !delayed.is_empty() {
-                let store = self.store.clone();
-                blocking(move || store.schedule(&delayed)).await?;
-            }
-            let log = self.store.log.clone();
-            blocking(move || log.commit(DELIVERY_GROUP, next)).await?;
         }
     }
 
@@ -271,7 +378,7 @@ impl Consumer {
                         let mut stopped = self.stopped.clone();
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
-                            _ = stopped.wait_for(|stop| *stop) => return Err(Stopped),
+                            () = stopping(&mut stopped) => return Err(Stopped),
                         }
                         attempt += 1;
                     }
@@ -362,7 +469,7 @@ impl Consumer {
                     let mut stopped = self.stopped.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stopped.wait_for(|stop| *stop) => return Err(Stopped),
+                        () = stopping(&mut stopped) => return Err(Stopped),
                     }
                     wait = (wait * 2).min(Duration::from_secs(30));
                 }
@@ -402,7 +509,7 @@ impl Consumer {
             let mut stopped = self.stopped.clone();
             tokio::select! {
                 _ = indexed.wait_for(|i| *i > offset) => {}
-                _ = stopped.wait_for(|stop| *stop) => {}
+                () = stopping(&mut stopped) => {}
                 _ = tokio::time::sleep(STATUS_WAIT) => {
                     warn!(namespace = %self.namespace, offset, "The status tailer is behind; recording delivery status anyway.");
                 }
@@ -412,6 +519,12 @@ impl Consumer {
             warn!(namespace = %self.namespace, error = %e, "Delivery status not recorded.");
         }
     }
+}
+
+/// Resolves once the namespace is stopping.
+async fn stopping(stopped: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here.
+    let _ = stopped.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// When a delayed message is due (milliseconds since the epoch), if it is delayed.
