@@ -41,9 +41,24 @@ async fn serve_runs_the_shipped_pipelines_and_answers_health() -> Result {
             .join("demo/log/00000000000000000000.log")
             .exists()
     );
-    for probe in ["liveness", "readiness"] {
-        let response = reqwest::get(format!("http://{address}/api/v1/health/{probe}")).await?;
-        assert_eq!(response.status(), 200, "{probe}");
+    let response = reqwest::get(format!("http://{address}/api/v1/health/liveness")).await?;
+    assert_eq!(response.status(), 200);
+    // Ready once every namespace delivers: 503 "starting" until then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = reqwest::get(format!("http://{address}/api/v1/health/readiness")).await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        if status == 200 {
+            assert_eq!(body["status"], "ready");
+            break;
+        }
+        assert_eq!(
+            (status.as_u16(), body["status"].as_str()),
+            (503, Some("starting"))
+        );
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let missing = reqwest::get(format!("http://{address}/no/such/route")).await?;
     assert_eq!(missing.status(), 404);

@@ -32,10 +32,33 @@ pub async fn liveness() -> Json<serde_json::Value> {
 }
 
 /// Whether the service takes traffic.
+/// Ready once every healthy namespace delivers; a failed one is not waited for (health
+/// reports it).
 #[utoipa::path(get, path = "/api/v1/health/readiness", tag = "health",
-    responses((status = 200, description = "Ready", body = Object)))]
-pub async fn readiness(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ready", "namespaces": state.namespaces.len() }))
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "Some namespace is still starting", body = Object),
+    ))]
+pub async fn readiness(
+    State(state): State<Arc<AppState>>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    let starting: Vec<&str> = state
+        .namespaces
+        .iter()
+        .filter(|n| n.starting())
+        .map(Namespace::name)
+        .collect();
+    if starting.is_empty() {
+        (
+            axum::http::StatusCode::OK,
+            Json(json!({ "status": "ready", "namespaces": state.namespaces.len() })),
+        )
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting", "starting": starting })),
+        )
+    }
 }
 
 /// `GET /api/v1/wal/namespace/{ns}/status`: state, backend, log positions, consumer

@@ -65,6 +65,8 @@ const STATUS_WAIT: Duration = Duration::from_secs(5);
 pub struct Delivery {
     /// Why delivery does not run (a target could not be built), if it does not.
     pub failure: Arc<Mutex<Option<String>>>,
+    /// Set once the targets are built and the consumer reads the log.
+    pub started: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -115,6 +117,8 @@ impl Delivery {
         let (stop, stopped) = watch::channel(false);
         let config = config.clone();
         let reported = failure.clone();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let running = started.clone();
         let task = tokio::spawn(async move {
             let mut targets = BTreeMap::new();
             for t in &config.targets {
@@ -147,7 +151,7 @@ impl Delivery {
                 dlq_enabled: config.consumer.dlq.enabled,
                 stopped,
             };
-            if let Err(e) = Arc::new(consumer).run().await {
+            if let Err(e) = Arc::new(consumer).run(running).await {
                 error!(namespace = %config.namespace, error = %e, "Delivery stopped.");
                 if let Ok(mut failure) = reported.lock() {
                     *failure = Some(e.to_string());
@@ -156,6 +160,7 @@ impl Delivery {
         });
         Self {
             failure,
+            started,
             stop,
             task,
         }
@@ -173,8 +178,12 @@ impl Consumer {
     /// Reads the log and hands each message to a lane; commits the cursor up to the
     /// lowest offset still in flight. Delayed messages are scheduled, and delivered by
     /// their own task when due.
-    async fn run(self: Arc<Self>) -> Result<(), LogError> {
+    async fn run(
+        self: Arc<Self>,
+        started: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(), LogError> {
         let mut subscription = self.store.log.subscribe(DELIVERY_GROUP)?;
+        started.store(true, std::sync::atomic::Ordering::Release);
         info!(namespace = %self.namespace, from = subscription.position(), lanes = self.lanes, "Delivery started.");
         let delays = tokio::spawn(self.clone().deliver_delayed());
         let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();

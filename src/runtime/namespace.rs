@@ -43,6 +43,8 @@ pub struct Namespace {
     delivery: Mutex<Option<Delivery>>,
     /// Why delivery does not run, shared with the delivery task.
     delivery_failure: Arc<Mutex<Option<String>>>,
+    /// Whether delivery has started, shared with the delivery task.
+    delivery_started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Namespace {
@@ -111,6 +113,9 @@ impl Namespace {
             delivery_failure: delivery
                 .as_ref()
                 .map_or_else(Default::default, |d| d.failure.clone()),
+            delivery_started: delivery
+                .as_ref()
+                .map_or_else(Default::default, |d| d.started.clone()),
             delivery: Mutex::new(delivery),
             pipeline,
             store,
@@ -133,6 +138,16 @@ impl Namespace {
         self.failure
             .clone()
             .or_else(|| self.store.as_ref().and_then(|s| s.log.failure()))
+    }
+
+    /// Whether the namespace is healthy but has not started delivering yet: readiness
+    /// waits for it. A failed namespace or delivery is not waited for.
+    pub fn starting(&self) -> bool {
+        self.unavailable().is_none()
+            && self.delivery_failure.lock().is_ok_and(|f| f.is_none())
+            && !self
+                .delivery_started
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The namespace's state for the health and status answers.
