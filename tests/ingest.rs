@@ -20,25 +20,34 @@ fn sha256(key: &str) -> String {
 /// Namespaces `alpha` and `beta` with a key each, `open` public with small limits,
 /// `limited` public with a rate limit of 1 per second and a burst of 3.
 fn pipelines(dir: &Path) -> Result {
+    // Delivered messages go next to the pipelines, inside the test's own directory.
+    let out = dir.join("out");
     for (name, key) in [("alpha", "alpha-key"), ("beta", "beta-key")] {
         std::fs::write(
             dir.join(format!("{name}.toml")),
             format!(
                 "namespace = \"{name}\"\n[source]\ntype = \"http\"\napi_keys_sha256 = [\"{}\"]\n\
-                 [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out/{name}.jsonl\"\n",
-                sha256(key)
+                 [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"{}/{name}.jsonl\"\n",
+                sha256(key),
+                out.display()
             ),
         )?;
     }
     std::fs::write(
         dir.join("open.toml"),
-        "namespace = \"open\"\n[source]\ntype = \"http\"\npublic = true\nmax_message_bytes = \"100B\"\nmax_delay = \"1h\"\n\
-         [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out/open.jsonl\"\n",
+        format!(
+            "namespace = \"open\"\n[source]\ntype = \"http\"\npublic = true\nmax_message_bytes = \"100B\"\nmax_delay = \"1h\"\n\
+         [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"{}/open.jsonl\"\n",
+            out.display()
+        ),
     )?;
     std::fs::write(
         dir.join("limited.toml"),
-        "namespace = \"limited\"\n[source]\ntype = \"http\"\npublic = true\nrate_limit = { per_second = 1, burst = 3 }\n\
-         [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out/limited.jsonl\"\n",
+        format!(
+            "namespace = \"limited\"\n[source]\ntype = \"http\"\npublic = true\nrate_limit = {{ per_second = 1, burst = 3 }}\n\
+         [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"{}/limited.jsonl\"\n",
+            out.display()
+        ),
     )?;
     Ok(())
 }

@@ -18,9 +18,12 @@ fn pipeline(dir: &Path) -> Result {
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("shop.toml"),
-        "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
-         [[target]]\nname = \"db\"\ntype = \"file\"\npath = \"out/db.jsonl\"\n\
-         [[target]]\nname = \"hook\"\ntype = \"file\"\npath = \"out/hook.jsonl\"\n",
+        format!(
+            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [[target]]\nname = \"db\"\ntype = \"file\"\npath = \"{out}/db.jsonl\"\n\
+             [[target]]\nname = \"hook\"\ntype = \"file\"\npath = \"{out}/hook.jsonl\"\n",
+            out = dir.join("out").display()
+        ),
     )?;
     Ok(())
 }
