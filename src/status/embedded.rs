@@ -17,6 +17,9 @@ use super::{MessageStatus, StatusError, TargetUpdate};
 use crate::backend::embedded::writer::now_ms;
 
 const MESSAGES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("messages");
+/// redb's page cache: lookups are rare and recent, so a small one does (redb's default
+/// is 1 GiB, which a busy store would fill).
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -46,7 +49,10 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let db = Database::create(path).map_err(err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(err)?;
         let write = db.begin_write().map_err(err)?;
         write.open_table(MESSAGES).map_err(err)?;
         write.commit().map_err(err)?;

@@ -16,11 +16,12 @@ use crate::backend::embedded::{Log, LogError, StoredRecord};
 use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 
 /// Records read from the log per store write.
-const BATCH: usize = 4096;
-/// Shortest time between two store writes: each costs the store's sync and the
-/// cursor's, so under load the tailer gathers what came in meanwhile instead of
-/// competing with the log's own syncs. A lookup waits for the tailer, so this bounds
-/// how much longer a lookup of a brand-new write can take.
+const BATCH: usize = 1024;
+/// Shortest time between two store writes when the tailer has caught up: each costs
+/// the store's sync and the cursor's, so it gathers what comes in meanwhile instead of
+/// competing with the log's own syncs. A tailer that is behind (its last read was a
+/// full batch) does not wait. A lookup waits for the tailer, so this bounds how much
+/// longer a lookup of a brand-new write can take.
 const PACE: Duration = Duration::from_millis(50);
 /// Longest wait between tries when the store fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -81,10 +82,13 @@ struct Run {
 
 async fn run(mut run: Run) {
     let mut last_write = tokio::time::Instant::now();
+    let mut behind = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(last_write + PACE) => {}
-            _ = run.stopped.wait_for(|stop| *stop) => return,
+        if !behind {
+            tokio::select! {
+                _ = tokio::time::sleep_until(last_write + PACE) => {}
+                _ = run.stopped.wait_for(|stop| *stop) => return,
+            }
         }
         let records = tokio::select! {
             records = run.subscription.next_batch(BATCH) => records,
@@ -98,6 +102,7 @@ async fn run(mut run: Run) {
                 return;
             }
         };
+        behind = records.len() == BATCH;
         let Some(next) = records.last().map(|r| r.offset + 1) else {
             continue;
         };
