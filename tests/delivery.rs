@@ -125,6 +125,16 @@ async fn transaction_until(
     }
 }
 
+/// Writes `body` and waits until its transaction's state is `state`; returns the
+/// write's answer and the transaction's status.
+async fn write_until(server: &Server, body: Value, state: &str) -> Result<(Value, Value)> {
+    let written = write(server, body).await?;
+    let tx = written["transaction_id"].as_str().ok_or("id")?;
+    let status =
+        transaction_until(server, tx, Duration::from_secs(30), |s| s["state"] == state).await?;
+    Ok((written, status))
+}
+
 fn target<'v>(status: &'v Value, name: &str) -> &'v Value {
     &status["messages"][0]["targets"][name]
 }
@@ -145,15 +155,11 @@ async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_f
         Server::start(&dir.path().join("pipelines"), &dir.path().join("data"), &[]).await?;
 
     // A message for which the webhook fails twice with 503, then takes it.
-    let flaky = write(
+    let (flaky, status) = write_until(
         &server,
         json!({"namespace": "shop", "key": "k", "payload": {"kind": "flaky"}}),
+        "delivered",
     )
-    .await?;
-    let tx = flaky["transaction_id"].as_str().ok_or("id")?;
-    let status = transaction_until(&server, tx, Duration::from_secs(20), |s| {
-        s["state"] == "delivered"
-    })
     .await?;
     assert_eq!(target(&status, "hook")["attempts"], 3, "{status}");
     assert_eq!(
@@ -185,15 +191,11 @@ async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_f
 
     // A poison message: exactly max_attempts calls, then the DLQ.
     let before = hook_state.calls.lock().map_err(|_| "lock")?.len();
-    let poison = write(
+    let (poison, status) = write_until(
         &server,
         json!({"namespace": "shop", "payload": {"kind": "poison"}}),
+        "dead_lettered",
     )
-    .await?;
-    let tx = poison["transaction_id"].as_str().ok_or("id")?;
-    let status = transaction_until(&server, tx, Duration::from_secs(20), |s| {
-        s["state"] == "dead_lettered"
-    })
     .await?;
     let hook_state_calls = hook_state.calls.lock().map_err(|_| "lock")?.len() - before;
     assert_eq!(hook_state_calls, 3, "exactly max_attempts");
@@ -208,15 +210,11 @@ async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_f
     assert_eq!(target(&status, "audit")["state"], "delivered");
 
     // A permanent error (422 is not in retry_on): one call, then the DLQ.
-    let refused = write(
+    let (_, status) = write_until(
         &server,
         json!({"namespace": "shop", "payload": {"kind": "refused"}}),
+        "dead_lettered",
     )
-    .await?;
-    let tx = refused["transaction_id"].as_str().ok_or("id")?;
-    let status = transaction_until(&server, tx, Duration::from_secs(20), |s| {
-        s["state"] == "dead_lettered"
-    })
     .await?;
     assert_eq!(target(&status, "hook")["attempts"], 1, "{status}");
 
@@ -367,15 +365,11 @@ async fn postgres_rows_are_written_by_named_fields_and_survive_killed_connection
     );
 
     // A row the table refuses (CHECK) is permanent: one attempt, then the DLQ.
-    let refused = write(
+    let (_, status) = write_until(
         &server,
         json!({"namespace": "pay", "payload": {"amount": -1}}),
+        "dead_lettered",
     )
-    .await?;
-    let tx = refused["transaction_id"].as_str().ok_or("id")?;
-    let status = transaction_until(&server, tx, Duration::from_secs(30), |s| {
-        s["state"] == "dead_lettered"
-    })
     .await?;
     assert_eq!(target(&status, "db")["attempts"], 1, "{status}");
     assert!(

@@ -111,7 +111,7 @@ async fn run(mut run: Run) {
             .filter_map(|r| accepted(r, &run.namespace, &run.targets))
             .collect();
         last_write = tokio::time::Instant::now();
-        if !record(&run, messages).await {
+        if !messages.is_empty() && !record(&run, messages).await {
             return;
         }
         let log = run.log.clone();
