@@ -341,7 +341,7 @@ async fn postgres_rows_are_written_by_named_fields_and_survive_killed_connection
         // dead connection, reconnect and go on.
         let killed = sql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-              WHERE datname = 'test' AND pid <> pg_backend_pid() AND query LIKE '%wald_test_delivered%'",
+              WHERE datname = 'test' AND application_name = 'wald'",
         )?;
         assert_ne!(killed, "0");
     }
@@ -362,6 +362,56 @@ async fn postgres_rows_are_written_by_named_fields_and_survive_killed_connection
             "SELECT body->>'n', amount, order_key, at > now() - interval '1 hour' FROM wald_test_delivered WHERE id = '{first}'"
         ))?,
         "0|0|k0|t"
+    );
+
+    // A run of one key with a bad row in the middle: the good rows land, the bad one
+    // alone goes to the DLQ.
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write/batch"))
+        .json(&json!({"namespace": "pay", "messages": [
+            {"key": "mixed", "payload": {"amount": 1}},
+            {"key": "mixed", "payload": {"amount": 2}},
+            {"key": "mixed", "payload": {"amount": -5}},
+            {"key": "mixed", "payload": {"amount": 4}},
+            {"key": "mixed", "payload": {"amount": 5}},
+        ]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await?;
+    let tx = batch["transaction_id"].as_str().ok_or("id")?;
+    let status = transaction_until(&server, tx, Duration::from_secs(30), |s| {
+        s["state"] == "dead_lettered"
+    })
+    .await?;
+    let states: Vec<&str> = status["messages"]
+        .as_array()
+        .ok_or("messages")?
+        .iter()
+        .filter_map(|m| m["targets"]["db"]["state"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "delivered",
+            "delivered",
+            "dead_lettered",
+            "delivered",
+            "delivered"
+        ]
+    );
+    let ids: Vec<String> = batch["results"]
+        .as_array()
+        .ok_or("results")?
+        .iter()
+        .filter_map(|r| r["message_id"].as_str().map(|id| format!("'{id}'")))
+        .collect();
+    assert_eq!(
+        sql(&format!(
+            "SELECT string_agg(amount::text, ',' ORDER BY amount) FROM wald_test_delivered WHERE id IN ({})",
+            ids.join(",")
+        ))?,
+        "1,2,4,5"
     );
 
     // A row the table refuses (CHECK) is permanent: one attempt, then the DLQ.

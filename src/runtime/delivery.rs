@@ -194,11 +194,21 @@ impl Consumer {
             lanes.push(tx);
             let (consumer, done_tx) = (self.clone(), done_tx.clone());
             lane_tasks.spawn(async move {
-                while let Some(record) = rx.recv().await {
-                    if consumer.deliver(&record).await.is_err() {
+                // What is queued in the lane goes as one run, up to `batch_size`.
+                while let Some(first) = rx.recv().await {
+                    let mut run = vec![first];
+                    while run.len() < consumer.batch_size {
+                        match rx.try_recv() {
+                            Ok(record) => run.push(record),
+                            Err(_) => break,
+                        }
+                    }
+                    if consumer.deliver(&run).await.is_err() {
                         return;
                     }
-                    let _ = done_tx.send(record.offset);
+                    for record in &run {
+                        let _ = done_tx.send(record.offset);
+                    }
                 }
             });
         }
@@ -328,8 +338,8 @@ impl Consumer {
         for (offset, _) in due {
             let log = self.store.log.clone();
             match blocking(move || log.read(offset, 1, usize::MAX)).await {
-                Ok(records) => match records.into_iter().next() {
-                    Some(record) => self.deliver(&record).await?,
+                Ok(records) => match records.first() {
+                    Some(_) => self.deliver(&records).await?,
                     None => {
                         error!(namespace = %self.namespace, offset, "A delayed message is no longer in the log.")
                     }
@@ -348,75 +358,79 @@ impl Consumer {
         Ok(())
     }
 
-    /// Delivers one message to each of its targets: until it succeeds, or goes to the
-    /// DLQ after a permanent error or its last attempt.
-    async fn deliver(&self, record: &StoredRecord) -> Result<(), Stopped> {
-        let message = to_message(&self.namespace, record);
-        let names: Vec<String> = match header(record, HEADER_TARGETS) {
-            Some(named) => named.split(',').map(str::to_string).collect(),
-            None => self.targets.keys().cloned().collect(),
+    /// Delivers a run of messages to each target: the target's messages go as one
+    /// batch, in log order. Each is retried until it succeeds, or goes to the DLQ after
+    /// a permanent error or its last attempt; a message waits for the one before it.
+    async fn deliver(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
+        let Some(last) = records.last().map(|r| r.offset) else {
+            return Ok(());
         };
         let mut updates = Vec::new();
-        for name in names {
-            let Some((target, policy)) = self.targets.get(&name) else {
-                continue;
-            };
-            let mut first_error: Option<(String, u64)> = None;
-            let mut attempt = 1;
-            let outcome = loop {
-                match target.deliver(&message).await {
-                    Ok(()) => break Ok(attempt),
-                    Err(e) => {
-                        let failed_at = now_ms();
-                        let first = first_error
-                            .get_or_insert_with(|| (e.message.clone(), failed_at))
-                            .clone();
-                        if !e.retriable || attempt >= policy.max_attempts {
-                            break Err((e, attempt, first, failed_at));
-                        }
-                        warn!(namespace = %self.namespace, target = %name, message_id = %message.message_id, attempt, error = %e, "Delivery failed; retrying.");
-                        let update = self.update(
-                            &message,
-                            &name,
-                            DeliveryState::Retrying,
-                            attempt,
-                            Some(&e),
-                        );
-                        self.record_status(vec![update], message.offset).await;
-                        let wait = retry::next_wait(policy, attempt, e.retry_after);
-                        let mut stopped = self.stopped.clone();
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            () = stopping(&mut stopped) => return Err(Stopped),
-                        }
-                        attempt += 1;
+        for (name, (target, policy)) in &self.targets {
+            let mine: Vec<&StoredRecord> = records.iter().filter(|r| goes_to(r, name)).collect();
+            let batch: Vec<Message> = mine
+                .iter()
+                .map(|r| to_message(&self.namespace, r))
+                .collect();
+            let mut attempts = vec![0u32; batch.len()];
+            let mut first_errors: Vec<Option<(String, u64)>> = vec![None; batch.len()];
+            let mut start = 0;
+            while start < batch.len() {
+                let Err(failed) = target.deliver_batch(&batch[start..]).await else {
+                    for (message, tried) in batch[start..].iter().zip(&attempts[start..]) {
+                        updates.push(self.update(
+                            message,
+                            name,
+                            DeliveryState::Delivered,
+                            tried + 1,
+                            None,
+                        ));
                     }
-                }
-            };
-            match outcome {
-                Ok(attempts) => {
+                    break;
+                };
+                let i = start + failed.delivered;
+                for (message, tried) in batch[start..i].iter().zip(&attempts[start..i]) {
                     updates.push(self.update(
-                        &message,
-                        &name,
+                        message,
+                        name,
                         DeliveryState::Delivered,
-                        attempts,
+                        tried + 1,
                         None,
                     ));
                 }
-                Err((e, attempts, first, last_ms)) => {
-                    self.dead_letter(record, &name, attempts, &first, &e, last_ms)
+                let (message, e) = (&batch[i], &failed.error);
+                attempts[i] += 1;
+                let failed_at = now_ms();
+                let first = first_errors[i]
+                    .get_or_insert_with(|| (e.message.clone(), failed_at))
+                    .clone();
+                if !e.retriable || attempts[i] >= policy.max_attempts {
+                    self.dead_letter(mine[i], name, attempts[i], &first, e, failed_at)
                         .await?;
                     updates.push(self.update(
-                        &message,
-                        &name,
+                        message,
+                        name,
                         DeliveryState::DeadLettered,
-                        attempts,
-                        Some(&e),
+                        attempts[i],
+                        Some(e),
                     ));
+                    start = i + 1;
+                    continue;
                 }
+                warn!(namespace = %self.namespace, target = %name, message_id = %message.message_id, attempt = attempts[i], error = %e, "Delivery failed; retrying.");
+                let update =
+                    self.update(message, name, DeliveryState::Retrying, attempts[i], Some(e));
+                self.record_status(vec![update], message.offset).await;
+                let wait = retry::next_wait(policy, attempts[i], e.retry_after);
+                let mut stopped = self.stopped.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    () = stopping(&mut stopped) => return Err(Stopped),
+                }
+                start = i;
             }
         }
-        self.record_status(updates, message.offset).await;
+        self.record_status(updates, last).await;
         Ok(())
     }
 
@@ -534,6 +548,11 @@ impl Consumer {
 async fn stopping(stopped: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here.
     let _ = stopped.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Whether `record` goes to the target `name`: it names its targets, or goes to all.
+fn goes_to(record: &StoredRecord, name: &str) -> bool {
+    header(record, HEADER_TARGETS).is_none_or(|named| named.split(',').any(|t| t == name))
 }
 
 /// When a delayed message is due (milliseconds since the epoch), if it is delayed.

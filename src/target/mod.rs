@@ -191,6 +191,14 @@ impl DeliveryError {
     }
 }
 
+/// A batch that a target delivered only in part: `messages[..delivered]` went
+/// through, `messages[delivered]` failed with `error`, the rest was not tried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchError {
+    pub delivered: usize,
+    pub error: DeliveryError,
+}
+
 /// A target ready to deliver: its connections or files are open.
 pub enum Target {
     File(file::FileTarget),
@@ -215,13 +223,21 @@ impl Target {
         }
     }
 
-    /// Delivers one message.
-    pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
-        match self {
-            Self::File(t) => t.deliver(message).await,
-            Self::Http(t) => t.deliver(message).await,
-            Self::Postgres(t) => t.deliver(message).await,
-            Self::Redis(t) => t.deliver(message).await,
+    /// Delivers `messages` in order, stopping at the first failure. Postgres runs the
+    /// batch in one transaction; the others deliver one message after the other.
+    pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), BatchError> {
+        if let Self::Postgres(t) = self {
+            return t.deliver_batch(messages).await;
         }
+        for (delivered, message) in messages.iter().enumerate() {
+            let result = match self {
+                Self::File(t) => t.deliver(message).await,
+                Self::Http(t) => t.deliver(message).await,
+                Self::Redis(t) => t.deliver(message).await,
+                Self::Postgres(_) => Ok(()),
+            };
+            result.map_err(|error| BatchError { delivered, error })?;
+        }
+        Ok(())
     }
 }

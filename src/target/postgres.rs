@@ -243,13 +243,15 @@ pub struct PostgresTarget {
 
 impl PostgresTarget {
     pub fn new(config: &Config) -> Result<Self, DeliveryError> {
+        let options: sqlx::postgres::PgConnectOptions =
+            config.url.expose().parse().map_err(|e| {
+                DeliveryError::permanent(format!("the Postgres URL is not usable: {e}"))
+            })?;
+        // Named, so that an operator sees wald's connections in `pg_stat_activity`.
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.timeout.get())
-            .connect_lazy(config.url.expose())
-            .map_err(|e| {
-                DeliveryError::permanent(format!("the Postgres URL is not usable: {e}"))
-            })?;
+            .connect_lazy_with(options.application_name("wald"));
         let (statement, fields) = config.positional();
         Ok(Self {
             pool,
@@ -259,12 +261,47 @@ impl PostgresTarget {
         })
     }
 
-    /// Runs the statement for the message.
-    pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
+    /// Runs the statement for each message, all in one transaction. When a message is
+    /// refused for good, the ones before it are committed without it, so that only the
+    /// refused one goes to the DLQ; any other failure rolls the whole batch back.
+    pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), super::BatchError> {
+        let failed_at = |delivered, error| super::BatchError { delivered, error };
+        match self.run_in_transaction(messages).await {
+            Ok(()) => Ok(()),
+            Err((index, error)) if !error.retriable && index > 0 => {
+                match self.run_in_transaction(&messages[..index]).await {
+                    Ok(()) => Err(failed_at(index, error)),
+                    Err((_, again)) => Err(failed_at(0, again)),
+                }
+            }
+            // Nothing was committed: the batch fails at its first message.
+            Err((_, error)) => Err(failed_at(0, error)),
+        }
+    }
+
+    /// Runs the statement for each message in one transaction; on failure, which
+    /// message failed and why (the transaction is rolled back).
+    async fn run_in_transaction(&self, messages: &[Message]) -> Result<(), (usize, DeliveryError)> {
+        let types = self.parameter_types().await.map_err(|e| (0, e))?;
+        let mut transaction = self.pool.begin().await.map_err(|e| (0, classify(e)))?;
+        for (index, message) in messages.iter().enumerate() {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(self.statement.as_str()));
+            for (field, pg_type) in self.fields.iter().zip(types) {
+                query = bind(query, field.value(message), pg_type).map_err(|e| (index, e))?;
+            }
+            query
+                .execute(&mut *transaction)
+                .await
+                .map_err(|e| (index, classify(e)))?;
+        }
+        transaction.commit().await.map_err(|e| (0, classify(e)))
+    }
+
+    /// The type Postgres gives each parameter of the statement, learnt once.
+    async fn parameter_types(&self) -> Result<&Vec<String>, DeliveryError> {
         use sqlx::{AssertSqlSafe, Executor, SqlSafeStr, Statement, TypeInfo};
 
-        let types = self
-            .types
+        self.types
             .get_or_try_init(|| async {
                 let prepared = self
                     .pool
@@ -278,13 +315,7 @@ impl PostgresTarget {
                     _ => Vec::new(),
                 })
             })
-            .await?;
-        let mut query = sqlx::query(AssertSqlSafe(self.statement.as_str()));
-        for (field, pg_type) in self.fields.iter().zip(types) {
-            query = bind(query, field.value(message), pg_type)?;
-        }
-        query.execute(&self.pool).await.map_err(classify)?;
-        Ok(())
+            .await
     }
 }
 
