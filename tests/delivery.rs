@@ -881,3 +881,83 @@ async fn a_target_that_never_answers_does_not_stop_writes_and_the_backlog_waits_
     stop(server.child).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_table_target_inserts_a_batch_as_one_statement_and_leaves_out_a_refused_row() -> Result {
+    if !common::service_available("Postgres", "127.0.0.1:5432") {
+        return Ok(());
+    }
+    let out = common::psql(&[
+        "-c".as_ref(),
+        "CREATE TABLE IF NOT EXISTS wald_test_table_rows (
+           id text PRIMARY KEY, body jsonb NOT NULL, amount bigint CHECK (amount >= 0))"
+            .as_ref(),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    std::fs::write(
+        pipes.join("rows.toml"),
+        "namespace = \"rows\"\n[source]\ntype = \"http\"\npublic = true\n\
+         [[target]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\n\
+         table = \"wald_test_table_rows\"\n\
+         columns = { id = \"$message_id\", body = \"$payload\", amount = \"$payload.amount\" }\n",
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let amounts = [3, 1, -1, 4, 1, 5];
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write/batch"))
+        .json(&json!({"namespace": "rows", "messages": amounts
+            .iter()
+            .map(|a| json!({"key": "one-lane", "payload": {"amount": a}}))
+            .collect::<Vec<_>>()}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await?;
+    let tx = batch["transaction_id"].as_str().ok_or("id")?;
+    let status = transaction_until(&server, tx, Duration::from_secs(30), |s| {
+        s["state"] == "dead_lettered"
+    })
+    .await?;
+    let states: Vec<&str> = status["messages"]
+        .as_array()
+        .ok_or("messages")?
+        .iter()
+        .filter_map(|m| m["targets"]["db"]["state"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "delivered",
+            "delivered",
+            "dead_lettered",
+            "delivered",
+            "delivered",
+            "delivered"
+        ]
+    );
+    let ids: Vec<String> = batch["results"]
+        .as_array()
+        .ok_or("results")?
+        .iter()
+        .filter_map(|r| r["message_id"].as_str().map(|id| format!("'{id}'")))
+        .collect();
+    let out = common::psql(&[
+        "-At".as_ref(),
+        "-c".as_ref(),
+        format!(
+            "SELECT string_agg(amount::text, ',' ORDER BY id) FROM wald_test_table_rows WHERE id IN ({})",
+            ids.join(",")
+        )
+        .as_ref(),
+    ])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3,1,4,1,5");
+    stop(server.child).await?;
+    Ok(())
+}

@@ -203,7 +203,8 @@ async fn connect(url: &str) -> Result<sqlx::PgConnection, String> {
 
 impl Config {
     /// The statement with `$1`, `$2`, ... as Postgres takes it: `statement` rewritten,
-    /// or an `INSERT` built from `table` and `columns`.
+    /// or an `INSERT ... ON CONFLICT DO NOTHING` built from `table` and `columns` (so a
+    /// redelivered message is not written twice, given a unique `$message_id` column).
     pub fn positional_statement(&self) -> String {
         self.positional().0
     }
@@ -219,7 +220,7 @@ impl Config {
                 let columns: Vec<&str> = self.columns.keys().map(String::as_str).collect();
                 let values: Vec<&str> = self.columns.values().map(String::as_str).collect();
                 let insert = format!(
-                    "INSERT INTO {table} ({}) VALUES ({})",
+                    "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
                     columns.join(", "),
                     values.join(", ")
                 );
@@ -229,6 +230,63 @@ impl Config {
             (None, None) => (String::new(), Vec::new()),
         }
     }
+
+    /// For `table`: the parts of a multi-row INSERT.
+    fn multi_row(&self) -> Option<MultiRow> {
+        let table = self.table.as_ref().filter(|_| self.statement.is_none())?;
+        let columns: Vec<&str> = self.columns.keys().map(String::as_str).collect();
+        let values: Vec<&str> = self.columns.values().map(String::as_str).collect();
+        let row = format!("({})", values.join(", "));
+        let params = template::parse_sql(&row).ok()?;
+        let (_, fields) = template::to_positional(&row, &params);
+        Some(MultiRow {
+            prefix: format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")),
+            row,
+            params,
+            fields,
+        })
+    }
+}
+
+/// A `table` target's rows as one statement: `prefix`, then `row` once per message with
+/// its own parameter numbers, then `ON CONFLICT DO NOTHING`.
+struct MultiRow {
+    prefix: String,
+    row: String,
+    params: Vec<template::SqlParam>,
+    /// The distinct fields of a row, in the order of their parameter numbers.
+    fields: Vec<Field>,
+}
+
+impl MultiRow {
+    /// Postgres takes at most 65535 parameters in one statement.
+    fn max_rows(&self) -> usize {
+        (65_535 / self.fields.len().max(1)).max(1)
+    }
+
+    fn statement(&self, rows: usize) -> String {
+        let per_row = self.fields.len();
+        let mut out = self.prefix.clone();
+        for r in 0..rows {
+            if r > 0 {
+                out.push_str(", ");
+            }
+            let mut last = 0;
+            for param in &self.params {
+                out.push_str(&self.row[last..param.start]);
+                let index = self
+                    .fields
+                    .iter()
+                    .position(|f| *f == param.field)
+                    .unwrap_or(0);
+                out.push_str(&format!("${}", r * per_row + index + 1));
+                last = param.end;
+            }
+            out.push_str(&self.row[last..]);
+        }
+        out.push_str(" ON CONFLICT DO NOTHING");
+        out
+    }
 }
 
 /// A Postgres target ready to deliver: a pool that connects when first needed, so that
@@ -237,6 +295,8 @@ pub struct PostgresTarget {
     pool: sqlx::PgPool,
     statement: String,
     fields: Vec<Field>,
+    /// For `table`: a batch goes as one multi-row INSERT.
+    multi_row: Option<MultiRow>,
     /// The type Postgres gives each parameter, learnt on first use.
     types: tokio::sync::OnceCell<Vec<String>>,
 }
@@ -257,6 +317,7 @@ impl PostgresTarget {
             pool,
             statement,
             fields,
+            multi_row: config.multi_row(),
             types: tokio::sync::OnceCell::new(),
         })
     }
@@ -266,6 +327,14 @@ impl PostgresTarget {
     /// refused one goes to the DLQ; any other failure rolls the whole batch back.
     pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), super::BatchError> {
         let failed_at = |delivered, error| super::BatchError { delivered, error };
+        if let Some(multi) = &self.multi_row {
+            match self.insert_rows(multi, messages).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.retriable => return Err(failed_at(0, error)),
+                // A row was refused for good: find which, one row after the other.
+                Err(_) => {}
+            }
+        }
         match self.run_in_transaction(messages).await {
             Ok(()) => Ok(()),
             Err((index, error)) if !error.retriable && index > 0 => {
@@ -277,6 +346,27 @@ impl PostgresTarget {
             // Nothing was committed: the batch fails at its first message.
             Err((_, error)) => Err(failed_at(0, error)),
         }
+    }
+
+    /// Inserts the messages as multi-row INSERTs, all in one transaction.
+    async fn insert_rows(
+        &self,
+        multi: &MultiRow,
+        messages: &[Message],
+    ) -> Result<(), DeliveryError> {
+        let types = self.parameter_types().await?;
+        let mut transaction = self.pool.begin().await.map_err(classify)?;
+        for chunk in messages.chunks(multi.max_rows()) {
+            let statement = multi.statement(chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
+            for message in chunk {
+                for (field, pg_type) in multi.fields.iter().zip(types) {
+                    query = bind(query, field.value(message), pg_type)?;
+                }
+            }
+            query.execute(&mut *transaction).await.map_err(classify)?;
+        }
+        transaction.commit().await.map_err(classify)
     }
 
     /// Runs the statement for each message in one transaction; on failure, which
@@ -412,5 +502,29 @@ fn classify(e: sqlx::Error) -> DeliveryError {
         message,
         retriable,
         retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod multi_row_tests {
+    use super::*;
+
+    #[test]
+    fn each_row_of_a_multi_row_insert_has_its_own_parameter_numbers() {
+        let config: Config = toml::from_str(
+            "url = \"postgres://x@localhost/db\"\ntable = \"t\"\n\
+             columns = { id = \"$message_id\", body = \"$payload\", copy = \"$message_id\" }\n",
+        )
+        .expect("a valid table target");
+        let multi = config.multi_row().expect("a table target");
+        assert_eq!(
+            multi.statement(2),
+            "INSERT INTO t (id, body, copy) VALUES ($1, $2, $1), ($3, $4, $3) ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(multi.max_rows(), 65_535 / 2);
+        assert_eq!(
+            config.positional_statement(),
+            "INSERT INTO t (id, body, copy) VALUES ($1, $2, $1) ON CONFLICT DO NOTHING"
+        );
     }
 }
