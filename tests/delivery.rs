@@ -512,10 +512,59 @@ async fn redis_commands_fill_their_key_templates_and_survive_dropped_connections
     let mut fields: Vec<u32> = fields.iter().filter_map(|f| f.parse().ok()).collect();
     fields.sort_unstable();
     assert_eq!(fields, [1, 2, 3, 4, 5, 6]);
-    let _: i64 = redis::cmd("DEL")
-        .arg(format!("wald-test:{run}:customer:c7"))
+    // A command the server refuses (HSET on a string: WRONGTYPE) is permanent: its
+    // message goes to the DLQ after one attempt, the others of its batch are written.
+    let _: () = redis::cmd("SET")
+        .arg(format!("wald-test:{run}:customer:bad"))
+        .arg("a string")
         .query_async(&mut redis)
         .await?;
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write/batch"))
+        .json(&json!({"namespace": "cache", "messages": [
+            {"key": "same", "payload": {"id": 10, "customer": "c8"}},
+            {"key": "same", "payload": {"id": 11, "customer": "bad"}},
+            {"key": "same", "payload": {"id": 12, "customer": "c8"}},
+        ]}))
+        .send()
+        .await?;
+    let batch: Value = response.json().await?;
+    let tx = batch["transaction_id"].as_str().ok_or("id")?;
+    let status = transaction_until(&server, tx, Duration::from_secs(30), |s| {
+        s["state"] == "dead_lettered"
+    })
+    .await?;
+    let states: Vec<&str> = status["messages"]
+        .as_array()
+        .ok_or("messages")?
+        .iter()
+        .filter_map(|m| m["targets"]["by-customer"]["state"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        ["delivered", "dead_lettered", "delivered"],
+        "{status}"
+    );
+    let refused = &status["messages"][1]["targets"]["by-customer"];
+    assert_eq!(refused["attempts"], 1);
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("WRONGTYPE"),
+        "{status}"
+    );
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("wald-test:{run}:customer:c8"))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(fields.len(), 2);
+    for key in ["c7", "c8", "bad"] {
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("wald-test:{run}:customer:{key}"))
+            .query_async(&mut redis)
+            .await?;
+    }
     stop(server.child).await?;
     Ok(())
 }

@@ -224,20 +224,28 @@ impl Target {
     }
 
     /// Delivers `messages` in order, stopping at the first failure. Postgres runs the
-    /// batch in one transaction; the others deliver one message after the other.
+    /// batch in one transaction, Redis sends it as one pipeline; the others deliver one
+    /// message after the other.
     pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), BatchError> {
-        if let Self::Postgres(t) = self {
-            return t.deliver_batch(messages).await;
+        match self {
+            Self::Postgres(t) => t.deliver_batch(messages).await,
+            Self::Redis(t) => t.deliver_batch(messages).await,
+            Self::File(t) => one_by_one(messages, |m| t.deliver(m)).await,
+            Self::Http(t) => one_by_one(messages, |m| t.deliver(m)).await,
         }
-        for (delivered, message) in messages.iter().enumerate() {
-            let result = match self {
-                Self::File(t) => t.deliver(message).await,
-                Self::Http(t) => t.deliver(message).await,
-                Self::Redis(t) => t.deliver(message).await,
-                Self::Postgres(_) => Ok(()),
-            };
-            result.map_err(|error| BatchError { delivered, error })?;
-        }
-        Ok(())
     }
+}
+
+/// Delivers messages one after the other with `deliver`, stopping at the first failure.
+async fn one_by_one<'m, F, Fut>(messages: &'m [Message], deliver: F) -> Result<(), BatchError>
+where
+    F: Fn(&'m Message) -> Fut,
+    Fut: std::future::Future<Output = Result<(), DeliveryError>>,
+{
+    for (delivered, message) in messages.iter().enumerate() {
+        deliver(message)
+            .await
+            .map_err(|error| BatchError { delivered, error })?;
+    }
+    Ok(())
 }

@@ -149,20 +149,44 @@ impl RedisTarget {
         })
     }
 
-    /// Runs the command for the message.
-    pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
+    /// Sends the messages' commands as one pipeline. A command the server refuses is
+    /// reported with the ones before it delivered; the ones after it were run too and
+    /// are sent again with the retry (at least once).
+    pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), super::BatchError> {
+        let failed_at = |delivered, error| super::BatchError { delivered, error };
         let mut connection = self
             .connection
             .get_or_try_init(|| self.client.get_connection_manager())
             .await
-            .map_err(classify)?
+            .map_err(|e| failed_at(0, classify(e)))?
             .clone();
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        for message in messages {
+            pipe.add_command(self.command(message));
+        }
+        let results: Vec<::redis::RedisResult<::redis::Value>> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| failed_at(0, classify(e)))?;
+        let refused = results
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, result)| result.err().map(|e| (i, e)));
+        match refused {
+            None => Ok(()),
+            Some((i, e)) => Err(failed_at(i, classify(e))),
+        }
+    }
+
+    /// The command that delivers `message`.
+    fn command(&self, message: &Message) -> ::redis::Cmd {
         let key = self.key.render(message);
         let value = match self.value {
             ValueShape::Payload => message.payload.clone(),
             ValueShape::Envelope => message.envelope().to_string().into_bytes(),
         };
-        let command = match self.command {
+        match self.command {
             Command::Set => {
                 let mut c = ::redis::cmd("SET");
                 c.arg(&key).arg(value);
@@ -206,12 +230,7 @@ impl RedisTarget {
                 c.arg(&key).arg(value);
                 c
             }
-        };
-        command
-            .query_async::<::redis::Value>(&mut connection)
-            .await
-            .map_err(classify)?;
-        Ok(())
+        }
     }
 }
 
