@@ -83,6 +83,8 @@ struct Consumer {
     batch_size: usize,
     /// Messages delivered at once (`[consumer] concurrency`).
     lanes: usize,
+    /// How long a lane waits for its run to fill (`[consumer] linger`).
+    linger: Duration,
     order: Order,
     dlq_enabled: bool,
     stopped: watch::Receiver<bool>,
@@ -147,6 +149,7 @@ impl Delivery {
                 status_indexed,
                 batch_size: config.consumer.batch_size as usize,
                 lanes: config.consumer.concurrency.max(1) as usize,
+                linger: config.consumer.linger.get(),
                 order: config.consumer.order,
                 dlq_enabled: config.consumer.dlq.enabled,
                 stopped,
@@ -194,13 +197,25 @@ impl Consumer {
             lanes.push(tx);
             let (consumer, done_tx) = (self.clone(), done_tx.clone());
             lane_tasks.spawn(async move {
-                // What is queued in the lane goes as one run, up to `batch_size`.
+                // What comes into the lane within `linger` of its first message goes as
+                // one run, up to `batch_size`.
                 while let Some(first) = rx.recv().await {
                     let mut run = vec![first];
+                    let until = tokio::time::Instant::now() + consumer.linger;
                     while run.len() < consumer.batch_size {
-                        match rx.try_recv() {
-                            Ok(record) => run.push(record),
-                            Err(_) => break,
+                        let next = match rx.try_recv() {
+                            Ok(record) => Some(record),
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                tokio::time::timeout_at(until, rx.recv())
+                                    .await
+                                    .ok()
+                                    .flatten()
+                            }
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        };
+                        match next {
+                            Some(record) => run.push(record),
+                            None => break,
                         }
                     }
                     if consumer.deliver(&run).await.is_err() {
