@@ -264,12 +264,15 @@ impl Consumer {
                     let now = now_ms();
                     let mut delayed = Vec::new();
                     let mut lost_lane = false;
+                    // Messages free to go anywhere take one lane per read, so that the
+                    // lane's run is the whole read: a full batch for the targets.
+                    next_lane = (next_lane + 1) % self.lanes;
                     for record in records {
                         if let Some(due) = due_ms(&record).filter(|due| *due > now) {
                             delayed.push((record.offset, due));
                             continue;
                         }
-                        let lane = self.lane_of(&record, &mut next_lane);
+                        let lane = self.lane_of(&record, next_lane);
                         in_flight.insert(record.offset);
                         // Waits while the lane is full: the backlog stays on disk.
                         if lanes[lane].send(record).await.is_err() {
@@ -309,15 +312,12 @@ impl Consumer {
     }
 
     /// The lane a message goes to: by its key's hash with `order = "per_key"` (so one
-    /// key's messages keep their order), else in turn.
-    fn lane_of(&self, record: &StoredRecord, next: &mut usize) -> usize {
+    /// key's messages keep their order), else the lane of the current read.
+    fn lane_of(&self, record: &StoredRecord, read_lane: usize) -> usize {
         match (&record.key, self.order) {
             // CRC32C: stable across versions and machines, so the lane of a key is too.
             (Some(key), Order::PerKey) => crc32c::crc32c(key) as usize % self.lanes,
-            _ => {
-                *next = (*next + 1) % self.lanes;
-                *next
-            }
+            _ => read_lane,
         }
     }
 
