@@ -135,6 +135,54 @@ async fn write_until(server: &Server, body: Value, state: &str) -> Result<(Value
     Ok((written, status))
 }
 
+/// Writes `messages` to `namespace` as one batch and waits until its transaction's
+/// state is `state`; returns the batch's answer and the transaction's status.
+async fn batch_until(
+    server: &Server,
+    namespace: &str,
+    messages: Value,
+    state: &str,
+) -> Result<(Value, Value)> {
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write/batch"))
+        .json(&json!({"namespace": namespace, "messages": messages}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await?;
+    let tx = batch["transaction_id"].as_str().ok_or("id")?;
+    let status =
+        transaction_until(server, tx, Duration::from_secs(30), |s| s["state"] == state).await?;
+    Ok((batch, status))
+}
+
+/// Each message's state at `target`, in log order.
+fn states<'v>(status: &'v Value, target: &str) -> Vec<&'v str> {
+    status["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .filter_map(|m| m["targets"][target]["state"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A batch's message ids, quoted for SQL.
+fn quoted_ids(batch: &Value) -> String {
+    batch["results"]
+        .as_array()
+        .map(|results| {
+            results
+                .iter()
+                .filter_map(|r| r["message_id"].as_str().map(|id| format!("'{id}'")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 fn target<'v>(status: &'v Value, name: &str) -> &'v Value {
     &status["messages"][0]["targets"][name]
 }
@@ -366,30 +414,20 @@ async fn postgres_rows_are_written_by_named_fields_and_survive_killed_connection
 
     // A run of one key with a bad row in the middle: the good rows land, the bad one
     // alone goes to the DLQ.
-    let response = reqwest::Client::new()
-        .post(server.url("/api/v1/wal/write/batch"))
-        .json(&json!({"namespace": "pay", "messages": [
+    let (batch, status) = batch_until(
+        &server,
+        "pay",
+        json!([
             {"key": "mixed", "payload": {"amount": 1}},
             {"key": "mixed", "payload": {"amount": 2}},
             {"key": "mixed", "payload": {"amount": -5}},
             {"key": "mixed", "payload": {"amount": 4}},
             {"key": "mixed", "payload": {"amount": 5}},
-        ]}))
-        .send()
-        .await?;
-    assert_eq!(response.status(), 202);
-    let batch: Value = response.json().await?;
-    let tx = batch["transaction_id"].as_str().ok_or("id")?;
-    let status = transaction_until(&server, tx, Duration::from_secs(30), |s| {
-        s["state"] == "dead_lettered"
-    })
+        ]),
+        "dead_lettered",
+    )
     .await?;
-    let states: Vec<&str> = status["messages"]
-        .as_array()
-        .ok_or("messages")?
-        .iter()
-        .filter_map(|m| m["targets"]["db"]["state"].as_str())
-        .collect();
+    let states = states(&status, "db");
     assert_eq!(
         states,
         [
@@ -400,16 +438,11 @@ async fn postgres_rows_are_written_by_named_fields_and_survive_killed_connection
             "delivered"
         ]
     );
-    let ids: Vec<String> = batch["results"]
-        .as_array()
-        .ok_or("results")?
-        .iter()
-        .filter_map(|r| r["message_id"].as_str().map(|id| format!("'{id}'")))
-        .collect();
+    let ids = quoted_ids(&batch);
     assert_eq!(
         sql(&format!(
             "SELECT string_agg(amount::text, ',' ORDER BY amount) FROM wald_test_delivered WHERE id IN ({})",
-            ids.join(",")
+            ids
         ))?,
         "1,2,4,5"
     );
@@ -519,29 +552,19 @@ async fn redis_commands_fill_their_key_templates_and_survive_dropped_connections
         .arg("a string")
         .query_async(&mut redis)
         .await?;
-    let response = reqwest::Client::new()
-        .post(server.url("/api/v1/wal/write/batch"))
-        .json(&json!({"namespace": "cache", "messages": [
+    let (_, status) = batch_until(
+        &server,
+        "cache",
+        json!([
             {"key": "same", "payload": {"id": 10, "customer": "c8"}},
             {"key": "same", "payload": {"id": 11, "customer": "bad"}},
             {"key": "same", "payload": {"id": 12, "customer": "c8"}},
-        ]}))
-        .send()
-        .await?;
-    let batch: Value = response.json().await?;
-    let tx = batch["transaction_id"].as_str().ok_or("id")?;
-    let status = transaction_until(&server, tx, Duration::from_secs(30), |s| {
-        s["state"] == "dead_lettered"
-    })
+        ]),
+        "dead_lettered",
+    )
     .await?;
-    let states: Vec<&str> = status["messages"]
-        .as_array()
-        .ok_or("messages")?
-        .iter()
-        .filter_map(|m| m["targets"]["by-customer"]["state"].as_str())
-        .collect();
     assert_eq!(
-        states,
+        states(&status, "by-customer"),
         ["delivered", "dead_lettered", "delivered"],
         "{status}"
     );
@@ -959,27 +982,13 @@ async fn a_table_target_inserts_a_batch_as_one_statement_and_leaves_out_a_refuse
     )?;
     let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
     let amounts = [3, 1, -1, 4, 1, 5];
-    let response = reqwest::Client::new()
-        .post(server.url("/api/v1/wal/write/batch"))
-        .json(&json!({"namespace": "rows", "messages": amounts
-            .iter()
-            .map(|a| json!({"key": "one-lane", "payload": {"amount": a}}))
-            .collect::<Vec<_>>()}))
-        .send()
-        .await?;
-    assert_eq!(response.status(), 202);
-    let batch: Value = response.json().await?;
-    let tx = batch["transaction_id"].as_str().ok_or("id")?;
-    let status = transaction_until(&server, tx, Duration::from_secs(30), |s| {
-        s["state"] == "dead_lettered"
-    })
-    .await?;
-    let states: Vec<&str> = status["messages"]
-        .as_array()
-        .ok_or("messages")?
+    let messages: Vec<Value> = amounts
         .iter()
-        .filter_map(|m| m["targets"]["db"]["state"].as_str())
+        .map(|a| json!({"key": "one-lane", "payload": {"amount": a}}))
         .collect();
+    let (batch, status) =
+        batch_until(&server, "rows", Value::Array(messages), "dead_lettered").await?;
+    let states = states(&status, "db");
     assert_eq!(
         states,
         [
@@ -991,18 +1000,13 @@ async fn a_table_target_inserts_a_batch_as_one_statement_and_leaves_out_a_refuse
             "delivered"
         ]
     );
-    let ids: Vec<String> = batch["results"]
-        .as_array()
-        .ok_or("results")?
-        .iter()
-        .filter_map(|r| r["message_id"].as_str().map(|id| format!("'{id}'")))
-        .collect();
+    let ids = quoted_ids(&batch);
     let out = common::psql(&[
         "-At".as_ref(),
         "-c".as_ref(),
         format!(
             "SELECT string_agg(amount::text, ',' ORDER BY id) FROM wald_test_table_rows WHERE id IN ({})",
-            ids.join(",")
+            ids
         )
         .as_ref(),
     ])?;

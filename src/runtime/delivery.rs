@@ -391,20 +391,13 @@ impl Consumer {
             let mut first_errors: Vec<Option<(String, u64)>> = vec![None; batch.len()];
             let mut start = 0;
             while start < batch.len() {
-                let Err(failed) = target.deliver_batch(&batch[start..]).await else {
-                    for (message, tried) in batch[start..].iter().zip(&attempts[start..]) {
-                        updates.push(self.update(
-                            message,
-                            name,
-                            DeliveryState::Delivered,
-                            tried + 1,
-                            None,
-                        ));
-                    }
-                    break;
+                let result = target.deliver_batch(&batch[start..]).await;
+                let reached = match &result {
+                    Ok(()) => batch.len(),
+                    Err(failed) => start + failed.delivered,
                 };
-                let i = start + failed.delivered;
-                for (message, tried) in batch[start..i].iter().zip(&attempts[start..i]) {
+                for (message, tried) in batch[start..reached].iter().zip(&attempts[start..reached])
+                {
                     updates.push(self.update(
                         message,
                         name,
@@ -413,6 +406,10 @@ impl Consumer {
                         None,
                     ));
                 }
+                let Err(failed) = result else {
+                    break;
+                };
+                let i = reached;
                 let (message, e) = (&batch[i], &failed.error);
                 attempts[i] += 1;
                 let failed_at = now_ms();
