@@ -79,6 +79,8 @@ pub enum ApiError {
     StatusUnavailable,
     #[error("no such route")]
     RouteNotFound,
+    #[error("an internal error; the request id leads to it in the log")]
+    Internal,
     #[error("idempotency key `{0}` was used with another body")]
     IdempotencyConflict(String),
     #[error("a write with idempotency key `{0}` is in progress; retry later")]
@@ -106,6 +108,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::RouteNotFound => "route_not_found",
+            ApiError::Internal => "internal_error",
             ApiError::TransactionNotFound(_) => "transaction_not_found",
             ApiError::StatusUnavailable => "status_unavailable",
             ApiError::TimedOut(_) => "durability_unknown",
@@ -135,6 +138,7 @@ impl ApiError {
             | ApiError::StatusUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::IdempotencyConflict(_) | ApiError::IdempotencyInProgress(_) => {
                 StatusCode::CONFLICT
             }

@@ -95,8 +95,26 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.service.http.request_timeout.get(),
             limit_time,
         ))
+        .layer(catch_panics())
         .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
+}
+
+/// A handler that panics is a bug; its request is still answered, 500
+/// `internal_error` with the request id, and the panic is logged with that id, instead
+/// of the connection being dropped with no answer.
+fn catch_panics()
+-> tower_http::catch_panic::CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Response> {
+    fn answer(panic: Box<dyn std::any::Any + Send>) -> Response {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        error!(panic = what, "A request handler panicked.");
+        ApiError::Internal.into_response()
+    }
+    tower_http::catch_panic::CatchPanicLayer::custom(answer as fn(_) -> _)
 }
 
 /// Answers 504 when a request takes longer than `[http] request_timeout`: for a write
@@ -194,4 +212,34 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     info!("Shutting down.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_with_its_request_id()
+    -> Result<(), Box<dyn std::error::Error>> {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .layer(catch_panics())
+            .layer(middleware::from_fn(request_id::assign));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let response = reqwest::Client::new()
+            .get(format!("http://{address}/boom"))
+            .header("x-request-id", "req-7")
+            .send()
+            .await?;
+        assert_eq!(response.status(), 500);
+        let body: serde_json::Value = response.json().await?;
+        assert_eq!(body["error"]["code"], "internal_error");
+        assert_eq!(body["error"]["request_id"], "req-7");
+        Ok(())
+    }
 }
