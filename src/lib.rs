@@ -10,12 +10,15 @@
 //! - [`backend`]: log backends, one file each (`embedded`, `kafka`, `sqs`,
 //!   `redis_streams`) with its configuration and checks.
 //! - [`target`]: delivery targets, one file each (`postgres`, `redis`, `http`, `kafka`,
-//!   `file`) with its configuration and checks; `template` fills placeholders.
+//!   `file`) with its configuration, checks and delivery; `template` fills
+//!   placeholders.
 //! - [`connect`]: the build stage's reachability checks behind `validate --connect`.
-//! - [`runtime`]: the running namespaces, each with its storage.
-//! - [`status`]: transaction status: the store (embedded or Postgres) and the tailer
-//!   that records every logged message in it.
-//! - [`http`]: the HTTP API server: ingest, status, probes, errors, auth, request ids.
+//! - [`runtime`]: the running namespaces, each with its storage; delivery (lanes,
+//!   retries, the DLQ, delays) and DLQ replay.
+//! - [`status`]: transaction status: the store (embedded, Postgres or Redis) and the
+//!   tailer that records every logged message in it.
+//! - [`http`]: the HTTP API server: ingest, status, DLQ, probes, OpenAPI, errors, auth,
+//!   request ids.
 //! - [`telemetry`]: logging set-up.
 
 pub mod backend;
