@@ -13,7 +13,7 @@ use tracing::{error, info};
 use super::AppState;
 use super::auth::authorize_admin;
 use super::error::{ApiError, ErrorResponse};
-use crate::backend::embedded::NamespaceStore;
+use crate::backend::embedded::{NamespaceStore, blocking};
 use crate::runtime::dlq::{self, DlqPage, ListQuery, ReplayOutcome, ReplayRequest};
 
 /// The namespace's storage, once the caller has the admin key.
@@ -48,9 +48,8 @@ pub async fn list(
     let store = dlq_of(&state, &name, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::Malformed(e.body_text()))?;
     let namespace = name.clone();
-    tokio::task::spawn_blocking(move || dlq::list(&namespace, &store, &query))
+    blocking(move || dlq::list(&namespace, &store, &query))
         .await
-        .map_err(|_| ApiError::Unavailable(name.clone()))?
         .map(Json)
         .map_err(|e| {
             error!(namespace = %name, error = %e, "Reading the DLQ failed.");

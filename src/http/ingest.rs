@@ -20,7 +20,7 @@ use tracing::warn;
 use super::AppState;
 use super::auth::authorize;
 use super::error::{ApiError, ErrorDetail, ErrorResponse};
-use crate::backend::embedded::LogError;
+use crate::backend::embedded::{LogError, blocking};
 use crate::backend::{Durability, Record};
 use crate::runtime::Namespace;
 use crate::runtime::idempotency::{Check, Remembered};
@@ -191,12 +191,8 @@ pub async fn write(
         };
         // The message is durable whatever happens here; a key that could not be kept
         // only means that a retry would append the message again.
-        match tokio::task::spawn_blocking(move || store.complete(remembered)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                warn!(namespace = %namespace_name, error = %e, "Idempotency key not kept.")
-            }
-            Err(e) => warn!(namespace = %namespace_name, error = %e, "Idempotency key not kept."),
+        if let Err(e) = blocking(move || store.complete(remembered)).await {
+            warn!(namespace = %namespace_name, error = %e, "Idempotency key not kept.");
         }
     }
     Ok((

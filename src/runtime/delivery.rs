@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::backend::Record;
 use crate::backend::embedded::writer::now_ms;
-use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord};
+use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord, blocking};
 use crate::config::pipeline::{Order, PipelineConfig, RetryPolicy};
 use crate::http::ingest::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS,
@@ -564,25 +564,19 @@ async fn stopping(stopped: &mut watch::Receiver<bool>) {
 
 /// Whether `record` goes to the target `name`: it names its targets, or goes to all.
 fn goes_to(record: &StoredRecord, name: &str) -> bool {
-    header(record, HEADER_TARGETS).is_none_or(|named| named.split(',').any(|t| t == name))
+    record
+        .header(HEADER_TARGETS)
+        .is_none_or(|named| named.split(',').any(|t| t == name))
 }
 
 /// When a delayed message is due (milliseconds since the epoch), if it is delayed.
 fn due_ms(record: &StoredRecord) -> Option<u64> {
-    header(record, HEADER_DELIVER_AT)?.parse().ok()
-}
-
-fn header<'r>(record: &'r StoredRecord, name: &str) -> Option<&'r str> {
-    record
-        .headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    record.header(HEADER_DELIVER_AT)?.parse().ok()
 }
 
 /// A stored record as targets receive it.
 pub fn to_message(namespace: &str, record: &StoredRecord) -> Message {
-    let text = |name| header(record, name).unwrap_or_default().to_string();
+    let text = |name| record.header(name).unwrap_or_default().to_string();
     Message {
         namespace: namespace.to_string(),
         offset: record.offset,
@@ -600,15 +594,6 @@ pub fn to_message(namespace: &str, record: &StoredRecord) -> Message {
             .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
             .collect(),
         payload: record.payload.clone(),
-        payload_is_json: header(record, HEADER_CONTENT_TYPE) != Some("application/octet-stream"),
+        payload_is_json: record.header(HEADER_CONTENT_TYPE) != Some("application/octet-stream"),
     }
-}
-
-/// Runs blocking log I/O off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
-) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| LogError::Failed(format!("a log task panicked: {e}")))?
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Record;
-use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord};
+use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord, blocking};
 use crate::http::ingest::{HEADER_DELIVER_AT, HEADER_TARGETS};
 use crate::runtime::delivery::{
     HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR, HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR,
@@ -133,13 +133,9 @@ pub struct SkippedEntry {
     pub reason: String,
 }
 
+/// Header `name` as text, empty when it is missing.
 fn header<'r>(record: &'r StoredRecord, name: &str) -> &'r str {
-    record
-        .headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .unwrap_or_default()
+    record.header(name).unwrap_or_default()
 }
 
 fn number<T: std::str::FromStr + Default>(record: &StoredRecord, name: &str) -> T {
@@ -231,7 +227,7 @@ pub async fn replay(
         let store = store.clone();
         let namespace = namespace.to_string();
         let request = request.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut selected = Vec::new();
             scan(&store, 0, |record| {
                 let entry = entry(&namespace, &store, record);
@@ -248,8 +244,7 @@ pub async fn replay(
             })
             .map(|()| selected)
         })
-        .await
-        .map_err(|e| LogError::Failed(format!("a DLQ scan panicked: {e}")))??
+        .await?
     };
     let mut outcome = ReplayOutcome {
         dry_run: request.dry_run,
@@ -280,9 +275,7 @@ pub async fn replay(
             let appended = store.log.append(vec![again(&record, &entry)]).await?;
             let done = store.clone();
             let dlq_offset = entry.dlq_offset;
-            tokio::task::spawn_blocking(move || done.replayed.insert(&[dlq_offset]))
-                .await
-                .map_err(|e| LogError::Failed(format!("a DLQ update panicked: {e}")))??;
+            blocking(move || done.replayed.insert(&[dlq_offset])).await?;
             Some(appended.first_offset)
         };
         outcome.replayed.push(ReplayedEntry {

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{MessageStatus, StatusStore, TAILER_GROUP};
-use crate::backend::embedded::{Log, LogError, StoredRecord};
+use crate::backend::embedded::{Log, LogError, StoredRecord, blocking};
 use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 
 /// Records read from the log per store write.
@@ -115,14 +115,8 @@ async fn run(mut run: Run) {
             return;
         }
         let log = run.log.clone();
-        match tokio::task::spawn_blocking(move || log.commit(TAILER_GROUP, next)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                warn!(namespace = %run.namespace, error = %e, "Status tailer could not commit its cursor; it will index these messages again after a restart.")
-            }
-            Err(e) => {
-                warn!(namespace = %run.namespace, error = %e, "Status tailer commit panicked.")
-            }
+        if let Err(e) = blocking(move || log.commit(TAILER_GROUP, next)).await {
+            warn!(namespace = %run.namespace, error = %e, "Status tailer could not commit its cursor; it will index these messages again after a restart.");
         }
         let _ = run.indexed.send(next);
     }
@@ -153,16 +147,9 @@ async fn record(run: &Run, messages: Vec<MessageStatus>) -> bool {
 
 /// The status of a message just read from the log: pending for each of its targets.
 fn accepted(record: &StoredRecord, namespace: &str, targets: &[String]) -> Option<MessageStatus> {
-    let header = |name: &str| {
-        record
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    };
-    let transaction_id = header(HEADER_TRANSACTION_ID)?.to_string();
-    let message_id = header(HEADER_MESSAGE_ID)?.to_string();
-    let targets: Vec<String> = match header(HEADER_TARGETS) {
+    let transaction_id = record.header(HEADER_TRANSACTION_ID)?.to_string();
+    let message_id = record.header(HEADER_MESSAGE_ID)?.to_string();
+    let targets: Vec<String> = match record.header(HEADER_TARGETS) {
         Some(named) => named.split(',').map(str::to_string).collect(),
         None => targets.to_vec(),
     };

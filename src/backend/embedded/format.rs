@@ -48,6 +48,16 @@ pub struct StoredRecord {
     pub payload: Vec<u8>,
 }
 
+impl StoredRecord {
+    /// The value of header `name`, if it is there and is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
 /// The length of the frame `record` encodes to.
 pub fn frame_len(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload: &[u8]) -> usize {
     FRAME_PREFIX_LEN

@@ -504,11 +504,8 @@ impl Subscription {
             if self.next < committed.next_offset {
                 let log = self.log.clone();
                 let from = self.next;
-                let records = tokio::task::spawn_blocking(move || {
-                    log.read(from, max_records, 16 * 1024 * 1024)
-                })
-                .await
-                .map_err(|e| LogError::Failed(format!("a read panicked: {e}")))??;
+                let records =
+                    super::blocking(move || log.read(from, max_records, 16 * 1024 * 1024)).await?;
                 if let Some(last) = records.last() {
                     self.next = last.offset + 1;
                     return Ok(records);

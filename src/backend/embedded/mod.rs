@@ -100,6 +100,15 @@ impl NamespaceStore {
     }
 }
 
+/// Runs blocking log I/O off the runtime's threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LogError::Failed(format!("a log task panicked: {e}")))?
+}
+
 /// Where a namespace's files are.
 pub fn namespace_dir(data_dir: &Path, namespace: &str) -> PathBuf {
     data_dir.join(namespace)
