@@ -63,10 +63,11 @@ const STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// A namespace's running delivery.
 pub struct Delivery {
-    /// Why delivery does not run (a target could not be built), if it does not.
-    pub failure: Arc<Mutex<Option<String>>>,
-    /// Set once the targets are built and the consumer reads the log.
-    pub started: Arc<std::sync::atomic::AtomicBool>,
+    /// Why delivery does not run (a target could not be built), if it does not;
+    /// shared with the delivery task.
+    failure: Arc<Mutex<Option<String>>>,
+    /// Set by the delivery task once the targets are built and it reads the log.
+    started: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -167,6 +168,16 @@ impl Delivery {
             stop,
             task,
         }
+    }
+
+    /// Why delivery does not run, if it does not.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Whether the targets are built and the consumer reads the log.
+    pub fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stops after the message in hand; what was not committed is delivered again

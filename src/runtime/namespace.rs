@@ -41,10 +41,6 @@ pub struct Namespace {
     tailer: Mutex<Option<Tailer>>,
     /// Delivery to the targets, taken when the namespace closes.
     delivery: Mutex<Option<Delivery>>,
-    /// Why delivery does not run, shared with the delivery task.
-    delivery_failure: Arc<Mutex<Option<String>>>,
-    /// Whether delivery has started, shared with the delivery task.
-    delivery_started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Namespace {
@@ -110,12 +106,6 @@ impl Namespace {
             )
         });
         Self {
-            delivery_failure: delivery
-                .as_ref()
-                .map_or_else(Default::default, |d| d.failure.clone()),
-            delivery_started: delivery
-                .as_ref()
-                .map_or_else(Default::default, |d| d.started.clone()),
             delivery: Mutex::new(delivery),
             pipeline,
             store,
@@ -144,10 +134,14 @@ impl Namespace {
     /// waits for it. A failed namespace or delivery is not waited for.
     pub fn starting(&self) -> bool {
         self.unavailable().is_none()
-            && self.delivery_failure.lock().is_ok_and(|f| f.is_none())
-            && !self
-                .delivery_started
-                .load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .with_delivery(|d| d.failure().is_none() && !d.started())
+                .unwrap_or(false)
+    }
+
+    /// `f` of the namespace's delivery, while it has one.
+    fn with_delivery<T>(&self, f: impl FnOnce(&Delivery) -> T) -> Option<T> {
+        self.delivery.lock().ok()?.as_ref().map(f)
     }
 
     /// The namespace's state for the health and status answers.
@@ -160,7 +154,7 @@ impl Namespace {
         if let Some(error) = self.unavailable() {
             health["error"] = json!(error);
         }
-        if let Some(error) = self.delivery_failure.lock().ok().and_then(|f| f.clone()) {
+        if let Some(error) = self.with_delivery(Delivery::failure).flatten() {
             health["delivery_error"] = json!(error);
         }
         if let Some(store) = &self.store {
