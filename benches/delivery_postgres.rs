@@ -13,14 +13,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::PgPool;
-use wald::config::{LoadedPipeline, load_pipeline_text};
+use wald::config::load_pipeline_set;
 use wald::http::{AppState, router};
-use wald::runtime::Namespace;
 use wald::status::StatusStore;
 use wald::status::embedded::EmbeddedStore;
 
@@ -78,7 +77,7 @@ fn main() -> Result {
         )))
         .execute(&pool)
         .await?;
-        let wald = serve(wald_router(scratch.path())?).await?;
+        let wald = serve(wald_router(scratch.path()).await?).await?;
         println!(
             "\nRows to Postgres, {rows} rows of 256-byte payloads a round, batches of {BATCH}, \
              concurrency {CONCURRENCY}, {rounds} rounds, alternating"
@@ -250,7 +249,7 @@ async fn raw_inserts(pool: &PgPool, rows: usize) -> Result<f64> {
 }
 
 /// The real API over the `statement` and `table` namespaces on the embedded log.
-fn wald_router(dir: &Path) -> Result<axum::Router> {
+async fn wald_router(dir: &Path) -> Result<axum::Router> {
     let service = wald::config::service::ServiceConfig {
         data_dir: dir.join("data"),
         ..Default::default()
@@ -260,25 +259,22 @@ fn wald_router(dir: &Path) -> Result<axum::Router> {
         service.status_store.retention.get(),
     )?;
     let status = Arc::new(StatusStore::Embedded(store));
-    let mut namespaces = Vec::new();
-    for name in ["statement", "table"] {
-        let file = format!("{name}.toml");
-        let (source, config, findings) =
-            load_pipeline_text(Path::new(&file), &pipeline(name), &|_| None);
-        let config = config.ok_or_else(|| format!("{findings:?}"))?;
-        namespaces.push(Namespace::open(
-            LoadedPipeline { source, config },
-            &service,
-            &status,
-        ));
+    let files = ["statement", "table"]
+        .into_iter()
+        .map(|name| {
+            let file = PathBuf::from(format!("{name}.toml"));
+            (file, Ok(pipeline(name).into_bytes()))
+        })
+        .collect();
+    let state = AppState::new(service, status);
+    let loaded = state
+        .supervisor
+        .apply(load_pipeline_set(files, &|_| None), "start")
+        .await;
+    if loaded.plan.added.len() != 2 {
+        return Err(format!("the bench pipelines did not load: {loaded:?}").into());
     }
-    Ok(router(Arc::new(AppState {
-        service,
-        namespaces,
-        quarantined: Vec::new(),
-        http: Default::default(),
-        status,
-    })))
+    Ok(router(Arc::new(state)))
 }
 
 async fn serve(app: axum::Router) -> Result<SocketAddr> {

@@ -17,16 +17,15 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
-use wald::config::{LoadedPipeline, load_pipeline_text};
+use wald::config::load_pipeline_set;
 use wald::http::{AppState, router};
-use wald::runtime::Namespace;
 use wald::status::StatusStore;
 use wald::status::embedded::EmbeddedStore;
 
@@ -60,7 +59,7 @@ fn main() -> Result {
         .build()?;
     let scratch = tempfile::tempdir_in(".")?;
     let _guard = runtime.enter();
-    let wald = runtime.block_on(serve(wald_router(scratch.path())?))?;
+    let wald = runtime.block_on(async { serve(wald_router(scratch.path()).await?).await })?;
     let bare = runtime.block_on(serve(bare_router()))?;
     let naive = runtime.block_on(serve(fdatasync_router(&scratch.path().join("naive.log"))?))?;
 
@@ -169,10 +168,7 @@ fn median(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
 }
 
 /// The real API over one public namespace on the embedded log.
-fn wald_router(dir: &Path) -> Result<Router> {
-    let (source, config, findings) =
-        load_pipeline_text(Path::new("bench.toml"), PIPELINE, &|_| None);
-    let config = config.ok_or_else(|| format!("{findings:?}"))?;
+async fn wald_router(dir: &Path) -> Result<Router> {
     let mut service = wald::config::service::ServiceConfig {
         data_dir: dir.join("data"),
         ..Default::default()
@@ -183,14 +179,18 @@ fn wald_router(dir: &Path) -> Result<Router> {
         service.status_store.retention.get(),
     )?;
     let status = Arc::new(StatusStore::Embedded(store));
-    let namespace = Namespace::open(LoadedPipeline { source, config }, &service, &status);
-    let state = AppState {
-        service,
-        namespaces: vec![namespace],
-        quarantined: Vec::new(),
-        http: Default::default(),
-        status,
-    };
+    let state = AppState::new(service, status);
+    let pipelines = load_pipeline_set(
+        vec![(
+            PathBuf::from("bench.toml"),
+            Ok(PIPELINE.as_bytes().to_vec()),
+        )],
+        &|_| None,
+    );
+    let loaded = state.supervisor.apply(pipelines, "start").await;
+    if loaded.plan.added.len() != 1 {
+        return Err(format!("the bench pipeline did not load: {loaded:?}").into());
+    }
     Ok(router(Arc::new(state)))
 }
 

@@ -46,6 +46,30 @@ pub enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Show what a reload of pipeline files would change on a running server (needs the
+    /// admin key): per namespace added, changed (which keys, secrets as fingerprints,
+    /// whether the consumer restarts) or removed, and every file's errors. Changes
+    /// nothing.
+    ///
+    /// The files given are taken as the whole pipelines directory: a running namespace
+    /// none of them declares shows as removed.
+    ///
+    /// Exit codes: 0 no change, 1 invalid files, 2 could not run (unreadable path, no
+    /// answer, refused), 3 changes.
+    Plan {
+        /// Pipeline files and directories (a directory's *.toml). Default: the
+        /// pipelines directory of wald.toml.
+        paths: Vec<PathBuf>,
+        /// `human` or `json` (the server's answer).
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// The server's base URL.
+        #[arg(long, env = "WALD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The admin key.
+        #[arg(long, env = "WALD_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
+    },
     /// Write messages to a running server, and print each answer as a JSON line.
     ///
     /// Exit codes: 0 every message accepted, 1 a message refused, 2 no answer.
@@ -195,6 +219,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connect,
         } => validate(cli.config.as_deref(), paths, format, deny_warnings, connect),
         Command::HashKey { key, generate } => hash_key(key, generate),
+        Command::Plan {
+            paths,
+            format,
+            server,
+            admin_key,
+        } => plan(
+            cli.config.as_deref(),
+            paths,
+            format,
+            &server,
+            admin_key.as_deref(),
+        ),
         Command::Write(args) => write(args),
         Command::Status { namespace, server } => status(&server, namespace.as_deref()),
         Command::Tx { id, server } => transaction(&server, &id),
@@ -215,6 +251,193 @@ fn service_config_path(explicit: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
+/// The paths given, or the pipelines directory of `wald.toml`.
+fn pipeline_paths(config_path: Option<&Path>, paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    if !paths.is_empty() {
+        return paths;
+    }
+    let service_path = service_config_path(config_path);
+    let (service, _) = config::load_service(service_path.as_deref(), &env::process_env);
+    vec![service.map_or_else(|| PathBuf::from("pipelines"), |s| s.pipelines_dir)]
+}
+
+fn plan(
+    config_path: Option<&Path>,
+    paths: Vec<PathBuf>,
+    format: Format,
+    server: &str,
+    admin_key: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use base64::Engine;
+    let paths = pipeline_paths(config_path, paths);
+    let mut problems = Vec::new();
+    let files = config::collect_files(&paths, &mut problems);
+    let mut sent = Vec::new();
+    for file in &files {
+        match config::file::read_bytes(file) {
+            Ok(bytes) => sent.push(serde_json::json!({
+                "name": file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                "content_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
+            })),
+            Err(rejected) => problems.extend(
+                rejected
+                    .findings
+                    .into_iter()
+                    .map(|f| rejected.source.place(f)),
+            ),
+        }
+    }
+    if !problems.is_empty() {
+        print_diagnostics(&problems);
+        return Ok(ExitCode::from(2));
+    }
+    let url = format!("{}/api/v1/admin/plan", server.trim_end_matches('/'));
+    let mut request = reqwest::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({ "files": sent }));
+    if let Some(key) = admin_key {
+        request = request.bearer_auth(key);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (ok, body) = runtime
+        .block_on(async {
+            match request.send().await {
+                Ok(response) => Some((
+                    response.status().is_success(),
+                    response
+                        .json::<serde_json::Value>()
+                        .await
+                        .unwrap_or_default(),
+                )),
+                Err(e) => {
+                    eprintln!("error: no answer from {url}: {e}");
+                    None
+                }
+            }
+        })
+        .unzip();
+    let (Some(ok), Some(body)) = (ok, body) else {
+        return Ok(ExitCode::from(2));
+    };
+    if !ok {
+        eprintln!(
+            "error: {}",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("the server refused the plan")
+        );
+        return Ok(ExitCode::from(2));
+    }
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        Format::Human => print!("{}", render_plan(&body)),
+    }
+    let count = |key: &str| body[key].as_array().map_or(0, Vec::len);
+    let code = if count("quarantined") + count("blocked_by") > 0 {
+        1
+    } else if count("added") + count("changed") + count("removed") > 0 {
+        3
+    } else {
+        0
+    };
+    Ok(ExitCode::from(code))
+}
+
+/// A plan answer, as a person reads it.
+fn render_plan(plan: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let list = |key: &str| plan[key].as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(out, "against generation {}", plan["generation"]);
+    for d in list("blocked_by") {
+        let _ = writeln!(
+            out,
+            "! {}: {} (nothing would be applied)",
+            text(&d["file"]),
+            text(&d["message"])
+        );
+    }
+    for a in list("added") {
+        let _ = writeln!(
+            out,
+            "+ add     {} ({})",
+            text(&a["namespace"]),
+            text(&a["file"])
+        );
+    }
+    for c in list("changed") {
+        let mut effects = Vec::new();
+        if c["replaces_backend"] == true {
+            effects.push("replaces the backend");
+        }
+        if c["restarts_consumer"] == true {
+            effects.push("restarts the consumer");
+        }
+        let effects = if effects.is_empty() {
+            "applies in place".to_string()
+        } else {
+            effects.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "~ change  {} ({}): {effects}",
+            text(&c["namespace"]),
+            text(&c["file"])
+        );
+        for k in c["keys"].as_array().cloned().unwrap_or_default() {
+            let side = |v: &serde_json::Value| {
+                if v.is_null() {
+                    "(none)".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            let _ = writeln!(
+                out,
+                "    {}: {} -> {}",
+                text(&k["key"]),
+                side(&k["from"]),
+                side(&k["to"])
+            );
+        }
+    }
+    for r in list("removed") {
+        let _ = writeln!(out, "- remove  {} (its data stays on disk)", text(&r));
+    }
+    for q in list("quarantined") {
+        let keeps = match (&q["namespace"], q["keeps_running"] == true) {
+            (serde_json::Value::String(n), true) => format!("; `{n}` keeps running as it is"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "! invalid {}{keeps}", text(&q["file"]));
+        for e in q["errors"].as_array().cloned().unwrap_or_default() {
+            let _ = writeln!(
+                out,
+                "    {}:{}:{}: error[{}]: {}",
+                text(&e["file"]),
+                e["line"].as_u64().unwrap_or(0),
+                e["column"].as_u64().unwrap_or(0),
+                text(&e["code"]),
+                text(&e["message"]),
+            );
+            if let Some(hint) = e["hint"].as_str() {
+                let _ = writeln!(out, "      hint: {hint}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "plan: {} to add, {} to change, {} to remove, {} unchanged, {} invalid",
+        list("added").len(),
+        list("changed").len(),
+        list("removed").len(),
+        list("unchanged").len(),
+        list("quarantined").len() + list("blocked_by").len(),
+    );
+    out
+}
+
 fn validate(
     config_path: Option<&Path>,
     paths: Vec<PathBuf>,
@@ -225,16 +448,7 @@ fn validate(
     let service_path = service_config_path(config_path);
     let (service, mut service_diagnostics) =
         config::load_service(service_path.as_deref(), &env::process_env);
-    let paths = if paths.is_empty() {
-        vec![
-            service
-                .as_ref()
-                .map(|s| s.pipelines_dir.clone())
-                .unwrap_or_else(|| PathBuf::from("pipelines")),
-        ]
-    } else {
-        paths
-    };
+    let paths = pipeline_paths(config_path, paths);
     let mut report = config::load_pipelines(&paths, &env::process_env);
     service_diagnostics.append(&mut report.diagnostics);
     report.diagnostics = service_diagnostics;

@@ -139,6 +139,11 @@ pub fn unreadable(e: &std::io::Error) -> Finding {
 
 /// Reads a file as UTF-8 text, within [`MAX_FILE_BYTES`].
 pub fn read_text(path: &Path) -> Result<String, Box<Rejected>> {
+    text_of(path, read_bytes(path)?)
+}
+
+/// Reads a file's bytes, and at most one byte more than [`MAX_FILE_BYTES`].
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, Box<Rejected>> {
     let rejected =
         |finding: Finding| Rejected::new(SourceText::new(path, String::new()), vec![finding]);
     let file = std::fs::File::open(path).map_err(|e| rejected(unreadable(&e)))?;
@@ -146,14 +151,22 @@ pub fn read_text(path: &Path) -> Result<String, Box<Rejected>> {
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| rejected(unreadable(&e)))?;
+    Ok(bytes)
+}
+
+/// The bytes of the file at `path` as UTF-8 text, within [`MAX_FILE_BYTES`].
+pub fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String, Box<Rejected>> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(rejected(
-            Finding::error(
-                Code::FileTooLarge,
-                Location::File,
-                format!("file is larger than {} KiB", MAX_FILE_BYTES / 1024),
-            )
-            .with_hint("a pipeline file declares one namespace and is a few KiB; check that this is the right file"),
+        return Err(Rejected::new(
+            SourceText::new(path, String::new()),
+            vec![
+                Finding::error(
+                    Code::FileTooLarge,
+                    Location::File,
+                    format!("file is larger than {} KiB", MAX_FILE_BYTES / 1024),
+                )
+                .with_hint("a pipeline file declares one namespace and is a few KiB; check that this is the right file"),
+            ],
         ));
     }
     String::from_utf8(bytes).map_err(|e| {

@@ -8,6 +8,7 @@
 //! [`diagnostic`] places findings at `file:line:column` and renders them.
 
 pub mod diagnostic;
+pub mod diff;
 pub mod env;
 pub mod file;
 pub mod pipeline;
@@ -38,6 +39,9 @@ pub struct LoadReport {
     /// Files read, in the order they were loaded.
     pub files: Vec<PathBuf>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Files rejected for errors, with the namespace each declares where that much
+    /// could be read: a reload keeps that namespace as it runs.
+    pub rejected: Vec<(PathBuf, Option<String>)>,
 }
 
 impl LoadReport {
@@ -112,17 +116,41 @@ fn read_dir_pipelines(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Loads, parses and validates every pipeline file that `paths` name.
 pub fn load_pipelines(paths: &[PathBuf], lookup: Lookup) -> LoadReport {
+    let mut diagnostics = Vec::new();
+    let files = collect_files(paths, &mut diagnostics)
+        .into_iter()
+        .map(|path| {
+            let bytes = file::read_bytes(&path);
+            (path, bytes)
+        })
+        .collect();
+    let mut report = load_pipeline_set(files, lookup);
+    diagnostics.append(&mut report.diagnostics);
+    report.diagnostics = diagnostics;
+    report
+}
+
+/// Parses and validates a set of pipeline files given with their contents (or why they
+/// could not be read), as if they were the whole pipelines directory.
+pub fn load_pipeline_set(
+    files: Vec<(PathBuf, Result<Vec<u8>, Box<file::Rejected>>)>,
+    lookup: Lookup,
+) -> LoadReport {
     let mut report = LoadReport::default();
-    report.files = collect_files(paths, &mut report.diagnostics);
     let mut loaded: Vec<LoadedPipeline> = Vec::new();
-    for path in report.files.clone() {
-        let (source, config, findings) = load_pipeline_file(&path, lookup);
+    for (path, bytes) in files {
+        let (source, config, findings) = match bytes.and_then(|bytes| file::text_of(&path, bytes)) {
+            Ok(text) => load_pipeline_text(&path, &text, lookup),
+            Err(rejected) => (rejected.source, None, rejected.findings),
+        };
         let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
         let mut placed: Vec<Diagnostic> = findings.into_iter().map(|f| source.place(f)).collect();
         placed.sort_by_key(|d| (d.line, d.column));
         report.diagnostics.extend(placed);
-        if let (Some(config), false) = (config, has_errors) {
-            loaded.push(LoadedPipeline { source, config });
+        report.files.push(path.clone());
+        match (config, has_errors) {
+            (Some(config), false) => loaded.push(LoadedPipeline { source, config }),
+            (config, _) => report.rejected.push((path, config.map(|c| c.namespace))),
         }
     }
     // A namespace declared twice: every later file is in error and names the first.
@@ -145,24 +173,17 @@ pub fn load_pipelines(paths: &[PathBuf], lookup: Lookup) -> LoadReport {
         report.diagnostics.push(loaded[index].source.place(finding));
         rejected[index] = true;
     }
-    report.pipelines = loaded
-        .into_iter()
-        .zip(rejected)
-        .filter_map(|(p, rejected)| (!rejected).then_some(p))
-        .collect();
-    report
-}
-
-/// Loads and validates one pipeline file. The config is returned when it could be
-/// read into its types, even when validation found errors in it.
-pub fn load_pipeline_file(
-    path: &Path,
-    lookup: Lookup,
-) -> (SourceText, Option<PipelineConfig>, Vec<Finding>) {
-    match file::read_text(path) {
-        Ok(text) => load_pipeline_text(path, &text, lookup),
-        Err(rejected) => (rejected.source, None, rejected.findings),
+    for (pipeline, rejected) in loaded.into_iter().zip(rejected) {
+        if rejected {
+            let namespace = Some(pipeline.config.namespace.clone());
+            report
+                .rejected
+                .push((pipeline.source.path.clone(), namespace));
+        } else {
+            report.pipelines.push(pipeline);
+        }
     }
+    report
 }
 
 /// Parses and validates the text of a pipeline file; `path` only names it.

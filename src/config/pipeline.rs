@@ -116,10 +116,10 @@ pub struct ConsumerConfig {
     pub order: Order,
     /// `[consumer.retry]`. Read on its own by [`parse_pipeline`], so that its errors
     /// and those of `[consumer]` are all reported.
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     pub retry: RetryPolicy,
     /// `[consumer.dlq]`, read on its own likewise.
-    #[serde(skip)]
+    #[serde(skip_deserializing)]
     pub dlq: DlqConfig,
 }
 

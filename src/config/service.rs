@@ -24,6 +24,9 @@ pub struct ServiceConfig {
     pub pipelines_dir: PathBuf,
     /// Reload when a file in `pipelines_dir` changes. Default: true.
     pub watch: bool,
+    /// How long the pipelines directory must be quiet after a change before the
+    /// reload, so that a burst of edits is one reload. Default: 100ms. Range: 0..=10s.
+    pub watch_debounce: HumanDuration,
     /// SHA-256 (hex) of the admin key for `/api/v1/admin/*` and DLQ replay. Default:
     /// none, which disables those routes.
     pub admin_key_sha256: Option<Secret<String>>,
@@ -44,6 +47,7 @@ impl Default for ServiceConfig {
             data_dir: PathBuf::from("data"),
             pipelines_dir: PathBuf::from("pipelines"),
             watch: true,
+            watch_debounce: HumanDuration::from_millis(100),
             admin_key_sha256: None,
             log_format: LogFormat::Text,
             shutdown_timeout: HumanDuration::from_secs(30),
@@ -169,6 +173,14 @@ impl ServiceConfig {
                     format!("set `{key}` to for example \"10s\""),
                 );
             }
+        }
+        if self.watch_debounce.get() > std::time::Duration::from_secs(10) {
+            checks.error(
+                Code::InvalidValue,
+                &root.key("watch_debounce"),
+                "`watch_debounce` is longer than 10s",
+                "set `watch_debounce` to for example \"100ms\"",
+            );
         }
         let store = root.key("status_store");
         match (self.status_store.kind, &self.status_store.url) {

@@ -57,10 +57,10 @@ pub fn authorize_admin(
 
 /// Whether the request may write to `target`. A key of another namespace is told apart
 /// from an unknown one (403 rather than 401).
-pub fn authorize(
+pub fn authorize<'a>(
     headers: &HeaderMap,
     target: &Namespace,
-    all: &[Namespace],
+    all: impl IntoIterator<Item = &'a std::sync::Arc<Namespace>>,
 ) -> Result<(), ApiError> {
     let source = &target.pipeline.config.source;
     if source.public {
@@ -71,7 +71,7 @@ pub fn authorize(
     if matches(&target.key_hashes, &digest) {
         return Ok(());
     }
-    if all.iter().any(|n| matches(&n.key_hashes, &digest)) {
+    if all.into_iter().any(|n| matches(&n.key_hashes, &digest)) {
         return Err(ApiError::Forbidden(target.name().to_string()));
     }
     Err(ApiError::InvalidKey(target.name().to_string()))

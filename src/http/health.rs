@@ -9,18 +9,24 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
-use crate::runtime::Namespace;
 
 /// Every namespace's state, and the files quarantined for errors.
 #[utoipa::path(get, path = "/api/v1/health", tag = "health",
     responses((status = 200, description = "`ok`, or `degraded` when a namespace failed or a file was rejected", body = Object)))]
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let namespaces: Vec<_> = state.namespaces.iter().map(Namespace::health).collect();
+    let running = state.running();
+    let namespaces: Vec<_> = running.namespaces.values().map(|n| n.health()).collect();
     let all_running = namespaces.iter().all(|n| n["state"] == "running");
+    let quarantined: Vec<_> = running
+        .quarantined
+        .iter()
+        .map(|q| q.file.display().to_string())
+        .collect();
     Json(json!({
-        "status": if state.quarantined.is_empty() && all_running { "ok" } else { "degraded" },
+        "status": if quarantined.is_empty() && all_running { "ok" } else { "degraded" },
+        "generation": running.generation,
         "namespaces": namespaces,
-        "quarantined_files": state.quarantined,
+        "quarantined_files": quarantined,
     }))
 }
 
@@ -42,16 +48,17 @@ pub async fn liveness() -> Json<serde_json::Value> {
 pub async fn readiness(
     State(state): State<Arc<AppState>>,
 ) -> (axum::http::StatusCode, Json<serde_json::Value>) {
-    let starting: Vec<&str> = state
+    let running = state.running();
+    let starting: Vec<&str> = running
         .namespaces
-        .iter()
+        .values()
         .filter(|n| n.starting())
-        .map(Namespace::name)
+        .map(|n| n.name())
         .collect();
     if starting.is_empty() {
         (
             axum::http::StatusCode::OK,
-            Json(json!({ "status": "ready", "namespaces": state.namespaces.len() })),
+            Json(json!({ "status": "ready", "namespaces": running.namespaces.len() })),
         )
     } else {
         (

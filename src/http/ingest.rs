@@ -147,6 +147,7 @@ pub async fn write(
         .clone()
         .ok_or_else(|| ApiError::Malformed("missing field `namespace`".into()))?;
     let namespace = find_namespace(&state, &namespace_name, &headers)?;
+    let namespace: &Namespace = &namespace;
     let key = message.idempotency_key.clone();
     // Only a keyed write needs its body's hash.
     let body_hash = key
@@ -223,6 +224,7 @@ pub async fn write_batch(
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
     let (batch, _): (BatchIn, Bytes) = parse_body(&state, body)?;
     let namespace = find_namespace(&state, &batch.namespace, &headers)?;
+    let namespace: &Namespace = &namespace;
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
         return Err(ApiError::Malformed(format!(
             "a batch holds 1 to {MAX_BATCH} messages"
@@ -326,14 +328,18 @@ fn check_idempotency(
 }
 
 /// The namespace a write goes to, once the caller may write to it.
-fn find_namespace<'a>(
-    state: &'a AppState,
+fn find_namespace(
+    state: &AppState,
     name: &str,
     headers: &HeaderMap,
-) -> Result<&'a Namespace, ApiError> {
-    let namespace = state.namespace(name)?;
-    authorize(headers, namespace, &state.namespaces)?;
-    Ok(namespace)
+) -> Result<Arc<Namespace>, ApiError> {
+    let running = state.running();
+    let namespace = running
+        .namespaces
+        .get(name)
+        .ok_or_else(|| ApiError::NamespaceNotFound(name.to_string()))?;
+    authorize(headers, namespace, running.namespaces.values())?;
+    Ok(namespace.clone())
 }
 
 /// Checks one message against its namespace and makes it a record.

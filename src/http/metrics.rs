@@ -191,7 +191,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         metric::APPEND_LATENCY
     );
     let _ = writeln!(out, "# TYPE {} histogram", metric::APPEND_LATENCY);
-    for n in &state.namespaces {
+    for n in state.running().namespaces.values() {
         let (cumulative, sum, count) = n.counters.latency();
         let labels = format!("namespace=\"{}\"", n.name());
         for (bound, value) in LATENCY_BUCKETS
@@ -243,7 +243,7 @@ fn counter_family(
 ) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
-    for n in &state.namespaces {
+    for n in state.running().namespaces.values() {
         for (extra_labels, value) in samples(n) {
             let _ = writeln!(
                 out,

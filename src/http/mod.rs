@@ -7,6 +7,7 @@
 //! answer carries `X-Request-Id` ([`request_id`]); every error is JSON with a stable
 //! code ([`error`]).
 
+pub mod admin;
 pub mod auth;
 pub mod dlq;
 pub mod error;
@@ -26,32 +27,44 @@ use axum::routing::{get, post};
 use axum::{Router, middleware};
 use tracing::{error, info, warn};
 
-use crate::config::diagnostic::Severity;
 use crate::config::service::ServiceConfig;
-use crate::config::{self, env};
 use crate::runtime::Namespace;
+use crate::runtime::supervisor::{Running, Supervisor};
+use crate::runtime::watcher;
 use crate::status::StatusStore;
 use error::ApiError;
 
 /// What every handler can see.
 pub struct AppState {
     pub service: ServiceConfig,
-    /// The namespaces whose files loaded without errors, in file order.
-    pub namespaces: Vec<Namespace>,
-    /// Files whose errors kept their namespace from loading.
-    pub quarantined: Vec<String>,
+    /// The running namespaces, and reload.
+    pub supervisor: Arc<Supervisor>,
     /// Requests answered, by route and status.
     pub http: metrics::HttpCounters,
-    /// Transaction status, kept by each namespace's status tailer.
-    pub status: Arc<StatusStore>,
 }
 
 impl AppState {
+    /// State over `status`, with no namespace running yet: [`Supervisor::reload`] or
+    /// [`Supervisor::apply`] starts them.
+    pub fn new(service: ServiceConfig, status: Arc<StatusStore>) -> Self {
+        Self {
+            supervisor: Arc::new(Supervisor::new(service.clone(), status)),
+            service,
+            http: Default::default(),
+        }
+    }
+
+    /// The running namespaces as of now; a request keeps the snapshot it started with.
+    pub fn running(&self) -> Arc<Running> {
+        self.supervisor.running()
+    }
+
     /// The namespace called `name`, or 404.
-    pub fn namespace(&self, name: &str) -> Result<&Namespace, ApiError> {
-        self.namespaces
-            .iter()
-            .find(|n| n.name() == name)
+    pub fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ApiError> {
+        self.running()
+            .namespaces
+            .get(name)
+            .cloned()
             .ok_or_else(|| ApiError::NamespaceNotFound(name.to_string()))
     }
 }
@@ -80,6 +93,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/wal/transaction/{id}/status",
             get(transaction::transaction_status),
         )
+        .route("/api/v1/admin/pipelines", get(admin::pipelines))
+        .route("/api/v1/admin/reload", post(admin::reload))
+        .route("/api/v1/admin/plan", post(admin::plan))
         .route("/metrics", get(metrics::prometheus))
         .route("/api/v1/health", get(health::health))
         .route("/api/v1/health/liveness", get(health::liveness))
@@ -135,49 +151,40 @@ async fn not_found() -> Response {
 }
 
 /// Loads the pipelines, binds `service.listen` and serves until SIGINT or SIGTERM.
+/// The pipelines are reloaded on a change in their directory (when `watch` is on), on
+/// SIGHUP and on `POST /api/v1/admin/reload`.
 pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
-    let report = config::load_pipelines(
-        std::slice::from_ref(&service.pipelines_dir),
-        &env::process_env,
-    );
-    let mut quarantined = Vec::new();
-    for d in &report.diagnostics {
-        let place = format!(
-            "{}:{}:{}",
-            d.file.display(),
-            d.line.unwrap_or(0),
-            d.column.unwrap_or(0)
-        );
-        match d.severity {
-            Severity::Error => {
-                error!(file = %place, code = %d.code, "Pipeline file rejected: {}", d.message);
-                quarantined.push(d.file.display().to_string());
-            }
-            Severity::Warning => warn!(file = %place, code = %d.code, "{}", d.message),
-        }
-    }
-    quarantined.dedup();
     let store = StatusStore::open(&service.status_store, &service.data_dir).await?;
     info!(store = store.kind(), "Transaction status store open.");
     let status = Arc::new(store);
-    let namespaces: Vec<Namespace> = report
-        .pipelines
-        .into_iter()
-        .map(|p| Namespace::open(p, &service, &status))
-        .collect();
-    for n in &namespaces {
+    let state = Arc::new(AppState::new(service.clone(), status.clone()));
+    let supervisor = state.supervisor.clone();
+    supervisor.reload("start").await;
+    for n in supervisor.running().namespaces.values() {
         let config = &n.pipeline.config;
         info!(namespace = %config.namespace, backend = config.producer.kind(), targets = config.targets.len(), failure = ?n.unavailable(), "Namespace loaded.");
     }
-    let state = Arc::new(AppState {
-        service: service.clone(),
-        namespaces,
-        quarantined,
-        http: Default::default(),
-        status: status.clone(),
-    });
-    let (stop_expiry, expiry_stopped) = tokio::sync::watch::channel(false);
-    let expiry = tokio::spawn(crate::status::expire_periodically(status, expiry_stopped));
+    let (stop_tasks, tasks_stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = vec![
+        tokio::spawn(crate::status::expire_periodically(
+            status,
+            tasks_stopped.clone(),
+        )),
+        tokio::spawn(reload_on_sighup(supervisor.clone(), tasks_stopped.clone())),
+    ];
+    if service.watch {
+        match watcher::spawn(
+            supervisor.clone(),
+            &service.pipelines_dir,
+            service.watch_debounce.get(),
+            tasks_stopped,
+        ) {
+            Ok(task) => tasks.push(task),
+            Err(e) => {
+                warn!(dir = %service.pipelines_dir.display(), error = %e, "Cannot watch the pipelines directory; reload with SIGHUP or the admin API.")
+            }
+        }
+    }
     let listener = tokio::net::TcpListener::bind(service.listen).await?;
     info!(address = %listener.local_addr()?, "Listening.");
     server::run(
@@ -188,13 +195,33 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
-    let _ = stop_expiry.send(true);
-    let _ = expiry.await;
-    for namespace in &state.namespaces {
-        namespace.close().await;
+    let _ = stop_tasks.send(true);
+    for task in tasks {
+        let _ = task.await;
     }
+    supervisor.close().await;
     info!("Stopped.");
     Ok(())
+}
+
+/// Reloads the pipelines on every SIGHUP until `stop` turns true.
+async fn reload_on_sighup(
+    supervisor: Arc<Supervisor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            warn!(error = %e, "Cannot listen for SIGHUP; reload with the admin API.");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => { supervisor.reload("signal").await; }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{dlq, error, health, ingest, metrics, transaction};
+use super::{admin, dlq, error, health, ingest, metrics, transaction};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,9 @@ use super::{dlq, error, health, ingest, metrics, transaction};
         health::liveness,
         health::readiness,
         metrics::prometheus,
+        admin::pipelines,
+        admin::reload,
+        admin::plan,
     ),
     components(
         schemas(error::ErrorBody, crate::runtime::dlq::EntryState),
@@ -34,6 +37,7 @@ use super::{dlq, error, health, ingest, metrics, transaction};
         (name = "status", description = "Namespaces, transactions and metrics"),
         (name = "dlq", description = "Dead-letter queues (admin key)"),
         (name = "health", description = "Probes"),
+        (name = "admin", description = "Pipelines, reload and plan (admin key)"),
     )
 )]
 pub struct ApiDoc;

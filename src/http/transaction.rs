@@ -29,8 +29,9 @@ pub async fn transaction_status(
         )));
     }
     let catch_up = state
+        .running()
         .namespaces
-        .iter()
+        .values()
         .filter_map(|n| {
             Some(CatchUp {
                 log_end: n.store.as_ref()?.log.committed().next_offset,
@@ -38,7 +39,7 @@ pub async fn transaction_status(
             })
         })
         .collect();
-    match state.status.find(&id, catch_up).await {
+    match state.supervisor.status().find(&id, catch_up).await {
         Ok(Some(status)) => Ok(Json(status)),
         Ok(None) => Err(ApiError::TransactionNotFound(id)),
         Err(e) => {

@@ -94,16 +94,45 @@ struct Consumer {
 /// Delivery of one message stopped because the namespace is stopping.
 struct Stopped;
 
+/// A namespace's targets, built and ready, each by name with the retry policy that
+/// applies to it.
+pub struct Targets(BTreeMap<String, (Target, RetryPolicy)>);
+
+impl Targets {
+    /// Builds every target of `config` (clients, pools, files); the first that cannot
+    /// be built is the error. Nothing is delivered yet.
+    pub async fn build(config: &PipelineConfig) -> Result<Self, String> {
+        let mut targets = BTreeMap::new();
+        for t in &config.targets {
+            let policy = t.retry.as_ref().map_or_else(
+                || config.consumer.retry.clone(),
+                |o| o.apply(&config.consumer.retry),
+            );
+            let target = Target::build(t)
+                .await
+                .map_err(|e| format!("target `{}`: {e}", t.name))?;
+            targets.insert(t.name.clone(), (target, policy));
+        }
+        Ok(Self(targets))
+    }
+}
+
 impl Delivery {
-    /// Builds the namespace's targets and starts delivering. A target that cannot be
-    /// built keeps delivery down (the messages wait in the log) and is reported.
+    /// Starts delivering to `targets`. Targets that could not be built keep delivery
+    /// down (the messages wait in the log), and the reason is reported.
     pub fn start(
         config: &PipelineConfig,
+        targets: Result<Targets, String>,
         store: Arc<NamespaceStore>,
         status: Arc<StatusStore>,
         status_indexed: Option<watch::Receiver<u64>>,
     ) -> Self {
         let failure = Arc::new(Mutex::new(None));
+        let fail = |reason: String| {
+            if let Ok(mut f) = failure.lock() {
+                f.get_or_insert(reason);
+            }
+        };
         // The group's cursor exists from the start, so that retention never deletes
         // what delivery has not read, even before delivery runs (blocking I/O, like
         // opening the log).
@@ -113,36 +142,12 @@ impl Delivery {
             .and_then(|start| store.log.commit(DELIVERY_GROUP, start));
         if let Err(e) = registered {
             error!(namespace = %config.namespace, error = %e, "Delivery cursor could not be written.");
-            if let Ok(mut f) = failure.lock() {
-                *f = Some(e.to_string());
-            }
+            fail(e.to_string());
         }
         let (stop, stopped) = watch::channel(false);
-        let config = config.clone();
-        let reported = failure.clone();
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let running = started.clone();
-        let task = tokio::spawn(async move {
-            let mut targets = BTreeMap::new();
-            for t in &config.targets {
-                let policy = t.retry.as_ref().map_or_else(
-                    || config.consumer.retry.clone(),
-                    |o| o.apply(&config.consumer.retry),
-                );
-                match Target::build(t).await {
-                    Ok(target) => {
-                        targets.insert(t.name.clone(), (target, policy));
-                    }
-                    Err(e) => {
-                        error!(namespace = %config.namespace, target = %t.name, error = %e, "Delivery not started: a target could not be built; messages wait in the log.");
-                        if let Ok(mut failure) = reported.lock() {
-                            *failure = Some(format!("target `{}`: {e}", t.name));
-                        }
-                        return;
-                    }
-                }
-            }
-            let consumer = Consumer {
+        let consumer = match targets {
+            Ok(Targets(targets)) => Some(Consumer {
                 namespace: config.namespace.clone(),
                 store,
                 targets,
@@ -154,9 +159,20 @@ impl Delivery {
                 order: config.consumer.order,
                 dlq_enabled: config.consumer.dlq.enabled,
                 stopped,
-            };
+            }),
+            Err(e) => {
+                error!(namespace = %config.namespace, error = %e, "Delivery not started: a target could not be built; messages wait in the log.");
+                fail(e);
+                None
+            }
+        };
+        let reported = failure.clone();
+        let running = started.clone();
+        let task = tokio::spawn(async move {
+            let Some(consumer) = consumer else { return };
+            let namespace = consumer.namespace.clone();
             if let Err(e) = Arc::new(consumer).run(running).await {
-                error!(namespace = %config.namespace, error = %e, "Delivery stopped.");
+                error!(namespace = %namespace, error = %e, "Delivery stopped.");
                 if let Ok(mut failure) = reported.lock() {
                     *failure = Some(e.to_string());
                 }

@@ -1,5 +1,5 @@
-//! The running service: each namespace with its storage, as `wald serve` runs it.
-//! Consumers, delivery and reload land here.
+//! The running service: the supervisor that owns the running namespaces and reloads
+//! them, each namespace with its storage, and delivery (lanes, retries, the DLQ).
 
 pub mod counters;
 pub mod delivery;
@@ -8,5 +8,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod namespace;
 pub mod retry;
+pub mod supervisor;
+pub mod watcher;
 
 pub use namespace::Namespace;

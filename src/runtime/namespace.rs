@@ -1,5 +1,7 @@
 //! One running namespace: its configuration, its storage, the hashes of its API keys,
-//! and whether it is up.
+//! and whether it is up. A reload that changes a namespace makes a new `Namespace`
+//! from the old one ([`Namespace::reconfigure`]): the storage, its counters and
+//! whatever the change leaves alone move over; only what changed is restarted.
 
 use serde_json::json;
 use tracing::error;
@@ -14,7 +16,7 @@ use crate::backend::embedded::{NamespaceStore, namespace_dir};
 use crate::config::LoadedPipeline;
 use crate::config::service::ServiceConfig;
 use crate::runtime::counters::WriteCounters;
-use crate::runtime::delivery::Delivery;
+use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
 use crate::status::StatusStore;
@@ -31,8 +33,8 @@ pub struct Namespace {
     pub key_hashes: Vec<[u8; 32]>,
     /// Rate limit and the bound on writes waiting for durability.
     pub admission: Admission,
-    /// Writes accepted and refused, append latency.
-    pub counters: WriteCounters,
+    /// Writes accepted and refused, append latency; kept across reloads.
+    pub counters: Arc<WriteCounters>,
     /// Idempotency keys of its writes, when its storage opened.
     pub idempotency: Option<Arc<IdempotencyStore>>,
     /// How far the status tailer has recorded the log in the status store.
@@ -44,11 +46,22 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// Opens the namespace's storage under `service.data_dir` and starts its status
-    /// tailer; a failure (corruption found by recovery) keeps this namespace down and
-    /// leaves the others alone.
-    pub fn open(
+    /// Opens the namespace's storage under `service.data_dir`, starts its status
+    /// tailer and its delivery; a failure (corruption found by recovery) keeps this
+    /// namespace down and leaves the others alone.
+    pub async fn open(
         pipeline: LoadedPipeline,
+        service: &ServiceConfig,
+        status: &Arc<StatusStore>,
+    ) -> Self {
+        let targets = Targets::build(&pipeline.config).await;
+        Self::open_with(pipeline, targets, service, status)
+    }
+
+    /// [`Namespace::open`] with targets built already.
+    pub fn open_with(
+        pipeline: LoadedPipeline,
+        targets: Result<Targets, String>,
         service: &ServiceConfig,
         status: &Arc<StatusStore>,
     ) -> Self {
@@ -72,17 +85,6 @@ impl Namespace {
                 )),
             ),
         };
-        // Validation accepted only 64-hex-digit hashes.
-        let key_hashes = config
-            .source
-            .api_keys_sha256
-            .iter()
-            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
-            .collect();
-        let admission = Admission::new(
-            config.source.rate_limit,
-            service.http.max_in_flight_per_namespace,
-        );
         let idempotency = store.as_ref().and_then(|_| {
             let path = namespace_dir(data_dir, &config.namespace).join("idempotency.log");
             IdempotencyStore::open(&path, service.status_store.retention.get())
@@ -90,32 +92,89 @@ impl Namespace {
                 .ok()
                 .map(Arc::new)
         });
-        let tailer = store.as_ref().and_then(|store| {
-            let targets = config.targets.iter().map(|t| t.name.clone()).collect();
-            Tailer::start(store.log.clone(), config.namespace.clone(), targets, status.clone())
-                .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Transaction status unavailable."))
-                .ok()
-        });
+        let tailer = store
+            .as_ref()
+            .and_then(|store| start_tailer(config, store, status));
         let status_indexed = tailer.as_ref().map(|t| t.indexed.clone());
         let delivery = store.as_ref().map(|store| {
             Delivery::start(
                 config,
+                targets,
                 store.clone(),
                 status.clone(),
                 status_indexed.clone(),
             )
         });
         Self {
+            key_hashes: key_hashes(config),
+            admission: Admission::new(
+                config.source.rate_limit,
+                service.http.max_in_flight_per_namespace,
+            ),
             delivery: Mutex::new(delivery),
             pipeline,
             store,
             failure,
-            key_hashes,
-            admission,
-            counters: WriteCounters::default(),
+            counters: Arc::default(),
             idempotency,
             status_indexed,
             tailer: Mutex::new(tailer),
+        }
+    }
+
+    /// This namespace with `change` applied, on the same storage. The log takes the new
+    /// `[producer]` settings in place; a change of the consumer or the targets stops
+    /// delivery after its in-flight batch (and its commit) and starts it again with
+    /// `targets`, built beforehand; the status tailer restarts when the targets change.
+    /// What the change does not touch moves over as it runs. `self` is left without
+    /// tailer or delivery, to be dropped.
+    pub async fn reconfigure(
+        &self,
+        pipeline: LoadedPipeline,
+        targets_changed: bool,
+        targets: Option<Targets>,
+        service: &ServiceConfig,
+        status: &Arc<StatusStore>,
+    ) -> Self {
+        let config = &pipeline.config;
+        if let (Some(store), BackendConfig::Embedded(embedded)) = (&self.store, &config.producer) {
+            store.reconfigure(embedded);
+        }
+        let mut delivery = take(&self.delivery);
+        let mut tailer = take(&self.tailer);
+        if let (Some(targets), Some(store)) = (targets, &self.store) {
+            if let Some(old) = delivery.take() {
+                old.stop().await;
+            }
+            if targets_changed {
+                if let Some(old) = tailer.take() {
+                    old.stop().await;
+                }
+                tailer = start_tailer(config, store, status);
+            }
+            let indexed = tailer.as_ref().map(|t| t.indexed.clone());
+            delivery = Some(Delivery::start(
+                config,
+                Ok(targets),
+                store.clone(),
+                status.clone(),
+                indexed,
+            ));
+        }
+        Self {
+            key_hashes: key_hashes(config),
+            admission: Admission::new(
+                config.source.rate_limit,
+                service.http.max_in_flight_per_namespace,
+            ),
+            status_indexed: tailer.as_ref().map(|t| t.indexed.clone()),
+            delivery: Mutex::new(delivery),
+            tailer: Mutex::new(tailer),
+            store: self.store.clone(),
+            failure: self.failure.clone(),
+            counters: self.counters.clone(),
+            idempotency: self.idempotency.clone(),
+            pipeline,
         }
     }
 
@@ -139,6 +198,11 @@ impl Namespace {
                 .unwrap_or(false)
     }
 
+    /// Why delivery does not run, if it does not.
+    pub fn delivery_failure(&self) -> Option<String> {
+        self.with_delivery(Delivery::failure).flatten()
+    }
+
     /// `f` of the namespace's delivery, while it has one.
     fn with_delivery<T>(&self, f: impl FnOnce(&Delivery) -> T) -> Option<T> {
         self.delivery.lock().ok()?.as_ref().map(f)
@@ -154,7 +218,7 @@ impl Namespace {
         if let Some(error) = self.unavailable() {
             health["error"] = json!(error);
         }
-        if let Some(error) = self.with_delivery(Delivery::failure).flatten() {
+        if let Some(error) = self.delivery_failure() {
             health["delivery_error"] = json!(error);
         }
         if let Some(store) = &self.store {
@@ -170,12 +234,10 @@ impl Namespace {
     /// Stops delivery (after the message in hand) and the status tailer, then closes
     /// the storage, syncing what was written.
     pub async fn close(&self) {
-        let delivery = self.delivery.lock().ok().and_then(|mut d| d.take());
-        if let Some(delivery) = delivery {
+        if let Some(delivery) = take(&self.delivery) {
             delivery.stop().await;
         }
-        let tailer = self.tailer.lock().ok().and_then(|mut t| t.take());
-        if let Some(tailer) = tailer {
+        if let Some(tailer) = take(&self.tailer) {
             tailer.stop().await;
         }
         if let Some(store) = &self.store {
@@ -183,4 +245,40 @@ impl Namespace {
             store.dlq.clone().close().await;
         }
     }
+}
+
+/// What a mutex holds, taken out of it.
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().ok().and_then(|mut held| held.take())
+}
+
+/// The SHA-256 of each API key, decoded once for constant-time checks. Validation
+/// accepted only 64-hex-digit hashes.
+fn key_hashes(config: &crate::config::pipeline::PipelineConfig) -> Vec<[u8; 32]> {
+    config
+        .source
+        .api_keys_sha256
+        .iter()
+        .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+        .collect()
+}
+
+/// Starts the status tailer of a namespace, which records its messages as pending for
+/// its targets.
+fn start_tailer(
+    config: &crate::config::pipeline::PipelineConfig,
+    store: &NamespaceStore,
+    status: &Arc<StatusStore>,
+) -> Option<Tailer> {
+    let targets = config.targets.iter().map(|t| t.name.clone()).collect();
+    Tailer::start(
+        store.log.clone(),
+        config.namespace.clone(),
+        targets,
+        status.clone(),
+    )
+    .inspect_err(
+        |e| error!(namespace = %config.namespace, error = %e, "Transaction status unavailable."),
+    )
+    .ok()
 }

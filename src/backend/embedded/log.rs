@@ -55,7 +55,8 @@ pub enum Position {
 /// What the writer, the readers and retention share.
 pub struct Shared {
     pub dir: PathBuf,
-    pub config: Config,
+    /// Replaced whole by [`Log::reconfigure`]; the writer reads it per group.
+    config: RwLock<Config>,
     /// Segments in offset order; the last is the active one.
     segments: RwLock<Vec<Arc<Segment>>>,
     pub committed: watch::Sender<Committed>,
@@ -79,6 +80,11 @@ pub struct Stats {
 }
 
 impl Shared {
+    /// The log's settings as they are now.
+    pub fn config(&self) -> Config {
+        self.config.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().ok().and_then(|f| f.clone())
     }
@@ -117,17 +123,17 @@ impl Shared {
                 .min()
         };
         let mut total: u64 = segments.iter().map(|s| s.sealed_len().unwrap_or(0)).sum();
-        let retention_ms = self.config.retention.get().as_millis() as u64;
+        let config = self.config();
+        let retention_ms = config.retention.get().as_millis() as u64;
         let mut deleted = Vec::new();
         for pair in segments.windows(2) {
             let (segment, next) = (&pair[0], &pair[1]);
             let consumed = consumed_up_to.is_some_and(|c| c >= next.base_offset);
-            if !consumed && !self.config.delete_unconsumed {
+            if !consumed && !config.delete_unconsumed {
                 break;
             }
             let old = now_ms.saturating_sub(next.created_ms) > retention_ms;
-            let over_cap = self
-                .config
+            let over_cap = config
                 .retention_bytes
                 .is_some_and(|cap| total > cap.bytes());
             if !old && !over_cap {
@@ -253,7 +259,7 @@ impl Log {
         let (committed_tx, _) = watch::channel(committed);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            config,
+            config: RwLock::new(config),
             segments: RwLock::new(segments),
             committed: committed_tx,
             cursors,
@@ -288,6 +294,15 @@ impl Log {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// Applies new settings to the open log: segment size and age from the next
+    /// append, the sync mode and interval from the next group, retention from its next
+    /// run. Nothing on disk depends on them, so the log keeps running.
+    pub fn reconfigure(&self, config: Config) {
+        if let Ok(mut current) = self.shared.config.write() {
+            *current = config;
+        }
     }
 
     /// Why the log refuses appends, if it found corruption or could not recover.

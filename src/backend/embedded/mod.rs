@@ -83,6 +83,12 @@ impl NamespaceStore {
         Ok(store)
     }
 
+    /// Applies new settings to the open log and dead-letter log.
+    pub fn reconfigure(&self, config: &Config) {
+        self.log.reconfigure(config.clone());
+        self.dlq.reconfigure(config.clone());
+    }
+
     /// Remembers delayed messages by due time: (offset, due_ms) pairs (blocking I/O).
     pub fn schedule(&self, items: &[(u64, u64)]) -> Result<(), LogError> {
         self.delays.schedule(items)?;

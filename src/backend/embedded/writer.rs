@@ -94,7 +94,7 @@ impl WriterState {
     }
 
     fn sync_mode(&self) -> SyncMode {
-        self.shared.config.sync
+        self.shared.config().sync
     }
 
     /// Writes one group of requests and answers each of them.
@@ -128,6 +128,7 @@ impl WriterState {
         }
         let mut pending: Vec<Pending> = Vec::new();
         self.buf.clear();
+        let segment_size = self.shared.config().segment_size.bytes();
         for request in group {
             let size: usize = request
                 .records
@@ -136,7 +137,7 @@ impl WriterState {
                 .sum();
             let end = self.pos + (self.buf.len() + size) as u64;
             let has_data = self.pos + self.buf.len() as u64 > SEGMENT_HEADER_LEN as u64;
-            if end > self.shared.config.segment_size.bytes() && has_data {
+            if end > segment_size && has_data {
                 self.flush(&mut pending);
                 if let Err(e) = self.roll() {
                     let _ = request.reply.send(Err(e));
@@ -272,7 +273,7 @@ impl WriterState {
     fn segment_is_old(&self) -> bool {
         let age = now_ms().saturating_sub(self.segment.created_ms);
         self.pos > SEGMENT_HEADER_LEN as u64
-            && age >= self.shared.config.segment_age.get().as_millis() as u64
+            && age >= self.shared.config().segment_age.get().as_millis() as u64
     }
 
     /// Seals the active segment (synced whole, index written) and starts a new one whose
@@ -336,9 +337,9 @@ pub fn run(
     mut requests: mpsc::Receiver<WriterMessage>,
     runtime: tokio::runtime::Handle,
 ) {
-    let interval = state.shared.config.sync_interval.get();
     let mut next_retention = Instant::now() + RETENTION_EVERY;
     loop {
+        let interval = state.shared.config().sync_interval.get();
         let dirty = state.durable_len < state.pos && state.sync_mode() == SyncMode::Interval;
         let deadline = if dirty {
             next_retention.min(Instant::now() + interval)
