@@ -299,25 +299,21 @@ fn plan(
         request = request.bearer_auth(key);
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let (ok, body) = runtime
-        .block_on(async {
-            match request.send().await {
-                Ok(response) => Some((
-                    response.status().is_success(),
-                    response
-                        .json::<serde_json::Value>()
-                        .await
-                        .unwrap_or_default(),
-                )),
-                Err(e) => {
-                    eprintln!("error: no answer from {url}: {e}");
-                    None
-                }
-            }
-        })
-        .unzip();
-    let (Some(ok), Some(body)) = (ok, body) else {
-        return Ok(ExitCode::from(2));
+    let answer = runtime.block_on(async {
+        let response = request.send().await?;
+        let ok = response.status().is_success();
+        let body = response
+            .json::<serde_json::Value>()
+            .await
+            .unwrap_or_default();
+        Ok::<_, reqwest::Error>((ok, body))
+    });
+    let (ok, body) = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("error: no answer from {url}: {e}");
+            return Ok(ExitCode::from(2));
+        }
     };
     if !ok {
         eprintln!(

@@ -130,12 +130,12 @@ pub fn load_pipelines(paths: &[PathBuf], lookup: Lookup) -> LoadReport {
     report
 }
 
+/// A pipeline file's path with its bytes, or why they could not be read.
+pub type FileBytes = (PathBuf, Result<Vec<u8>, Box<file::Rejected>>);
+
 /// Parses and validates a set of pipeline files given with their contents (or why they
 /// could not be read), as if they were the whole pipelines directory.
-pub fn load_pipeline_set(
-    files: Vec<(PathBuf, Result<Vec<u8>, Box<file::Rejected>>)>,
-    lookup: Lookup,
-) -> LoadReport {
+pub fn load_pipeline_set(files: Vec<FileBytes>, lookup: Lookup) -> LoadReport {
     let mut report = LoadReport::default();
     let mut loaded: Vec<LoadedPipeline> = Vec::new();
     for (path, bytes) in files {

@@ -39,7 +39,8 @@ pub async fn liveness() -> Json<serde_json::Value> {
 
 /// Whether the service takes traffic.
 /// Ready once every healthy namespace delivers; a failed one is not waited for (health
-/// reports it).
+/// reports it). Once ready it stays ready: a namespace that a reload adds or restarts
+/// does not take the whole server out of rotation while it starts.
 #[utoipa::path(get, path = "/api/v1/health/readiness", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Object),
@@ -48,14 +49,16 @@ pub async fn liveness() -> Json<serde_json::Value> {
 pub async fn readiness(
     State(state): State<Arc<AppState>>,
 ) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    use std::sync::atomic::Ordering;
     let running = state.running();
     let starting: Vec<&str> = running
         .namespaces
         .values()
-        .filter(|n| n.starting())
+        .filter(|n| !state.ready.load(Ordering::Acquire) && n.starting())
         .map(|n| n.name())
         .collect();
     if starting.is_empty() {
+        state.ready.store(true, Ordering::Release);
         (
             axum::http::StatusCode::OK,
             Json(json!({ "status": "ready", "namespaces": running.namespaces.len() })),

@@ -17,6 +17,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use crate::runtime::Namespace;
 use crate::runtime::counters::LATENCY_BUCKETS;
+use crate::runtime::supervisor::ReloadResult;
 use crate::telemetry::metric;
 
 /// Requests answered, by route and status.
@@ -229,7 +230,61 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
             metric::HTTP_REQUESTS
         );
     }
+    reload_metrics(&mut out, &state);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Reloads by result, their total duration, the running generation and the files in
+/// quarantine.
+fn reload_metrics(out: &mut String, state: &AppState) {
+    let running = state.running();
+    let history = state.supervisor.history();
+    let _ = writeln!(
+        out,
+        "# HELP {} Reloads of the pipeline files, by result.",
+        metric::RELOADS
+    );
+    let _ = writeln!(out, "# TYPE {} counter", metric::RELOADS);
+    for (result, count) in ReloadResult::ALL.iter().zip(history.counts) {
+        let _ = writeln!(
+            out,
+            "{}{{result=\"{}\"}} {count}",
+            metric::RELOADS,
+            result.as_str()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {} Time spent reloading.",
+        metric::RELOAD_DURATION
+    );
+    let _ = writeln!(out, "# TYPE {} summary", metric::RELOAD_DURATION);
+    let _ = writeln!(out, "{}_sum {}", metric::RELOAD_DURATION, history.seconds);
+    let _ = writeln!(
+        out,
+        "{}_count {}",
+        metric::RELOAD_DURATION,
+        history.counts.iter().sum::<u64>()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP {} The generation of pipeline files running.",
+        metric::CONFIG_GENERATION
+    );
+    let _ = writeln!(out, "# TYPE {} gauge", metric::CONFIG_GENERATION);
+    let _ = writeln!(out, "{} {}", metric::CONFIG_GENERATION, running.generation);
+    let _ = writeln!(
+        out,
+        "# HELP {} Pipeline files rejected by the last reload.",
+        metric::QUARANTINED_FILES
+    );
+    let _ = writeln!(out, "# TYPE {} gauge", metric::QUARANTINED_FILES);
+    let _ = writeln!(
+        out,
+        "{} {}",
+        metric::QUARANTINED_FILES,
+        running.quarantined.len()
+    );
 }
 
 /// Writes one metric family with a sample per namespace (and per extra label set).

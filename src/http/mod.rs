@@ -1,9 +1,10 @@
-//! The HTTP API server: [`router`] builds the routes over shared state, [`serve`] opens
-//! every namespace and runs until a shutdown signal.
+//! The HTTP API server: [`router`] builds the routes over shared state, [`serve`] starts
+//! the namespaces, reloads them on change, and runs until a shutdown signal.
 //!
 //! Routes: the write routes ([`ingest`]), namespace status and the probes
 //! ([`health`]), transaction status ([`transaction`]), metrics as JSON and for
-//! Prometheus ([`metrics`]), the OpenAPI document and its page ([`openapi`]). Every
+//! Prometheus ([`metrics`]), the DLQ ([`dlq`]), pipelines, reload and plan
+//! ([`admin`]), the OpenAPI document and its page ([`openapi`]). Every
 //! answer carries `X-Request-Id` ([`request_id`]); every error is JSON with a stable
 //! code ([`error`]).
 
@@ -41,6 +42,9 @@ pub struct AppState {
     pub supervisor: Arc<Supervisor>,
     /// Requests answered, by route and status.
     pub http: metrics::HttpCounters,
+    /// Set once every namespace of the start-up has started delivering; readiness
+    /// answers 200 from then on.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -51,6 +55,7 @@ impl AppState {
             supervisor: Arc::new(Supervisor::new(service.clone(), status)),
             service,
             http: Default::default(),
+            ready: Default::default(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! new target (as Kubernetes does with a mounted ConfigMap, or a deploy with
 //! `ln -sfn`), the watch is set up again on the new target before the reload.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +65,7 @@ pub fn spawn(
 }
 
 /// (Re)starts the watch on the directory, wherever its path leads now.
-fn watch_dir(watcher: &mut notify::RecommendedWatcher, dir: &PathBuf) {
+fn watch_dir(watcher: &mut notify::RecommendedWatcher, dir: &Path) {
     let _ = watcher.unwatch(dir);
     if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
         warn!(dir = %dir.display(), error = %e, "Cannot watch the pipelines directory; changes to its entry are still watched.");
