@@ -438,6 +438,38 @@ async fn a_swapped_symlinked_directory_is_picked_up() -> Result {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_kubernetes_style_configmap_update_is_picked_up() -> Result {
+    // A mounted ConfigMap: the files are links through `..data`, itself a link to a
+    // hidden directory of the current version; an update writes a new version and
+    // renames a new `..data` link over the old one.
+    let setup = Setup::new()?;
+    let dir = setup.pipelines();
+    let version = |name: &str, description: &str| -> Result {
+        std::fs::create_dir_all(dir.join(name))?;
+        let text = file_pipeline("alpha", &setup.out("alpha.jsonl"), &format!("description = \"{description}\""));
+        std::fs::write(dir.join(name).join("alpha.toml"), text)?;
+        Ok(())
+    };
+    version("..2026_11_28_a", "one")?;
+    std::os::unix::fs::symlink("..2026_11_28_a", dir.join("..data"))?;
+    std::os::unix::fs::symlink("..data/alpha.toml", dir.join("alpha.toml"))?;
+    let server = setup.start(&dir).await?;
+    assert_eq!(namespace_names(&pipelines(&server).await?), BTreeSet::from(["alpha".to_string()]));
+
+    version("..2026_11_28_b", "two")?;
+    std::os::unix::fs::symlink("..2026_11_28_b", dir.join("..data_tmp"))?;
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
+    std::fs::remove_dir_all(dir.join("..2026_11_28_a"))?;
+    let now = pipelines_until(&server, |p| p["generation"] == 2).await?;
+    let change = &now["last_reload"]["changed"][0];
+    assert_eq!(change["keys"][0]["key"], "description", "{now:#}");
+    assert_eq!(change["keys"][0]["to"], "two");
+    assert_eq!(change["restarts_consumer"], false);
+    assert!(stop(server.child).await?.success());
+    Ok(())
+}
+
 /// An HTTP server that records the `n` of each message it receives.
 async fn recorder() -> Result<(String, Arc<Mutex<Vec<u64>>>)> {
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tracing::{error, info, warn};
 
+use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
 use crate::config::diff::{Changed, Current, Plan, Quarantined, diff};
 use crate::config::service::ServiceConfig;
 use crate::config::{LoadReport, env, load_pipelines};
@@ -155,7 +156,19 @@ impl Supervisor {
             load_pipelines(std::slice::from_ref(&dir), &env::process_env)
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_else(|e| {
+            // Never an empty set, which would remove every namespace: the directory
+            // counts as unreadable, and nothing applies.
+            let finding = Finding::error(
+                Code::Unreadable,
+                Location::File,
+                format!("loading the pipeline files failed: {e}"),
+            );
+            LoadReport {
+                diagnostics: vec![Diagnostic::for_path(&self.service.pipelines_dir, finding)],
+                ..LoadReport::default()
+            }
+        });
         self.apply(report, trigger).await
     }
 
@@ -176,12 +189,10 @@ impl Supervisor {
                 d.column.unwrap_or(0)
             );
             match d.severity {
-                crate::config::diagnostic::Severity::Error => {
+                Severity::Error => {
                     error!(file = %place, code = %d.code, "Pipeline file rejected: {}", d.message)
                 }
-                crate::config::diagnostic::Severity::Warning => {
-                    warn!(file = %place, code = %d.code, "{}", d.message)
-                }
+                Severity::Warning => warn!(file = %place, code = %d.code, "{}", d.message),
             }
         }
         let old = self.running();
