@@ -27,13 +27,22 @@ struct Setup {
 
 impl Setup {
     fn new() -> Result<Self> {
+        Self::with("")
+    }
+
+    /// Reloads only when asked (SIGHUP or the admin API).
+    fn unwatched() -> Result<Self> {
+        Self::with("watch = false\n")
+    }
+
+    fn with(settings: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir_all(dir.path().join("pipelines"))?;
         let hash = hex::encode(sha2::Sha256::digest(ADMIN_KEY.as_bytes()));
         std::fs::write(
             dir.path().join("wald.toml"),
             format!(
-                "admin_key_sha256 = \"{hash}\"\nwatch_debounce = \"50ms\"\nshutdown_timeout = \"5s\"\n"
+                "admin_key_sha256 = \"{hash}\"\nwatch_debounce = \"50ms\"\nshutdown_timeout = \"5s\"\n{settings}"
             ),
         )?;
         Ok(Self { dir })
@@ -271,17 +280,12 @@ async fn files_added_edited_and_removed_change_the_running_service_without_a_res
 
 #[tokio::test]
 async fn a_bad_file_is_quarantined_and_every_running_namespace_is_left_untouched() -> Result {
-    let setup = Setup::new()?;
+    let setup = Setup::unwatched()?;
     let alpha = file_pipeline("alpha", &setup.out("alpha.jsonl"), "");
     setup.put("alpha.toml", &alpha)?;
     setup.put(
         "keep.toml",
         &file_pipeline("keep", &setup.out("keep.jsonl"), ""),
-    )?;
-    let config = setup.dir.path().join("wald.toml");
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)? + "watch = false\n",
     )?;
     let server = setup.start(&setup.pipelines()).await?;
     let client = reqwest::Client::new();
@@ -447,7 +451,11 @@ async fn a_kubernetes_style_configmap_update_is_picked_up() -> Result {
     let dir = setup.pipelines();
     let version = |name: &str, description: &str| -> Result {
         std::fs::create_dir_all(dir.join(name))?;
-        let text = file_pipeline("alpha", &setup.out("alpha.jsonl"), &format!("description = \"{description}\""));
+        let text = file_pipeline(
+            "alpha",
+            &setup.out("alpha.jsonl"),
+            &format!("description = \"{description}\""),
+        );
         std::fs::write(dir.join(name).join("alpha.toml"), text)?;
         Ok(())
     };
@@ -455,7 +463,10 @@ async fn a_kubernetes_style_configmap_update_is_picked_up() -> Result {
     std::os::unix::fs::symlink("..2026_11_28_a", dir.join("..data"))?;
     std::os::unix::fs::symlink("..data/alpha.toml", dir.join("alpha.toml"))?;
     let server = setup.start(&dir).await?;
-    assert_eq!(namespace_names(&pipelines(&server).await?), BTreeSet::from(["alpha".to_string()]));
+    assert_eq!(
+        namespace_names(&pipelines(&server).await?),
+        BTreeSet::from(["alpha".to_string()])
+    );
 
     version("..2026_11_28_b", "two")?;
     std::os::unix::fs::symlink("..2026_11_28_b", dir.join("..data_tmp"))?;
@@ -576,7 +587,7 @@ fn summary(outcome: &Value) -> Value {
 
 #[tokio::test]
 async fn plan_shows_exactly_the_diff_that_the_following_reload_applies() -> Result {
-    let setup = Setup::new()?;
+    let setup = Setup::unwatched()?;
     setup.put(
         "alpha.toml",
         &file_pipeline("alpha", &setup.out("alpha.jsonl"), ""),
@@ -584,11 +595,6 @@ async fn plan_shows_exactly_the_diff_that_the_following_reload_applies() -> Resu
     setup.put(
         "gone.toml",
         &file_pipeline("gone", &setup.out("gone.jsonl"), ""),
-    )?;
-    let config = setup.dir.path().join("wald.toml");
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)? + "watch = false\n",
     )?;
     let server = setup.start(&setup.pipelines()).await?;
 
@@ -649,7 +655,7 @@ async fn plan_shows_exactly_the_diff_that_the_following_reload_applies() -> Resu
 
 #[tokio::test]
 async fn a_hundred_reloads_under_concurrent_writes_lose_nothing_and_refuse_nothing() -> Result {
-    let setup = Setup::new()?;
+    let setup = Setup::unwatched()?;
     let out = setup.out("steady.jsonl");
     let steady = |batch: u32| {
         file_pipeline(
@@ -659,11 +665,6 @@ async fn a_hundred_reloads_under_concurrent_writes_lose_nothing_and_refuse_nothi
         )
     };
     setup.put("steady.toml", &steady(16))?;
-    let config = setup.dir.path().join("wald.toml");
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)? + "watch = false\n",
-    )?;
     let server = Arc::new(setup.start(&setup.pipelines()).await?);
 
     let running = Arc::new(std::sync::atomic::AtomicBool::new(true));

@@ -299,6 +299,21 @@ mod tests {
         load_pipeline_set(files, &|_| None)
     }
 
+    /// The namespaces of `report`, as if they ran.
+    fn running(report: &LoadReport) -> BTreeMap<String, Current<'_>> {
+        report
+            .pipelines
+            .iter()
+            .map(|p| {
+                let current = Current {
+                    file: &p.source.path,
+                    config: &p.config,
+                };
+                (p.config.namespace.clone(), current)
+            })
+            .collect()
+    }
+
     const ORDERS: &str = r#"
 namespace = "orders"
 [source]
@@ -313,14 +328,7 @@ path = "out/orders.jsonl"
     #[test]
     fn a_changed_target_key_is_named_and_restarts_the_consumer() {
         let before = report(&[("orders.toml", ORDERS)]);
-        let running = &before.pipelines[0];
-        let current = BTreeMap::from([(
-            "orders".to_string(),
-            Current {
-                file: &running.source.path,
-                config: &running.config,
-            },
-        )]);
+        let current = running(&before);
         let edited = ORDERS.replace("out/orders.jsonl", "out/other.jsonl");
         let plan = diff(&current, report(&[("orders.toml", &edited)]));
         assert_eq!(plan.changed.len(), 1);
@@ -343,14 +351,7 @@ path = "out/orders.jsonl"
     #[test]
     fn a_broken_file_keeps_its_namespace_and_others_still_apply() {
         let before = report(&[("orders.toml", ORDERS)]);
-        let running = &before.pipelines[0];
-        let current = BTreeMap::from([(
-            "orders".to_string(),
-            Current {
-                file: &running.source.path,
-                config: &running.config,
-            },
-        )]);
+        let current = running(&before);
         let other = ORDERS.replace("\"orders\"", "\"other\"");
         let plan = diff(
             &current,
@@ -376,14 +377,7 @@ path = "out/orders.jsonl"
             )
         };
         let before = report(&[("orders.toml", &with_key("first-secret-value"))]);
-        let running = &before.pipelines[0];
-        let current = BTreeMap::from([(
-            "orders".to_string(),
-            Current {
-                file: &running.source.path,
-                config: &running.config,
-            },
-        )]);
+        let current = running(&before);
         let plan = diff(
             &current,
             report(&[("orders.toml", &with_key("second-secret-value"))]),

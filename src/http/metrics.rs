@@ -239,12 +239,16 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
 fn reload_metrics(out: &mut String, state: &AppState) {
     let running = state.running();
     let history = state.supervisor.history();
-    let _ = writeln!(
+    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+    };
+    header(
         out,
-        "# HELP {} Reloads of the pipeline files, by result.",
-        metric::RELOADS
+        metric::RELOADS,
+        "counter",
+        "Reloads of the pipeline files, by result.",
     );
-    let _ = writeln!(out, "# TYPE {} counter", metric::RELOADS);
     for (result, count) in ReloadResult::ALL.iter().zip(history.counts) {
         let _ = writeln!(
             out,
@@ -253,38 +257,26 @@ fn reload_metrics(out: &mut String, state: &AppState) {
             result.as_str()
         );
     }
-    let _ = writeln!(
+    let name = metric::RELOAD_DURATION;
+    header(out, name, "summary", "Time spent reloading.");
+    let _ = writeln!(out, "{name}_sum {}", history.seconds);
+    let _ = writeln!(out, "{name}_count {}", history.counts.iter().sum::<u64>());
+    let name = metric::CONFIG_GENERATION;
+    header(
         out,
-        "# HELP {} Time spent reloading.",
-        metric::RELOAD_DURATION
+        name,
+        "gauge",
+        "The generation of pipeline files running.",
     );
-    let _ = writeln!(out, "# TYPE {} summary", metric::RELOAD_DURATION);
-    let _ = writeln!(out, "{}_sum {}", metric::RELOAD_DURATION, history.seconds);
-    let _ = writeln!(
+    let _ = writeln!(out, "{name} {}", running.generation);
+    let name = metric::QUARANTINED_FILES;
+    header(
         out,
-        "{}_count {}",
-        metric::RELOAD_DURATION,
-        history.counts.iter().sum::<u64>()
+        name,
+        "gauge",
+        "Pipeline files rejected by the last reload.",
     );
-    let _ = writeln!(
-        out,
-        "# HELP {} The generation of pipeline files running.",
-        metric::CONFIG_GENERATION
-    );
-    let _ = writeln!(out, "# TYPE {} gauge", metric::CONFIG_GENERATION);
-    let _ = writeln!(out, "{} {}", metric::CONFIG_GENERATION, running.generation);
-    let _ = writeln!(
-        out,
-        "# HELP {} Pipeline files rejected by the last reload.",
-        metric::QUARANTINED_FILES
-    );
-    let _ = writeln!(out, "# TYPE {} gauge", metric::QUARANTINED_FILES);
-    let _ = writeln!(
-        out,
-        "{} {}",
-        metric::QUARANTINED_FILES,
-        running.quarantined.len()
-    );
+    let _ = writeln!(out, "{name} {}", running.quarantined.len());
 }
 
 /// Writes one metric family with a sample per namespace (and per extra label set).
