@@ -1014,3 +1014,134 @@ async fn a_table_target_inserts_a_batch_as_one_statement_and_leaves_out_a_refuse
     stop(server.child).await?;
     Ok(())
 }
+
+/// A `redis-server` of the test's own on a free port, its data in `dir` (append-only,
+/// synced on every write), so that it can be killed and started again.
+struct PrivateRedis {
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    async fn start(dir: &Path, port: u16) -> Result<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("the private redis-server did not start".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { child })
+    }
+
+    fn kill(mut self) -> Result {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_nothing_and_delivery_resumes() -> Result {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var_os("CI").is_some() {
+            panic!("redis-server is not installed, and CI is set: CI machines have it");
+        }
+        eprintln!("skipped: redis-server is not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let redis_dir = dir.path().join("redis");
+    std::fs::create_dir_all(&redis_dir)?;
+    let redis_server = PrivateRedis::start(&redis_dir, port).await?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    std::fs::write(
+        pipes.join("cache.toml"),
+        format!(
+            "namespace = \"cache\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [consumer.retry]\nmax_attempts = 100\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n\
+             [[target]]\nname = \"cache\"\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\n\
+             command = \"SET\"\nkey = \"restart:{{payload.n}}\"\n"
+        ),
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    for n in 1..=5 {
+        write_until(
+            &server,
+            json!({"namespace": "cache", "payload": {"n": n}}),
+            "delivered",
+        )
+        .await?;
+    }
+
+    // Redis goes away: writes are still answered, delivery retries.
+    redis_server.kill()?;
+    let mut waiting = Vec::new();
+    for n in 6..=10 {
+        let written = write(&server, json!({"namespace": "cache", "payload": {"n": n}})).await?;
+        waiting.push(written["transaction_id"].as_str().ok_or("id")?.to_string());
+    }
+    transaction_until(&server, &waiting[0], Duration::from_secs(30), |s| {
+        s["state"] == "retrying"
+    })
+    .await?;
+
+    // Back on the same port with its data: every message arrives, none dead-lettered.
+    let redis_server = PrivateRedis::start(&redis_dir, port).await?;
+    for tx in &waiting {
+        transaction_until(&server, tx, Duration::from_secs(30), |s| {
+            s["state"] == "delivered"
+        })
+        .await?;
+    }
+    let mut redis = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    for n in 1..=10 {
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(format!("restart:{n}"))
+            .query_async(&mut redis)
+            .await?;
+        assert_eq!(
+            stored.as_deref(),
+            Some(format!("{{\"n\":{n}}}").as_str()),
+            "message {n}"
+        );
+    }
+    let status: Value = reqwest::get(server.url("/api/v1/wal/namespace/cache/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["dlq_depth"], 0, "{status:#}");
+    assert!(
+        status["targets"][0]["delivery"]["retried"].as_u64() > Some(0),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["targets"][0]["delivery"]["delivered"], 10,
+        "{status:#}"
+    );
+    redis_server.kill()?;
+    assert!(stop(server.child).await?.success());
+    Ok(())
+}

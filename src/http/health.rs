@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
+use crate::runtime::Namespace;
 
 /// Every namespace's state, and the files quarantined for errors.
 #[utoipa::path(get, path = "/api/v1/health", tag = "health",
@@ -72,8 +73,8 @@ pub async fn readiness(
 }
 
 /// `GET /api/v1/wal/namespace/{ns}/status`: state, backend, log positions, consumer
-/// groups' cursors and lag, DLQ depth, pending delayed messages, and the file the
-/// namespace comes from.
+/// groups' cursors and lag, DLQ depth, pending delayed messages, writes accepted,
+/// delivery per target, and the file the namespace comes from.
 #[utoipa::path(get, path = "/api/v1/wal/namespace/{namespace}/status", tag = "status",
     params(("namespace" = String, Path, description = "The namespace's name", example = "demo")),
     responses(
@@ -84,19 +85,68 @@ pub async fn namespace_status(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let namespace = state.namespace(&name)?;
+    Ok(Json(status_of(&*state.namespace(&name)?)))
+}
+
+/// `GET /api/v1/wal/namespaces`: every namespace's status at once, with the running
+/// generation, the last reload and the quarantined files (what the status page shows).
+#[utoipa::path(get, path = "/api/v1/wal/namespaces", tag = "status",
+    responses((status = 200, description = "Every namespace's status, the generation, the last reload and the quarantined files", body = Object)))]
+pub async fn namespaces(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let running = state.running();
+    let last_reload = state.supervisor.history().last.clone().map(|r| {
+        json!({
+            "result": r.result.as_str(),
+            "trigger": r.trigger,
+            "finished_at": r.finished_at,
+            "generation": r.generation,
+            "failed": r.failed,
+        })
+    });
+    let quarantined: Vec<_> = running
+        .quarantined
+        .iter()
+        .map(|q| {
+            let first = q.errors.first();
+            json!({
+                "file": q.file.display().to_string(),
+                "namespace": q.namespace,
+                "keeps_running": q.keeps_running,
+                "error": first.map(|d| json!({
+                    "line": d.line, "column": d.column, "code": d.code, "message": d.message,
+                })),
+            })
+        })
+        .collect();
+    Json(json!({
+        "generation": running.generation,
+        "last_reload": last_reload,
+        "quarantined": quarantined,
+        "namespaces": running.namespaces.values().map(|n| status_of(n)).collect::<Vec<_>>(),
+    }))
+}
+
+/// One namespace's status.
+fn status_of(namespace: &Namespace) -> serde_json::Value {
     let mut status = namespace.health();
-    status["description"] = json!(namespace.pipeline.config.description);
+    let config = &namespace.pipeline.config;
+    status["description"] = json!(config.description);
     status["file"] = json!(namespace.pipeline.source.path.display().to_string());
+    let deliveries = namespace.deliveries.snapshot();
     status["targets"] = json!(
-        namespace
-            .pipeline
-            .config
+        config
             .targets
             .iter()
-            .map(|t| json!({"name": t.name, "type": t.kind.kind()}))
+            .map(|t| json!({
+                "name": t.name,
+                "type": t.kind.kind(),
+                "delivery": deliveries.get(&t.name).cloned().unwrap_or_default(),
+            }))
             .collect::<Vec<_>>()
     );
+    status["writes"] = json!({
+        "accepted_messages": namespace.counters.accepted.load(std::sync::atomic::Ordering::Relaxed),
+    });
     if let Some(store) = &namespace.store {
         let next = store.log.committed().next_offset;
         let groups: Vec<_> = store
@@ -123,5 +173,5 @@ pub async fn namespace_status(
         status["dlq_depth"] = json!(dlq);
         status["delayed_pending"] = json!(store.delays.pending());
     }
-    Ok(Json(status))
+    status
 }

@@ -186,6 +186,30 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         },
     );
 
+    counter_family(
+        &mut out,
+        metric::DELIVERIES,
+        "counter",
+        "Delivery outcomes, by target: delivered, retried (a failed attempt followed by another), dead_lettered.",
+        &state,
+        |n| {
+            n.deliveries
+                .snapshot()
+                .into_iter()
+                .flat_map(|(target, c)| {
+                    [
+                        ("delivered", c.delivered),
+                        ("retried", c.retried),
+                        ("dead_lettered", c.dead_lettered),
+                    ]
+                    .map(|(outcome, count)| {
+                        (format!(",target=\"{target}\",outcome=\"{outcome}\""), count)
+                    })
+                })
+                .collect()
+        },
+    );
+
     let _ = writeln!(
         out,
         "# HELP {} Append latency, from admission to the backend's confirmation.",

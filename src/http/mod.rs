@@ -4,7 +4,8 @@
 //! Routes: the write routes ([`ingest`]), namespace status and the probes
 //! ([`health`]), transaction status ([`transaction`]), metrics as JSON and for
 //! Prometheus ([`metrics`]), the DLQ ([`dlq`]), pipelines, reload and plan
-//! ([`admin`]), the OpenAPI document and its page ([`openapi`]). Every
+//! ([`admin`]), recent messages ([`messages`]), the OpenAPI document and its page
+//! ([`openapi`]), the status page ([`ui`]). Every
 //! answer carries `X-Request-Id` ([`request_id`]); every error is JSON with a stable
 //! code ([`error`]).
 
@@ -14,11 +15,13 @@ pub mod dlq;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod messages;
 pub mod metrics;
 pub mod openapi;
 pub mod request_id;
 pub mod server;
 pub mod transaction;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -81,9 +84,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/wal/write", post(ingest::write))
         .route("/api/v1/wal/write/batch", post(ingest::write_batch))
+        .route("/api/v1/wal/namespaces", get(health::namespaces))
         .route(
             "/api/v1/wal/namespace/{namespace}/status",
             get(health::namespace_status),
+        )
+        .route(
+            "/api/v1/wal/namespace/{namespace}/messages",
+            get(messages::recent),
         )
         .route(
             "/api/v1/wal/namespace/{namespace}/metrics",
@@ -106,6 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/health/liveness", get(health::liveness))
         .route("/api/v1/health/readiness", get(health::readiness))
         .merge(openapi::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

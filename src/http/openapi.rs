@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, dlq, error, health, ingest, metrics, transaction};
+use super::{admin, dlq, error, health, ingest, messages, metrics, transaction};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,7 +14,9 @@ use super::{admin, dlq, error, health, ingest, metrics, transaction};
     paths(
         ingest::write,
         ingest::write_batch,
+        health::namespaces,
         health::namespace_status,
+        messages::recent,
         metrics::namespace_metrics,
         transaction::transaction_status,
         dlq::list,

@@ -70,3 +70,62 @@ impl WriteCounters {
         (cumulative, histogram.1 as f64 / 1e6, histogram.2)
     }
 }
+
+/// What delivery did per target of one namespace: for its status, the status page and
+/// `/metrics`. Kept across reloads, like the write counters.
+#[derive(Debug, Default)]
+pub struct DeliveryCounters(Mutex<BTreeMap<String, TargetCounters>>);
+
+/// One target's delivery outcomes since start.
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct TargetCounters {
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Failed attempts followed by another attempt.
+    pub retried: u64,
+    /// Messages sent to the DLQ (or dropped, with the DLQ disabled).
+    pub dead_lettered: u64,
+    /// The last error, and when it happened (milliseconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_at_ms: Option<u64>,
+}
+
+/// An outcome of delivery to a target.
+pub enum Outcome<'a> {
+    Delivered(u64),
+    Retried { error: &'a str, at_ms: u64 },
+    DeadLettered { error: &'a str, at_ms: u64 },
+}
+
+impl DeliveryCounters {
+    pub fn record(&self, target: &str, outcome: Outcome<'_>) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let counters = match all.get_mut(target) {
+            Some(counters) => counters,
+            None => all.entry(target.to_string()).or_default(),
+        };
+        let (error, at_ms) = match outcome {
+            Outcome::Delivered(n) => {
+                counters.delivered += n;
+                return;
+            }
+            Outcome::Retried { error, at_ms } => {
+                counters.retried += 1;
+                (error, at_ms)
+            }
+            Outcome::DeadLettered { error, at_ms } => {
+                counters.dead_lettered += 1;
+                (error, at_ms)
+            }
+        };
+        counters.last_error = Some(error.to_string());
+        counters.last_error_at_ms = Some(at_ms);
+    }
+
+    /// Every target's counters, by name.
+    pub fn snapshot(&self) -> BTreeMap<String, TargetCounters> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

@@ -35,6 +35,7 @@ use crate::http::ingest::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS,
     HEADER_TRANSACTION_ID, RESERVED_PREFIX,
 };
+use crate::runtime::counters::{DeliveryCounters, Outcome};
 use crate::runtime::retry;
 use crate::status::{DeliveryState, StatusStore, TargetStatus, TargetUpdate};
 use crate::target::{DeliveryError, Message, Target};
@@ -81,6 +82,8 @@ struct Consumer {
     status: Arc<StatusStore>,
     /// How far the status tailer has recorded the log: an update waits for it.
     status_indexed: Option<watch::Receiver<u64>>,
+    /// Outcomes per target, shared with the namespace.
+    counters: Arc<DeliveryCounters>,
     batch_size: usize,
     /// Messages delivered at once (`[consumer] concurrency`).
     lanes: usize,
@@ -126,6 +129,7 @@ impl Delivery {
         store: Arc<NamespaceStore>,
         status: Arc<StatusStore>,
         status_indexed: Option<watch::Receiver<u64>>,
+        counters: Arc<DeliveryCounters>,
     ) -> Self {
         let failure = Arc::new(Mutex::new(None));
         let fail = |reason: String| {
@@ -153,6 +157,7 @@ impl Delivery {
                 targets,
                 status,
                 status_indexed,
+                counters,
                 batch_size: config.consumer.batch_size as usize,
                 lanes: config.consumer.concurrency.max(1) as usize,
                 linger: config.consumer.linger.get(),
@@ -423,6 +428,10 @@ impl Consumer {
                     Ok(()) => batch.len(),
                     Err(failed) => start + failed.delivered,
                 };
+                if reached > start {
+                    self.counters
+                        .record(name, Outcome::Delivered((reached - start) as u64));
+                }
                 for (message, tried) in batch[start..reached].iter().zip(&attempts[start..reached])
                 {
                     updates.push(self.update(
@@ -443,7 +452,11 @@ impl Consumer {
                 let first = first_errors[i]
                     .get_or_insert_with(|| (e.message.clone(), failed_at))
                     .clone();
+                let outcome = (e.message.as_str(), failed_at);
                 if !e.retriable || attempts[i] >= policy.max_attempts {
+                    let (error, at_ms) = outcome;
+                    self.counters
+                        .record(name, Outcome::DeadLettered { error, at_ms });
                     self.dead_letter(mine[i], name, attempts[i], &first, e, failed_at)
                         .await?;
                     updates.push(self.update(
@@ -457,6 +470,9 @@ impl Consumer {
                     continue;
                 }
                 warn!(namespace = %self.namespace, target = %name, message_id = %message.message_id, attempt = attempts[i], error = %e, "Delivery failed; retrying.");
+                let (error, at_ms) = outcome;
+                self.counters
+                    .record(name, Outcome::Retried { error, at_ms });
                 let update =
                     self.update(message, name, DeliveryState::Retrying, attempts[i], Some(e));
                 self.record_status(vec![update], message.offset).await;

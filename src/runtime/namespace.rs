@@ -15,7 +15,7 @@ use crate::backend::BackendConfig;
 use crate::backend::embedded::{NamespaceStore, namespace_dir};
 use crate::config::LoadedPipeline;
 use crate::config::service::ServiceConfig;
-use crate::runtime::counters::WriteCounters;
+use crate::runtime::counters::{DeliveryCounters, WriteCounters};
 use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
@@ -35,6 +35,8 @@ pub struct Namespace {
     pub admission: Admission,
     /// Writes accepted and refused, append latency; kept across reloads.
     pub counters: Arc<WriteCounters>,
+    /// Delivery outcomes per target; kept across reloads.
+    pub deliveries: Arc<DeliveryCounters>,
     /// Idempotency keys of its writes, when its storage opened.
     pub idempotency: Option<Arc<IdempotencyStore>>,
     /// How far the status tailer has recorded the log in the status store.
@@ -96,6 +98,7 @@ impl Namespace {
             .as_ref()
             .and_then(|store| start_tailer(config, store, status));
         let status_indexed = tailer.as_ref().map(|t| t.indexed.clone());
+        let deliveries = Arc::new(DeliveryCounters::default());
         let delivery = store.as_ref().map(|store| {
             Delivery::start(
                 config,
@@ -103,6 +106,7 @@ impl Namespace {
                 store.clone(),
                 status.clone(),
                 status_indexed.clone(),
+                deliveries.clone(),
             )
         });
         Self {
@@ -116,6 +120,7 @@ impl Namespace {
             store,
             failure,
             counters: Arc::default(),
+            deliveries,
             idempotency,
             status_indexed,
             tailer: Mutex::new(tailer),
@@ -159,6 +164,7 @@ impl Namespace {
                 store.clone(),
                 status.clone(),
                 indexed,
+                self.deliveries.clone(),
             ));
         }
         Self {
@@ -173,6 +179,7 @@ impl Namespace {
             store: self.store.clone(),
             failure: self.failure.clone(),
             counters: self.counters.clone(),
+            deliveries: self.deliveries.clone(),
             idempotency: self.idempotency.clone(),
             pipeline,
         }
