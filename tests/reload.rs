@@ -216,15 +216,15 @@ async fn files_added_edited_and_removed_change_the_running_service_without_a_res
     let (_, alpha_before) = write(&client, &server, "alpha", 1).await?;
     let before_id = alpha_before["message_id"].as_str().ok_or("id")?.to_string();
     delivered_until(&setup.out("alpha.jsonl"), std::slice::from_ref(&before_id)).await?;
+    let hash = |p: &Value| namespace_entry(p, "alpha").map(|n| n["config_hash"].clone());
+    let old_hash = hash(&now);
     setup.put(
         "alpha.toml",
         &file_pipeline("alpha", &setup.out("alpha-2.jsonl"), ""),
     )?;
+    // (A later reload with nothing to change may follow; the generation stays.)
     let now = pipelines_until(&server, |p| p["generation"] == 3).await?;
-    let change = &now["last_reload"]["changed"][0];
-    assert_eq!(change["namespace"], "alpha");
-    assert_eq!(change["keys"][0]["key"], "target[out].path");
-    assert_eq!(change["restarts_consumer"], true);
+    assert_ne!(hash(&now), old_hash);
     let (_, alpha_after) = write(&client, &server, "alpha", 2).await?;
     let after_id = alpha_after["message_id"].as_str().ok_or("id")?.to_string();
     delivered_until(&setup.out("alpha-2.jsonl"), std::slice::from_ref(&after_id)).await?;
@@ -260,10 +260,18 @@ async fn files_added_edited_and_removed_change_the_running_service_without_a_res
         .status()?;
     let now = pipelines_until(&server, |p| {
         p["reloads"]["ok"].as_u64().unwrap_or(0) > reloads
+            && p["last_reload"]["trigger"] == "signal"
     })
     .await?;
     assert_eq!(now["generation"], generation);
-    assert_eq!(now["last_reload"]["trigger"], "signal");
+
+    // Each change is one reload or two (the editor's temporary file, then the
+    // rename); reading the files during a reload is not a change.
+    let reloads = now["reloads"]["ok"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        reloads < 20,
+        "{reloads} reloads for 6 changes: the watch sees its own reads"
+    );
 
     let metrics = reqwest::get(server.url("/metrics")).await?.text().await?;
     assert!(
@@ -472,11 +480,12 @@ async fn a_kubernetes_style_configmap_update_is_picked_up() -> Result {
     std::os::unix::fs::symlink("..2026_11_28_b", dir.join("..data_tmp"))?;
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
     std::fs::remove_dir_all(dir.join("..2026_11_28_a"))?;
-    let now = pipelines_until(&server, |p| p["generation"] == 2).await?;
-    let change = &now["last_reload"]["changed"][0];
-    assert_eq!(change["keys"][0]["key"], "description", "{now:#}");
-    assert_eq!(change["keys"][0]["to"], "two");
-    assert_eq!(change["restarts_consumer"], false);
+    pipelines_until(&server, |p| p["generation"] == 2).await?;
+    let status: Value = reqwest::get(server.url("/api/v1/wal/namespace/alpha/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["description"], "two", "{status:#}");
     assert!(stop(server.child).await?.success());
     Ok(())
 }
@@ -505,7 +514,7 @@ async fn recorder() -> Result<(String, Arc<Mutex<Vec<u64>>>)> {
 
 #[tokio::test]
 async fn a_changed_target_url_applies_to_the_deliveries_that_follow() -> Result {
-    let setup = Setup::new()?;
+    let setup = Setup::unwatched()?;
     let (first_url, first) = recorder().await?;
     let (second_url, second) = recorder().await?;
     let hooked = |url: &str| {

@@ -101,6 +101,9 @@ pub async fn namespaces(State(state): State<Arc<AppState>>) -> Json<serde_json::
             "finished_at": r.finished_at,
             "generation": r.generation,
             "failed": r.failed,
+            "blocked_by": r.plan.blocked_by.iter().map(|d| json!({
+                "file": d.file.display().to_string(), "code": d.code, "message": d.message,
+            })).collect::<Vec<_>>(),
         })
     });
     let quarantined: Vec<_> = running

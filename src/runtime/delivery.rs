@@ -97,6 +97,13 @@ struct Consumer {
 /// Delivery of one message stopped because the namespace is stopping.
 struct Stopped;
 
+/// What a lane delivered: the final state per target of each message of a run, and
+/// the run's offsets.
+struct Outcomes {
+    updates: Vec<TargetUpdate>,
+    offsets: Vec<u64>,
+}
+
 /// A namespace's targets, built and ready, each by name with the retry policy that
 /// applies to it.
 pub struct Targets(BTreeMap<String, (Target, RetryPolicy)>);
@@ -222,12 +229,16 @@ impl Consumer {
         info!(namespace = %self.namespace, from = subscription.position(), lanes = self.lanes, "Delivery started.");
         let delays = tokio::spawn(self.clone().deliver_delayed());
         let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
+        // Lanes hand what they delivered to the recorder, which records it in the
+        // status store and only then reports the offsets done: a lane goes on with its
+        // next run meanwhile.
+        let (outcomes_tx, outcomes_rx) = mpsc::channel::<Outcomes>(self.lanes * 2);
         let mut lanes = Vec::with_capacity(self.lanes);
         let mut lane_tasks = tokio::task::JoinSet::new();
         for _ in 0..self.lanes {
             let (tx, mut rx) = mpsc::channel::<StoredRecord>(LANE_DEPTH);
             lanes.push(tx);
-            let (consumer, done_tx) = (self.clone(), done_tx.clone());
+            let (consumer, outcomes) = (self.clone(), outcomes_tx.clone());
             lane_tasks.spawn(async move {
                 // What comes into the lane within `linger` of its first message goes as
                 // one run, up to `batch_size`.
@@ -250,16 +261,21 @@ impl Consumer {
                             None => break,
                         }
                     }
-                    if consumer.deliver(&run).await.is_err() {
+                    let Ok(updates) = consumer.deliver(&run).await else {
                         return;
-                    }
-                    for record in &run {
-                        let _ = done_tx.send(record.offset);
+                    };
+                    let outcome = Outcomes {
+                        updates,
+                        offsets: run.iter().map(|r| r.offset).collect(),
+                    };
+                    if outcomes.send(outcome).await.is_err() {
+                        return;
                     }
                 }
             });
         }
-        drop(done_tx);
+        drop(outcomes_tx);
+        let recorder = tokio::spawn(self.clone().record_outcomes(outcomes_rx, done_tx));
         let mut in_flight = BTreeSet::new();
         let mut read_up_to = subscription.position();
         let mut committed = read_up_to;
@@ -329,6 +345,7 @@ impl Consumer {
         // committed, the rest is delivered again after the next start.
         drop(lanes);
         while lane_tasks.join_next().await.is_some() {}
+        let _ = recorder.await;
         while let Ok(offset) = done.try_recv() {
             in_flight.remove(&offset);
         }
@@ -386,7 +403,10 @@ impl Consumer {
             let log = self.store.log.clone();
             match blocking(move || log.read(offset, 1, usize::MAX)).await {
                 Ok(records) => match records.first() {
-                    Some(_) => self.deliver(&records).await?,
+                    Some(_) => {
+                        let updates = self.deliver(&records).await?;
+                        self.record_status(updates, offset).await;
+                    }
                     None => {
                         error!(namespace = %self.namespace, offset, "A delayed message is no longer in the log.")
                     }
@@ -408,10 +428,8 @@ impl Consumer {
     /// Delivers a run of messages to each target: the target's messages go as one
     /// batch, in log order. Each is retried until it succeeds, or goes to the DLQ after
     /// a permanent error or its last attempt; a message waits for the one before it.
-    async fn deliver(&self, records: &[StoredRecord]) -> Result<(), Stopped> {
-        let Some(last) = records.last().map(|r| r.offset) else {
-            return Ok(());
-        };
+    /// Returns each message's final state per target, for the status store.
+    async fn deliver(&self, records: &[StoredRecord]) -> Result<Vec<TargetUpdate>, Stopped> {
         let mut updates = Vec::new();
         for (name, (target, policy)) in &self.targets {
             let mine: Vec<&StoredRecord> = records.iter().filter(|r| goes_to(r, name)).collect();
@@ -485,8 +503,36 @@ impl Consumer {
                 start = i;
             }
         }
-        self.record_status(updates, last).await;
-        Ok(())
+        Ok(updates)
+    }
+
+    /// Records what the lanes delivered in the status store, as much as has come in
+    /// at once, then reports those offsets done so that the cursor may pass them.
+    async fn record_outcomes(
+        self: Arc<Self>,
+        mut outcomes: mpsc::Receiver<Outcomes>,
+        done: mpsc::UnboundedSender<u64>,
+    ) {
+        while let Some(first) = outcomes.recv().await {
+            let mut gathered = vec![first];
+            while let Ok(more) = outcomes.try_recv() {
+                gathered.push(more);
+            }
+            let up_to = gathered
+                .iter()
+                .flat_map(|o| o.offsets.last())
+                .max()
+                .copied()
+                .unwrap_or(0);
+            let updates = gathered
+                .iter_mut()
+                .flat_map(|o| std::mem::take(&mut o.updates))
+                .collect();
+            self.record_status(updates, up_to).await;
+            for offset in gathered.into_iter().flat_map(|o| o.offsets) {
+                let _ = done.send(offset);
+            }
+        }
     }
 
     /// Appends the message to the dead-letter log with why it is there. Keeps trying

@@ -35,6 +35,8 @@ pub fn spawn(
     let relevant = dir.clone();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Reading the files (as a reload does) is not a change.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
             Ok(event) if event.paths.iter().any(|p| p.starts_with(&relevant)) => {
                 let _ = changed.try_send(());
             }
@@ -43,6 +45,7 @@ pub fn spawn(
         })?;
     watcher.watch(&parent, RecursiveMode::NonRecursive)?;
     watch_dir(&mut watcher, &dir);
+    let mut watched = identity(&dir);
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -58,10 +61,21 @@ pub fn spawn(
                 }
             }
             debug!(dir = %dir.display(), "Pipelines directory changed.");
-            watch_dir(&mut watcher, &dir);
+            let now = identity(&dir);
+            if now != watched {
+                // The path leads to another directory now (a swapped link).
+                watch_dir(&mut watcher, &dir);
+                watched = now;
+            }
             supervisor.reload("watch").await;
         }
     }))
+}
+
+/// Which directory the path leads to now (device and inode), if any.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// (Re)starts the watch on the directory, wherever its path leads now.

@@ -107,8 +107,14 @@ function renderSummary(data) {
   const parts = [`generation ${data.generation}`, `${data.namespaces.length} namespaces`];
   const summary = document.getElementById("summary");
   summary.replaceChildren(parts.join(" · "));
-  if (data.last_reload) {
-    summary.append(" · last reload ", badge(data.last_reload.result), ` at ${new Date(data.last_reload.finished_at).toLocaleTimeString()}`);
+  const reload = data.last_reload;
+  if (reload) {
+    summary.append(" · last reload ", badge(reload.result), ` at ${new Date(reload.finished_at).toLocaleTimeString()}`);
+    const problems = [
+      ...reload.blocked_by.map((b) => `${b.file}: ${b.message}`),
+      ...reload.failed.map((f) => `${f.namespace}: ${f.error}`),
+    ];
+    if (problems.length) summary.append(" ", el("span", { class: "error-text" }, problems.join("; ")));
   }
 }
 
