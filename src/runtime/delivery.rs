@@ -14,17 +14,20 @@
 //! - Never early: a message with `wald-deliver-at` in the future waits in the delay
 //!   index, which survives restarts.
 //! - Order: `[consumer] concurrency` lanes deliver at once. With `order = "per_key"` a
-//!   key's messages all go to one lane, in log order, so each key's order holds and a
-//!   key being retried holds back only its lane; with `order = "none"` messages go to
-//!   the lanes in turn. The cursor moves up to the lowest message still in flight.
+//!   key's messages all go to one lane, in log order, so each key's order holds; a
+//!   key being retried holds back only itself (its later messages wait behind it)
+//!   while the lane delivers the other keys. With `order = "none"` messages go to the
+//!   lanes in turn and a retried message holds back nothing else. The cursor moves up
+//!   to the lowest message still in flight.
 //! - Bounded: each lane holds at most a few hundred messages; the backlog waits on disk.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use crate::backend::Record;
@@ -56,6 +59,9 @@ pub const HEADER_DLQ_SOURCE_OFFSET: &str = "wald-dlq-source-offset";
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Messages waiting per lane; with the lanes, bounds what delivery holds in memory.
 const LANE_DEPTH: usize = 256;
+/// Messages a lane holds back behind keys being retried; once it holds that many it
+/// takes nothing new until a retry is done, so that memory stays bounded.
+const HELD_MAX: usize = LANE_DEPTH / 2;
 /// Longest time completed deliveries wait for their cursor commit while others are
 /// still in flight (each commit costs two syncs).
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
@@ -96,6 +102,104 @@ struct Consumer {
 
 /// Delivery of one message stopped because the namespace is stopping.
 struct Stopped;
+
+/// A message in a lane, with what is left to do for it.
+struct InFlight {
+    record: StoredRecord,
+    /// The targets it has still to reach, with the tries so far.
+    pending: BTreeMap<String, Tries>,
+    /// Its final state at each target reached so far, for the status store.
+    updates: Vec<TargetUpdate>,
+}
+
+#[derive(Default)]
+struct Tries {
+    attempts: u32,
+    /// The first error and when it happened (milliseconds since the epoch).
+    first_error: Option<(String, u64)>,
+}
+
+impl InFlight {
+    fn new(record: StoredRecord, targets: &BTreeMap<String, (Target, RetryPolicy)>) -> Self {
+        let pending = targets
+            .keys()
+            .filter(|name| goes_to(&record, name))
+            .map(|name| (name.clone(), Tries::default()))
+            .collect();
+        Self {
+            record,
+            pending,
+            updates: Vec::new(),
+        }
+    }
+}
+
+/// What a failed message holds back: its key, or only itself.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum LaneKey {
+    Key(Vec<u8>),
+    Offset(u64),
+}
+
+/// The messages a lane holds back, by key, in log order, each key with the time its
+/// retry is due. At most [`HELD_MAX`].
+#[derive(Default)]
+struct Held {
+    keys: HashMap<LaneKey, (VecDeque<InFlight>, tokio::time::Instant)>,
+    count: usize,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn holds(&self, key: &LaneKey) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// Holds `message` behind its key, which is tried again no sooner than `due`.
+    fn push(&mut self, key: LaneKey, message: InFlight, due: tokio::time::Instant) {
+        let (queue, at) = self
+            .keys
+            .entry(key)
+            .or_insert_with(|| (VecDeque::new(), due));
+        *at = (*at).max(due);
+        queue.push_back(message);
+        self.count += 1;
+    }
+
+    /// The messages of every key whose retry is due, each key in order.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<InFlight> {
+        let due: Vec<LaneKey> = self
+            .keys
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut run = Vec::new();
+        for key in due {
+            if let Some((queue, _)) = self.keys.remove(&key) {
+                self.count -= queue.len();
+                run.extend(queue);
+            }
+        }
+        run.sort_by_key(|m| m.record.offset);
+        run
+    }
+
+    fn next_retry(&self) -> tokio::time::Instant {
+        self.keys
+            .values()
+            .map(|(_, at)| *at)
+            .min()
+            .unwrap_or_else(tokio::time::Instant::now)
+    }
+}
 
 /// What a lane delivered: the final state per target of each message of a run, and
 /// the run's offsets.
@@ -236,43 +340,10 @@ impl Consumer {
         let mut lanes = Vec::with_capacity(self.lanes);
         let mut lane_tasks = tokio::task::JoinSet::new();
         for _ in 0..self.lanes {
-            let (tx, mut rx) = mpsc::channel::<StoredRecord>(LANE_DEPTH);
+            let (tx, rx) = mpsc::channel::<StoredRecord>(LANE_DEPTH);
             lanes.push(tx);
             let (consumer, outcomes) = (self.clone(), outcomes_tx.clone());
-            lane_tasks.spawn(async move {
-                // What comes into the lane within `linger` of its first message goes as
-                // one run, up to `batch_size`.
-                while let Some(first) = rx.recv().await {
-                    let mut run = vec![first];
-                    let until = tokio::time::Instant::now() + consumer.linger;
-                    while run.len() < consumer.batch_size {
-                        let next = match rx.try_recv() {
-                            Ok(record) => Some(record),
-                            Err(mpsc::error::TryRecvError::Empty) => {
-                                tokio::time::timeout_at(until, rx.recv())
-                                    .await
-                                    .ok()
-                                    .flatten()
-                            }
-                            Err(mpsc::error::TryRecvError::Disconnected) => None,
-                        };
-                        match next {
-                            Some(record) => run.push(record),
-                            None => break,
-                        }
-                    }
-                    let Ok(updates) = consumer.deliver(&run).await else {
-                        return;
-                    };
-                    let outcome = Outcomes {
-                        updates,
-                        offsets: run.iter().map(|r| r.offset).collect(),
-                    };
-                    if outcomes.send(outcome).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            lane_tasks.spawn(consumer.lane(rx, outcomes));
         }
         drop(outcomes_tx);
         let recorder = tokio::spawn(self.clone().record_outcomes(outcomes_rx, done_tx));
@@ -402,9 +473,9 @@ impl Consumer {
         for (offset, _) in due {
             let log = self.store.log.clone();
             match blocking(move || log.read(offset, 1, usize::MAX)).await {
-                Ok(records) => match records.first() {
-                    Some(_) => {
-                        let updates = self.deliver(&records).await?;
+                Ok(mut records) => match records.pop() {
+                    Some(record) => {
+                        let updates = self.deliver_fully(record).await?;
                         self.record_status(updates, offset).await;
                     }
                     None => {
@@ -425,85 +496,219 @@ impl Consumer {
         Ok(())
     }
 
-    /// Delivers a run of messages to each target: the target's messages go as one
-    /// batch, in log order. Each is retried until it succeeds, or goes to the DLQ after
-    /// a permanent error or its last attempt; a message waits for the one before it.
-    /// Returns each message's final state per target, for the status store.
-    async fn deliver(&self, records: &[StoredRecord]) -> Result<Vec<TargetUpdate>, Stopped> {
-        let mut updates = Vec::new();
+    /// One lane: takes the messages handed to it in runs (what comes within `linger`
+    /// of the first, up to `batch_size`) and delivers each run. A message that fails
+    /// and will be retried holds back its key alone: its key's messages wait in the
+    /// lane, in order, until the retry is due, while every other key goes on. Messages
+    /// without a key, or with `order = "none"`, hold back only themselves.
+    async fn lane(
+        self: Arc<Self>,
+        mut incoming: mpsc::Receiver<StoredRecord>,
+        outcomes: mpsc::Sender<Outcomes>,
+    ) {
+        let mut held = Held::default();
+        let mut open = true;
+        let mut stopped = self.stopped.clone();
+        loop {
+            // Stopping: a lane delivers what it was handed, but does not wait out a
+            // retry. What is held is not done, so it is delivered again after the next
+            // start.
+            if !held.is_empty() && *stopped.borrow() {
+                return;
+            }
+            let mut run = held.take_due(tokio::time::Instant::now());
+            if run.is_empty() {
+                if !open {
+                    return;
+                }
+                tokio::select! {
+                    record = incoming.recv(), if held.len() < HELD_MAX => match record {
+                        Some(record) => self.admit(record, &mut run, &mut held),
+                        None => open = false,
+                    },
+                    () = sleep_until(held.next_retry()), if !held.is_empty() => {}
+                    () = stopping(&mut stopped), if !held.is_empty() => return,
+                }
+                if run.is_empty() {
+                    continue;
+                }
+            }
+            let until = tokio::time::Instant::now() + self.linger;
+            while open && run.len() < self.batch_size && held.len() < HELD_MAX {
+                let record = match incoming.try_recv() {
+                    Ok(record) => Some(record),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(until, incoming.recv()).await {
+                            Ok(record) => record,
+                            Err(_) => break,
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                };
+                match record {
+                    Some(record) => self.admit(record, &mut run, &mut held),
+                    None => open = false,
+                }
+            }
+            let Ok(retry_at) = self.deliver(&mut run).await else {
+                return;
+            };
+            let mut done = Outcomes {
+                updates: Vec::new(),
+                offsets: Vec::new(),
+            };
+            for message in run {
+                if message.pending.is_empty() {
+                    done.offsets.push(message.record.offset);
+                    done.updates.extend(message.updates);
+                } else {
+                    let key = self.lane_key(&message.record);
+                    let due = retry_at
+                        .get(&key)
+                        .copied()
+                        .unwrap_or_else(tokio::time::Instant::now);
+                    held.push(key, message, due);
+                }
+            }
+            if !done.offsets.is_empty() && outcomes.send(done).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A new message joins the run, or waits behind its key if that key is held.
+    fn admit(&self, record: StoredRecord, run: &mut Vec<InFlight>, held: &mut Held) {
+        let message = InFlight::new(record, &self.targets);
+        let key = self.lane_key(&message.record);
+        if held.holds(&key) {
+            held.push(key, message, tokio::time::Instant::now());
+        } else {
+            run.push(message);
+        }
+    }
+
+    /// What holds a message back when another fails: its key with `order = "per_key"`,
+    /// else nothing but itself.
+    fn lane_key(&self, record: &StoredRecord) -> LaneKey {
+        match (&record.key, self.order) {
+            (Some(key), Order::PerKey) => LaneKey::Key(key.clone()),
+            _ => LaneKey::Offset(record.offset),
+        }
+    }
+
+    /// Delivers a message until every target of it succeeded or dead-lettered it,
+    /// waiting out each retry (the delayed messages' path: one message at a time).
+    async fn deliver_fully(&self, record: StoredRecord) -> Result<Vec<TargetUpdate>, Stopped> {
+        let mut run = vec![InFlight::new(record, &self.targets)];
+        loop {
+            let retry_at = self.deliver(&mut run).await?;
+            if run[0].pending.is_empty() {
+                return Ok(std::mem::take(&mut run[0].updates));
+            }
+            let due = retry_at
+                .values()
+                .min()
+                .copied()
+                .unwrap_or_else(tokio::time::Instant::now);
+            let mut stopped = self.stopped.clone();
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = stopping(&mut stopped) => return Err(Stopped),
+            }
+        }
+    }
+
+    /// One pass over a run: each target gets its pending messages as one batch, in log
+    /// order. A message the target refuses for good, or that used its last attempt,
+    /// goes to the DLQ; one that will be retried holds back the rest of its key for
+    /// that target, and the batch goes on without them. Returns when each held key may
+    /// be tried again.
+    async fn deliver(
+        &self,
+        run: &mut [InFlight],
+    ) -> Result<HashMap<LaneKey, tokio::time::Instant>, Stopped> {
+        let mut retry_at: HashMap<LaneKey, tokio::time::Instant> = HashMap::new();
         for (name, (target, policy)) in &self.targets {
-            let mine: Vec<&StoredRecord> = records.iter().filter(|r| goes_to(r, name)).collect();
-            let batch: Vec<Message> = mine
-                .iter()
-                .map(|r| to_message(&self.namespace, r))
-                .collect();
-            let mut attempts = vec![0u32; batch.len()];
-            let mut first_errors: Vec<Option<(String, u64)>> = vec![None; batch.len()];
-            let mut start = 0;
-            while start < batch.len() {
-                let result = target.deliver_batch(&batch[start..]).await;
+            let mut blocked: HashSet<LaneKey> = HashSet::new();
+            loop {
+                let chosen: Vec<usize> = (0..run.len())
+                    .filter(|&i| run[i].pending.contains_key(name))
+                    .filter(|&i| !blocked.contains(&self.lane_key(&run[i].record)))
+                    .collect();
+                if chosen.is_empty() {
+                    break;
+                }
+                let batch: Vec<Message> = chosen
+                    .iter()
+                    .map(|&i| to_message(&self.namespace, &run[i].record))
+                    .collect();
+                let result = target.deliver_batch(&batch).await;
                 let reached = match &result {
                     Ok(()) => batch.len(),
-                    Err(failed) => start + failed.delivered,
+                    Err(failed) => failed.delivered,
                 };
-                if reached > start {
+                if reached > 0 {
                     self.counters
-                        .record(name, Outcome::Delivered((reached - start) as u64));
+                        .record(name, Outcome::Delivered(reached as u64));
                 }
-                for (message, tried) in batch[start..reached].iter().zip(&attempts[start..reached])
-                {
-                    updates.push(self.update(
-                        message,
-                        name,
-                        DeliveryState::Delivered,
-                        tried + 1,
-                        None,
-                    ));
+                for (&i, message) in chosen[..reached].iter().zip(&batch) {
+                    let tries = run[i].pending.remove(name).map_or(0, |t| t.attempts);
+                    let update =
+                        self.update(message, name, DeliveryState::Delivered, tries + 1, None);
+                    run[i].updates.push(update);
                 }
                 let Err(failed) = result else {
                     break;
                 };
-                let i = reached;
-                let (message, e) = (&batch[i], &failed.error);
-                attempts[i] += 1;
+                let (i, message, e) = (chosen[reached], &batch[reached], &failed.error);
                 let failed_at = now_ms();
-                let first = first_errors[i]
+                let Some(tries) = run[i].pending.get_mut(name) else {
+                    break;
+                };
+                tries.attempts += 1;
+                let attempts = tries.attempts;
+                let first = tries
+                    .first_error
                     .get_or_insert_with(|| (e.message.clone(), failed_at))
                     .clone();
-                let outcome = (e.message.as_str(), failed_at);
-                if !e.retriable || attempts[i] >= policy.max_attempts {
-                    let (error, at_ms) = outcome;
+                let (error, at_ms) = (e.message.as_str(), failed_at);
+                if !e.retriable || attempts >= policy.max_attempts {
                     self.counters
                         .record(name, Outcome::DeadLettered { error, at_ms });
-                    self.dead_letter(mine[i], name, attempts[i], &first, e, failed_at)
+                    self.dead_letter(&run[i].record, name, attempts, &first, e, failed_at)
                         .await?;
-                    updates.push(self.update(
+                    run[i].pending.remove(name);
+                    let update = self.update(
                         message,
                         name,
                         DeliveryState::DeadLettered,
-                        attempts[i],
+                        attempts,
                         Some(e),
-                    ));
-                    start = i + 1;
+                    );
+                    run[i].updates.push(update);
                     continue;
                 }
-                warn!(namespace = %self.namespace, target = %name, message_id = %message.message_id, attempt = attempts[i], error = %e, "Delivery failed; retrying.");
-                let (error, at_ms) = outcome;
+                warn!(namespace = %self.namespace, target = %name, message_id = %message.message_id, attempt = attempts, error = %e, "Delivery failed; retrying.");
                 self.counters
                     .record(name, Outcome::Retried { error, at_ms });
-                let update =
-                    self.update(message, name, DeliveryState::Retrying, attempts[i], Some(e));
+                let update = self.update(message, name, DeliveryState::Retrying, attempts, Some(e));
                 self.record_status(vec![update], message.offset).await;
-                let wait = retry::next_wait(policy, attempts[i], e.retry_after);
-                let mut stopped = self.stopped.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    () = stopping(&mut stopped) => return Err(Stopped),
+                let key = self.lane_key(&run[i].record);
+                let due =
+                    tokio::time::Instant::now() + retry::next_wait(policy, attempts, e.retry_after);
+                retry_at
+                    .entry(key.clone())
+                    .and_modify(|at| *at = (*at).max(due))
+                    .or_insert(due);
+                blocked.insert(key);
+                // A target that is down fails every key in turn: stopping does not
+                // wait for the rest of the pass.
+                if *self.stopped.borrow() {
+                    return Err(Stopped);
                 }
-                start = i;
             }
         }
-        Ok(updates)
+        Ok(retry_at)
     }
 
     /// Records what the lanes delivered in the status store, as much as has come in
@@ -684,5 +889,82 @@ pub fn to_message(namespace: &str, record: &StoredRecord) -> Message {
             .collect(),
         payload: record.payload.clone(),
         payload_is_json: record.header(HEADER_CONTENT_TYPE) != Some("application/octet-stream"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::pipeline::Jitter;
+    use crate::config::units::HumanDuration;
+    use tokio::time::Instant;
+
+    fn message(offset: u64, key: &str) -> InFlight {
+        let record = StoredRecord {
+            offset,
+            timestamp_ms: 0,
+            key: Some(key.as_bytes().to_vec()),
+            headers: Vec::new(),
+            payload: Vec::new(),
+        };
+        InFlight::new(record, &BTreeMap::new())
+    }
+
+    fn offsets(run: &[InFlight]) -> Vec<u64> {
+        run.iter().map(|m| m.record.offset).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_key_waits_out_each_backoff_exactly_and_keeps_its_order() {
+        let policy = RetryPolicy {
+            max_attempts: 8,
+            initial_backoff: HumanDuration::from_millis(200),
+            max_backoff: HumanDuration::from_secs(1),
+            multiplier: 2.0,
+            jitter: Jitter::None,
+        };
+        let key = || LaneKey::Key(b"k".to_vec());
+        let mut held = Held::default();
+        let mut run = vec![message(1, "k"), message(2, "k")];
+        for (attempt, expected_ms) in [(1, 200), (2, 400), (3, 800), (4, 1000), (5, 1000)] {
+            let failed_at = Instant::now();
+            let due = failed_at + retry::next_wait(&policy, attempt, None);
+            for m in run.drain(..) {
+                held.push(key(), m, due);
+            }
+            // Another key is not held back, and a later message of the held key
+            // waits behind it.
+            assert!(!held.holds(&LaneKey::Key(b"other".to_vec())));
+            held.push(key(), message(10 + attempt as u64, "k"), Instant::now());
+            assert!(
+                held.take_due(Instant::now()).is_empty(),
+                "attempt {attempt}: early"
+            );
+            tokio::time::sleep_until(held.next_retry()).await;
+            assert_eq!(
+                failed_at.elapsed(),
+                Duration::from_millis(expected_ms),
+                "attempt {attempt}"
+            );
+            run = held.take_due(Instant::now());
+            assert_eq!(offsets(&run)[..2], [1, 2], "attempt {attempt}: order");
+            assert!(held.is_empty());
+            run.truncate(2);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_from_the_target_is_waited_out_when_longer() {
+        let policy = RetryPolicy {
+            jitter: Jitter::None,
+            ..RetryPolicy::default()
+        };
+        let mut held = Held::default();
+        let failed_at = Instant::now();
+        let due = failed_at + retry::next_wait(&policy, 1, Some(Duration::from_secs(3)));
+        held.push(LaneKey::Offset(1), message(1, "k"), due);
+        tokio::time::sleep_until(held.next_retry()).await;
+        assert_eq!(failed_at.elapsed(), Duration::from_secs(3));
+        assert_eq!(offsets(&held.take_due(Instant::now())), [1]);
     }
 }
