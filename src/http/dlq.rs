@@ -11,24 +11,9 @@ use axum::http::HeaderMap;
 use tracing::{error, info};
 
 use super::AppState;
-use super::auth::authorize_admin;
 use super::error::{ApiError, ErrorResponse};
-use crate::backend::embedded::{NamespaceStore, blocking};
+use crate::backend::embedded::blocking;
 use crate::runtime::dlq::{self, DlqPage, ListQuery, ReplayOutcome, ReplayRequest};
-
-/// The namespace's storage, once the caller has the admin key.
-fn dlq_of(
-    state: &AppState,
-    name: &str,
-    headers: &HeaderMap,
-) -> Result<Arc<NamespaceStore>, ApiError> {
-    authorize_admin(headers, &state.service)?;
-    state
-        .namespace(name)?
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Unavailable(name.to_string()))
-}
 
 #[utoipa::path(get, path = "/api/v1/wal/namespace/{namespace}/dlq", tag = "dlq",
     params(("namespace" = String, Path, description = "The namespace's name", example = "demo"), ListQuery),
@@ -45,7 +30,7 @@ pub async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<DlqPage>, ApiError> {
-    let store = dlq_of(&state, &name, &headers)?;
+    let store = state.admin_store(&name, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::Malformed(e.body_text()))?;
     let namespace = name.clone();
     blocking(move || dlq::list(&namespace, &store, &query))
@@ -73,7 +58,7 @@ pub async fn replay(
     headers: HeaderMap,
     request: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Result<Json<ReplayOutcome>, ApiError> {
-    let store = dlq_of(&state, &name, &headers)?;
+    let store = state.admin_store(&name, &headers)?;
     let Json(request) = request.map_err(|e| ApiError::Malformed(e.body_text()))?;
     if request
         .rate_per_second

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use tracing::error;
 
 use super::AppState;
-use super::auth::authorize_admin;
 use super::error::{ApiError, ErrorResponse};
 use super::ingest::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 use crate::backend::embedded::blocking;
@@ -62,17 +61,12 @@ pub async fn recent(
     headers: HeaderMap,
     query: Result<Query<RecentQuery>, QueryRejection>,
 ) -> Result<Json<Vec<MessageSummary>>, ApiError> {
-    authorize_admin(&headers, &state.service)?;
+    let store = state.admin_store(&name, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::Malformed(e.body_text()))?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Malformed(format!("`limit` is 1 to {MAX_LIMIT}")));
     }
-    let store = state
-        .namespace(&name)?
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Unavailable(name.clone()))?;
     let log = store.log.clone();
     let from = log
         .committed()

@@ -67,6 +67,20 @@ impl AppState {
         self.supervisor.running()
     }
 
+    /// The storage of the namespace called `name`, once the request carries the admin
+    /// key (the DLQ and message routes: they show what was written).
+    pub fn admin_store(
+        &self,
+        name: &str,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Arc<crate::backend::embedded::NamespaceStore>, ApiError> {
+        auth::authorize_admin(headers, &self.service)?;
+        self.namespace(name)?
+            .store
+            .clone()
+            .ok_or_else(|| ApiError::Unavailable(name.to_string()))
+    }
+
     /// The namespace called `name`, or 404.
     pub fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ApiError> {
         self.running()
