@@ -952,7 +952,7 @@ async fn a_target_that_never_answers_does_not_stop_writes_and_the_backlog_waits_
 }
 
 #[tokio::test]
-async fn a_table_target_inserts_a_batch_as_one_statement_and_leaves_out_a_refused_row() -> Result {
+async fn a_batch_goes_as_one_insert_and_leaves_out_a_refused_row_in_both_forms() -> Result {
     if !common::service_available("Postgres", "127.0.0.1:5432") {
         return Ok(());
     }
@@ -970,44 +970,67 @@ async fn a_table_target_inserts_a_batch_as_one_statement_and_leaves_out_a_refuse
     let dir = tempfile::tempdir()?;
     let pipes = dir.path().join("pipelines");
     std::fs::create_dir_all(&pipes)?;
-    std::fs::write(
-        pipes.join("rows.toml"),
-        "namespace = \"rows\"\n[source]\ntype = \"http\"\npublic = true\n\
-         [[target]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\n\
-         table = \"wald_test_table_rows\"\n\
-         columns = { id = \"$message_id\", body = \"$payload\", amount = \"$payload.amount\" }\n",
-    )?;
+    // A `table` with columns, and the same as an INSERT statement: both go as one
+    // multi-row INSERT per batch.
+    let forms = [
+        (
+            "table",
+            "table = \"wald_test_table_rows\"\n\
+                   columns = { id = \"$message_id\", body = \"$payload\", amount = \"$payload.amount\" }\n",
+        ),
+        (
+            "statement",
+            "statement = \"INSERT INTO wald_test_table_rows (id, body, amount) \
+                       VALUES ($message_id, $payload, $payload.amount) ON CONFLICT (id) DO NOTHING\"\n",
+        ),
+    ];
+    for (form, keys) in forms {
+        std::fs::write(
+            pipes.join(format!("{form}.toml")),
+            format!(
+                "namespace = \"{form}\"\n[source]\ntype = \"http\"\npublic = true\n\
+                 [[target]]\nname = \"db\"\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\n{keys}"
+            ),
+        )?;
+    }
     let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
-    let amounts = [3, 1, -1, 4, 1, 5];
-    let messages: Vec<Value> = amounts
-        .iter()
-        .map(|a| json!({"key": "one-lane", "payload": {"amount": a}}))
-        .collect();
-    let (batch, status) =
-        batch_until(&server, "rows", Value::Array(messages), "dead_lettered").await?;
-    let states = states(&status, "db");
-    assert_eq!(
-        states,
-        [
-            "delivered",
-            "delivered",
-            "dead_lettered",
-            "delivered",
-            "delivered",
-            "delivered"
-        ]
-    );
-    let ids = quoted_ids(&batch);
-    let out = common::psql(&[
-        "-At".as_ref(),
-        "-c".as_ref(),
-        format!(
-            "SELECT string_agg(amount::text, ',' ORDER BY id) FROM wald_test_table_rows WHERE id IN ({})",
-            ids
-        )
-        .as_ref(),
-    ])?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3,1,4,1,5");
+    for (form, _) in forms {
+        let amounts = [3, 1, -1, 4, 1, 5];
+        let messages: Vec<Value> = amounts
+            .iter()
+            .map(|a| json!({"key": "one-lane", "payload": {"amount": a}}))
+            .collect();
+        let (batch, status) =
+            batch_until(&server, form, Value::Array(messages), "dead_lettered").await?;
+        let states = states(&status, "db");
+        assert_eq!(
+            states,
+            [
+                "delivered",
+                "delivered",
+                "dead_lettered",
+                "delivered",
+                "delivered",
+                "delivered"
+            ],
+            "{form}"
+        );
+        let ids = quoted_ids(&batch);
+        let out = common::psql(&[
+            "-At".as_ref(),
+            "-c".as_ref(),
+            format!(
+                "SELECT string_agg(amount::text, ',' ORDER BY id) FROM wald_test_table_rows WHERE id IN ({})",
+                ids
+            )
+            .as_ref(),
+        ])?;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "3,1,4,1,5",
+            "{form}"
+        );
+    }
     stop(server.child).await?;
     Ok(())
 }

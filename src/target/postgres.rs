@@ -231,34 +231,145 @@ impl Config {
         }
     }
 
-    /// For `table`: the parts of a multi-row INSERT.
+    /// The parts of a multi-row INSERT, when a batch can go as one: always for
+    /// `table`; for a `statement` of the form `INSERT ... VALUES (row) [rest]` with one
+    /// row and no parameters outside it (such as `ON CONFLICT (id) DO NOTHING`, or
+    /// `DO UPDATE SET body = EXCLUDED.body`).
     fn multi_row(&self) -> Option<MultiRow> {
-        let table = self.table.as_ref().filter(|_| self.statement.is_none())?;
-        let columns: Vec<&str> = self.columns.keys().map(String::as_str).collect();
-        let values: Vec<&str> = self.columns.values().map(String::as_str).collect();
-        let row = format!("({})", values.join(", "));
-        let params = template::parse_sql(&row).ok()?;
-        let (_, fields) = template::to_positional(&row, &params);
-        Some(MultiRow {
-            prefix: format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")),
-            row,
-            params,
-            fields,
-        })
+        match (&self.statement, &self.table) {
+            (None, Some(table)) => {
+                let columns: Vec<&str> = self.columns.keys().map(String::as_str).collect();
+                let values: Vec<&str> = self.columns.values().map(String::as_str).collect();
+                MultiRow::new(
+                    format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")),
+                    format!("({})", values.join(", ")),
+                    " ON CONFLICT DO NOTHING".to_string(),
+                )
+            }
+            (Some(statement), None) => {
+                let (start, end) = single_values_row(statement)?;
+                let (prefix, rest) = statement.split_at(start);
+                let (row, suffix) = rest.split_at(end - start);
+                let no_params = |part: &str| template::parse_sql(part).is_ok_and(|p| p.is_empty());
+                if !no_params(prefix) || !no_params(suffix) {
+                    return None;
+                }
+                MultiRow::new(prefix.to_string(), row.to_string(), suffix.to_string())
+            }
+            _ => None,
+        }
     }
 }
 
-/// A `table` target's rows as one statement: `prefix`, then `row` once per message with
-/// its own parameter numbers, then `ON CONFLICT DO NOTHING`.
+/// Where the one row of an `INSERT ... VALUES (row) ...` statement is (its parentheses
+/// included), if the statement is one; `None` for anything else, or anything this
+/// simple scan is not sure of (several rows, dollar quotes, unbalanced parentheses).
+fn single_values_row(statement: &str) -> Option<(usize, usize)> {
+    let head = statement.trim_start();
+    if !head.get(..6)?.eq_ignore_ascii_case("insert") {
+        return None;
+    }
+    let b = statement.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    let (mut after_values, mut start, mut row) = (false, None, None);
+    while i < b.len() {
+        match b[i] {
+            quote @ (b'\'' | b'"') => {
+                i += 1;
+                while i < b.len() && b[i] != quote {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // `$name` is a parameter; `$$` or `$tag$` opens a dollar-quoted string.
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                    .map_or(b.len(), |p| i + 1 + p);
+                if b.get(tag_end) == Some(&b'$') {
+                    return None;
+                }
+            }
+            b'(' => {
+                if depth == 0 && after_values {
+                    if row.is_some() {
+                        return None;
+                    }
+                    start = Some(i);
+                }
+                depth += 1;
+            }
+            b')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 && after_values {
+                    row = Some((start?, i + 1));
+                    after_values = false;
+                    let next = statement[i + 1..].trim_start();
+                    if next.starts_with(',') {
+                        return None;
+                    }
+                }
+            }
+            c if depth == 0 && (c.is_ascii_alphabetic() || c == b'_') => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                    .map_or(b.len(), |p| i + p);
+                if statement[i..end].eq_ignore_ascii_case("values") {
+                    if row.is_some() || after_values {
+                        return None;
+                    }
+                    after_values = true;
+                }
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth != 0 {
+        return None;
+    }
+    row
+}
+
+/// A batch's rows as one statement: `prefix`, then `row` once per message with its own
+/// parameter numbers, then `suffix` (`ON CONFLICT ...`).
 struct MultiRow {
     prefix: String,
     row: String,
+    suffix: String,
     params: Vec<template::SqlParam>,
     /// The distinct fields of a row, in the order of their parameter numbers.
     fields: Vec<Field>,
 }
 
 impl MultiRow {
+    fn new(prefix: String, row: String, suffix: String) -> Option<Self> {
+        let params = template::parse_sql(&row).ok()?;
+        let (_, fields) = template::to_positional(&row, &params);
+        Some(Self {
+            prefix,
+            row,
+            suffix,
+            params,
+            fields,
+        })
+    }
+
     /// Postgres takes at most 65535 parameters in one statement.
     fn max_rows(&self) -> usize {
         (65_535 / self.fields.len().max(1)).max(1)
@@ -284,7 +395,7 @@ impl MultiRow {
             }
             out.push_str(&self.row[last..]);
         }
-        out.push_str(" ON CONFLICT DO NOTHING");
+        out.push_str(&self.suffix);
         out
     }
 }
@@ -295,7 +406,7 @@ pub struct PostgresTarget {
     pool: sqlx::PgPool,
     statement: String,
     fields: Vec<Field>,
-    /// For `table`: a batch goes as one multi-row INSERT.
+    /// A batch as one multi-row INSERT, where the statement allows it.
     multi_row: Option<MultiRow>,
     /// The type Postgres gives each parameter, learnt on first use.
     types: tokio::sync::OnceCell<Vec<String>>,
@@ -526,5 +637,47 @@ mod multi_row_tests {
             config.positional_statement(),
             "INSERT INTO t (id, body, copy) VALUES ($1, $2, $1) ON CONFLICT DO NOTHING"
         );
+    }
+
+    fn statement_target(statement: &str) -> Config {
+        Config {
+            url: Secret::new("postgres://x@localhost/db".into()),
+            statement: Some(statement.into()),
+            table: None,
+            columns: IndexMap::new(),
+            max_connections: 4,
+            timeout: HumanDuration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn an_insert_statement_with_one_row_goes_as_one_statement_per_batch() {
+        let config = statement_target(
+            "insert into orders (id, body, note) values ($message_id, $payload, 'a (b), c') \
+             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+        );
+        let multi = config.multi_row().expect("one row of values");
+        assert_eq!(
+            multi.statement(2),
+            "insert into orders (id, body, note) values ($1, $2, 'a (b), c'), ($3, $4, 'a (b), c') \
+             ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body"
+        );
+    }
+
+    #[test]
+    fn other_statements_go_a_row_at_a_time() {
+        for statement in [
+            "UPDATE orders SET body = $payload WHERE id = $message_id",
+            "INSERT INTO t (id) SELECT $message_id",
+            "INSERT INTO t (id) VALUES ($message_id), ($key)",
+            "INSERT INTO t (id, body) VALUES ($message_id, $$x$$)",
+            "INSERT INTO t (id) VALUES ($message_id) ON CONFLICT (id) DO UPDATE SET body = $payload",
+            "WITH x AS (SELECT 1) INSERT INTO t (id) VALUES ($message_id)",
+        ] {
+            assert!(
+                statement_target(statement).multi_row().is_none(),
+                "{statement}"
+            );
+        }
     }
 }
