@@ -34,8 +34,8 @@ const TABLE: &str = "wald_bench_rows";
 const BATCH: usize = 256;
 const CONCURRENCY: usize = 4;
 
-/// Namespace `statement` writes with a `statement` (a row at a time in the batch's
-/// transaction), namespace `table` with `table` and `columns` (a multi-row INSERT).
+/// Namespace `statement` writes with an `INSERT ... VALUES` statement, namespace `table`
+/// with `table` and `columns`; both go as one multi-row INSERT per batch.
 fn pipeline(namespace: &str) -> String {
     let target = match namespace {
         "statement" => format!(
@@ -103,7 +103,7 @@ fn main() -> Result {
         println!("|---|---|---|---|---|---|");
         for (name, rates, lags) in [
             (
-                "wald, `statement` target (a row at a time, one transaction)",
+                "wald, `statement` target (INSERT ... VALUES, multi-row per batch)",
                 &mut statement,
                 &mut statement_lags,
             ),

@@ -18,8 +18,9 @@ use crate::config::validate::Checks;
 pub struct Config {
     /// `postgres://` URL, password included if any. Required.
     pub url: Secret<String>,
-    /// A statement run once per message, with named parameters such as `$message_id`
-    /// and `$payload.id`. Exactly one of `statement` and `table`.
+    /// A statement run for each message, with named parameters such as `$message_id`
+    /// and `$payload.id`; an `INSERT ... VALUES` with one row goes as one multi-row
+    /// INSERT per batch. Exactly one of `statement` and `table`.
     #[serde(default)]
     pub statement: Option<String>,
     /// A table to insert into, `name` or `schema.name`, with `columns`.
@@ -433,7 +434,8 @@ impl PostgresTarget {
         })
     }
 
-    /// Runs the statement for each message, all in one transaction. When a message is
+    /// Writes the batch in one transaction: as one multi-row INSERT where the statement
+    /// allows it, else the statement for each message. When a message is
     /// refused for good, the ones before it are committed without it, so that only the
     /// refused one goes to the DLQ; any other failure rolls the whole batch back.
     pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), super::BatchError> {
