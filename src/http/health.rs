@@ -168,7 +168,7 @@ fn status_of(namespace: &Namespace) -> serde_json::Value {
             .saturating_sub(store.dlq.first_offset())
             .saturating_sub(store.replayed.len() as u64);
         status["consumer_groups"] = json!(groups);
-        if let Some(indexed) = &namespace.status_indexed {
+        if let Some(indexed) = namespace.status_indexed() {
             let indexed = *indexed.borrow();
             status["status_index"] =
                 json!({ "next_offset": indexed, "lag": next.saturating_sub(indexed) });

@@ -35,7 +35,7 @@ pub async fn transaction_status(
         .filter_map(|n| {
             Some(CatchUp {
                 log_end: n.store.as_ref()?.log.committed().next_offset,
-                indexed: n.status_indexed.clone()?,
+                indexed: n.status_indexed()?,
             })
         })
         .collect();

@@ -39,8 +39,6 @@ pub struct Namespace {
     pub deliveries: Arc<DeliveryCounters>,
     /// Idempotency keys of its writes, when its storage opened.
     pub idempotency: Option<Arc<IdempotencyStore>>,
-    /// How far the status tailer has recorded the log in the status store.
-    pub status_indexed: Option<watch::Receiver<u64>>,
     /// The status tailer, taken when the namespace closes.
     tailer: Mutex<Option<Tailer>>,
     /// Delivery to the targets, taken when the namespace closes.
@@ -97,7 +95,6 @@ impl Namespace {
         let tailer = store
             .as_ref()
             .and_then(|store| start_tailer(config, store, status));
-        let status_indexed = tailer.as_ref().map(|t| t.indexed.clone());
         let deliveries = Arc::new(DeliveryCounters::default());
         let delivery = store.as_ref().map(|store| {
             Delivery::start(
@@ -105,7 +102,7 @@ impl Namespace {
                 targets,
                 store.clone(),
                 status.clone(),
-                status_indexed.clone(),
+                tailer.as_ref().map(|t| t.indexed.clone()),
                 deliveries.clone(),
             )
         });
@@ -122,50 +119,19 @@ impl Namespace {
             counters: Arc::default(),
             deliveries,
             idempotency,
-            status_indexed,
             tailer: Mutex::new(tailer),
         }
     }
 
-    /// This namespace with `change` applied, on the same storage. The log takes the new
-    /// `[producer]` settings in place; a change of the consumer or the targets stops
-    /// delivery after its in-flight batch (and its commit) and starts it again with
-    /// `targets`, built beforehand; the status tailer restarts when the targets change.
-    /// What the change does not touch moves over as it runs. `self` is left without
-    /// tailer or delivery, to be dropped.
-    pub async fn reconfigure(
-        &self,
-        pipeline: LoadedPipeline,
-        targets_changed: bool,
-        targets: Option<Targets>,
-        service: &ServiceConfig,
-        status: &Arc<StatusStore>,
-    ) -> Self {
+    /// This namespace with a changed configuration, on the same storage: the log takes
+    /// the new `[producer]` settings in place; the write path (keys, limits) the new
+    /// `[source]`; the status tailer and delivery move over as they run, for
+    /// [`Namespace::restart_delivery`] when the consumer or the targets changed. `self`
+    /// is left without tailer or delivery, to be dropped.
+    pub fn reconfigure(&self, pipeline: LoadedPipeline, service: &ServiceConfig) -> Self {
         let config = &pipeline.config;
         if let (Some(store), BackendConfig::Embedded(embedded)) = (&self.store, &config.producer) {
             store.reconfigure(embedded);
-        }
-        let mut delivery = take(&self.delivery);
-        let mut tailer = take(&self.tailer);
-        if let (Some(targets), Some(store)) = (targets, &self.store) {
-            if let Some(old) = delivery.take() {
-                old.stop().await;
-            }
-            if targets_changed {
-                if let Some(old) = tailer.take() {
-                    old.stop().await;
-                }
-                tailer = start_tailer(config, store, status);
-            }
-            let indexed = tailer.as_ref().map(|t| t.indexed.clone());
-            delivery = Some(Delivery::start(
-                config,
-                Ok(targets),
-                store.clone(),
-                status.clone(),
-                indexed,
-                self.deliveries.clone(),
-            ));
         }
         Self {
             key_hashes: key_hashes(config),
@@ -173,9 +139,8 @@ impl Namespace {
                 config.source.rate_limit,
                 service.http.max_in_flight_per_namespace,
             ),
-            status_indexed: tailer.as_ref().map(|t| t.indexed.clone()),
-            delivery: Mutex::new(delivery),
-            tailer: Mutex::new(tailer),
+            delivery: Mutex::new(take(&self.delivery)),
+            tailer: Mutex::new(take(&self.tailer)),
             store: self.store.clone(),
             failure: self.failure.clone(),
             counters: self.counters.clone(),
@@ -183,6 +148,47 @@ impl Namespace {
             idempotency: self.idempotency.clone(),
             pipeline,
         }
+    }
+
+    /// Stops delivery after its in-flight batches (and their commit) and starts it
+    /// again with this namespace's consumer settings and `targets`, built beforehand,
+    /// from the same cursor; the status tailer restarts too when `targets_changed`.
+    pub async fn restart_delivery(
+        &self,
+        targets: Targets,
+        targets_changed: bool,
+        status: &Arc<StatusStore>,
+    ) {
+        let Some(store) = &self.store else { return };
+        let config = &self.pipeline.config;
+        if let Some(old) = take(&self.delivery) {
+            old.stop().await;
+        }
+        if targets_changed {
+            if let Some(old) = take(&self.tailer) {
+                old.stop().await;
+            }
+            let tailer = start_tailer(config, store, status);
+            if let Ok(mut slot) = self.tailer.lock() {
+                *slot = tailer;
+            }
+        }
+        let delivery = Delivery::start(
+            config,
+            Ok(targets),
+            store.clone(),
+            status.clone(),
+            self.status_indexed(),
+            self.deliveries.clone(),
+        );
+        if let Ok(mut slot) = self.delivery.lock() {
+            *slot = Some(delivery);
+        }
+    }
+
+    /// How far the status tailer has recorded the log in the status store.
+    pub fn status_indexed(&self) -> Option<watch::Receiver<u64>> {
+        self.tailer.lock().ok()?.as_ref().map(|t| t.indexed.clone())
     }
 
     pub fn name(&self) -> &str {

@@ -9,11 +9,14 @@
 //!    keeps running as it was.
 //! 2. Build what changed before anything stops: a changed namespace's targets are
 //!    built first, and if that fails the old namespace keeps running and the error is
-//!    reported. Then its delivery stops after its in-flight batch and commits, and the
-//!    new one starts on the same log. Unchanged namespaces are not touched.
-//! 3. Swap the set that requests see in one step; the generation goes up by one.
-//!    A request in flight finishes on the namespace it started with.
-//! 4. Removed namespaces stop once their in-flight requests are done; their data stays
+//!    reported; then the new namespace on the same storage, its delivery moved over.
+//!    Unchanged namespaces are not touched.
+//! 3. Swap the set that requests see in one step; the generation goes up by one, and
+//!    new settings (keys, limits) serve the next request. A request in flight
+//!    finishes on the namespace it started with.
+//! 4. Where the consumer or the targets changed, delivery stops after its in-flight
+//!    batches and commits, and starts again with the new targets from that cursor.
+//! 5. Removed namespaces stop once their in-flight requests are done; their data stays
 //!    on disk, so adding the namespace again resumes from its cursors.
 //!
 //! One reload runs at a time. Requests never wait for a reload.
@@ -200,6 +203,7 @@ impl Supervisor {
         let mut failed = Vec::new();
         let mut namespaces = old.namespaces.clone();
         let mut stopping = Vec::new();
+        let mut restarting = Vec::new();
         if plan.blocked_by.is_empty() {
             let changed = std::mem::take(&mut plan.changed);
             for change in changed {
@@ -208,8 +212,11 @@ impl Supervisor {
                     continue;
                 };
                 match self.rebuild(now, &change).await {
-                    Ok(namespace) => {
-                        namespaces.insert(name, Arc::new(namespace));
+                    Ok((namespace, restart)) => {
+                        if let Some((targets, targets_changed)) = restart {
+                            restarting.push((namespace.clone(), targets, targets_changed));
+                        }
+                        namespaces.insert(name, namespace);
                         plan.changed.push(change);
                     }
                     Err(error) => {
@@ -242,6 +249,13 @@ impl Supervisor {
             *self.running.write().unwrap_or_else(|e| e.into_inner()) = next;
         }
         drop(old);
+        // The new settings serve requests already; the old delivery finishes its
+        // in-flight batches and commits before the new one starts from its cursor.
+        for (namespace, targets, targets_changed) in restarting {
+            namespace
+                .restart_delivery(targets, targets_changed, &self.status)
+                .await;
+        }
         for namespace in stopping {
             self.stop_when_idle(namespace).await;
         }
@@ -283,36 +297,27 @@ impl Supervisor {
         outcome
     }
 
-    /// The new form of a changed namespace, built before the old one stops: its
-    /// targets first (an error leaves the old one running), then the change applied on
-    /// the same storage; for a new backend, or a namespace whose storage had failed, a
+    /// The new form of a changed namespace, built before anything of the old one
+    /// stops: its targets first (an error leaves the old one running), then the
+    /// namespace on the same storage, with its delivery to restart once it serves
+    /// requests; for a new backend, or a namespace whose storage had failed, a
     /// namespace opened anew once the old one has stopped.
-    async fn rebuild(&self, now: &Namespace, change: &Changed) -> Result<Namespace, String> {
+    async fn rebuild(&self, now: &Namespace, change: &Changed) -> Result<Rebuilt, String> {
         let pipeline = change.pipeline.clone();
         if change.replaces_backend || now.store.is_none() {
             let targets = Targets::build(&pipeline.config).await?;
             now.close().await;
-            return Ok(Namespace::open_with(
-                pipeline,
-                Ok(targets),
-                &self.service,
-                &self.status,
-            ));
+            let namespace =
+                Namespace::open_with(pipeline, Ok(targets), &self.service, &self.status);
+            return Ok((Arc::new(namespace), None));
         }
-        let targets = match change.restarts_consumer {
+        let restart = match change.restarts_consumer {
             true => Some(Targets::build(&pipeline.config).await?),
             false => None,
         };
         let targets_changed = change.keys.iter().any(|k| k.key.starts_with("target"));
-        Ok(now
-            .reconfigure(
-                pipeline,
-                targets_changed,
-                targets,
-                &self.service,
-                &self.status,
-            )
-            .await)
+        let namespace = Arc::new(now.reconfigure(pipeline, &self.service));
+        Ok((namespace, restart.map(|targets| (targets, targets_changed))))
     }
 
     /// Stops a removed namespace once no request uses it any more (at most
@@ -334,6 +339,10 @@ impl Supervisor {
         }
     }
 }
+
+/// A changed namespace, and the targets to restart its delivery with (and whether
+/// they changed), when its consumer or targets changed.
+type Rebuilt = (Arc<Namespace>, Option<(Targets, bool)>);
 
 /// [`diff`] of `report` against `running`.
 fn plan_against(running: &Running, report: LoadReport) -> Plan {
