@@ -697,9 +697,48 @@ async fn an_idempotency_key_repeats_the_first_answer_and_survives_a_restart() ->
         (status, code(&body)),
         (StatusCode::CONFLICT, "idempotency_conflict")
     );
-    let batch = json!({"namespace": "open", "messages": [{"payload": 1, "idempotency_key": "k"}]});
-    let (status, _) = s.post("/api/v1/wal/write/batch", batch, &[]).await?;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // In a batch, each message's key is checked on its own: a repeat gets its first
+    // write's ids and appends nothing; a key already taken with another body, or twice
+    // in one batch, is refused for that message alone.
+    let batch = json!({"namespace": "open", "messages": [
+        {"payload": {"n": 1}, "idempotency_key": "b-1"},
+        {"payload": {"n": 2}, "idempotency_key": "b-2"},
+        {"payload": {"n": 3}},
+    ]});
+    let (status, first_batch) = s
+        .post("/api/v1/wal/write/batch", batch.clone(), &[])
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first_batch}");
+    assert_eq!(s.next_offset("open").await?, 4);
+    let again = json!({"namespace": "open", "messages": [
+        {"payload": {"n": 1}, "idempotency_key": "b-1"},
+        {"payload": {"n": 9}, "idempotency_key": "b-2"},
+        {"payload": {"n": 4}, "idempotency_key": "b-3"},
+        {"payload": {"n": 5}, "idempotency_key": "b-3"},
+    ]});
+    let (status, second) = s.post("/api/v1/wal/write/batch", again, &[]).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{second}");
+    let results = &second["results"];
+    assert_eq!(results[0]["repeated"], true, "{second}");
+    assert_eq!(
+        results[0]["message_id"],
+        first_batch["results"][0]["message_id"]
+    );
+    assert_eq!(results[0]["transaction_id"], first_batch["transaction_id"]);
+    assert_eq!(results[1]["status"], 409);
+    assert_eq!(results[1]["error"]["code"], "idempotency_conflict");
+    assert_eq!(results[2]["status"], 202);
+    assert_eq!(results[3]["error"]["code"], "idempotency_in_progress");
+    assert_eq!(s.next_offset("open").await?, 5, "only b-3 was appended");
+    // A batch of repeats only is answered 202 and appends nothing.
+    let repeats_only = json!({"namespace": "open", "messages": [
+        {"payload": {"n": 1}, "idempotency_key": "b-1"},
+        {"payload": {"n": 4}, "idempotency_key": "b-3"},
+    ]});
+    let (status, repeats) = s.post("/api/v1/wal/write/batch", repeats_only, &[]).await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{repeats}");
+    assert_eq!(s.next_offset("open").await?, 5);
 
     // After a restart the key is still known.
     let Setup {
@@ -725,6 +764,6 @@ async fn an_idempotency_key_repeats_the_first_answer_and_survives_a_restart() ->
     let (status, after) = s.post("/api/v1/wal/write", write, &[]).await?;
     assert_eq!(status, StatusCode::ACCEPTED, "{after}");
     assert_eq!(after["message_id"], first["message_id"]);
-    assert_eq!(s.next_offset("open").await?, 1);
+    assert_eq!(s.next_offset("open").await?, 5);
     Ok(())
 }

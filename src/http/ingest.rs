@@ -41,7 +41,7 @@ pub const MAX_BATCH: usize = 10_000;
 
 /// One message as a client sends it. In a single write it names its namespace; in a
 /// batch the batch does.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageIn {
     /// The namespace to write to; required on a single write, optional in a batch.
@@ -70,7 +70,8 @@ pub struct MessageIn {
     #[serde(default)]
     pub targets: Option<Vec<String>>,
     /// A write repeated with this key and the same body gets the first write's ids and
-    /// appends nothing; with another body it is refused (409). Single writes only.
+    /// appends nothing; with another body it is refused (409). In a batch, each
+    /// message's key is checked on its own, against the message's own JSON.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
@@ -116,6 +117,14 @@ pub struct BatchResult {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// For a message repeated with its idempotency key: the transaction of its first
+    /// write, which holds it (the batch's transaction does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    /// True when the message was written before with the same idempotency key and
+    /// body; nothing was appended for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub repeated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
 }
@@ -192,7 +201,7 @@ pub async fn write(
         };
         // The message is durable whatever happens here; a key that could not be kept
         // only means that a retry would append the message again.
-        if let Err(e) = blocking(move || store.complete(remembered)).await {
+        if let Err(e) = blocking(move || store.complete(vec![remembered])).await {
             warn!(namespace = %namespace_name, error = %e, "Idempotency key not kept.");
         }
     }
@@ -233,24 +242,53 @@ pub async fn write_batch(
     let transaction_id = new_id();
     let mut results = Vec::with_capacity(batch.messages.len());
     let mut records = Vec::new();
+    // Keys of the messages to append, with their body hashes and message ids: kept
+    // once the batch is durable, released if it is not.
+    let mut keyed: Vec<(String, String, String)> = Vec::new();
     for (index, message) in batch.messages.into_iter().enumerate() {
+        let key = message.idempotency_key.clone();
+        // A message's "body" is its own JSON: the same message sent again hashes the same.
+        let body_hash = key.as_ref().map(|_| {
+            let json = serde_json::to_vec(&message).unwrap_or_default();
+            hex::encode(sha2::Sha256::digest(&json))
+        });
         let converted = match message.namespace.as_deref() {
-            _ if message.idempotency_key.is_some() => Err(ApiError::InvalidMessage(
-                "`idempotency_key` is taken on single writes, not in batches".into(),
-            )),
             Some(other) if other != batch.namespace => Err(ApiError::InvalidMessage(format!(
                 "the message names namespace `{other}`, the batch `{}`",
                 batch.namespace
             ))),
-            _ => to_record(namespace, message, &transaction_id),
+            _ => match check_idempotency(namespace, key.as_deref(), body_hash.as_deref()) {
+                Ok(Some(repeat)) => {
+                    results.push(BatchResult {
+                        index,
+                        status: StatusCode::ACCEPTED.as_u16(),
+                        message_id: Some(repeat.message_id),
+                        transaction_id: Some(repeat.transaction_id),
+                        repeated: true,
+                        error: None,
+                    });
+                    continue;
+                }
+                Ok(None) => to_record(namespace, message, &transaction_id).inspect_err(|_| {
+                    if let (Some(key), Some(store)) = (&key, &namespace.idempotency) {
+                        store.release(key);
+                    }
+                }),
+                Err(e) => Err(e),
+            },
         };
         match converted {
             Ok((record, accepted)) => {
                 records.push(record);
+                if let (Some(key), Some(hash)) = (key, body_hash) {
+                    keyed.push((key, hash, accepted.message_id.clone()));
+                }
                 results.push(BatchResult {
                     index,
                     status: StatusCode::ACCEPTED.as_u16(),
                     message_id: Some(accepted.message_id),
+                    transaction_id: None,
+                    repeated: false,
                     error: None,
                 });
             }
@@ -260,18 +298,52 @@ pub async fn write_batch(
                     index,
                     status: e.status().as_u16(),
                     message_id: None,
+                    transaction_id: None,
+                    repeated: false,
                     error: Some(e.body().error),
                 });
             }
         }
     }
-    if records.is_empty() {
+    if results.iter().all(|r| r.error.is_some()) {
         return Err(ApiError::InvalidBatch(results));
     }
     // The valid messages are appended together: durable together or not at all.
-    let durability = append(namespace, records)
-        .await
-        .inspect_err(|e| namespace.counters.refused(e.code()))?;
+    let durability = if records.is_empty() {
+        // Every valid message was a repeat: nothing to append.
+        Durability::Durable
+    } else {
+        match append(namespace, records).await {
+            Ok(durability) => durability,
+            Err(e) => {
+                namespace.counters.refused(e.code());
+                if let Some(store) = &namespace.idempotency {
+                    keyed.iter().for_each(|(key, _, _)| store.release(key));
+                }
+                return Err(e);
+            }
+        }
+    };
+    if let (false, Some(store)) = (keyed.is_empty(), namespace.idempotency.clone()) {
+        let at_ms = crate::backend::embedded::writer::now_ms();
+        let batch_transaction = transaction_id.clone();
+        let remembered = keyed
+            .into_iter()
+            .map(|(key, hash, message_id)| Remembered {
+                key,
+                hash,
+                message_id,
+                transaction_id: batch_transaction.clone(),
+                at_ms,
+            })
+            .collect();
+        let kept = blocking(move || store.complete(remembered)).await;
+        // The messages are durable whatever happens here; a key that could not be
+        // kept only means that a retry would append its message again.
+        if let Err(e) = kept {
+            warn!(namespace = %batch.namespace, error = %e, "Idempotency keys not kept.");
+        }
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(BatchAccepted {

@@ -108,23 +108,27 @@ impl IdempotencyStore {
         }
     }
 
-    /// Remembers a write that became durable; synced when it returns (blocking I/O).
-    pub fn complete(&self, entry: Remembered) -> Result<(), LogError> {
-        let encoded = encode(&entry);
+    /// Remembers writes that became durable, with one sync for all of them; synced
+    /// when it returns (blocking I/O).
+    pub fn complete(&self, entries: Vec<Remembered>) -> Result<(), LogError> {
+        let encoded: Vec<u8> = entries.iter().flat_map(encode).collect();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let written = inner
             .0
             .write_all(&encoded)
             .and_then(|()| inner.0.sync_data());
-        let key = entry.key.clone();
         match written {
             Ok(()) => {
-                inner.1.insert(key, Slot::Done(entry));
-                inner.2 += 1;
+                inner.2 += entries.len();
+                for entry in entries {
+                    inner.1.insert(entry.key.clone(), Slot::Done(entry));
+                }
                 Ok(())
             }
             Err(e) => {
-                inner.1.remove(&key);
+                for entry in &entries {
+                    inner.1.remove(&entry.key);
+                }
                 Err(LogError::io(
                     "remembering an idempotency key",
                     &self.path,
@@ -196,7 +200,7 @@ mod tests {
         let store = IdempotencyStore::open(&path, Duration::from_secs(3600))?;
         assert_eq!(store.check("a", "h1"), Check::New);
         assert_eq!(store.check("a", "h1"), Check::InProgress);
-        store.complete(entry("a", "h1"))?;
+        store.complete(vec![entry("a", "h1")])?;
         assert_eq!(store.check("b", "h2"), Check::New);
         store.release("b");
         drop(store);
