@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
 use crate::config::diff::{Changed, Current, Plan, Quarantined, diff};
@@ -276,17 +276,21 @@ impl Supervisor {
             plan,
             failed,
         });
-        info!(
-            generation,
-            trigger,
-            result = result.as_str(),
-            added = outcome.plan.added.len(),
-            changed = outcome.plan.changed.len(),
-            removed = outcome.plan.removed.len(),
-            quarantined = outcome.plan.quarantined.len(),
-            duration_ms = outcome.duration_ms,
-            "Pipelines reloaded."
-        );
+        if applied || result != ReloadResult::Ok {
+            info!(
+                generation,
+                trigger,
+                result = result.as_str(),
+                added = outcome.plan.added.len(),
+                changed = outcome.plan.changed.len(),
+                removed = outcome.plan.removed.len(),
+                quarantined = outcome.plan.quarantined.len(),
+                duration_ms = outcome.duration_ms,
+                "Pipelines reloaded."
+            );
+        } else {
+            debug!(generation, trigger, "Pipelines reloaded; nothing changed.");
+        }
         let mut history = self.history();
         history.counts[ReloadResult::ALL
             .iter()
