@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sha2::Digest;
 
 use crate::config::diagnostic::{Diagnostic, Severity};
+use crate::config::service::ServiceConfig;
 use crate::config::{self, LoadReport, env};
 
 /// A write-ahead-log service: durable HTTP ingest, delivery to many targets, DLQ and replay.
@@ -252,13 +253,11 @@ fn service_config_path(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// The paths given, or the pipelines directory of `wald.toml`.
-fn pipeline_paths(config_path: Option<&Path>, paths: Vec<PathBuf>) -> Vec<PathBuf> {
+fn pipeline_paths(service: Option<&ServiceConfig>, paths: Vec<PathBuf>) -> Vec<PathBuf> {
     if !paths.is_empty() {
         return paths;
     }
-    let service_path = service_config_path(config_path);
-    let (service, _) = config::load_service(service_path.as_deref(), &env::process_env);
-    vec![service.map_or_else(|| PathBuf::from("pipelines"), |s| s.pipelines_dir)]
+    vec![service.map_or_else(|| PathBuf::from("pipelines"), |s| s.pipelines_dir.clone())]
 }
 
 fn plan(
@@ -269,7 +268,11 @@ fn plan(
     admin_key: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use base64::Engine;
-    let paths = pipeline_paths(config_path, paths);
+    let (service, _) = config::load_service(
+        service_config_path(config_path).as_deref(),
+        &env::process_env,
+    );
+    let paths = pipeline_paths(service.as_ref(), paths);
     let mut problems = Vec::new();
     let files = config::collect_files(&paths, &mut problems);
     let mut sent = Vec::new();
@@ -444,7 +447,7 @@ fn validate(
     let service_path = service_config_path(config_path);
     let (service, mut service_diagnostics) =
         config::load_service(service_path.as_deref(), &env::process_env);
-    let paths = pipeline_paths(config_path, paths);
+    let paths = pipeline_paths(service.as_ref(), paths);
     let mut report = config::load_pipelines(&paths, &env::process_env);
     service_diagnostics.append(&mut report.diagnostics);
     report.diagnostics = service_diagnostics;
