@@ -3,12 +3,18 @@
 //! Each backend lives in its own file with its configuration and checks: `embedded`
 //! (the segment log on local disk, the default), `kafka`, `sqs` and `redis_streams`.
 //! [`BackendConfig`] is the `[producer]` table of a pipeline file, dispatched on `type`.
+//!
+//! The runtime reaches every backend through [`Backend`]: append, read as a consumer
+//! group and commit what was delivered, park messages in a dead-letter log, and hold
+//! delayed messages until they are due. `tests/backend_conformance.rs` runs the same
+//! scenarios on each.
 
 pub mod embedded;
 pub mod kafka;
 pub mod redis_streams;
 pub mod sqs;
 
+use async_trait::async_trait;
 use serde::Serialize;
 use toml::Spanned;
 use toml::de::DeTable;
@@ -17,6 +23,9 @@ use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
 use crate::config::units::ByteSize;
 use crate::config::validate::Checks;
+
+use embedded::LogError;
+pub use embedded::StoredRecord;
 
 /// A message as a backend stores it: the log adds an offset and a timestamp.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,6 +45,83 @@ pub enum Durability {
     Durable,
     /// Written but not yet synced (`sync = "interval"`): a crash can lose it.
     Written,
+}
+
+/// Why a backend refused a request. Nothing of a refused append was acknowledged,
+/// except with [`BackendError::Unknown`].
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The embedded log failed; see [`LogError`].
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The backend cannot be reached or refused the request for now; it passes by
+    /// itself (a broker restarting, a network outage).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request was sent but whether it took effect is not known (a `WAIT` for
+    /// replicas that timed out).
+    #[error("{0}")]
+    Unknown(String),
+}
+
+impl BackendError {
+    /// Whether trying again later can succeed without anyone stepping in.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::Log(_))
+    }
+}
+
+/// A namespace's log, whichever backend holds it.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Appends `records`, durable together, and answers once the backend confirmed
+    /// (design: durability contract).
+    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError>;
+
+    /// Reads the log as consumer group `group`, from where the group's commits left
+    /// off. What a member of the group read and did not commit before it died is read
+    /// again, by this member or another.
+    async fn subscribe(&self, group: &str) -> Result<Box<dyn Subscription>, BackendError>;
+
+    /// Parks `records` in the namespace's dead-letter log.
+    async fn dead_letter(&self, records: Vec<Record>) -> Result<(), BackendError>;
+
+    /// Up to `max` entries of the dead-letter log, oldest first.
+    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError>;
+
+    /// Holds read messages until they are due: (record, due in ms since the epoch).
+    /// Once this returns, a commit may pass them.
+    async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError>;
+
+    /// Up to `max` held messages that are due at `now_ms`, held until
+    /// [`Backend::complete`] forgets them. A backend shared by several instances leases
+    /// what it hands out, so that only one delivers it unless that one dies.
+    async fn due(&self, now_ms: u64, max: usize) -> Result<Vec<StoredRecord>, BackendError>;
+
+    /// Forgets held messages that were delivered.
+    async fn complete(&self, delivered: Vec<StoredRecord>) -> Result<(), BackendError>;
+
+    /// When the next held message is due, if one is held.
+    async fn next_due(&self) -> Result<Option<u64>, BackendError>;
+
+    /// Why the backend cannot take writes now, if it cannot (for status and
+    /// readiness).
+    fn unavailable(&self) -> Option<String>;
+}
+
+/// One member of a consumer group, reading a log.
+#[async_trait]
+pub trait Subscription: Send {
+    /// Up to `max` records, waiting a while for at least one; may answer none. Each
+    /// record's `offset` numbers it within this subscription, in the order read.
+    /// Cancelling the call loses nothing.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, BackendError>;
+
+    /// The offset the next record read will have.
+    fn position(&self) -> u64;
+
+    /// Marks every record below `next_offset` done for the group.
+    async fn commit(&mut self, next_offset: u64) -> Result<(), BackendError>;
 }
 
 /// `[producer]`: the backend a namespace logs to, by `type`.
@@ -77,6 +163,14 @@ impl BackendConfig {
             Self::Kafka(_) => "kafka",
             Self::Sqs(_) => "sqs",
             Self::RedisStreams(_) => "redis_streams",
+        }
+    }
+
+    /// The consumer group delivery reads the log as.
+    pub fn consumer_group(&self) -> &str {
+        match self {
+            Self::RedisStreams(c) => &c.group,
+            _ => crate::runtime::delivery::DELIVERY_GROUP,
         }
     }
 

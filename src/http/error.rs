@@ -67,6 +67,10 @@ pub enum ApiError {
     MessageTooLarge(u64),
     #[error("namespace `{0}` cannot take writes now; retry later")]
     Unavailable(String),
+    #[error("the backend of namespace `{namespace}` is unreachable; retry later ({reason})")]
+    BackendUnavailable { namespace: String, reason: String },
+    #[error("the backend did not confirm the write; it may or may not be durable ({0})")]
+    DurabilityUnknown(String),
     #[error("namespace `{0}` has too many writes waiting for durability; retry later")]
     Overloaded(String),
     #[error("namespace `{namespace}` is over its rate limit; retry after {retry_after} s")]
@@ -105,13 +109,14 @@ impl ApiError {
             ApiError::MessageTooLarge(_) => "message_too_large",
             ApiError::Unavailable(_) => "namespace_unavailable",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::BackendUnavailable { .. } => "backend_unavailable",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::RouteNotFound => "route_not_found",
             ApiError::Internal => "internal_error",
             ApiError::TransactionNotFound(_) => "transaction_not_found",
             ApiError::StatusUnavailable => "status_unavailable",
-            ApiError::TimedOut(_) => "durability_unknown",
+            ApiError::TimedOut(_) | ApiError::DurabilityUnknown(_) => "durability_unknown",
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::IdempotencyInProgress(_) => "idempotency_in_progress",
         }
@@ -135,9 +140,10 @@ impl ApiError {
             ApiError::Unavailable(_)
             | ApiError::StorageFull(_)
             | ApiError::Overloaded(_)
+            | ApiError::BackendUnavailable { .. }
             | ApiError::StatusUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::TimedOut(_) | ApiError::DurabilityUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::IdempotencyConflict(_) | ApiError::IdempotencyInProgress(_) => {
                 StatusCode::CONFLICT
@@ -153,7 +159,8 @@ impl ApiError {
                 message: self.to_string(),
                 request_id: current_request_id(),
             },
-            durability: matches!(self, ApiError::TimedOut(_)).then(|| "unknown".to_string()),
+            durability: matches!(self, ApiError::TimedOut(_) | ApiError::DurabilityUnknown(_))
+                .then(|| "unknown".to_string()),
             results: match self {
                 ApiError::InvalidBatch(results) => Some(results.clone()),
                 _ => None,

@@ -58,16 +58,30 @@ pub async fn readiness(
         .filter(|n| !state.ready.load(Ordering::Acquire) && n.starting())
         .map(|n| n.name())
         .collect();
+    // A namespace whose backend is down does not take the server out of rotation
+    // (the other namespaces work), but readiness names it.
+    let unavailable: Vec<_> = running
+        .namespaces
+        .values()
+        .filter_map(|n| {
+            let error = n.unavailable()?;
+            Some(json!({ "namespace": n.name(), "backend": n.pipeline.config.producer.kind(), "error": error }))
+        })
+        .collect();
     if starting.is_empty() {
         state.ready.store(true, Ordering::Release);
         (
             axum::http::StatusCode::OK,
-            Json(json!({ "status": "ready", "namespaces": running.namespaces.len() })),
+            Json(json!({
+                "status": "ready",
+                "namespaces": running.namespaces.len(),
+                "unavailable": unavailable,
+            })),
         )
     } else {
         (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "starting", "starting": starting })),
+            Json(json!({ "status": "starting", "starting": starting, "unavailable": unavailable })),
         )
     }
 }

@@ -21,10 +21,11 @@ use super::AppState;
 use super::auth::authorize;
 use super::error::{ApiError, ErrorDetail, ErrorResponse};
 use crate::backend::embedded::{LogError, blocking};
-use crate::backend::{Durability, Record};
+use crate::backend::{BackendError, Durability, Record};
 use crate::runtime::Namespace;
 use crate::runtime::idempotency::{Check, Remembered};
 use crate::runtime::limits::Refusal;
+use crate::status::{MessageStatus, StatusStore};
 
 /// Header names wald sets on every stored message; clients may not use the prefix.
 pub const RESERVED_PREFIX: &str = "wald-";
@@ -178,7 +179,10 @@ pub async fn write(
     let transaction_id = new_id();
     let appended = async {
         let (record, accepted) = to_record(namespace, message, &transaction_id)?;
-        Ok::<_, ApiError>((append(namespace, vec![record]).await?, accepted))
+        Ok::<_, ApiError>((
+            append(state.supervisor.status(), namespace, vec![record]).await?,
+            accepted,
+        ))
     }
     .await;
     let (durability, accepted) = match appended {
@@ -313,7 +317,7 @@ pub async fn write_batch(
         // Every valid message was a repeat: nothing to append.
         Durability::Durable
     } else {
-        match append(namespace, records).await {
+        match append(state.supervisor.status(), namespace, records).await {
             Ok(durability) => durability,
             Err(e) => {
                 namespace.counters.refused(e.code());
@@ -536,7 +540,11 @@ fn deliver_at(
 
 /// Admits the records (rate limit, in-flight bound), appends them to the namespace's
 /// backend and waits for it to confirm.
-async fn append(namespace: &Namespace, records: Vec<Record>) -> Result<Durability, ApiError> {
+async fn append(
+    status: &StatusStore,
+    namespace: &Namespace,
+    records: Vec<Record>,
+) -> Result<Durability, ApiError> {
     let name = namespace.name().to_string();
     let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
     let _permit = namespace
@@ -549,29 +557,56 @@ async fn append(namespace: &Namespace, records: Vec<Record>) -> Result<Durabilit
                 retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
             },
         })?;
-    if let Some(reason) = namespace.unavailable() {
-        warn!(namespace = %name, reason = %reason, "Write refused: namespace unavailable.");
+    let Some(backend) = &namespace.backend else {
+        warn!(namespace = %name, reason = ?namespace.failure, "Write refused: namespace unavailable.");
         return Err(ApiError::Unavailable(name));
-    }
-    let store = namespace
-        .store
-        .as_ref()
-        .ok_or_else(|| ApiError::Unavailable(name.clone()))?;
+    };
+    // Without the embedded log's status tailer, the write's status is recorded here,
+    // so that its transaction can be looked up as soon as it is acknowledged.
+    let accepted: Vec<MessageStatus> = if namespace.store.is_none() {
+        let targets: Vec<String> = namespace
+            .pipeline
+            .config
+            .targets
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        let now = crate::backend::embedded::writer::now_ms();
+        records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                MessageStatus::of_headers(&r.headers, &name, &targets, i as u64, now)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let started = std::time::Instant::now();
     let payload_bytes: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
-    match store.log.append(records).await {
-        Ok(appended) => {
+    match backend.append(records).await {
+        Ok(durability) => {
             namespace
                 .counters
                 .accepted(u64::from(count), payload_bytes, started.elapsed());
-            Ok(appended.durability)
+            if !accepted.is_empty()
+                && let Err(e) = status.record_accepted(accepted).await
+            {
+                warn!(namespace = %name, error = %e, "Transaction status not recorded; delivery records it.");
+            }
+            Ok(durability)
         }
         Err(e) => {
             warn!(namespace = %name, error = %e, "Write failed; nothing was acknowledged.");
             Err(match e {
-                e if e.is_storage_full() => ApiError::StorageFull(name),
-                LogError::Invalid(message) => ApiError::InvalidMessage(message),
-                _ => ApiError::Unavailable(name),
+                BackendError::Log(e) if e.is_storage_full() => ApiError::StorageFull(name),
+                BackendError::Log(LogError::Invalid(message)) => ApiError::InvalidMessage(message),
+                BackendError::Log(_) => ApiError::Unavailable(name),
+                BackendError::Unavailable(reason) => ApiError::BackendUnavailable {
+                    namespace: name,
+                    reason,
+                },
+                BackendError::Unknown(reason) => ApiError::DurabilityUnknown(reason),
             })
         }
     }

@@ -1,4 +1,4 @@
-//! Delivery of one namespace on the embedded log: reads the log as consumer group
+//! Delivery of one namespace, whichever its backend: reads the log as consumer group
 //! [`DELIVERY_GROUP`], holds delayed messages until they are due, delivers each message
 //! to each of its targets with retries, parks what keeps failing in the dead-letter log,
 //! records every outcome in the status store, and only then commits its cursor.
@@ -30,9 +30,8 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
-use crate::backend::Record;
 use crate::backend::embedded::writer::now_ms;
-use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord, blocking};
+use crate::backend::{Backend, BackendError, Record, StoredRecord};
 use crate::config::pipeline::{Order, PipelineConfig, RetryPolicy};
 use crate::http::ingest::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS,
@@ -40,7 +39,7 @@ use crate::http::ingest::{
 };
 use crate::runtime::counters::{DeliveryCounters, Outcome};
 use crate::runtime::retry;
-use crate::status::{DeliveryState, StatusStore, TargetStatus, TargetUpdate};
+use crate::status::{DeliveryState, MessageStatus, StatusStore, TargetStatus, TargetUpdate};
 use crate::target::{DeliveryError, Message, Target};
 
 /// The consumer group delivery reads each log as.
@@ -82,11 +81,14 @@ pub struct Delivery {
 /// What the delivery task works with.
 struct Consumer {
     namespace: String,
-    store: Arc<NamespaceStore>,
+    backend: Arc<dyn Backend>,
+    /// The consumer group it reads as.
+    group: String,
     /// Each target by name, with the retry policy that applies to it.
     targets: BTreeMap<String, (Target, RetryPolicy)>,
     status: Arc<StatusStore>,
     /// How far the status tailer has recorded the log: an update waits for it.
+    /// Without a tailer, delivery records each message itself before its update.
     status_indexed: Option<watch::Receiver<u64>>,
     /// Outcomes per target, shared with the namespace.
     counters: Arc<DeliveryCounters>,
@@ -201,10 +203,12 @@ impl Held {
     }
 }
 
-/// What a lane delivered: the final state per target of each message of a run, and
-/// the run's offsets.
+/// What a lane delivered: the final state per target of each message of a run, the
+/// messages themselves when delivery records them (no status tailer), and the run's
+/// offsets.
 struct Outcomes {
     updates: Vec<TargetUpdate>,
+    accepted: Vec<MessageStatus>,
     offsets: Vec<u64>,
 }
 
@@ -237,7 +241,7 @@ impl Delivery {
     pub fn start(
         config: &PipelineConfig,
         targets: Result<Targets, String>,
-        store: Arc<NamespaceStore>,
+        backend: Arc<dyn Backend>,
         status: Arc<StatusStore>,
         status_indexed: Option<watch::Receiver<u64>>,
         counters: Arc<DeliveryCounters>,
@@ -248,23 +252,13 @@ impl Delivery {
                 f.get_or_insert(reason);
             }
         };
-        // The group's cursor exists from the start, so that retention never deletes
-        // what delivery has not read, even before delivery runs (blocking I/O, like
-        // opening the log).
-        let registered = store
-            .log
-            .cursor(DELIVERY_GROUP)
-            .and_then(|start| store.log.commit(DELIVERY_GROUP, start));
-        if let Err(e) = registered {
-            error!(namespace = %config.namespace, error = %e, "Delivery cursor could not be written.");
-            fail(e.to_string());
-        }
         let (stop, stopped) = watch::channel(false);
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let consumer = match targets {
             Ok(Targets(targets)) => Some(Consumer {
                 namespace: config.namespace.clone(),
-                store,
+                backend,
+                group: config.producer.consumer_group().to_string(),
                 targets,
                 status,
                 status_indexed,
@@ -327,8 +321,8 @@ impl Consumer {
     async fn run(
         self: Arc<Self>,
         started: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Result<(), LogError> {
-        let mut subscription = self.store.log.subscribe(DELIVERY_GROUP)?;
+    ) -> Result<(), BackendError> {
+        let mut subscription = self.backend.subscribe(&self.group).await?;
         started.store(true, std::sync::atomic::Ordering::Release);
         info!(namespace = %self.namespace, from = subscription.position(), lanes = self.lanes, "Delivery started.");
         let delays = tokio::spawn(self.clone().deliver_delayed());
@@ -358,8 +352,7 @@ impl Consumer {
             let commit_due = watermark > committed
                 && (in_flight.is_empty() || last_commit.elapsed() >= COMMIT_EVERY);
             if commit_due {
-                let log = self.store.log.clone();
-                if let Err(e) = blocking(move || log.commit(DELIVERY_GROUP, watermark)).await {
+                if let Err(e) = subscription.commit(watermark).await {
                     break Err(e);
                 }
                 committed = watermark;
@@ -388,7 +381,7 @@ impl Consumer {
                     next_lane = (next_lane + 1) % self.lanes;
                     for record in records {
                         if let Some(due) = due_ms(&record).filter(|due| *due > now) {
-                            delayed.push((record.offset, due));
+                            delayed.push((record, due));
                             continue;
                         }
                         let lane = self.lane_of(&record, next_lane);
@@ -402,11 +395,8 @@ impl Consumer {
                     if lost_lane {
                         break Ok(());
                     }
-                    if !delayed.is_empty() {
-                        let store = self.store.clone();
-                        if let Err(e) = blocking(move || store.schedule(&delayed)).await {
-                            break Err(e);
-                        }
+                    if !delayed.is_empty() && let Err(e) = self.schedule(delayed).await {
+                        break e;
                     }
                     read_up_to = next;
                 }
@@ -424,11 +414,34 @@ impl Consumer {
         if result.is_ok() {
             let watermark = in_flight.first().copied().unwrap_or(read_up_to);
             if watermark > committed {
-                let log = self.store.log.clone();
-                blocking(move || log.commit(DELIVERY_GROUP, watermark)).await?;
+                subscription.commit(watermark).await?;
             }
         }
         result
+    }
+
+    /// Has the backend hold delayed messages, trying again while it is unavailable.
+    /// `Err(Ok(()))` when the namespace stopped first.
+    async fn schedule(
+        &self,
+        delayed: Vec<(StoredRecord, u64)>,
+    ) -> Result<(), Result<(), BackendError>> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.backend.schedule(delayed.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    warn!(namespace = %self.namespace, error = %e, "Delayed messages could not be held; trying again.");
+                    let mut stopped = self.stopped.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        () = stopping(&mut stopped) => return Err(Ok(())),
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(Err(e)),
+            }
+        }
     }
 
     /// The lane a message goes to: by its key's hash with `order = "per_key"` (so one
@@ -448,14 +461,15 @@ impl Consumer {
             if self.deliver_due().await.is_err() {
                 return;
             }
-            let wait = self
-                .store
-                .delays
-                .next_due()
-                .map_or(IDLE_CHECK, |due| {
-                    Duration::from_millis(due.saturating_sub(now_ms()))
-                })
-                .min(IDLE_CHECK);
+            let wait = match self.backend.next_due().await {
+                Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())),
+                Ok(None) => IDLE_CHECK,
+                Err(e) => {
+                    warn!(namespace = %self.namespace, error = %e, "Delayed messages could not be looked at.");
+                    IDLE_CHECK
+                }
+            }
+            .min(IDLE_CHECK);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 () = stopping(&mut stopped) => return,
@@ -465,32 +479,22 @@ impl Consumer {
 
     /// Delivers the delayed messages that are due, and forgets them in the index.
     async fn deliver_due(&self) -> Result<(), Stopped> {
-        let due = self.store.delays.due(now_ms(), self.batch_size);
+        let due = match self.backend.due(now_ms(), self.batch_size).await {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(namespace = %self.namespace, error = %e, "Due delayed messages could not be taken; trying again.");
+                return Ok(());
+            }
+        };
         if due.is_empty() {
             return Ok(());
         }
-        let mut done = Vec::new();
-        for (offset, _) in due {
-            let log = self.store.log.clone();
-            match blocking(move || log.read(offset, 1, usize::MAX)).await {
-                Ok(mut records) => match records.pop() {
-                    Some(record) => {
-                        let updates = self.deliver_fully(record).await?;
-                        self.record_status(updates, offset).await;
-                    }
-                    None => {
-                        error!(namespace = %self.namespace, offset, "A delayed message is no longer in the log.")
-                    }
-                },
-                Err(e) => {
-                    error!(namespace = %self.namespace, offset, error = %e, "A delayed message could not be read; it stays pending.");
-                    continue;
-                }
-            }
-            done.push(offset);
+        for record in &due {
+            let updates = self.deliver_fully(record.clone()).await?;
+            self.record_status(updates, record.offset, self.accepted(record))
+                .await;
         }
-        let store = self.store.clone();
-        if let Err(e) = blocking(move || store.complete(&done)).await {
+        if let Err(e) = self.backend.complete(due).await {
             warn!(namespace = %self.namespace, error = %e, "Delivered delayed messages could not be marked done; they will be delivered again.");
         }
         Ok(())
@@ -555,11 +559,13 @@ impl Consumer {
             };
             let mut done = Outcomes {
                 updates: Vec::new(),
+                accepted: Vec::new(),
                 offsets: Vec::new(),
             };
             for message in run {
                 if message.pending.is_empty() {
                     done.offsets.push(message.record.offset);
+                    done.accepted.extend(self.accepted(&message.record));
                     done.updates.extend(message.updates);
                 } else {
                     let key = self.lane_key(&message.record);
@@ -692,7 +698,9 @@ impl Consumer {
                 self.counters
                     .record(name, Outcome::Retried { error, at_ms });
                 let update = self.update(message, name, DeliveryState::Retrying, attempts, Some(e));
-                self.record_status(vec![update], message.offset).await;
+                let accepted = self.accepted(&run[i].record);
+                self.record_status(vec![update], message.offset, accepted)
+                    .await;
                 let key = self.lane_key(&run[i].record);
                 let due =
                     tokio::time::Instant::now() + retry::next_wait(policy, attempts, e.retry_after);
@@ -733,7 +741,11 @@ impl Consumer {
                 .iter_mut()
                 .flat_map(|o| std::mem::take(&mut o.updates))
                 .collect();
-            self.record_status(updates, up_to).await;
+            let accepted = gathered
+                .iter_mut()
+                .flat_map(|o| std::mem::take(&mut o.accepted))
+                .collect();
+            self.record_status(updates, up_to, accepted).await;
             for offset in gathered.into_iter().flat_map(|o| o.offsets) {
                 let _ = done.send(offset);
             }
@@ -791,7 +803,7 @@ impl Consumer {
         };
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.store.dlq.append(vec![entry.clone()]).await {
+            match self.backend.dead_letter(vec![entry.clone()]).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     error!(namespace = %self.namespace, error = %e, "The DLQ refused a message; trying again.");
@@ -827,12 +839,36 @@ impl Consumer {
         }
     }
 
-    /// Records target states once the status tailer has recorded the message itself
-    /// (an update of a message the store does not have yet would be lost). Status is
-    /// information: a failure is logged, never blocks delivery.
-    async fn record_status(&self, updates: Vec<TargetUpdate>, offset: u64) {
+    /// The status of `record` as accepted, for delivery to record before its
+    /// updates when no status tailer does (an update of a message the store does not
+    /// have is lost); none with a tailer.
+    fn accepted(&self, record: &StoredRecord) -> Vec<MessageStatus> {
+        if self.status_indexed.is_some() {
+            return Vec::new();
+        }
+        let targets: Vec<String> = self.targets.keys().cloned().collect();
+        MessageStatus::of_record(record, &self.namespace, &targets)
+            .into_iter()
+            .collect()
+    }
+
+    /// Records target states once the message itself is in the status store: the
+    /// status tailer recorded it, or `accepted` records it here (a no-op for a
+    /// message already there). Status is information: a failure is logged, never
+    /// blocks delivery.
+    async fn record_status(
+        &self,
+        updates: Vec<TargetUpdate>,
+        offset: u64,
+        accepted: Vec<MessageStatus>,
+    ) {
         if updates.is_empty() {
             return;
+        }
+        if !accepted.is_empty()
+            && let Err(e) = self.status.record_accepted(accepted).await
+        {
+            warn!(namespace = %self.namespace, error = %e, "Delivered messages not recorded in the status store.");
         }
         if let Some(mut indexed) = self.status_indexed.clone() {
             let mut stopped = self.stopped.clone();

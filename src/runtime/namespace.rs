@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::backend::BackendConfig;
-
-use crate::backend::embedded::{NamespaceStore, namespace_dir};
+use crate::backend::embedded::{Embedded, NamespaceStore, namespace_dir};
+use crate::backend::redis_streams::RedisStreams;
+use crate::backend::{Backend, BackendConfig};
 use crate::config::LoadedPipeline;
 use crate::config::service::ServiceConfig;
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
-use crate::runtime::delivery::{Delivery, Targets};
+use crate::runtime::delivery::{DELIVERY_GROUP, Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
 use crate::status::StatusStore;
@@ -25,7 +25,10 @@ use crate::status::tailer::Tailer;
 /// A namespace as the server runs it.
 pub struct Namespace {
     pub pipeline: LoadedPipeline,
-    /// Its storage, when its backend is the embedded log and the log opened.
+    /// Its log, when the backend opened.
+    pub backend: Option<Arc<dyn Backend>>,
+    /// Its storage, when its backend is the embedded log and the log opened: what
+    /// only the embedded log serves (DLQ listing and replay, recent messages, offsets).
     pub store: Option<Arc<NamespaceStore>>,
     /// Why it does not run, if it does not.
     pub failure: Option<String>,
@@ -67,25 +70,15 @@ impl Namespace {
     ) -> Self {
         let data_dir = &service.data_dir;
         let config = &pipeline.config;
-        let (store, failure) = match &config.producer {
-            BackendConfig::Embedded(embedded) => {
-                match NamespaceStore::open(data_dir, &config.namespace, embedded) {
-                    Ok(store) => (Some(Arc::new(store)), None),
-                    Err(e) => {
-                        error!(namespace = %config.namespace, error = %e, "Namespace failed to open its log.");
-                        (None, Some(e.to_string()))
-                    }
-                }
+        let opened = open_backend(config, data_dir);
+        let (backend, store, failure) = match opened {
+            Ok((backend, store)) => (Some(backend), store, None),
+            Err(e) => {
+                error!(namespace = %config.namespace, error = %e, "Namespace failed to open its log.");
+                (None, None, Some(e))
             }
-            other => (
-                None,
-                Some(format!(
-                    "the {} backend is not available in this version",
-                    other.kind()
-                )),
-            ),
         };
-        let idempotency = store.as_ref().and_then(|_| {
+        let idempotency = backend.as_ref().and_then(|_| {
             let path = namespace_dir(data_dir, &config.namespace).join("idempotency.log");
             IdempotencyStore::open(&path, service.status_store.retention.get())
                 .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Idempotency keys unavailable."))
@@ -96,11 +89,11 @@ impl Namespace {
             .as_ref()
             .and_then(|store| start_tailer(config, store, status));
         let deliveries = Arc::new(DeliveryCounters::default());
-        let delivery = store.as_ref().map(|store| {
+        let delivery = backend.as_ref().map(|backend| {
             Delivery::start(
                 config,
                 targets,
-                store.clone(),
+                backend.clone(),
                 status.clone(),
                 tailer.as_ref().map(|t| t.indexed.clone()),
                 deliveries.clone(),
@@ -114,6 +107,7 @@ impl Namespace {
             ),
             delivery: Mutex::new(delivery),
             pipeline,
+            backend,
             store,
             failure,
             counters: Arc::default(),
@@ -141,6 +135,7 @@ impl Namespace {
             ),
             delivery: Mutex::new(take(&self.delivery)),
             tailer: Mutex::new(take(&self.tailer)),
+            backend: self.backend.clone(),
             store: self.store.clone(),
             failure: self.failure.clone(),
             counters: self.counters.clone(),
@@ -159,12 +154,14 @@ impl Namespace {
         targets_changed: bool,
         status: &Arc<StatusStore>,
     ) {
-        let Some(store) = &self.store else { return };
+        let Some(backend) = &self.backend else {
+            return;
+        };
         let config = &self.pipeline.config;
         if let Some(old) = take(&self.delivery) {
             old.stop().await;
         }
-        if targets_changed {
+        if let (true, Some(store)) = (targets_changed, &self.store) {
             if let Some(old) = take(&self.tailer) {
                 old.stop().await;
             }
@@ -176,7 +173,7 @@ impl Namespace {
         let delivery = Delivery::start(
             config,
             Ok(targets),
-            store.clone(),
+            backend.clone(),
             status.clone(),
             self.status_indexed(),
             self.deliveries.clone(),
@@ -195,11 +192,12 @@ impl Namespace {
         &self.pipeline.config.namespace
     }
 
-    /// Why the namespace cannot take writes now, if it cannot.
+    /// Why the namespace cannot take writes now, if it cannot: it did not open, or
+    /// its backend failed or is unreachable.
     pub fn unavailable(&self) -> Option<String> {
         self.failure
             .clone()
-            .or_else(|| self.store.as_ref().and_then(|s| s.log.failure()))
+            .or_else(|| self.backend.as_ref()?.unavailable())
     }
 
     /// Whether the namespace is healthy but has not started delivering yet: readiness
@@ -221,12 +219,20 @@ impl Namespace {
         self.delivery.lock().ok()?.as_ref().map(f)
     }
 
-    /// The namespace's state for the health and status answers.
+    /// The namespace's state for the health and status answers: `failed` when it did
+    /// not open or its log failed, `backend_unavailable` while its backend cannot be
+    /// reached (writes get 503 and everything resumes when it is back), else `running`.
     pub fn health(&self) -> serde_json::Value {
+        let backend_error = self.backend.as_ref().and_then(|b| b.unavailable());
+        let state = match (&self.failure, &backend_error, &self.store) {
+            (Some(_), _, _) | (None, Some(_), Some(_)) => "failed",
+            (None, Some(_), None) => "backend_unavailable",
+            (None, None, _) => "running",
+        };
         let mut health = json!({
             "namespace": self.name(),
             "backend": self.pipeline.config.producer.kind(),
-            "state": if self.unavailable().is_some() { "failed" } else { "running" },
+            "state": state,
         });
         if let Some(error) = self.unavailable() {
             health["error"] = json!(error);
@@ -257,6 +263,36 @@ impl Namespace {
             store.log.clone().close().await;
             store.dlq.clone().close().await;
         }
+    }
+}
+
+/// Opens the namespace's backend, and its embedded storage when that is the backend.
+fn open_backend(
+    config: &crate::config::pipeline::PipelineConfig,
+    data_dir: &std::path::Path,
+) -> Result<(Arc<dyn Backend>, Option<Arc<NamespaceStore>>), String> {
+    match &config.producer {
+        BackendConfig::Embedded(embedded) => {
+            let store = NamespaceStore::open(data_dir, &config.namespace, embedded)
+                .map_err(|e| e.to_string())?;
+            // The delivery group's cursor exists from the start, so that retention
+            // never deletes what delivery has not read, even before delivery runs.
+            store
+                .log
+                .cursor(DELIVERY_GROUP)
+                .and_then(|start| store.log.commit(DELIVERY_GROUP, start))
+                .map_err(|e| format!("the delivery cursor could not be written: {e}"))?;
+            let store = Arc::new(store);
+            Ok((Arc::new(Embedded(store.clone())), Some(store)))
+        }
+        BackendConfig::RedisStreams(redis) => {
+            let stream = RedisStreams::open(&config.namespace, redis).map_err(|e| e.to_string())?;
+            Ok((Arc::new(stream), None))
+        }
+        other => Err(format!(
+            "the {} backend is not available in this version",
+            other.kind()
+        )),
     }
 }
 

@@ -30,7 +30,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::backend::StoredRecord;
 use crate::config::service::{StatusStoreConfig, StatusStoreKind};
+use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 
 /// The consumer group the status tailer reads each log as.
 pub use crate::backend::embedded::log::OBSERVER_GROUP as TAILER_GROUP;
@@ -120,6 +122,48 @@ impl MessageStatus {
             updated_at_ms: accepted_at_ms,
             targets: targets.into_iter().map(|t| (t, pending.clone())).collect(),
         }
+    }
+}
+
+impl MessageStatus {
+    /// The status of a message as read from its log: pending for each of its targets
+    /// (those it names, or `targets`). None for a record without ids.
+    pub fn of_record(record: &StoredRecord, namespace: &str, targets: &[String]) -> Option<Self> {
+        Self::of_headers(
+            &record.headers,
+            namespace,
+            targets,
+            record.offset,
+            record.timestamp_ms,
+        )
+    }
+
+    /// [`MessageStatus::of_record`] from a message's headers, place and time.
+    pub fn of_headers(
+        headers: &[(String, Vec<u8>)],
+        namespace: &str,
+        targets: &[String],
+        offset: u64,
+        accepted_at_ms: u64,
+    ) -> Option<Self> {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        let targets: Vec<String> = match header(HEADER_TARGETS) {
+            Some(named) => named.split(',').map(str::to_string).collect(),
+            None => targets.to_vec(),
+        };
+        Some(Self::accepted(
+            header(HEADER_TRANSACTION_ID)?.to_string(),
+            header(HEADER_MESSAGE_ID)?.to_string(),
+            namespace.to_string(),
+            offset,
+            accepted_at_ms,
+            targets,
+        ))
     }
 }
 

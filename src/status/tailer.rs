@@ -12,8 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{MessageStatus, StatusStore, TAILER_GROUP};
-use crate::backend::embedded::{Log, LogError, StoredRecord, blocking};
-use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
+use crate::backend::embedded::{Log, LogError, blocking};
 
 /// Records read from the log per store write.
 const BATCH: usize = 1024;
@@ -108,7 +107,7 @@ async fn run(mut run: Run) {
         };
         let messages: Vec<MessageStatus> = records
             .iter()
-            .filter_map(|r| accepted(r, &run.namespace, &run.targets))
+            .filter_map(|r| MessageStatus::of_record(r, &run.namespace, &run.targets))
             .collect();
         last_write = tokio::time::Instant::now();
         if !messages.is_empty() && !record(&run, messages).await {
@@ -143,22 +142,4 @@ async fn record(run: &Run, messages: Vec<MessageStatus>) -> bool {
             }
         }
     }
-}
-
-/// The status of a message just read from the log: pending for each of its targets.
-fn accepted(record: &StoredRecord, namespace: &str, targets: &[String]) -> Option<MessageStatus> {
-    let transaction_id = record.header(HEADER_TRANSACTION_ID)?.to_string();
-    let message_id = record.header(HEADER_MESSAGE_ID)?.to_string();
-    let targets: Vec<String> = match record.header(HEADER_TARGETS) {
-        Some(named) => named.split(',').map(str::to_string).collect(),
-        None => targets.to_vec(),
-    };
-    Some(MessageStatus::accepted(
-        transaction_id,
-        message_id,
-        namespace.to_string(),
-        record.offset,
-        record.timestamp_ms,
-        targets,
-    ))
 }

@@ -38,7 +38,7 @@ pub const INDEX_INTERVAL: u64 = 4096;
 pub const INDEX_ENTRY_LEN: usize = 24;
 
 /// A record as stored: what was appended, with the offset and timestamp the log gave it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredRecord {
     pub offset: u64,
     /// Milliseconds since the Unix epoch; never decreases along the log.

@@ -51,6 +51,11 @@ pub mod segment;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Backend, BackendError, Durability, Record};
 
 pub use config::{Config, SyncMode};
 pub use delay::DelayIndex;
@@ -103,6 +108,98 @@ impl NamespaceStore {
         self.log
             .set_retention_floor(self.delays.lowest_pending_offset());
         Ok(())
+    }
+}
+
+/// [`NamespaceStore`] as a [`Backend`].
+pub struct Embedded(pub Arc<NamespaceStore>);
+
+#[async_trait]
+impl Backend for Embedded {
+    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError> {
+        Ok(self.0.log.append(records).await?.durability)
+    }
+
+    async fn subscribe(&self, group: &str) -> Result<Box<dyn super::Subscription>, BackendError> {
+        Ok(Box::new(GroupReader {
+            reader: self.0.log.subscribe(group)?,
+            log: self.0.log.clone(),
+            group: group.to_string(),
+        }))
+    }
+
+    async fn dead_letter(&self, records: Vec<Record>) -> Result<(), BackendError> {
+        self.0.dlq.append(records).await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let dlq = self.0.dlq.clone();
+        Ok(blocking(move || dlq.read(dlq.first_offset(), max, usize::MAX)).await?)
+    }
+
+    async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
+        let store = self.0.clone();
+        let items: Vec<(u64, u64)> = delayed.iter().map(|(r, due)| (r.offset, *due)).collect();
+        Ok(blocking(move || store.schedule(&items)).await?)
+    }
+
+    async fn due(&self, now_ms: u64, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let store = self.0.clone();
+        Ok(blocking(move || {
+            let mut records = Vec::new();
+            for (offset, _) in store.delays.due(now_ms, max) {
+                match store.log.read(offset, 1, usize::MAX).map(|mut r| r.pop()) {
+                    Ok(Some(record)) => records.push(record),
+                    Ok(None) => {
+                        tracing::error!(offset, "A delayed message is no longer in the log.");
+                        store.complete(&[offset])?;
+                    }
+                    Err(e) => {
+                        tracing::error!(offset, error = %e, "A delayed message could not be read; it stays pending.");
+                    }
+                }
+            }
+            Ok(records)
+        })
+        .await?)
+    }
+
+    async fn complete(&self, delivered: Vec<StoredRecord>) -> Result<(), BackendError> {
+        let store = self.0.clone();
+        let offsets: Vec<u64> = delivered.iter().map(|r| r.offset).collect();
+        Ok(blocking(move || store.complete(&offsets)).await?)
+    }
+
+    async fn next_due(&self) -> Result<Option<u64>, BackendError> {
+        Ok(self.0.delays.next_due())
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.0.log.failure()
+    }
+}
+
+/// A consumer group's reader of the embedded log; commits move the group's cursor.
+struct GroupReader {
+    reader: Subscription,
+    log: Log,
+    group: String,
+}
+
+#[async_trait]
+impl super::Subscription for GroupReader {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        Ok(self.reader.next_batch(max).await?)
+    }
+
+    fn position(&self) -> u64 {
+        self.reader.position()
+    }
+
+    async fn commit(&mut self, next_offset: u64) -> Result<(), BackendError> {
+        let (log, group) = (self.log.clone(), self.group.clone());
+        Ok(blocking(move || log.commit(&group, next_offset)).await?)
     }
 }
 

@@ -2,6 +2,10 @@
 //! `XACK` to consume, `XAUTOCLAIM` to take over a dead instance's entries. Its
 //! configuration and checks live here.
 
+mod stream;
+
+pub use stream::RedisStreams;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::diagnostic::{Code, KeyPath};

@@ -1,0 +1,745 @@
+//! A namespace's log on a Redis stream.
+//!
+//! - Append: `XADD` (several records in one `MULTI`, so that they are durable together),
+//!   then `WAIT` when the pipeline asks for replicas. Fields: `k` the key, `p` the
+//!   payload, `h:<name>` each header; the entry id gives the timestamp.
+//! - Read: each subscription is one consumer of the group (`<host>-<uuid>`); a task reads
+//!   with `XREADGROUP` and hands batches over, so a cancelled read loses nothing. Every
+//!   `claim_idle / 2` it takes over, with `XAUTOCLAIM`, entries that some consumer has
+//!   held unacknowledged for `claim_idle` (an instance that died), and refreshes the
+//!   idle time of the entries it holds itself (`XCLAIM ... JUSTID`) so that no live
+//!   instance loses them. A commit is an `XACK`.
+//! - Trim: with `maxlen`, once the stream is longer, entries that every group has
+//!   acknowledged are trimmed (`XTRIM MINID`); unacknowledged entries never are.
+//! - DLQ: `XADD` to the DLQ stream. Delays: a sorted set `<stream>:delayed` by due time,
+//!   whose members are the records themselves; taking due members leases them for
+//!   `claim_idle`, so an instance that dies while delivering them leaves them to another.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::Config;
+use crate::backend::{Backend, BackendError, Durability, Record, StoredRecord, Subscription};
+
+/// Entries read per `XREADGROUP` or `XAUTOCLAIM`.
+const READ_COUNT: usize = 512;
+/// How long one `XREADGROUP` blocks waiting for entries.
+const BLOCK: Duration = Duration::from_secs(1);
+/// How long a command may take before its outcome counts as unknown.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between reconnection attempts of a reader.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A namespace's Redis stream, its DLQ stream and its delayed set.
+pub struct RedisStreams {
+    client: redis::Client,
+    /// Shared by appends, acknowledgements and delays; reconnects by itself.
+    connection: ConnectionManager,
+    stream: String,
+    dlq_stream: String,
+    delayed: String,
+    wait_replicas: u32,
+    wait_timeout: Duration,
+    maxlen: Option<u64>,
+    claim_idle: Duration,
+    /// The last error of a request to Redis, cleared by the next success.
+    down: Arc<Mutex<Option<String>>>,
+}
+
+impl RedisStreams {
+    /// The stream of `namespace` as `config` names it. Connects lazily: a Redis that is
+    /// down makes requests fail (503) until it is back, never the namespace.
+    pub fn open(namespace: &str, config: &Config) -> Result<Self, BackendError> {
+        let client = redis::Client::open(config.url.expose().as_str()).map_err(unavailable)?;
+        let connection = client
+            .get_connection_manager_lazy(
+                ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1)),
+            )
+            .map_err(unavailable)?;
+        let stream = config.stream_key(namespace);
+        Ok(Self {
+            client,
+            connection,
+            dlq_stream: config
+                .dlq_stream
+                .clone()
+                .unwrap_or_else(|| format!("{stream}:dlq")),
+            delayed: format!("{stream}:delayed"),
+            stream,
+            wait_replicas: config.wait_replicas,
+            wait_timeout: config.wait_timeout.get(),
+            maxlen: config.maxlen,
+            claim_idle: config.claim_idle.get(),
+            down: Arc::default(),
+        })
+    }
+
+    /// Runs `request` on the shared connection, noting whether Redis answered.
+    async fn request<T: redis::FromRedisValue>(
+        &self,
+        request: impl FnOnce(&mut redis::Pipeline),
+    ) -> Result<T, BackendError> {
+        let mut pipe = redis::pipe();
+        request(&mut pipe);
+        let result = pipe.query_async(&mut self.connection.clone()).await;
+        note(&self.down, result.as_ref().err());
+        result.map_err(|e| {
+            if e.is_timeout() {
+                BackendError::Unknown(format!("Redis did not answer in time: {e}"))
+            } else {
+                unavailable(e)
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for RedisStreams {
+    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError> {
+        let atomic = records.len() > 1;
+        let _: Value = self
+            .request(|pipe| {
+                if atomic {
+                    pipe.atomic();
+                }
+                for record in &records {
+                    pipe.add_command(xadd(&self.stream, record)).ignore();
+                }
+            })
+            .await?;
+        if self.wait_replicas > 0 {
+            let (replicas,): (u32,) = self
+                .request(|pipe| {
+                    pipe.cmd("WAIT")
+                        .arg(self.wait_replicas)
+                        .arg(self.wait_timeout.as_millis() as u64);
+                })
+                .await?;
+            if replicas < self.wait_replicas {
+                return Err(BackendError::Unknown(format!(
+                    "{replicas} of {} replicas confirmed the write within {:?}",
+                    self.wait_replicas, self.wait_timeout
+                )));
+            }
+        }
+        Ok(Durability::Durable)
+    }
+
+    async fn subscribe(&self, group: &str) -> Result<Box<dyn Subscription>, BackendError> {
+        let consumer = consumer_name();
+        let held = Arc::new(Mutex::new(BTreeMap::new()));
+        let (batches, incoming) = mpsc::channel(2);
+        let reader = Reader {
+            client: self.client.clone(),
+            stream: self.stream.clone(),
+            group: group.to_string(),
+            consumer: consumer.clone(),
+            claim_idle: self.claim_idle,
+            maxlen: self.maxlen,
+            held: held.clone(),
+            down: self.down.clone(),
+            next_seq: 0,
+        };
+        info!(stream = %self.stream, group, consumer = %consumer, "Reading the Redis stream.");
+        Ok(Box::new(StreamSubscription {
+            connection: self.connection.clone(),
+            stream: self.stream.clone(),
+            group: group.to_string(),
+            incoming,
+            buffered: Vec::new(),
+            position: 0,
+            held,
+            unacked: Vec::new(),
+            task: tokio::spawn(reader.run(batches)),
+        }))
+    }
+
+    async fn dead_letter(&self, records: Vec<Record>) -> Result<(), BackendError> {
+        self.request(|pipe| {
+            pipe.atomic();
+            for record in &records {
+                pipe.add_command(xadd(&self.dlq_stream, record)).ignore();
+            }
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let (list,): (Value,) = self
+            .request(|pipe| {
+                pipe.cmd("XRANGE")
+                    .arg(&self.dlq_stream)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max);
+            })
+            .await?;
+        Ok(entries(list)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, mut record))| {
+                record.offset = i as u64;
+                record
+            })
+            .collect())
+    }
+
+    async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
+        self.request(|pipe| {
+            for (record, due) in &delayed {
+                pipe.zadd(&self.delayed, HeldRecord::encode(record), *due)
+                    .ignore();
+            }
+        })
+        .await
+    }
+
+    async fn due(&self, now_ms: u64, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let lease_until = now_ms + self.claim_idle.as_millis() as u64;
+        let (members,): (Vec<String>,) = self
+            .request(|pipe| {
+                pipe.cmd("EVAL")
+                    .arg(TAKE_DUE)
+                    .arg(1)
+                    .arg(&self.delayed)
+                    .arg(now_ms)
+                    .arg(max)
+                    .arg(lease_until);
+            })
+            .await?;
+        members
+            .iter()
+            .map(|m| HeldRecord::decode(m))
+            .collect::<Result<_, _>>()
+    }
+
+    async fn complete(&self, delivered: Vec<StoredRecord>) -> Result<(), BackendError> {
+        self.request(|pipe| {
+            for record in &delivered {
+                pipe.zrem(&self.delayed, HeldRecord::encode(record))
+                    .ignore();
+            }
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<u64>, BackendError> {
+        let (first,): (Vec<(String, f64)>,) = self
+            .request(|pipe| {
+                pipe.zrange_withscores(&self.delayed, 0, 0);
+            })
+            .await?;
+        Ok(first.first().map(|(_, due)| *due as u64))
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.down.lock().ok()?.clone()
+    }
+}
+
+/// Takes up to ARGV[2] members due at ARGV[1] and leases them until ARGV[3].
+const TAKE_DUE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[3], member)
+end
+return due
+";
+
+/// A delayed record as a member of the delayed set: its own bytes, so that trimming
+/// the stream never loses it.
+#[derive(Serialize, Deserialize)]
+struct HeldRecord {
+    t: u64,
+    k: Option<String>,
+    h: Vec<(String, String)>,
+    p: String,
+}
+
+impl HeldRecord {
+    fn encode(record: &StoredRecord) -> String {
+        let held = HeldRecord {
+            t: record.timestamp_ms,
+            k: record.key.as_ref().map(|k| STANDARD.encode(k)),
+            h: record
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), STANDARD.encode(v)))
+                .collect(),
+            p: STANDARD.encode(&record.payload),
+        };
+        serde_json::to_string(&held).unwrap_or_default()
+    }
+
+    fn decode(member: &str) -> Result<StoredRecord, BackendError> {
+        let bad =
+            |e: String| BackendError::Unavailable(format!("a delayed member is not a record: {e}"));
+        let held: HeldRecord = serde_json::from_str(member).map_err(|e| bad(e.to_string()))?;
+        let bytes = |s: &str| STANDARD.decode(s).map_err(|e| bad(e.to_string()));
+        Ok(StoredRecord {
+            offset: 0,
+            timestamp_ms: held.t,
+            key: held.k.as_deref().map(bytes).transpose()?,
+            headers: held
+                .h
+                .iter()
+                .map(|(n, v)| Ok((n.clone(), bytes(v)?)))
+                .collect::<Result<_, BackendError>>()?,
+            payload: bytes(&held.p)?,
+        })
+    }
+}
+
+/// One consumer of the group: what its reader task read, numbered in order.
+struct StreamSubscription {
+    connection: ConnectionManager,
+    stream: String,
+    group: String,
+    incoming: mpsc::Receiver<Vec<StoredRecord>>,
+    buffered: Vec<StoredRecord>,
+    position: u64,
+    /// Entry id of each record read and not yet acknowledged, by number.
+    held: Arc<Mutex<BTreeMap<u64, String>>>,
+    /// Entries whose `XACK` failed, acknowledged with the next commit.
+    unacked: Vec<String>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for StreamSubscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl Subscription for StreamSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        if self.buffered.is_empty() {
+            match self.incoming.recv().await {
+                Some(batch) => self.buffered = batch,
+                None => {
+                    return Err(BackendError::Unavailable(
+                        "the stream reader stopped".into(),
+                    ));
+                }
+            }
+        }
+        let rest = self.buffered.split_off(max.min(self.buffered.len()));
+        let batch = std::mem::replace(&mut self.buffered, rest);
+        if let Some(last) = batch.last() {
+            self.position = last.offset + 1;
+        }
+        Ok(batch)
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Acknowledges the entries below `next_offset`. A failed `XACK` is tried again
+    /// with the next commit: until then another instance may claim the entries and
+    /// deliver them again, which at-least-once allows.
+    async fn commit(&mut self, next_offset: u64) -> Result<(), BackendError> {
+        if let Ok(mut held) = self.held.lock() {
+            let rest = held.split_off(&next_offset);
+            self.unacked
+                .extend(std::mem::replace(&mut *held, rest).into_values());
+        }
+        if self.unacked.is_empty() {
+            return Ok(());
+        }
+        let acked: Result<(), RedisError> = redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.unacked)
+            .query_async(&mut self.connection)
+            .await;
+        match acked {
+            Ok(()) => self.unacked.clear(),
+            Err(e) => {
+                warn!(stream = %self.stream, entries = self.unacked.len(), error = %e, "Entries not acknowledged; trying again with the next commit.")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The task that reads the stream for one subscription.
+struct Reader {
+    client: redis::Client,
+    stream: String,
+    group: String,
+    consumer: String,
+    claim_idle: Duration,
+    maxlen: Option<u64>,
+    held: Arc<Mutex<BTreeMap<u64, String>>>,
+    down: Arc<Mutex<Option<String>>>,
+    next_seq: u64,
+}
+
+impl Reader {
+    /// Reads until the subscription is dropped, reconnecting with backoff while Redis
+    /// is unreachable.
+    async fn run(mut self, batches: mpsc::Sender<Vec<StoredRecord>>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = self.read(&batches, &mut backoff).await;
+            note(&self.down, result.as_ref().err());
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(stream = %self.stream, error = %e, retry_in = ?backoff, "Reading the Redis stream failed; trying again.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Reads over one connection until it fails (`Err`) or the subscription is gone.
+    async fn read(
+        &mut self,
+        batches: &mpsc::Sender<Vec<StoredRecord>>,
+        backoff: &mut Duration,
+    ) -> Result<(), RedisError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(BLOCK + RESPONSE_TIMEOUT));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => return Err(e),
+            _ => {}
+        }
+        note(&self.down, None);
+        *backoff = Duration::from_millis(100);
+        let mut next_claim = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_claim {
+                self.refresh_held(&mut conn).await?;
+                let claimed = self.claim(&mut conn).await?;
+                if !claimed.is_empty() {
+                    info!(stream = %self.stream, entries = claimed.len(), "Took over entries left unacknowledged by another consumer.");
+                    if !self.hand_over(batches, claimed).await {
+                        return Ok(());
+                    }
+                }
+                self.trim(&mut conn).await?;
+                next_claim = tokio::time::Instant::now() + self.claim_idle / 2;
+            }
+            let reply: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(">")
+                .query_async(&mut conn)
+                .await?;
+            let entries = match reply {
+                Value::Array(streams) => streams
+                    .into_iter()
+                    .filter_map(|s| match s {
+                        Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                        _ => None,
+                    })
+                    .flat_map(entries)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if batches.is_closed() || !self.hand_over(batches, entries).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Numbers `entries`, remembers their ids, and passes them on. False when the
+    /// subscription is gone.
+    async fn hand_over(
+        &mut self,
+        batches: &mpsc::Sender<Vec<StoredRecord>>,
+        entries: Vec<(String, StoredRecord)>,
+    ) -> bool {
+        if entries.is_empty() {
+            return true;
+        }
+        let mut records = Vec::with_capacity(entries.len());
+        if let Ok(mut held) = self.held.lock() {
+            for (id, mut record) in entries {
+                record.offset = self.next_seq;
+                self.next_seq += 1;
+                held.insert(record.offset, id);
+                records.push(record);
+            }
+        }
+        batches.send(records).await.is_ok()
+    }
+
+    /// Claims entries idle for `claim_idle` in other consumers (or left by this one's
+    /// predecessor), skipping those this subscription holds.
+    async fn claim(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<Vec<(String, StoredRecord)>, RedisError> {
+        let mut claimed = Vec::new();
+        let mut cursor = "0-0".to_string();
+        loop {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(self.claim_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .query_async(conn)
+                .await?;
+            let Value::Array(mut parts) = reply else {
+                break;
+            };
+            if parts.len() < 2 {
+                break;
+            }
+            let found = parts.swap_remove(1);
+            cursor = text(&parts[0]).unwrap_or_else(|| "0-0".into());
+            claimed.extend(entries(found));
+            if cursor == "0-0" || claimed.len() >= READ_COUNT {
+                break;
+            }
+        }
+        let held: std::collections::HashSet<String> = self
+            .held
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default();
+        claimed.retain(|(id, _)| !held.contains(id));
+        Ok(claimed)
+    }
+
+    /// Resets the idle time of the entries this subscription holds, so that other
+    /// instances do not take them over while they wait for a retry.
+    async fn refresh_held(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), RedisError> {
+        let ids: Vec<String> = self
+            .held
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default();
+        for chunk in ids.chunks(READ_COUNT) {
+            let _: Value = redis::cmd("XCLAIM")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(chunk)
+                .arg("JUSTID")
+                .query_async(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// With `maxlen`, once the stream is longer, trims the entries every group has
+    /// acknowledged.
+    async fn trim(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<(), RedisError> {
+        let Some(maxlen) = self.maxlen else {
+            return Ok(());
+        };
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await?;
+        if len <= maxlen {
+            return Ok(());
+        }
+        let groups: Vec<Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await?;
+        let mut floor: Option<(u64, u64)> = None;
+        for group in groups {
+            let info = fields(group);
+            let (Some(name), Some(last)) = (info.get("name"), info.get("last-delivered-id")) else {
+                continue;
+            };
+            // Everything up to the last delivered id was read; what is pending was
+            // not acknowledged.
+            let pending: Value = redis::cmd("XPENDING")
+                .arg(&self.stream)
+                .arg(name)
+                .query_async(conn)
+                .await?;
+            let oldest_pending = match pending {
+                Value::Array(summary) if summary.len() >= 2 => text(&summary[1]),
+                _ => None,
+            };
+            let group_floor = match oldest_pending.as_deref().and_then(parse_id) {
+                Some(id) => id,
+                None => parse_id(last).map_or((0, 0), |(ms, seq)| (ms, seq + 1)),
+            };
+            floor = Some(floor.map_or(group_floor, |f| f.min(group_floor)));
+        }
+        if let Some((ms, seq)) = floor {
+            let _: u64 = redis::cmd("XTRIM")
+                .arg(&self.stream)
+                .arg("MINID")
+                .arg(format!("{ms}-{seq}"))
+                .query_async(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `XADD stream * k <key> h:<name> <value>... p <payload>`.
+fn xadd(stream: &str, record: &Record) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    if let Some(key) = &record.key {
+        cmd.arg("k").arg(key.as_slice());
+    }
+    for (name, value) in &record.headers {
+        cmd.arg(format!("h:{name}")).arg(value.as_slice());
+    }
+    cmd.arg("p").arg(record.payload.as_slice());
+    cmd
+}
+
+/// The entries of an `XREADGROUP` or `XAUTOCLAIM` reply, with their ids. Entries
+/// trimmed away meanwhile come as nil and are left out.
+fn entries(list: Value) -> Vec<(String, StoredRecord)> {
+    let Value::Array(list) = list else {
+        return Vec::new();
+    };
+    list.into_iter()
+        .filter_map(|entry| {
+            let Value::Array(mut entry) = entry else {
+                return None;
+            };
+            if entry.len() != 2 {
+                return None;
+            }
+            let Value::Array(body) = entry.pop()? else {
+                return None;
+            };
+            let id = text(&entry[0])?;
+            let mut record = StoredRecord {
+                timestamp_ms: parse_id(&id).map_or(0, |(ms, _)| ms),
+                ..StoredRecord::default()
+            };
+            let mut body = body.into_iter();
+            while let (Some(name), Some(Value::BulkString(value))) = (body.next(), body.next()) {
+                match text(&name)?.as_str() {
+                    "k" => record.key = Some(value),
+                    "p" => record.payload = value,
+                    name => {
+                        if let Some(header) = name.strip_prefix("h:") {
+                            record.headers.push((header.to_string(), value));
+                        }
+                    }
+                }
+            }
+            Some((id, record))
+        })
+        .collect()
+}
+
+/// An `XINFO` reply as name and value pairs.
+fn fields(value: Value) -> BTreeMap<String, String> {
+    let pairs: Vec<Value> = match value {
+        Value::Array(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    };
+    pairs
+        .chunks(2)
+        .filter_map(|pair| Some((text(&pair[0])?, text(pair.get(1)?)?)))
+        .collect()
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// A stream entry id `<ms>-<seq>`.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// This process's consumer name: the host and a fresh id, so that every start is a new
+/// consumer and a dead one's entries are claimed by whoever comes.
+fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "wald".into());
+    format!("{host}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Remembers whether Redis answered the last request.
+fn note(down: &Mutex<Option<String>>, error: Option<&RedisError>) {
+    if let Ok(mut down) = down.lock() {
+        *down = error.map(|e| format!("Redis: {e}"));
+    }
+}
+
+fn unavailable(e: RedisError) -> BackendError {
+    BackendError::Unavailable(format!("Redis: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_record_reads_back_as_it_was() {
+        let record = StoredRecord {
+            offset: 0,
+            timestamp_ms: 17,
+            key: Some(b"k\0\xff".to_vec()),
+            headers: vec![("a".into(), b"\x01\x02".to_vec())],
+            payload: b"{\"x\":1}".to_vec(),
+        };
+        let member = HeldRecord::encode(&record);
+        assert_eq!(HeldRecord::decode(&member).unwrap(), record);
+        assert_eq!(HeldRecord::encode(&record), member);
+    }
+}

@@ -1,0 +1,222 @@
+//! One suite, every backend: the same scenarios through the `Backend` trait on the
+//! embedded log and on Redis Streams (the local Redis): append and acknowledge,
+//! redelivery of what a consumer that died did not commit, the DLQ, delays, and
+//! per-key order.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wald::backend::embedded::{Embedded, NamespaceStore};
+use wald::backend::redis_streams::{self, RedisStreams};
+use wald::backend::{Backend, Durability, Record, StoredRecord, Subscription};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// How long a scenario waits for records it expects.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn record(key: &str, payload: &str) -> Record {
+    Record {
+        key: Some(key.as_bytes().to_vec()),
+        headers: vec![("wald-message-id".into(), payload.as_bytes().to_vec())],
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+fn payloads(records: &[StoredRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect()
+}
+
+/// Reads until `count` records came, or fails after [`PATIENCE`].
+async fn read(subscription: &mut dyn Subscription, count: usize) -> Result<Vec<StoredRecord>> {
+    let mut read = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while read.len() < count {
+            read.extend(subscription.next_batch(count - read.len()).await?);
+        }
+        Ok::<_, wald::backend::BackendError>(())
+    })
+    .await
+    .map_err(|_| format!("only {} of {count} records came", read.len()))??;
+    Ok(read)
+}
+
+/// Whether nothing more comes within a short while.
+async fn nothing_more(subscription: &mut dyn Subscription) -> Result<bool> {
+    let more = tokio::time::timeout(Duration::from_millis(1500), async {
+        loop {
+            if !subscription.next_batch(10).await?.is_empty() {
+                return Ok::<_, wald::backend::BackendError>(());
+            }
+        }
+    })
+    .await;
+    Ok(more.is_err())
+}
+
+/// Appended records are read back in order with what they carried; committed ones
+/// are not read again by the next member of the group.
+async fn append_and_acknowledge(backend: &dyn Backend) -> Result {
+    let durability = backend
+        .append(vec![record("a", "1"), record("b", "2")])
+        .await?;
+    assert_eq!(durability, Durability::Durable);
+    backend.append(vec![record("a", "3")]).await?;
+    let mut first = backend.subscribe("conformance").await?;
+    let got = read(first.as_mut(), 3).await?;
+    assert_eq!(payloads(&got), ["1", "2", "3"]);
+    assert_eq!(got[0].key.as_deref(), Some(&b"a"[..]));
+    assert_eq!(
+        got[0].headers,
+        [("wald-message-id".to_string(), b"1".to_vec())]
+    );
+    assert!(got[0].timestamp_ms > 0);
+    first.commit(got[2].offset + 1).await?;
+    drop(first);
+    backend.append(vec![record("c", "4")]).await?;
+    let mut next = backend.subscribe("conformance").await?;
+    assert_eq!(payloads(&read(next.as_mut(), 1).await?), ["4"]);
+    assert!(
+        nothing_more(next.as_mut()).await?,
+        "a committed record came again"
+    );
+    Ok(())
+}
+
+/// What a member read and did not commit before it went away is read again.
+async fn redelivery_after_a_consumer_dies(backend: &dyn Backend) -> Result {
+    backend
+        .append(vec![record("a", "1"), record("b", "2"), record("a", "3")])
+        .await?;
+    let mut dying = backend.subscribe("redelivery").await?;
+    let got = read(dying.as_mut(), 3).await?;
+    // Only the first is done when the member dies.
+    dying.commit(got[0].offset + 1).await?;
+    drop(dying);
+    let mut heir = backend.subscribe("redelivery").await?;
+    assert_eq!(payloads(&read(heir.as_mut(), 2).await?), ["2", "3"]);
+    Ok(())
+}
+
+/// Dead-lettered records are kept, in order, with their headers.
+async fn dead_letter(backend: &dyn Backend) -> Result {
+    let mut parked = record("k", "poison");
+    parked
+        .headers
+        .push(("wald-dlq-last-error".into(), b"500".to_vec()));
+    backend.dead_letter(vec![parked.clone()]).await?;
+    backend.dead_letter(vec![record("k", "second")]).await?;
+    let entries = backend.dead_letters(10).await?;
+    assert_eq!(payloads(&entries), ["poison", "second"]);
+    assert_eq!(entries[0].headers, parked.headers);
+    Ok(())
+}
+
+/// A held message is not due early, is due once its time comes, and is gone once
+/// completed.
+async fn delay(backend: &dyn Backend) -> Result {
+    let now = wald::backend::embedded::writer::now_ms();
+    backend.append(vec![record("d", "later")]).await?;
+    let mut subscription = backend.subscribe("delays").await?;
+    let read_back = read(subscription.as_mut(), 1).await?;
+    backend
+        .schedule(vec![(read_back[0].clone(), now + 60_000)])
+        .await?;
+    subscription.commit(read_back[0].offset + 1).await?;
+    assert_eq!(backend.next_due().await?, Some(now + 60_000));
+    assert!(backend.due(now, 10).await?.is_empty(), "due early");
+    let due = backend.due(now + 60_000, 10).await?;
+    assert_eq!(payloads(&due), ["later"]);
+    backend.complete(due).await?;
+    assert_eq!(backend.next_due().await?, None);
+    Ok(())
+}
+
+/// Each key's records come in the order they were appended, whatever else is in
+/// between.
+async fn per_key_order(backend: &dyn Backend) -> Result {
+    for i in 0..30 {
+        let key = ["x", "y", "z"][i % 3];
+        backend
+            .append(vec![record(key, &format!("{key}{i}"))])
+            .await?;
+    }
+    let mut subscription = backend.subscribe("order").await?;
+    let got = read(subscription.as_mut(), 30).await?;
+    for key in ["x", "y", "z"] {
+        let seen: Vec<usize> = got
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
+            .map(|r| {
+                String::from_utf8_lossy(&r.payload)[1..]
+                    .parse()
+                    .unwrap_or(0)
+            })
+            .collect();
+        assert_eq!(seen.len(), 10);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{key}: {seen:?}");
+    }
+    Ok(())
+}
+
+/// Runs every scenario, each on a fresh backend from `open`.
+async fn conformance<F, Fut>(open: F) -> Result
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<dyn Backend>>>,
+{
+    append_and_acknowledge(&*open("ack").await?).await?;
+    redelivery_after_a_consumer_dies(&*open("redelivery").await?).await?;
+    dead_letter(&*open("dlq").await?).await?;
+    delay(&*open("delay").await?).await?;
+    per_key_order(&*open("order").await?).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_log_conforms() -> Result {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().to_path_buf();
+    conformance(|name| {
+        let root = root.clone();
+        async move {
+            let store = NamespaceStore::open(&root, name, &Default::default())?;
+            Ok(Arc::new(Embedded(Arc::new(store))) as Arc<dyn Backend>)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_streams_conforms() -> Result {
+    if !common::service_available("Redis", "127.0.0.1:6379") {
+        return Ok(());
+    }
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let result = conformance(|name| {
+        let stream = format!("wal:conformance:{run}:{name}");
+        async move {
+            // A short claim time, so that a dead member's entries move on quickly.
+            let config: redis_streams::Config = toml::from_str(&format!(
+                "url = \"redis://127.0.0.1:6379\"\nstream = \"{stream}\"\nclaim_idle = \"1s\""
+            ))?;
+            Ok(Arc::new(RedisStreams::open(name, &config)?) as Arc<dyn Backend>)
+        }
+    })
+    .await;
+    let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("wal:conformance:{run}:*"))
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+    }
+    result
+}
