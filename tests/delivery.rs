@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{Server, stop};
+use common::{PrivateRedis, Server, stop};
 use serde_json::{Value, json};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -1035,55 +1035,9 @@ async fn a_batch_goes_as_one_insert_and_leaves_out_a_refused_row_in_both_forms()
     Ok(())
 }
 
-/// A `redis-server` of the test's own on a free port, its data in `dir` (append-only,
-/// synced on every write), so that it can be killed and started again.
-struct PrivateRedis {
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    async fn start(dir: &Path, port: u16) -> Result<Self> {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("the private redis-server did not start".into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Self { child })
-    }
-
-    fn kill(mut self) -> Result {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_redis_restart_loses_nothing_and_delivery_resumes() -> Result {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        if std::env::var_os("CI").is_some() {
-            panic!("redis-server is not installed, and CI is set: CI machines have it");
-        }
-        eprintln!("skipped: redis-server is not installed");
+    if !common::redis_server_installed() {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

@@ -79,8 +79,12 @@ impl Namespace {
             }
         };
         let idempotency = backend.as_ref().and_then(|_| {
-            let path = namespace_dir(data_dir, &config.namespace).join("idempotency.log");
-            IdempotencyStore::open(&path, service.status_store.retention.get())
+            let dir = namespace_dir(data_dir, &config.namespace);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| crate::backend::embedded::LogError::io("creating", &dir, e))
+                .and_then(|()| {
+                    IdempotencyStore::open(&dir.join("idempotency.log"), service.status_store.retention.get())
+                })
                 .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Idempotency keys unavailable."))
                 .ok()
                 .map(Arc::new)

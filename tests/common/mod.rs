@@ -199,3 +199,58 @@ pub async fn stop(
         .status()?;
     Ok(tokio::time::timeout(Duration::from_secs(10), child.wait()).await??)
 }
+
+/// A `redis-server` of the test's own on a free port, its data in `dir` (append-only,
+/// synced on every write), so that it can be killed and started again.
+pub struct PrivateRedis {
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    pub async fn start(dir: &Path, port: u16) -> Result<Self, Box<dyn std::error::Error>> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err("the private redis-server did not start".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { child })
+    }
+
+    pub fn kill(mut self) -> Result<(), Box<dyn std::error::Error>> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// Whether `redis-server` can be started here; without it the test is skipped with a
+/// printed reason, except under CI, where it fails.
+pub fn redis_server_installed() -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("redis-server is not installed, and CI is set: CI machines have it");
+    }
+    eprintln!("skipped: redis-server is not installed");
+    false
+}

@@ -1,0 +1,272 @@
+//! The Redis Streams backend through the real binary: two `wald serve` processes on
+//! one stream share the work, and one killed with SIGKILL loses nothing (the other
+//! takes over its pending entries); a Redis outage answers that namespace's writes
+//! 503 while another namespace goes on, readiness and status name the backend, and
+//! everything resumes by itself when Redis is back.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use common::{PrivateRedis, Server, stop};
+use serde_json::{Value, json};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The `n` of every message the webhook received; it takes `delay` per request so
+/// that deliveries are in flight when an instance dies.
+#[derive(Clone, Default)]
+struct Hook {
+    received: Arc<Mutex<Vec<u64>>>,
+    delay: Duration,
+}
+
+async fn hook(State(hook): State<Hook>, body: axum::body::Bytes) -> StatusCode {
+    tokio::time::sleep(hook.delay).await;
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let (Some(n), Ok(mut received)) = (body["payload"]["n"].as_u64(), hook.received.lock()) {
+        received.push(n);
+    }
+    StatusCode::OK
+}
+
+async fn start_hook(state: Hook) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{address}/hook"))
+}
+
+/// A namespace on `stream` of the Redis at `url`, delivering to the webhook.
+fn stream_pipeline(dir: &Path, name: &str, url: &str, stream: &str, hook: &str) -> Result {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(format!("{name}.toml")),
+        format!(
+            "namespace = \"{name}\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [producer]\ntype = \"redis_streams\"\nurl = \"{url}\"\nstream = \"{stream}\"\n\
+             claim_idle = \"1s\"\n\
+             [consumer]\nconcurrency = 4\n\
+             [consumer.retry]\nmax_attempts = 100\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n\
+             [[target]]\nname = \"hook\"\ntype = \"http\"\nurl = \"{hook}\"\n"
+        ),
+    )?;
+    Ok(())
+}
+
+async fn write(
+    client: &reqwest::Client,
+    server: &Server,
+    namespace: &str,
+    n: u64,
+) -> Result<reqwest::Response> {
+    Ok(client
+        .post(server.url("/api/v1/wal/write"))
+        .json(&json!({"namespace": namespace, "payload": {"n": n}}))
+        .send()
+        .await?)
+}
+
+/// Waits until the webhook has received every one of `expected`.
+async fn all_received(hook: &Hook, expected: &BTreeSet<u64>, limit: Duration) -> Result {
+    let deadline = Instant::now() + limit;
+    loop {
+        let received: BTreeSet<u64> = hook
+            .received
+            .lock()
+            .map_err(|_| "lock")?
+            .iter()
+            .copied()
+            .collect();
+        let missing: Vec<_> = expected.difference(&received).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} messages never arrived: {missing:?}", missing.len()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn delivered(server: &Server, namespace: &str) -> Result<u64> {
+    let status: Value =
+        reqwest::get(server.url(&format!("/api/v1/wal/namespace/{namespace}/status")))
+            .await?
+            .json()
+            .await?;
+    Ok(status["targets"][0]["delivery"]["delivered"]
+        .as_u64()
+        .unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_stream_and_a_killed_one_loses_nothing() -> Result {
+    if !common::service_available("Redis", "127.0.0.1:6379") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let hook = Hook {
+        delay: Duration::from_millis(100),
+        ..Hook::default()
+    };
+    let hook_url = start_hook(hook.clone()).await?;
+    let stream = format!("wal:multi:{}", uuid::Uuid::now_v7().simple());
+    let pipes = dir.path().join("pipelines");
+    stream_pipeline(
+        &pipes,
+        "orders",
+        "redis://127.0.0.1:6379",
+        &stream,
+        &hook_url,
+    )?;
+    let first = Server::start(&pipes, &dir.path().join("data-1"), &[]).await?;
+    let second = Server::start(&pipes, &dir.path().join("data-2"), &[]).await?;
+    let client = reqwest::Client::new();
+
+    // Writes through both; both deliver.
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..200u64 {
+        let server = if n % 2 == 0 { &first } else { &second };
+        let response = write(&client, server, "orders", n).await?;
+        assert_eq!(response.status(), 202, "{}", response.text().await?);
+        acknowledged.insert(n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered(&first, "orders").await? == 0 || delivered(&second, "orders").await? == 0 {
+        assert!(Instant::now() < deadline, "one instance never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The first dies in the middle of its deliveries; the second goes on alone and
+    // takes over what the first had read and not acknowledged.
+    let mut first = first;
+    first.child.kill().await?;
+    for n in 200..300u64 {
+        let response = write(&client, &second, "orders", n).await?;
+        assert_eq!(response.status(), 202);
+        acknowledged.insert(n);
+    }
+    all_received(&hook, &acknowledged, Duration::from_secs(60)).await?;
+    let log = second.log.lock().map_err(|_| "lock")?.join("\n");
+    assert!(
+        log.contains("Took over entries"),
+        "the second never claimed: {log}"
+    );
+    assert!(stop(second.child).await?.success());
+
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")?
+        .get_multiplexed_async_connection()
+        .await?;
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .arg(format!("{stream}:dlq"))
+        .arg(format!("{stream}:delayed"))
+        .query_async(&mut redis)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_answers_503_and_everything_resumes_by_itself() -> Result {
+    if !common::redis_server_installed() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let redis_dir = dir.path().join("redis");
+    std::fs::create_dir_all(&redis_dir)?;
+    let redis_server = PrivateRedis::start(&redis_dir, port).await?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    let pipes = dir.path().join("pipelines");
+    let url = format!("redis://127.0.0.1:{port}");
+    stream_pipeline(&pipes, "streamed", &url, "wal:streamed", &hook_url)?;
+    std::fs::write(
+        pipes.join("local.toml"),
+        "namespace = \"local\"\n[source]\ntype = \"http\"\npublic = true\n",
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let client = reqwest::Client::new();
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..5 {
+        assert_eq!(write(&client, &server, "streamed", n).await?.status(), 202);
+        acknowledged.insert(n);
+    }
+
+    redis_server.kill()?;
+    // Writes to the namespace on Redis are refused with 503 and Retry-After (the
+    // first may be 504: sent, and the connection dropped before the answer)...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let response = write(&client, &server, "streamed", 1000).await?;
+        assert_ne!(
+            response.status(),
+            202,
+            "a write was acknowledged with Redis down"
+        );
+        if response.status() == 503 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "never answered 503");
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
+    // ...the other namespace is unaffected...
+    assert_eq!(write(&client, &server, "local", 1).await?.status(), 202);
+    // ...and readiness and status say which backend is down.
+    let ready: Value = reqwest::get(server.url("/api/v1/health/readiness"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ready["unavailable"][0]["namespace"], "streamed", "{ready}");
+    assert_eq!(
+        ready["unavailable"][0]["backend"], "redis_streams",
+        "{ready}"
+    );
+    let status: Value = reqwest::get(server.url("/api/v1/wal/namespace/streamed/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["state"], "backend_unavailable", "{status}");
+
+    // Redis comes back with its data: writes are taken again, and every acknowledged
+    // message is delivered.
+    let redis_server = PrivateRedis::start(&redis_dir, port).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 5..10 {
+        loop {
+            let response = write(&client, &server, "streamed", n).await?;
+            if response.status() == 202 {
+                acknowledged.insert(n);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writes never resumed: {}",
+                response.status()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    all_received(&hook, &acknowledged, Duration::from_secs(30)).await?;
+    let status: Value = reqwest::get(server.url("/api/v1/wal/namespace/streamed/status"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["state"], "running", "{status}");
+    redis_server.kill()?;
+    assert!(stop(server.child).await?.success());
+    Ok(())
+}
