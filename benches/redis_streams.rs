@@ -46,6 +46,7 @@ fn main() -> Result {
         "url = \"redis://127.0.0.1:{}\"\nstream = \"wald-bench-backend\"",
         server.port
     ))?;
+    let _entered = runtime.enter();
     let backend: Arc<dyn Backend> = Arc::new(RedisStreams::open("bench", &config)?);
     println!(
         "Redis Streams writes, {concurrency} concurrent writers, {RECORD_BYTES}-byte payloads, \

@@ -10,6 +10,7 @@
 //! scenarios on each.
 
 pub mod embedded;
+pub mod envelope;
 pub mod kafka;
 pub mod redis_streams;
 pub mod sqs;
@@ -166,11 +167,15 @@ impl BackendConfig {
         }
     }
 
-    /// The consumer group delivery reads the log as.
-    pub fn consumer_group(&self) -> &str {
+    /// The consumer group delivery reads the log of `namespace` as.
+    pub fn consumer_group(&self, namespace: &str) -> String {
         match self {
-            Self::RedisStreams(c) => &c.group,
-            _ => crate::runtime::delivery::DELIVERY_GROUP,
+            Self::RedisStreams(c) => c.group.clone(),
+            Self::Kafka(c) => c
+                .group
+                .clone()
+                .unwrap_or_else(|| format!("wald.{namespace}")),
+            _ => crate::runtime::delivery::DELIVERY_GROUP.to_string(),
         }
     }
 

@@ -258,7 +258,7 @@ impl Delivery {
             Ok(Targets(targets)) => Some(Consumer {
                 namespace: config.namespace.clone(),
                 backend,
-                group: config.producer.consumer_group().to_string(),
+                group: config.producer.consumer_group(&config.namespace),
                 targets,
                 status,
                 status_indexed,

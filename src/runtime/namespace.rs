@@ -293,6 +293,19 @@ fn open_backend(
             let stream = RedisStreams::open(&config.namespace, redis).map_err(|e| e.to_string())?;
             Ok((Arc::new(stream), None))
         }
+        #[cfg(feature = "kafka")]
+        BackendConfig::Kafka(kafka) => {
+            let topic = crate::backend::kafka::KafkaTopic::open(&config.namespace, kafka)
+                .map_err(|e| e.to_string())?;
+            Ok((Arc::new(topic), None))
+        }
+        #[cfg(feature = "sqs")]
+        BackendConfig::Sqs(sqs) => {
+            let queue = crate::backend::sqs::SqsQueue::open(&config.namespace, sqs)
+                .map_err(|e| e.to_string())?;
+            Ok((Arc::new(queue), None))
+        }
+        #[allow(unreachable_patterns)]
         other => Err(format!(
             "the {} backend is not available in this version",
             other.kind()

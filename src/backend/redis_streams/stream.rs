@@ -12,7 +12,7 @@
 //! - Trim: with `maxlen`, once the stream is longer, entries that every group has
 //!   acknowledged are trimmed (`XTRIM MINID`); unacknowledged entries never are.
 //! - DLQ: `XADD` to the DLQ stream. Delays: a sorted set `<stream>:delayed` by due time,
-//!   whose members are the records themselves; taking due members leases them for
+//!   whose members are the records themselves (`envelope`); taking due members leases them for
 //!   `claim_idle`, so an instance that dies while delivering them leaves them to another.
 
 use std::collections::BTreeMap;
@@ -20,17 +20,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Value};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::Config;
-use crate::backend::{Backend, BackendError, Durability, Record, StoredRecord, Subscription};
+use crate::backend::{
+    Backend, BackendError, Durability, Record, StoredRecord, Subscription, envelope,
+};
 
 /// Entries read per `XREADGROUP` or `XAUTOCLAIM`.
 const READ_COUNT: usize = 512;
@@ -203,7 +202,7 @@ impl Backend for RedisStreams {
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
         self.request(|pipe| {
             for (record, due) in &delayed {
-                pipe.zadd(&self.delayed, HeldRecord::encode(record), *due)
+                pipe.zadd(&self.delayed, envelope::encode(record), *due)
                     .ignore();
             }
         })
@@ -225,15 +224,14 @@ impl Backend for RedisStreams {
             .await?;
         members
             .iter()
-            .map(|m| HeldRecord::decode(m))
+            .map(|m| envelope::decode(m))
             .collect::<Result<_, _>>()
     }
 
     async fn complete(&self, delivered: Vec<StoredRecord>) -> Result<(), BackendError> {
         self.request(|pipe| {
             for record in &delivered {
-                pipe.zrem(&self.delayed, HeldRecord::encode(record))
-                    .ignore();
+                pipe.zrem(&self.delayed, envelope::encode(record)).ignore();
             }
         })
         .await
@@ -261,50 +259,6 @@ for _, member in ipairs(due) do
 end
 return due
 ";
-
-/// A delayed record as a member of the delayed set: its own bytes, so that trimming
-/// the stream never loses it.
-#[derive(Serialize, Deserialize)]
-struct HeldRecord {
-    t: u64,
-    k: Option<String>,
-    h: Vec<(String, String)>,
-    p: String,
-}
-
-impl HeldRecord {
-    fn encode(record: &StoredRecord) -> String {
-        let held = HeldRecord {
-            t: record.timestamp_ms,
-            k: record.key.as_ref().map(|k| STANDARD.encode(k)),
-            h: record
-                .headers
-                .iter()
-                .map(|(n, v)| (n.clone(), STANDARD.encode(v)))
-                .collect(),
-            p: STANDARD.encode(&record.payload),
-        };
-        serde_json::to_string(&held).unwrap_or_default()
-    }
-
-    fn decode(member: &str) -> Result<StoredRecord, BackendError> {
-        let bad =
-            |e: String| BackendError::Unavailable(format!("a delayed member is not a record: {e}"));
-        let held: HeldRecord = serde_json::from_str(member).map_err(|e| bad(e.to_string()))?;
-        let bytes = |s: &str| STANDARD.decode(s).map_err(|e| bad(e.to_string()));
-        Ok(StoredRecord {
-            offset: 0,
-            timestamp_ms: held.t,
-            key: held.k.as_deref().map(bytes).transpose()?,
-            headers: held
-                .h
-                .iter()
-                .map(|(n, v)| Ok((n.clone(), bytes(v)?)))
-                .collect::<Result<_, BackendError>>()?,
-            payload: bytes(&held.p)?,
-        })
-    }
-}
 
 /// One consumer of the group: what its reader task read, numbered in order.
 struct StreamSubscription {
@@ -723,23 +677,4 @@ fn note(down: &Mutex<Option<String>>, error: Option<&RedisError>) {
 
 fn unavailable(e: RedisError) -> BackendError {
     BackendError::Unavailable(format!("Redis: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_held_record_reads_back_as_it_was() {
-        let record = StoredRecord {
-            offset: 0,
-            timestamp_ms: 17,
-            key: Some(b"k\0\xff".to_vec()),
-            headers: vec![("a".into(), b"\x01\x02".to_vec())],
-            payload: b"{\"x\":1}".to_vec(),
-        };
-        let member = HeldRecord::encode(&record);
-        assert_eq!(HeldRecord::decode(&member).unwrap(), record);
-        assert_eq!(HeldRecord::encode(&record), member);
-    }
 }

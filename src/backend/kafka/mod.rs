@@ -1,5 +1,12 @@
 //! The Kafka backend: an idempotent producer with `acks=all` and a consumer group that
-//! commits after delivery. Its configuration and checks live here.
+//! commits after delivery. Its configuration and checks live here; the backend itself
+//! in `topic.rs`.
+
+#[cfg(feature = "kafka")]
+mod topic;
+
+#[cfg(feature = "kafka")]
+pub use topic::KafkaTopic;
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,12 @@
 //! The SQS backend: `SendMessageBatch` to write, long-poll `ReceiveMessage` to consume,
-//! `DeleteMessage` after delivery. Its configuration and checks live here.
+//! `DeleteMessage` after delivery. Its configuration and checks live here; the backend
+//! itself in `queue.rs`.
+
+#[cfg(feature = "sqs")]
+mod queue;
+
+#[cfg(feature = "sqs")]
+pub use queue::SqsQueue;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +65,19 @@ pub const MAX_MESSAGE: ByteSize = ByteSize::kib(184);
 impl Config {
     pub fn is_fifo(&self) -> bool {
         self.queue_url.trim_end_matches('/').ends_with(".fifo")
+    }
+
+    /// The DLQ's URL: `dlq_queue_url`, or `<queue>-dlq` (`<queue>-dlq.fifo`) beside the
+    /// queue.
+    pub fn dlq_url(&self) -> String {
+        if let Some(url) = &self.dlq_queue_url {
+            return url.clone();
+        }
+        let url = self.queue_url.trim_end_matches('/');
+        match url.strip_suffix(".fifo") {
+            Some(base) => format!("{base}-dlq.fifo"),
+            None => format!("{url}-dlq"),
+        }
     }
 
     pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {

@@ -1,0 +1,535 @@
+//! A namespace's log on an SQS queue.
+//!
+//! - Append: `SendMessageBatch` (ten at a time); each message's body is the record
+//!   (`envelope`). On a FIFO queue the key is the `MessageGroupId` (per-key order) and
+//!   the message id the deduplication id. A message due within 15 minutes is sent with
+//!   `DelaySeconds` (standard queues; FIFO queues have no per-message delay). The
+//!   messages of one request are not atomic on SQS: when some were sent and others
+//!   not, the answer is 504 (durability unknown).
+//! - Read: each subscription long-polls `ReceiveMessage` in a task of its own, and
+//!   another task extends the visibility of the messages it holds (retries included)
+//!   every half `visibility_timeout`, so that they stay with it while it lives; when
+//!   it dies they become visible again and another consumer receives them. A commit
+//!   deletes (`DeleteMessageBatch`) what was done.
+//! - Delays: a message read before it is due is made invisible until then
+//!   (`ChangeMessageVisibility`, at most 12 hours at a time, so a longer delay is
+//!   re-delayed when it comes back) and is not deleted: SQS holds it, and it comes
+//!   back through the subscription when due.
+//! - DLQ: `SendMessageBatch` to the DLQ queue.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+};
+use tokio::sync::{OnceCell, mpsc};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::Config;
+use crate::backend::embedded::writer::now_ms;
+use crate::backend::{
+    Backend, BackendError, Durability, Record, StoredRecord, Subscription, envelope,
+};
+use crate::http::ingest::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID};
+
+/// SQS's most entries per batch request.
+const BATCH: usize = 10;
+/// SQS's longest `DelaySeconds`.
+const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
+/// SQS's longest visibility timeout.
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// Longest wait between tries of a reader that fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A header each record read carries: the receipt handle of the message.
+const RECEIPT_HEADER: &str = "wald-sqs-receipt";
+
+/// A namespace's queue and its DLQ.
+pub struct SqsQueue {
+    config: Config,
+    /// Built on first use (the default credential chain is looked up asynchronously).
+    client: Arc<OnceCell<Client>>,
+    /// Receipt handles of messages made invisible until due: not deleted on commit.
+    parked: Arc<Mutex<HashSet<String>>>,
+    down: Arc<Mutex<Option<String>>>,
+}
+
+impl SqsQueue {
+    pub fn open(namespace: &str, config: &Config) -> Result<Self, BackendError> {
+        info!(namespace, queue = %config.queue_url, "SQS queue configured.");
+        Ok(Self {
+            config: config.clone(),
+            client: Arc::default(),
+            parked: Arc::default(),
+            down: Arc::default(),
+        })
+    }
+
+    async fn client(&self) -> Client {
+        self.client
+            .get_or_init(|| build_client(&self.config))
+            .await
+            .clone()
+    }
+
+    /// Sends `records` to `queue`, ten at a time.
+    async fn send(&self, queue: &str, records: &[Record]) -> Result<(), BackendError> {
+        let client = self.client().await;
+        let fifo = queue.trim_end_matches('/').ends_with(".fifo");
+        let now = now_ms();
+        let mut sent = 0;
+        for chunk in records.chunks(BATCH) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            for (i, record) in chunk.iter().enumerate() {
+                entries.push(entry(i, record, fifo, now)?);
+            }
+            let result = client
+                .send_message_batch()
+                .queue_url(queue)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            let failure = match result {
+                Ok(output) if output.failed().is_empty() => None,
+                Ok(output) => {
+                    sent += output.successful().len();
+                    let f = &output.failed()[0];
+                    Some(format!("{}: {}", f.code(), f.message().unwrap_or_default()))
+                }
+                Err(e) => Some(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()),
+            };
+            note(&self.down, failure.as_deref());
+            if let Some(reason) = failure {
+                return Err(if sent > 0 {
+                    BackendError::Unknown(format!(
+                        "{sent} of {} messages sent; SQS: {reason}",
+                        records.len()
+                    ))
+                } else {
+                    BackendError::Unavailable(format!("SQS: {reason}"))
+                });
+            }
+            sent += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+/// One `SendMessageBatch` entry for `record`.
+fn entry(
+    i: usize,
+    record: &Record,
+    fifo: bool,
+    now: u64,
+) -> Result<SendMessageBatchRequestEntry, BackendError> {
+    let stored = StoredRecord {
+        offset: 0,
+        timestamp_ms: now,
+        key: record.key.clone(),
+        headers: record.headers.clone(),
+        payload: record.payload.clone(),
+    };
+    let header = |name: &str| stored.header(name).map(str::to_string);
+    let mut entry = SendMessageBatchRequestEntry::builder()
+        .id(i.to_string())
+        .message_body(envelope::encode(&stored));
+    if fifo {
+        let group = record.key.as_ref().map_or_else(
+            || "wald".to_string(),
+            |k| String::from_utf8_lossy(k).into_owned(),
+        );
+        entry = entry.message_group_id(group).message_deduplication_id(
+            header(HEADER_MESSAGE_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        );
+    } else if let Some(due) = header(HEADER_DELIVER_AT).and_then(|d| d.parse::<u64>().ok()) {
+        let delay = Duration::from_millis(due.saturating_sub(now)).min(MAX_DELAY);
+        entry = entry.delay_seconds(delay.as_secs_f64().ceil() as i32);
+    }
+    entry
+        .build()
+        .map_err(|e| BackendError::Unavailable(format!("SQS: {e}")))
+}
+
+async fn build_client(config: &Config) -> Client {
+    let region = Region::new(config.region.clone());
+    let mut builder = match (&config.access_key_id, &config.secret_access_key) {
+        (Some(id), Some(secret)) => aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(region)
+            .credentials_provider(Credentials::new(id, secret.expose(), None, None, "wald")),
+        _ => {
+            let shared = aws_config::defaults(BehaviorVersion::latest())
+                .region(region)
+                .load()
+                .await;
+            aws_sdk_sqs::config::Builder::from(&shared)
+        }
+    };
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Client::from_conf(builder.build())
+}
+
+#[async_trait]
+impl Backend for SqsQueue {
+    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError> {
+        self.send(&self.config.queue_url, &records).await?;
+        Ok(Durability::Durable)
+    }
+
+    async fn subscribe(&self, _group: &str) -> Result<Box<dyn Subscription>, BackendError> {
+        let client = self.client().await;
+        let held = Arc::new(Mutex::new(BTreeMap::new()));
+        let (batches, incoming) = mpsc::channel(2);
+        let queue = self.config.queue_url.clone();
+        let visibility = self.config.visibility_timeout.get();
+        let reader = Reader {
+            client: client.clone(),
+            queue: queue.clone(),
+            wait: self.config.wait_time.get(),
+            visibility,
+            held: held.clone(),
+            down: self.down.clone(),
+        };
+        let keeper = tokio::spawn(keep_invisible(
+            client.clone(),
+            queue.clone(),
+            visibility,
+            held.clone(),
+            self.parked.clone(),
+        ));
+        info!(queue = %queue, "Reading the SQS queue.");
+        Ok(Box::new(QueueSubscription {
+            client,
+            queue,
+            incoming,
+            buffered: Vec::new(),
+            position: 0,
+            held,
+            parked: self.parked.clone(),
+            tasks: [tokio::spawn(reader.run(batches)), keeper],
+        }))
+    }
+
+    async fn dead_letter(&self, records: Vec<Record>) -> Result<(), BackendError> {
+        self.send(&self.config.dlq_url(), &records).await
+    }
+
+    /// Peeks at the DLQ (receives with no visibility timeout, so nothing is taken).
+    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let client = self.client().await;
+        let mut seen = HashSet::new();
+        let mut records = Vec::new();
+        while records.len() < max {
+            let output = client
+                .receive_message()
+                .queue_url(self.config.dlq_url())
+                .max_number_of_messages(BATCH as i32)
+                .visibility_timeout(0)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| {
+                    BackendError::Unavailable(format!(
+                        "SQS: {}",
+                        aws_sdk_sqs::error::DisplayErrorContext(e)
+                    ))
+                })?;
+            let mut new = 0;
+            for message in output.messages() {
+                if seen.insert(message.message_id().unwrap_or_default().to_string()) {
+                    let mut record = envelope::decode(message.body().unwrap_or_default())?;
+                    record.offset = records.len() as u64;
+                    records.push(record);
+                    new += 1;
+                }
+            }
+            if new == 0 {
+                break;
+            }
+        }
+        records.sort_by_key(|r| r.timestamp_ms);
+        records.truncate(max);
+        Ok(records)
+    }
+
+    /// Makes each message invisible until it is due (12 hours at most), and keeps the
+    /// commit from deleting it.
+    async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
+        let client = self.client().await;
+        let now = now_ms();
+        for (record, due) in delayed {
+            let Some(receipt) = record.header(RECEIPT_HEADER) else {
+                return Err(BackendError::Unavailable(
+                    "a delayed record without its receipt".into(),
+                ));
+            };
+            let wait = Duration::from_millis(due.saturating_sub(now)).min(MAX_VISIBILITY);
+            client
+                .change_message_visibility()
+                .queue_url(&self.config.queue_url)
+                .receipt_handle(receipt)
+                .visibility_timeout(wait.as_secs_f64().ceil() as i32)
+                .send()
+                .await
+                .map_err(|e| {
+                    BackendError::Unavailable(format!(
+                        "SQS: {}",
+                        aws_sdk_sqs::error::DisplayErrorContext(e)
+                    ))
+                })?;
+            if let Ok(mut parked) = self.parked.lock() {
+                parked.insert(receipt.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// SQS holds delayed messages itself: they come back through the subscription.
+    async fn due(&self, _now_ms: u64, _max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    async fn complete(&self, _delivered: Vec<StoredRecord>) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn next_due(&self) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.down.lock().ok()?.clone()
+    }
+}
+
+/// One consumer of the queue.
+struct QueueSubscription {
+    client: Client,
+    queue: String,
+    incoming: mpsc::Receiver<Vec<StoredRecord>>,
+    buffered: Vec<StoredRecord>,
+    position: u64,
+    /// Receipt handle of each message read and not yet deleted, by number.
+    held: Arc<Mutex<BTreeMap<u64, String>>>,
+    parked: Arc<Mutex<HashSet<String>>>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for QueueSubscription {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+#[async_trait]
+impl Subscription for QueueSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        if self.buffered.is_empty() {
+            match self.incoming.recv().await {
+                Some(batch) => self.buffered = batch,
+                None => return Err(BackendError::Unavailable("the queue reader stopped".into())),
+            }
+        }
+        let rest = self.buffered.split_off(max.min(self.buffered.len()));
+        let batch = std::mem::replace(&mut self.buffered, rest);
+        if let Some(last) = batch.last() {
+            self.position = last.offset + 1;
+        }
+        Ok(batch)
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Deletes the messages below `next_offset`, except those parked until due. A
+    /// message whose delete failed becomes visible again and is delivered again,
+    /// which at-least-once allows.
+    async fn commit(&mut self, next_offset: u64) -> Result<(), BackendError> {
+        let done: Vec<String> = {
+            let mut held = self.held.lock().map_err(|_| poisoned())?;
+            let rest = held.split_off(&next_offset);
+            std::mem::replace(&mut *held, rest).into_values().collect()
+        };
+        let done: Vec<String> = match self.parked.lock() {
+            Ok(mut parked) => done.into_iter().filter(|r| !parked.remove(r)).collect(),
+            Err(_) => return Err(poisoned()),
+        };
+        for chunk in done.chunks(BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, receipt)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let deleted = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.queue)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            match deleted {
+                Ok(output) if output.failed().is_empty() => {}
+                Ok(output) => {
+                    warn!(queue = %self.queue, failed = output.failed().len(), "Messages not deleted; they will be delivered again.")
+                }
+                Err(e) => {
+                    warn!(queue = %self.queue, error = %aws_sdk_sqs::error::DisplayErrorContext(e), "Messages not deleted; they will be delivered again.")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The task that long-polls the queue for one subscription.
+struct Reader {
+    client: Client,
+    queue: String,
+    wait: Duration,
+    visibility: Duration,
+    held: Arc<Mutex<BTreeMap<u64, String>>>,
+    down: Arc<Mutex<Option<String>>>,
+}
+
+impl Reader {
+    async fn run(self, batches: mpsc::Sender<Vec<StoredRecord>>) {
+        let mut next_seq = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let received = self
+                .client
+                .receive_message()
+                .queue_url(&self.queue)
+                .max_number_of_messages(BATCH as i32)
+                .wait_time_seconds(self.wait.as_secs() as i32)
+                .visibility_timeout(self.visibility.as_secs().max(1) as i32)
+                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .send()
+                .await;
+            let output = match received {
+                Ok(output) => output,
+                Err(e) => {
+                    let e = aws_sdk_sqs::error::DisplayErrorContext(e).to_string();
+                    note(&self.down, Some(&e));
+                    warn!(queue = %self.queue, error = %e, retry_in = ?backoff, "Receiving from SQS failed; trying again.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            note(&self.down, None);
+            backoff = Duration::from_millis(100);
+            let mut records = Vec::new();
+            for message in output.messages() {
+                let (Some(body), Some(receipt)) = (message.body(), message.receipt_handle()) else {
+                    continue;
+                };
+                let mut record = match envelope::decode(body) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        // Not a wald message: left in the queue (SQS's redrive policy,
+                        // if any, moves it on), never skipped silently.
+                        warn!(queue = %self.queue, message_id = ?message.message_id(), error = %e, "A message that is not a wald record; left in the queue.");
+                        continue;
+                    }
+                };
+                if let Some(sent) = message
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|t| t.parse().ok())
+                {
+                    record.timestamp_ms = sent;
+                }
+                record
+                    .headers
+                    .push((RECEIPT_HEADER.into(), receipt.as_bytes().to_vec()));
+                record.offset = next_seq;
+                if let Ok(mut held) = self.held.lock() {
+                    held.insert(next_seq, receipt.to_string());
+                }
+                next_seq += 1;
+                records.push(record);
+            }
+            if !records.is_empty() && batches.send(records).await.is_err() {
+                return;
+            }
+            if batches.is_closed() {
+                return;
+            }
+        }
+    }
+}
+
+/// Extends, every half `visibility`, the visibility of the messages a subscription
+/// holds (parked ones excepted: they wait for their due time).
+async fn keep_invisible(
+    client: Client,
+    queue: String,
+    visibility: Duration,
+    held: Arc<Mutex<BTreeMap<u64, String>>>,
+    parked: Arc<Mutex<HashSet<String>>>,
+) {
+    loop {
+        tokio::time::sleep(visibility / 2).await;
+        let receipts: Vec<String> = {
+            let parked = parked.lock().map(|p| p.clone()).unwrap_or_default();
+            held.lock()
+                .map(|h| {
+                    h.values()
+                        .filter(|r| !parked.contains(*r))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for chunk in receipts.chunks(BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, receipt)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .visibility_timeout(visibility.as_secs().max(1) as i32)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            if let Err(e) = client
+                .change_message_visibility_batch()
+                .queue_url(&queue)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                warn!(queue = %queue, error = %aws_sdk_sqs::error::DisplayErrorContext(e), "Visibility not extended; held messages may go to another consumer.");
+            }
+        }
+    }
+}
+
+/// Remembers whether SQS answered the last request.
+fn note(down: &Mutex<Option<String>>, error: Option<&str>) {
+    if let Ok(mut down) = down.lock() {
+        *down = error.map(|e| format!("SQS: {e}"));
+    }
+}
+
+fn poisoned() -> BackendError {
+    BackendError::Unavailable("a lock was poisoned".into())
+}
