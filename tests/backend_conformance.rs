@@ -286,84 +286,14 @@ async fn kafka_conforms() -> Result {
     .await
 }
 
-/// moto's SQS server on a free port, stopped when dropped.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Moto {
-    /// None (the test skipped) when moto is not installed, except under CI.
-    async fn start() -> Result<Option<Self>> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) => return skip(format!("python3 could not run: {e}")),
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait()? {
-                return skip(format!(
-                    "moto's server exited ({status}); install it with pip install 'moto[server]'"
-                ));
-            }
-            if std::time::Instant::now() > deadline {
-                return Err("moto's server did not start".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Some(Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }))
-    }
-}
-
-fn skip(reason: String) -> Result<Option<Moto>> {
-    if std::env::var_os("CI").is_some() {
-        return Err(format!("{reason}, and CI is set: .ci/run installs it").into());
-    }
-    eprintln!("skipped: {reason}");
-    Ok(None)
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[cfg(feature = "sqs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_conforms() -> Result {
-    use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_sqs::types::QueueAttributeName;
-    let Some(moto) = Moto::start().await? else {
+    let Some(moto) = common::Moto::start().await? else {
         return Ok(());
     };
-    let client = aws_sdk_sqs::Client::from_conf(
-        aws_sdk_sqs::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&moto.endpoint)
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .build(),
-    );
+    let client = moto.client();
     let endpoint = moto.endpoint.clone();
     conformance(|name| {
         let (client, endpoint) = (client.clone(), endpoint.clone());

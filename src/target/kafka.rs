@@ -48,3 +48,114 @@ impl Config {
         check_options(checks, &at.key("options"), &self.options);
     }
 }
+
+/// A Kafka target ready to deliver: an idempotent producer (`acks=all`).
+#[cfg(feature = "kafka")]
+pub struct KafkaTarget {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    key: Option<Template>,
+    value: ValueShape,
+    timeout: std::time::Duration,
+}
+
+#[cfg(feature = "kafka")]
+impl KafkaTarget {
+    pub fn new(config: &Config) -> Result<Self, super::DeliveryError> {
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", &config.brokers);
+        for (key, value) in &config.options {
+            client.set(key, value);
+        }
+        client
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                config.delivery_timeout.get().as_millis().to_string(),
+            );
+        let invalid = |e: String| super::DeliveryError::permanent(format!("the Kafka target: {e}"));
+        Ok(Self {
+            producer: client.create().map_err(|e| invalid(e.to_string()))?,
+            topic: config.topic.clone(),
+            key: config
+                .key
+                .as_deref()
+                .map(Template::parse)
+                .transpose()
+                .map_err(|_| invalid("`key` is not a valid template".into()))?,
+            value: config.value,
+            timeout: config.delivery_timeout.get(),
+        })
+    }
+
+    /// Produces the messages, in order, each with its message id in the
+    /// `wald-message-id` header (for consumers that deduplicate), and waits for every
+    /// delivery report. Reports the ones before the first failure delivered.
+    pub async fn deliver_batch(
+        &self,
+        messages: &[super::Message],
+    ) -> Result<(), super::BatchError> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let rendered: Vec<(Option<Vec<u8>>, Vec<u8>)> = messages
+            .iter()
+            .map(|m| {
+                let key = match &self.key {
+                    Some(template) => Some(template.render(m).into_bytes()),
+                    None => m.key.clone().map(String::into_bytes),
+                };
+                let value = match self.value {
+                    ValueShape::Payload => m.payload.clone(),
+                    ValueShape::Envelope => m.envelope().to_string().into_bytes(),
+                };
+                (key, value)
+            })
+            .collect();
+        let sends = messages.iter().zip(&rendered).map(|(m, (key, value))| {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "wald-message-id",
+                value: Some(m.message_id.as_bytes()),
+            });
+            let mut record = rdkafka::producer::FutureRecord::to(&self.topic)
+                .payload(value)
+                .headers(headers);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            self.producer.send(record, self.timeout)
+        });
+        let reports = futures::future::join_all(sends).await;
+        match reports.iter().position(Result::is_err) {
+            None => Ok(()),
+            Some(delivered) => {
+                let error = match &reports[delivered] {
+                    Err((e, _)) => classify(e),
+                    Ok(_) => super::DeliveryError::retriable("kafka: unknown failure"),
+                };
+                Err(super::BatchError { delivered, error })
+            }
+        }
+    }
+}
+
+/// A message too large, or a topic that does not exist or may not be written, is
+/// permanent; everything else (brokers down, timeouts, leadership changes) is retried.
+#[cfg(feature = "kafka")]
+fn classify(e: &rdkafka::error::KafkaError) -> super::DeliveryError {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let permanent = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::InvalidRecord
+                | Code::TopicAuthorizationFailed
+                | Code::UnknownTopic
+                | Code::InvalidTopic
+        )
+    );
+    super::DeliveryError {
+        message: format!("kafka: {e}"),
+        retriable: !permanent,
+        retry_after: None,
+    }
+}

@@ -205,6 +205,8 @@ pub enum Target {
     Http(http::HttpTarget),
     Postgres(postgres::PostgresTarget),
     Redis(redis::RedisTarget),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaTarget),
 }
 
 impl Target {
@@ -216,6 +218,9 @@ impl Target {
             TargetKind::Http(c) => Ok(Self::Http(http::HttpTarget::new(c)?)),
             TargetKind::Postgres(c) => Ok(Self::Postgres(postgres::PostgresTarget::new(c)?)),
             TargetKind::Redis(c) => Ok(Self::Redis(redis::RedisTarget::new(c)?)),
+            #[cfg(feature = "kafka")]
+            TargetKind::Kafka(c) => Ok(Self::Kafka(kafka::KafkaTarget::new(c)?)),
+            #[allow(unreachable_patterns)]
             other => Err(DeliveryError::permanent(format!(
                 "delivery to {} targets is not available in this version",
                 other.kind()
@@ -224,12 +229,15 @@ impl Target {
     }
 
     /// Delivers `messages` in order, stopping at the first failure. Postgres runs the
-    /// batch in one transaction, Redis sends it as one pipeline; the others deliver one
-    /// message after the other.
+    /// batch in one transaction, Redis sends it as one pipeline, Kafka produces it at
+    /// once and waits for every report; the others deliver one message after the
+    /// other.
     pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), BatchError> {
         match self {
             Self::Postgres(t) => t.deliver_batch(messages).await,
             Self::Redis(t) => t.deliver_batch(messages).await,
+            #[cfg(feature = "kafka")]
+            Self::Kafka(t) => t.deliver_batch(messages).await,
             Self::File(t) => one_by_one(messages, |m| t.deliver(m)).await,
             Self::Http(t) => one_by_one(messages, |m| t.deliver(m)).await,
         }

@@ -254,3 +254,81 @@ pub fn redis_server_installed() -> bool {
     eprintln!("skipped: redis-server is not installed");
     false
 }
+
+/// moto's SQS server on a free port, stopped when dropped.
+pub struct Moto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// None (the test skipped) when moto is not installed, except under CI.
+    pub async fn start() -> Result<Option<Self>, Box<dyn std::error::Error>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => return skip(format!("python3 could not run: {e}")),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait()? {
+                return skip(format!(
+                    "moto's server exited ({status}); install it with pip install 'moto[server]'"
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("moto's server did not start".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Some(Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }))
+    }
+}
+
+fn skip(reason: String) -> Result<Option<Moto>, Box<dyn std::error::Error>> {
+    if std::env::var_os("CI").is_some() {
+        return Err(format!("{reason}, and CI is set: .ci/run installs it").into());
+    }
+    eprintln!("skipped: {reason}");
+    Ok(None)
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    /// An SQS client of this server (static test credentials, no other address).
+    #[cfg(feature = "sqs")]
+    pub fn client(&self) -> aws_sdk_sqs::Client {
+        use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+        aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(&self.endpoint)
+                .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+                .build(),
+        )
+    }
+}

@@ -1,8 +1,12 @@
-//! The Redis Streams backend through the real binary: two `wald serve` processes on
-//! one stream share the work, and one killed with SIGKILL loses nothing (the other
-//! takes over its pending entries); a Redis outage answers that namespace's writes
-//! 503 while another namespace goes on, readiness and status name the backend, and
-//! everything resumes by itself when Redis is back.
+//! The shared backends through the real binary.
+//!
+//! - Redis Streams: two `wald serve` processes on one stream share the work, and one
+//!   killed with SIGKILL loses nothing (the other takes over its pending entries); a
+//!   Redis outage answers that namespace's writes 503 while another namespace goes on,
+//!   readiness and status name the backend, and everything resumes by itself.
+//! - Kafka (librdkafka's mock cluster in this process, the servers connecting to it):
+//!   the same two instances and SIGKILL, delivering to a webhook and to a Kafka target.
+//! - SQS (moto): writes, delivery, and a delayed message that arrives when due.
 
 mod common;
 
@@ -45,21 +49,29 @@ async fn start_hook(state: Hook) -> Result<String> {
     Ok(format!("http://{address}/hook"))
 }
 
-/// A namespace on `stream` of the Redis at `url`, delivering to the webhook.
-fn stream_pipeline(dir: &Path, name: &str, url: &str, stream: &str, hook: &str) -> Result {
+/// A namespace on the backend `producer` (a `[producer]` table's body), delivering to
+/// the webhook, and to `more` targets.
+fn pipeline(dir: &Path, name: &str, producer: &str, hook: &str, more: &str) -> Result {
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join(format!("{name}.toml")),
         format!(
-            "namespace = \"{name}\"\n[source]\ntype = \"http\"\npublic = true\n\
-             [producer]\ntype = \"redis_streams\"\nurl = \"{url}\"\nstream = \"{stream}\"\n\
-             claim_idle = \"1s\"\n\
+            "namespace = \"{name}\"\n[source]\ntype = \"http\"\npublic = true\nmax_delay = \"1h\"\n\
+             [producer]\n{producer}\n\
              [consumer]\nconcurrency = 4\n\
              [consumer.retry]\nmax_attempts = 100\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n\
-             [[target]]\nname = \"hook\"\ntype = \"http\"\nurl = \"{hook}\"\n"
+             [[target]]\nname = \"hook\"\ntype = \"http\"\nurl = \"{hook}\"\n{more}"
         ),
     )?;
     Ok(())
+}
+
+/// A namespace on `stream` of the Redis at `url`, delivering to the webhook.
+fn stream_pipeline(dir: &Path, name: &str, url: &str, stream: &str, hook: &str) -> Result {
+    let producer = format!(
+        "type = \"redis_streams\"\nurl = \"{url}\"\nstream = \"{stream}\"\nclaim_idle = \"1s\""
+    );
+    pipeline(dir, name, &producer, hook, "")
 }
 
 async fn write(
@@ -108,6 +120,39 @@ async fn delivered(server: &Server, namespace: &str) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// Two instances on the same pipeline: writes through both, both deliver; the first
+/// is killed with SIGKILL in the middle of its deliveries and the second, written to
+/// alone, delivers everything acknowledged, the first's unacknowledged messages too.
+/// Returns the second's log.
+async fn two_instances_lose_nothing(pipes: &Path, data: &Path, hook: &Hook) -> Result<String> {
+    let first = Server::start(pipes, &data.join("1"), &[]).await?;
+    let second = Server::start(pipes, &data.join("2"), &[]).await?;
+    let client = reqwest::Client::new();
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..200u64 {
+        let server = if n % 2 == 0 { &first } else { &second };
+        let response = write(&client, server, "orders", n).await?;
+        assert_eq!(response.status(), 202, "{}", response.text().await?);
+        acknowledged.insert(n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while delivered(&first, "orders").await? == 0 || delivered(&second, "orders").await? == 0 {
+        assert!(Instant::now() < deadline, "one instance never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first = first;
+    first.child.kill().await?;
+    for n in 200..300u64 {
+        let response = write(&client, &second, "orders", n).await?;
+        assert_eq!(response.status(), 202);
+        acknowledged.insert(n);
+    }
+    all_received(hook, &acknowledged, Duration::from_secs(90)).await?;
+    let log = second.log.lock().map_err(|_| "lock")?.join("\n");
+    assert!(stop(second.child).await?.success());
+    Ok(log)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_a_stream_and_a_killed_one_loses_nothing() -> Result {
     if !common::service_available("Redis", "127.0.0.1:6379") {
@@ -128,41 +173,11 @@ async fn two_instances_share_a_stream_and_a_killed_one_loses_nothing() -> Result
         &stream,
         &hook_url,
     )?;
-    let first = Server::start(&pipes, &dir.path().join("data-1"), &[]).await?;
-    let second = Server::start(&pipes, &dir.path().join("data-2"), &[]).await?;
-    let client = reqwest::Client::new();
-
-    // Writes through both; both deliver.
-    let mut acknowledged = BTreeSet::new();
-    for n in 0..200u64 {
-        let server = if n % 2 == 0 { &first } else { &second };
-        let response = write(&client, server, "orders", n).await?;
-        assert_eq!(response.status(), 202, "{}", response.text().await?);
-        acknowledged.insert(n);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while delivered(&first, "orders").await? == 0 || delivered(&second, "orders").await? == 0 {
-        assert!(Instant::now() < deadline, "one instance never delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // The first dies in the middle of its deliveries; the second goes on alone and
-    // takes over what the first had read and not acknowledged.
-    let mut first = first;
-    first.child.kill().await?;
-    for n in 200..300u64 {
-        let response = write(&client, &second, "orders", n).await?;
-        assert_eq!(response.status(), 202);
-        acknowledged.insert(n);
-    }
-    all_received(&hook, &acknowledged, Duration::from_secs(60)).await?;
-    let log = second.log.lock().map_err(|_| "lock")?.join("\n");
+    let log = two_instances_lose_nothing(&pipes, dir.path(), &hook).await?;
     assert!(
         log.contains("Took over entries"),
         "the second never claimed: {log}"
     );
-    assert!(stop(second.child).await?.success());
-
     let mut redis = redis::Client::open("redis://127.0.0.1:6379")?
         .get_multiplexed_async_connection()
         .await?;
@@ -172,6 +187,106 @@ async fn two_instances_share_a_stream_and_a_killed_one_loses_nothing() -> Result
         .arg(format!("{stream}:delayed"))
         .query_async(&mut redis)
         .await?;
+    Ok(())
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> Result {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic("orders", 4, 1)?;
+    cluster.create_topic("orders.dlq", 1, 1)?;
+    cluster.create_topic("delivered", 1, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir()?;
+    let hook = Hook {
+        delay: Duration::from_millis(100),
+        ..Hook::default()
+    };
+    let hook_url = start_hook(hook.clone()).await?;
+    let pipes = dir.path().join("pipelines");
+    // A short session, so that the dead member's partitions move on quickly.
+    let options = "[producer.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"";
+    pipeline(
+        &pipes,
+        "orders",
+        &format!("type = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"orders\"\n{options}"),
+        &hook_url,
+        &format!(
+            "[[target]]\nname = \"out\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"delivered\"\n"
+        ),
+    )?;
+    let _ = two_instances_lose_nothing(&pipes, dir.path(), &hook).await?;
+
+    // The Kafka target produced every message too.
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "check")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&["delivered"])?;
+    let mut produced = BTreeSet::new();
+    while produced.len() < 300 {
+        let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv()).await??;
+        let value: Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
+        produced.insert(value["n"].as_u64().ok_or("n")?);
+    }
+    assert_eq!(produced, (0..300).collect());
+    Ok(())
+}
+
+#[cfg(feature = "sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_queue_delivers_everything_and_a_delayed_message_when_due() -> Result {
+    let Some(moto) = common::Moto::start().await? else {
+        return Ok(());
+    };
+    let sqs = moto.client();
+    let queue = sqs.create_queue().queue_name("orders").send().await?;
+    let queue_url = queue.queue_url().ok_or("no queue url")?.to_string();
+    sqs.create_queue().queue_name("orders-dlq").send().await?;
+    let dir = tempfile::tempdir()?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    let pipes = dir.path().join("pipelines");
+    pipeline(
+        &pipes,
+        "orders",
+        &format!(
+            "type = \"sqs\"\nqueue_url = \"{queue_url}\"\nendpoint = \"{}\"\n\
+             access_key_id = \"test\"\nsecret_access_key = \"test\"\nwait_time = \"1s\"\n\
+             visibility_timeout = \"5s\"",
+            moto.endpoint
+        ),
+        &hook_url,
+        "",
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let client = reqwest::Client::new();
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..20u64 {
+        assert_eq!(write(&client, &server, "orders", n).await?.status(), 202);
+        acknowledged.insert(n);
+    }
+    let written = Instant::now();
+    let delayed = client
+        .post(server.url("/api/v1/wal/write"))
+        .json(&json!({"namespace": "orders", "payload": {"n": 100}, "delay": "3s"}))
+        .send()
+        .await?;
+    assert_eq!(delayed.status(), 202, "{}", delayed.text().await?);
+    all_received(&hook, &acknowledged, Duration::from_secs(30)).await?;
+    acknowledged.insert(100);
+    all_received(&hook, &acknowledged, Duration::from_secs(30)).await?;
+    assert!(
+        written.elapsed() >= Duration::from_millis(2900),
+        "the delayed message came early"
+    );
+    let received = hook.received.lock().map_err(|_| "lock")?.len();
+    assert_eq!(received, 21, "a message was delivered twice");
+    assert!(stop(server.child).await?.success());
     Ok(())
 }
 
