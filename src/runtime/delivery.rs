@@ -395,8 +395,12 @@ impl Consumer {
                     if lost_lane {
                         break Ok(());
                     }
-                    if !delayed.is_empty() && let Err(e) = self.schedule(delayed).await {
-                        break e;
+                    if !delayed.is_empty() {
+                        match self.schedule(delayed).await {
+                            Ok(true) => {}
+                            Ok(false) => break Ok(()),
+                            Err(e) => break Err(e),
+                        }
                     }
                     read_up_to = next;
                 }
@@ -421,25 +425,22 @@ impl Consumer {
     }
 
     /// Has the backend hold delayed messages, trying again while it is unavailable.
-    /// `Err(Ok(()))` when the namespace stopped first.
-    async fn schedule(
-        &self,
-        delayed: Vec<(StoredRecord, u64)>,
-    ) -> Result<(), Result<(), BackendError>> {
+    /// False when the namespace stopped first.
+    async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<bool, BackendError> {
         let mut wait = Duration::from_millis(100);
         loop {
             match self.backend.schedule(delayed.clone()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
                 Err(e) if e.is_transient() => {
                     warn!(namespace = %self.namespace, error = %e, "Delayed messages could not be held; trying again.");
                     let mut stopped = self.stopped.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        () = stopping(&mut stopped) => return Err(Ok(())),
+                        () = stopping(&mut stopped) => return Ok(false),
                     }
                     wait = (wait * 2).min(Duration::from_secs(30));
                 }
-                Err(e) => return Err(Err(e)),
+                Err(e) => return Err(e),
             }
         }
     }

@@ -270,11 +270,14 @@ impl Namespace {
     }
 }
 
+/// A namespace's backend, and its embedded storage when that is the backend.
+type Opened = (Arc<dyn Backend>, Option<Arc<NamespaceStore>>);
+
 /// Opens the namespace's backend, and its embedded storage when that is the backend.
 fn open_backend(
     config: &crate::config::pipeline::PipelineConfig,
     data_dir: &std::path::Path,
-) -> Result<(Arc<dyn Backend>, Option<Arc<NamespaceStore>>), String> {
+) -> Result<Opened, String> {
     match &config.producer {
         BackendConfig::Embedded(embedded) => {
             let store = NamespaceStore::open(data_dir, &config.namespace, embedded)
