@@ -1,41 +1,24 @@
-//! Benchmark of delivery end to end: rows written through wald's API to a namespace
-//! whose target is Postgres, until they are visible in the table, against the same rows
-//! written by plain batched `INSERT`s (`UNNEST`, one statement per batch) at the same
-//! batch size and concurrency, measured alternately (A B A B ...), medians reported.
-//!
-//! wald's figure includes everything a row goes through: the HTTP batch route, the
-//! durable append (group commit), the consumer and the target. Also reported: the lag
-//! from a write's acknowledgement to its row (the row's `clock_timestamp()`).
-//!
-//! `cargo bench --bench delivery_postgres` (3 rounds of 20,000 rows)
-//! `cargo bench --bench delivery_postgres -- --full` (5 rounds of 100,000 rows)
-//! Needs the local Postgres (127.0.0.1:5432, database `test`).
+//! Scenario 4: delivery end to end to Postgres. Rows written through wald's batch
+//! route to a namespace whose target is Postgres, until they are visible in the table,
+//! against the same rows by plain batched `INSERT`s (`UNNEST`, one statement per batch)
+//! at the same batch size and concurrency. wald's figure includes everything a row goes
+//! through: HTTP, the durable append, the consumer and the target. Also reported: the
+//! lag from a write's acknowledgement to its row. Needs the local Postgres.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::PgPool;
-use wald::config::load_pipeline_set;
-use wald::http::{AppState, router};
-use wald::status::StatusStore;
-use wald::status::embedded::EmbeddedStore;
 
-/// The allocator of the `wald` binary, so that the server measured is the one shipped.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+use crate::report::{Goal, Mode, Row, Sample, Table, alternate};
+use crate::servers;
 
 const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const TABLE: &str = "wald_bench_rows";
 const BATCH: usize = 256;
 const CONCURRENCY: usize = 4;
 
-/// Namespace `statement` writes with an `INSERT ... VALUES` statement, namespace `table`
-/// with `table` and `columns`; both go as one multi-row INSERT per batch.
 fn pipeline(namespace: &str) -> String {
     let target = match namespace {
         "statement" => format!(
@@ -52,21 +35,20 @@ fn pipeline(namespace: &str) -> String {
     )
 }
 
-fn main() -> Result {
-    let full = std::env::args().any(|a| a == "--full");
-    let (rounds, rows) = if full { (5, 100_000) } else { (3, 20_000) };
+pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
+    let rows = if mode.full { 100_000 } else { 10_000 };
     if std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse()?, Duration::from_secs(2))
         .is_err()
     {
-        println!("not measured: Postgres is not reachable at 127.0.0.1:5432");
-        return Ok(());
+        return Err("Postgres is not reachable at 127.0.0.1:5432".into());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    let _guard = runtime.enter();
+    let _entered = runtime.enter();
     let scratch = tempfile::tempdir_in(".")?;
-    runtime.block_on(async {
+    let (pool, wald) = runtime.block_on(async {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(CONCURRENCY as u32 + 1)
             .connect(URL)
@@ -77,67 +59,79 @@ fn main() -> Result {
         )))
         .execute(&pool)
         .await?;
-        let wald = serve(wald_router(scratch.path()).await?).await?;
-        println!(
-            "\nRows to Postgres, {rows} rows of 256-byte payloads a round, batches of {BATCH}, \
-             concurrency {CONCURRENCY}, {rounds} rounds, alternating"
-        );
-        let (mut statement, mut table, mut raw) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut statement_lags, mut table_lags) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
+        let pipelines = [
+            ("statement.toml", pipeline("statement")),
+            ("table.toml", pipeline("table")),
+        ];
+        let wald = servers::serve(servers::wald_router(scratch.path(), &pipelines).await?).await?;
+        Ok::<_, crate::Error>((pool, wald))
+    })?;
+    let mut lags: [Vec<f64>; 2] = Default::default();
+    let samples = alternate(mode.rounds, 3, |variant| {
+        runtime.block_on(async {
             truncate(&pool).await?;
-            let (rate, lag) = through_wald(wald, "statement", &pool, rows).await?;
-            statement.push(rate);
-            statement_lags.extend(lag);
-            truncate(&pool).await?;
-            let (rate, lag) = through_wald(wald, "table", &pool, rows).await?;
-            table.push(rate);
-            table_lags.extend(lag);
-            truncate(&pool).await?;
-            raw.push(raw_inserts(&pool, rows).await?);
-        }
-        let raw_rate = median(&mut raw);
-        println!(
-            "| candidate | rows/s (median) | spread | lag p50 ms | lag p99 ms | ratio to raw |"
-        );
-        println!("|---|---|---|---|---|---|");
-        for (name, rates, lags) in [
-            (
-                "wald, `statement` target (INSERT ... VALUES, multi-row per batch)",
-                &mut statement,
-                &mut statement_lags,
+            Ok(match variant {
+                0 | 1 => {
+                    let namespace = if variant == 0 { "statement" } else { "table" };
+                    let (rate, lag) = through_wald(wald, namespace, &pool, rows).await?;
+                    lags[variant].extend(lag);
+                    Sample::of(rate)
+                }
+                _ => Sample::of(raw_inserts(&pool, rows).await?),
+            })
+        })
+    })?;
+    runtime.block_on(truncate(&pool))?;
+    let lag = |lags: &mut Vec<f64>| {
+        lags.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            lags.get(((lags.len().max(1) - 1) as f64 * q) as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        format!("p50 {:.0} ms, p99 {:.0} ms", at(0.5), at(0.99))
+    };
+    let notes = vec![
+        format!("{rows} rows a round, batches of {BATCH}, {CONCURRENCY} writers"),
+        format!(
+            "lag from acknowledgement to row, `statement` target: {}",
+            lag(&mut lags[0])
+        ),
+        format!(
+            "lag from acknowledgement to row, `table` target: {}",
+            lag(&mut lags[1])
+        ),
+    ];
+    let mut samples = samples.into_iter();
+    Ok(vec![Table {
+        id: "4-postgres",
+        title: "4. End to end to Postgres, against plain batched INSERT".into(),
+        unit: "rows/s",
+        rows: vec![
+            Row::new(
+                "wald, `statement` target",
+                "fdatasync before 202, then COMMIT",
+                samples.next().unwrap_or_default(),
             ),
-            (
-                "wald, `table` target (multi-row INSERT)",
-                &mut table,
-                &mut table_lags,
+            Row::new(
+                "wald, `table` target",
+                "fdatasync before 202, then COMMIT",
+                samples.next().unwrap_or_default(),
             ),
-            (
-                "raw: sqlx UNNEST INSERT per batch",
-                &mut raw,
-                &mut Vec::new(),
+            Row::new(
+                "raw UNNEST INSERT per batch",
+                "COMMIT",
+                samples.next().unwrap_or_default(),
             ),
-        ] {
-            let rate = median(rates);
-            lags.sort_by(f64::total_cmp);
-            println!(
-                "| {name} | {rate:.0} | {:.0}..{:.0} | {:.1} | {:.1} | {:.2} |",
-                rates.first().copied().unwrap_or(0.0),
-                rates.last().copied().unwrap_or(0.0),
-                percentile(lags, 0.50),
-                percentile(lags, 0.99),
-                rate / raw_rate
-            );
-        }
-        println!(
-            "goal: wald at least 0.8 of raw; lag is measured while the writers outrun delivery"
-        );
-        truncate(&pool).await?;
-        Ok(())
-    })
+        ],
+        of: 0,
+        to: 2,
+        goal: Goal::AtLeast(0.8),
+        notes,
+    }])
 }
 
-async fn truncate(pool: &PgPool) -> Result {
+async fn truncate(pool: &PgPool) -> crate::Result {
     sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {TABLE}")))
         .execute(pool)
         .await?;
@@ -155,7 +149,7 @@ async fn through_wald(
     namespace: &'static str,
     pool: &PgPool,
     rows: usize,
-) -> Result<(f64, Vec<f64>)> {
+) -> crate::Result<(f64, Vec<f64>)> {
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
@@ -218,7 +212,7 @@ async fn through_wald(
 }
 
 /// The same rows by plain batched INSERTs: CONCURRENCY tasks, one statement per BATCH.
-async fn raw_inserts(pool: &PgPool, rows: usize) -> Result<f64> {
+async fn raw_inserts(pool: &PgPool, rows: usize) -> crate::Result<f64> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..CONCURRENCY {
@@ -246,52 +240,4 @@ async fn raw_inserts(pool: &PgPool, rows: usize) -> Result<f64> {
         done??;
     }
     Ok(rows as f64 / started.elapsed().as_secs_f64())
-}
-
-/// The real API over the `statement` and `table` namespaces on the embedded log.
-async fn wald_router(dir: &Path) -> Result<axum::Router> {
-    let service = wald::config::service::ServiceConfig {
-        data_dir: dir.join("data"),
-        ..Default::default()
-    };
-    let store = EmbeddedStore::open(
-        &service.data_dir.join("status.redb"),
-        service.status_store.retention.get(),
-    )?;
-    let status = Arc::new(StatusStore::Embedded(store));
-    let files = ["statement", "table"]
-        .into_iter()
-        .map(|name| {
-            let file = PathBuf::from(format!("{name}.toml"));
-            (file, Ok(pipeline(name).into_bytes()))
-        })
-        .collect();
-    let state = AppState::new(service, status);
-    let loaded = state
-        .supervisor
-        .apply(load_pipeline_set(files, &|_| None), "start")
-        .await;
-    if loaded.plan.added.len() != 2 {
-        return Err(format!("the bench pipelines did not load: {loaded:?}").into());
-    }
-    Ok(router(Arc::new(state)))
-}
-
-async fn serve(app: axum::Router) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(address)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }

@@ -1,0 +1,142 @@
+//! Scenarios 1 and 3: HTTP writes of 256-byte payloads to one namespace on the
+//! embedded log (`sync = "always"`), against (a) a bare axum handler that answers 202
+//! without appending and (b) a handler that writes and `fdatasync`s each request; and
+//! the batch route (100 messages a request) in records/s against single writes.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+
+use crate::report::{Goal, Mode, Row, Table, alternate};
+use crate::{load, servers};
+
+const PIPELINE: &str = "namespace = \"bench\"\n[source]\ntype = \"http\"\npublic = true\n\
+                        [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out.jsonl\"\n";
+/// Messages in one request of the batch route.
+const BATCH: usize = 100;
+
+pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
+    let connections = if mode.full { 256 } else { 64 };
+    let scratch = tempfile::tempdir_in(".")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let _entered = runtime.enter();
+    let (wald, bare, naive) = runtime.block_on(async {
+        let wald = servers::serve(
+            servers::wald_router(scratch.path(), &[("bench.toml", PIPELINE.into())]).await?,
+        )
+        .await?;
+        let bare = servers::serve(servers::bare_router()).await?;
+        let naive = servers::serve(servers::fdatasync_router(
+            &scratch.path().join("naive.log"),
+        )?)
+        .await?;
+        Ok::<_, crate::Error>((wald, bare, naive))
+    })?;
+    let payload = format!("\"{}\"", "x".repeat(254));
+    let single = Bytes::from(format!("{{\"namespace\":\"bench\",\"payload\":{payload}}}"));
+    let batch = Bytes::from(format!(
+        "{{\"namespace\":\"bench\",\"messages\":[{}]}}",
+        vec![format!("{{\"payload\":{payload}}}"); BATCH].join(",")
+    ));
+    let period = Duration::from_secs(mode.seconds);
+    let samples = alternate(mode.rounds, 4, |variant| {
+        Ok(match variant {
+            0 => load::post(
+                wald,
+                "/api/v1/wal/write",
+                single.clone(),
+                connections,
+                period,
+            )?,
+            1 => load::post(
+                bare,
+                "/api/v1/wal/write",
+                single.clone(),
+                connections,
+                period,
+            )?,
+            2 => load::post(
+                naive,
+                "/api/v1/wal/write",
+                single.clone(),
+                connections,
+                period,
+            )?,
+            _ => {
+                let mut sample = load::post(
+                    wald,
+                    "/api/v1/wal/write/batch",
+                    batch.clone(),
+                    connections,
+                    period,
+                )?;
+                sample.value *= BATCH as f64;
+                sample
+            }
+        })
+    })?;
+    let [single_wald, bare_samples, naive_samples, batch_samples] =
+        <[Vec<_>; 4]>::try_from(samples).map_err(|_| "four variants")?;
+    let in_flight = |row: &Row| {
+        let p50 = crate::report::median(row.samples.iter().filter_map(|s| s.p50_ms));
+        row.median() * p50 / 1000.0
+    };
+    let writes = Table {
+        id: "1-http",
+        title: format!("1. HTTP writes, {connections} keep-alive connections, 256-byte payloads"),
+        unit: "writes/s",
+        rows: vec![
+            Row::new("wald write", "fdatasync before 202", single_wald),
+            Row::new("(a) bare handler", "none", bare_samples),
+            Row::new(
+                "(b) fdatasync per request",
+                "fdatasync before 202",
+                naive_samples,
+            ),
+        ],
+        of: 0,
+        to: 1,
+        goal: Goal::AtLeast(0.8),
+        notes: Vec::new(),
+    };
+    let notes = vec![
+        format!(
+            "in flight by Little's law (writes/s × p50): wald {:.0}, (a) {:.0}, (b) {:.0}, for {connections} connections",
+            in_flight(&writes.rows[0]),
+            in_flight(&writes.rows[1]),
+            in_flight(&writes.rows[2])
+        ),
+        format!(
+            "(a) / (b) = {:.1}: what group commit has to win back",
+            writes.rows[1].median() / writes.rows[2].median()
+        ),
+    ];
+    let writes = Table { notes, ..writes };
+    let batches = Table {
+        id: "3-batch",
+        title: format!(
+            "3. The batch route, {BATCH} messages a request, {connections} connections, against single writes"
+        ),
+        unit: "records/s",
+        rows: vec![
+            Row::new(
+                format!("wald batch of {BATCH}"),
+                "fdatasync before 202",
+                batch_samples,
+            ),
+            Row::new(
+                "wald write",
+                "fdatasync before 202",
+                writes.rows[0].samples.clone(),
+            ),
+        ],
+        of: 0,
+        to: 1,
+        goal: Goal::None,
+        notes: Vec::new(),
+    };
+    Ok(vec![writes, batches])
+}

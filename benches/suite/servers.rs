@@ -1,0 +1,232 @@
+//! What the scenarios serve: wald's real router over pipelines given as text, in this
+//! process, and the baselines' handlers.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use wald::config::load_pipeline_set;
+use wald::config::service::ServiceConfig;
+use wald::http::{AppState, router};
+use wald::status::StatusStore;
+use wald::status::embedded::EmbeddedStore;
+
+/// wald's state over `pipelines` (file name, text), data under `service.data_dir`;
+/// with none, nothing is loaded yet.
+pub async fn wald_state(
+    service: ServiceConfig,
+    pipelines: &[(&str, String)],
+) -> crate::Result<Arc<AppState>> {
+    let store = EmbeddedStore::open(
+        &service.data_dir.join("status.redb"),
+        service.status_store.retention.get(),
+    )?;
+    let state = AppState::new(service, Arc::new(StatusStore::Embedded(store)));
+    if pipelines.is_empty() {
+        return Ok(Arc::new(state));
+    }
+    let files = pipelines
+        .iter()
+        .map(|(name, text)| (PathBuf::from(name), Ok(text.clone().into_bytes())))
+        .collect();
+    let loaded = state
+        .supervisor
+        .apply(load_pipeline_set(files, &|_| None), "start")
+        .await;
+    if loaded.plan.added.len() != pipelines.len() {
+        return Err(format!("the bench pipelines did not load: {loaded:?}").into());
+    }
+    Ok(Arc::new(state))
+}
+
+/// The real API over `pipelines`, data in `dir`.
+pub async fn wald_router(dir: &Path, pipelines: &[(&str, String)]) -> crate::Result<Router> {
+    let mut service = ServiceConfig {
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
+    service.http.max_in_flight_per_namespace = 100_000;
+    Ok(router(wald_state(service, pipelines).await?))
+}
+
+/// Answers like wald does, without appending anything.
+pub fn bare_router() -> Router {
+    Router::new().route(
+        "/api/v1/wal/write",
+        post(|_body: axum::body::Bytes| async {
+            let id = uuid::Uuid::now_v7().to_string();
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({"message_id": id, "transaction_id": id, "durability": "durable"})),
+            )
+        }),
+    )
+}
+
+/// Appends each body and syncs it before answering, one request at a time.
+pub fn fdatasync_router(path: &Path) -> crate::Result<Router> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
+    let log = Arc::new(Mutex::new((file, 0u64)));
+    Ok(Router::new().route(
+        "/api/v1/wal/write",
+        post(move |body: axum::body::Bytes| {
+            let log = log.clone();
+            async move {
+                let written = tokio::task::spawn_blocking(move || {
+                    let mut guard = log.lock().unwrap_or_else(|e| e.into_inner());
+                    let (file, position) = &mut *guard;
+                    file.write_all_at(&body, *position)?;
+                    file.sync_data()?;
+                    *position += body.len() as u64;
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                let id = uuid::Uuid::now_v7().to_string();
+                match written {
+                    Ok(Ok(())) => (
+                        StatusCode::ACCEPTED,
+                        axum::Json(serde_json::json!({"message_id": id, "transaction_id": id, "durability": "durable"})),
+                    ),
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({}))),
+                }
+            }
+        }),
+    ))
+}
+
+/// Serves `app` on a free port of this runtime.
+pub async fn serve(app: Router) -> crate::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(address)
+}
+
+/// A `redis-server` of the suite's own on a free port, files in `dir`, stopped when
+/// dropped; `args` set its persistence. None when Redis is not installed.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    pub fn start(dir: &Path, args: &[&str]) -> crate::Result<Option<Self>> {
+        if std::process::Command::new("redis-benchmark")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let Ok(child) = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                return Err("redis-server did not start".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(Some(Self { port, child }))
+    }
+
+    /// `redis-benchmark` XADD of `value_bytes`-byte values from `clients` connections,
+    /// sized to last about `seconds`: requests per second and latency.
+    pub fn xadd(
+        &self,
+        clients: usize,
+        value_bytes: usize,
+        seconds: u64,
+    ) -> crate::Result<crate::report::Sample> {
+        let probe = self.xadd_requests(clients, value_bytes, 5000)?;
+        self.xadd_requests(
+            clients,
+            value_bytes,
+            ((probe.value * seconds as f64) as u64).max(5000),
+        )
+    }
+
+    fn xadd_requests(
+        &self,
+        clients: usize,
+        value_bytes: usize,
+        requests: u64,
+    ) -> crate::Result<crate::report::Sample> {
+        let value = "x".repeat(value_bytes);
+        let output = std::process::Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-n",
+                &requests.to_string(),
+                "-P",
+                "1",
+                "--csv",
+            ])
+            .args(["XADD", "wald-bench-baseline", "*", "p", &value])
+            .output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+        let fields: Vec<f64> = text
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split(',')
+            .skip(1)
+            .filter_map(|f| f.trim_matches('"').parse().ok())
+            .collect();
+        if fields.len() < 6 {
+            return Err(format!("unexpected redis-benchmark output: {text}").into());
+        }
+        Ok(crate::report::Sample {
+            value: fields[0],
+            p50_ms: Some(fields[3]),
+            p99_ms: Some(fields[5]),
+        })
+    }
+
+    /// Empties the server between rounds.
+    pub fn flush(&self) -> crate::Result {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.write_all(b"FLUSHALL\r\n")?;
+        let mut answer = [0u8; 5];
+        std::io::Read::read_exact(&mut stream, &mut answer)?;
+        Ok(())
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
