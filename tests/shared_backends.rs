@@ -6,7 +6,8 @@
 //!   readiness and status name the backend, and everything resumes by itself.
 //! - Kafka (librdkafka's mock cluster in this process, the servers connecting to it):
 //!   the same two instances and SIGKILL, delivering to a webhook and to a Kafka target.
-//! - SQS (moto): writes, delivery, and a delayed message that arrives when due.
+//! - SQS (moto): writes, delivery, and a delayed message that arrives when due; the
+//!   DLQ routes answer 501 (they serve the embedded log only).
 
 mod common;
 
@@ -263,8 +264,26 @@ async fn an_sqs_queue_delivers_everything_and_a_delayed_message_when_due() -> Re
         &hook_url,
         "",
     )?;
-    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let config = dir.path().join("wald.toml");
+    use sha2::Digest;
+    let admin_hash = hex::encode(sha2::Sha256::digest(b"admin-secret"));
+    std::fs::write(&config, format!("admin_key_sha256 = \"{admin_hash}\"\n"))?;
+    let server = Server::start(
+        &pipes,
+        &dir.path().join("data"),
+        &["--config", config.to_str().ok_or("path")?],
+    )
+    .await?;
     let client = reqwest::Client::new();
+    // The DLQ routes serve the embedded log only, and say so.
+    let dlq = client
+        .get(server.url("/api/v1/wal/namespace/orders/dlq"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await?;
+    assert_eq!(dlq.status(), 501);
+    let body: Value = dlq.json().await?;
+    assert_eq!(body["error"]["code"], "unsupported_by_backend", "{body}");
     let mut acknowledged = BTreeSet::new();
     for n in 0..20u64 {
         assert_eq!(write(&client, &server, "orders", n).await?.status(), 202);

@@ -71,6 +71,9 @@ impl Row {
 pub enum Goal {
     AtLeast(f64),
     AtMost(f64),
+    /// The candidate's own median, in the table's unit, below this (for figures whose
+    /// baseline only shows what they do not depend on).
+    Below(f64),
     /// Reported, with no goal attached.
     None,
 }
@@ -100,6 +103,7 @@ impl Table {
         match self.goal {
             Goal::AtLeast(goal) => Some(self.ratio() >= goal),
             Goal::AtMost(goal) => Some(self.ratio() <= goal),
+            Goal::Below(limit) => Some(self.rows[self.of].median() < limit),
             Goal::None => None,
         }
     }
@@ -108,6 +112,9 @@ impl Table {
         match self.goal {
             Goal::AtLeast(goal) => format!("at least {goal}"),
             Goal::AtMost(goal) => format!("at most {goal}"),
+            Goal::Below(limit) => {
+                format!("`{}` under {limit} {}", self.rows[self.of].name, self.unit)
+            }
             Goal::None => "none".into(),
         }
     }

@@ -63,7 +63,6 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         samples.next().unwrap_or_default(),
     ));
     let largest = sizes.len() - 1;
-    let recovery = rows[largest].median();
     Ok(vec![Table {
         id: "8-startup",
         title: "8. Start-up and recovery: spawn to ready and a first acknowledged write, against log size".into(),
@@ -71,11 +70,10 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         to: rows.len() - 1,
         rows,
         of: largest,
-        goal: Goal::AtMost(2.0),
-        notes: vec![format!(
-            "recovery with the largest log: {recovery:.0} ms (goal: under 1000 ms: {}); opening reads the segment headers and the last segment only, so start-up does not grow with the log",
-            if recovery < 1000.0 { "met" } else { "**not met**" }
-        )],
+        goal: Goal::Below(1000.0),
+        notes: vec![
+            "opening a log reads the segment headers and recovers the last segment only (at most `segment_size`, 64 MiB by default), so start-up grows with the last segment, not with the log".into(),
+        ],
     }])
 }
 

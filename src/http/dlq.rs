@@ -22,7 +22,7 @@ use crate::runtime::dlq::{self, DlqPage, ListQuery, ReplayOutcome, ReplayRequest
         (status = 200, description = "A page of dead-letter entries", body = DlqPage),
         (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse),
         (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse),
-        (status = 503, response = ErrorResponse),
+        (status = 501, response = ErrorResponse), (status = 503, response = ErrorResponse),
     ))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
@@ -50,7 +50,7 @@ pub async fn list(
         (status = 200, description = "What was replayed and what was skipped", body = ReplayOutcome),
         (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse),
         (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse),
-        (status = 503, response = ErrorResponse), (status = 504, response = ErrorResponse),
+        (status = 501, response = ErrorResponse), (status = 503, response = ErrorResponse), (status = 504, response = ErrorResponse),
     ))]
 pub async fn replay(
     State(state): State<Arc<AppState>>,

@@ -69,6 +69,13 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the backend of namespace `{namespace}` is unreachable; retry later ({reason})")]
     BackendUnavailable { namespace: String, reason: String },
+    #[error(
+        "namespace `{namespace}` is on the {backend} backend, which this route does not serve (the embedded log only); use the backend's own tools"
+    )]
+    UnsupportedByBackend {
+        namespace: String,
+        backend: &'static str,
+    },
     #[error("the backend did not confirm the write; it may or may not be durable ({0})")]
     DurabilityUnknown(String),
     #[error("namespace `{0}` has too many writes waiting for durability; retry later")]
@@ -110,6 +117,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "namespace_unavailable",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::BackendUnavailable { .. } => "backend_unavailable",
+            ApiError::UnsupportedByBackend { .. } => "unsupported_by_backend",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::RouteNotFound => "route_not_found",
@@ -145,6 +153,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TimedOut(_) | ApiError::DurabilityUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::UnsupportedByBackend { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::IdempotencyConflict(_) | ApiError::IdempotencyInProgress(_) => {
                 StatusCode::CONFLICT
             }

@@ -53,7 +53,7 @@ pub struct MessageSummary {
         (status = 200, description = "The most recent messages, newest first", body = Vec<MessageSummary>),
         (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse),
         (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse),
-        (status = 503, response = ErrorResponse),
+        (status = 501, response = ErrorResponse), (status = 503, response = ErrorResponse),
     ))]
 pub async fn recent(
     State(state): State<Arc<AppState>>,

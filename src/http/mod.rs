@@ -68,17 +68,25 @@ impl AppState {
     }
 
     /// The storage of the namespace called `name`, once the request carries the admin
-    /// key (the DLQ and message routes: they show what was written).
+    /// key (the DLQ and message routes: they show what was written). Only the
+    /// embedded log has one: other backends answer 501.
     pub fn admin_store(
         &self,
         name: &str,
         headers: &axum::http::HeaderMap,
     ) -> Result<Arc<crate::backend::embedded::NamespaceStore>, ApiError> {
         auth::authorize_admin(headers, &self.service)?;
-        self.namespace(name)?
-            .store
-            .clone()
-            .ok_or_else(|| ApiError::Unavailable(name.to_string()))
+        let namespace = self.namespace(name)?;
+        match (&namespace.store, &namespace.pipeline.config.producer) {
+            (Some(store), _) => Ok(store.clone()),
+            (None, crate::backend::BackendConfig::Embedded(_)) => {
+                Err(ApiError::Unavailable(name.to_string()))
+            }
+            (None, other) => Err(ApiError::UnsupportedByBackend {
+                namespace: name.to_string(),
+                backend: other.kind(),
+            }),
+        }
     }
 
     /// The namespace called `name`, or 404.
