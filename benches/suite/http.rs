@@ -10,8 +10,14 @@ use axum::body::Bytes;
 use crate::report::{Goal, Mode, Row, Table, alternate};
 use crate::{load, servers};
 
-const PIPELINE: &str = "namespace = \"bench\"\n[source]\ntype = \"http\"\npublic = true\n\
-                        [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"out.jsonl\"\n";
+/// A public namespace delivering to a file in `dir`.
+fn pipeline(dir: &std::path::Path) -> String {
+    format!(
+        "namespace = \"bench\"\n[source]\ntype = \"http\"\npublic = true\n\
+         [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"{}\"\n",
+        dir.join("out.jsonl").display()
+    )
+}
 /// Messages in one request of the batch route.
 const BATCH: usize = 100;
 
@@ -25,7 +31,8 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
     let _entered = runtime.enter();
     let (wald, bare, naive) = runtime.block_on(async {
         let wald = servers::serve(
-            servers::wald_router(scratch.path(), &[("bench.toml", PIPELINE.into())]).await?,
+            servers::wald_router(scratch.path(), &[("bench.toml", pipeline(scratch.path()))])
+                .await?,
         )
         .await?;
         let bare = servers::serve(servers::bare_router()).await?;
