@@ -609,16 +609,8 @@ async fn dead_letters_are_listed_and_replayed_and_a_message_cannot_replay_foreve
         pipes.join("shop.toml"),
         format!("{toml}[consumer.dlq]\nmax_replays = 1\n"),
     )?;
-    let config = dir.path().join("wald.toml");
-    use sha2::Digest;
-    let admin_hash = hex::encode(sha2::Sha256::digest(b"admin-secret"));
-    std::fs::write(&config, format!("admin_key_sha256 = \"{admin_hash}\"\n"))?;
-    let server = Server::start(
-        &pipes,
-        &dir.path().join("data"),
-        &["--config", config.to_str().ok_or("path")?],
-    )
-    .await?;
+    let config = common::admin_config(dir.path(), "admin-secret")?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[&config[0], &config[1]]).await?;
 
     let mut txs = Vec::new();
     for kind in ["fixable", "hopeless"] {
@@ -1041,12 +1033,9 @@ async fn a_redis_restart_loses_nothing_and_delivery_resumes() -> Result {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let redis_dir = dir.path().join("redis");
-    std::fs::create_dir_all(&redis_dir)?;
-    let redis_server = PrivateRedis::start(&redis_dir, port).await?;
+    let redis_server = PrivateRedis::fresh(&redis_dir).await?;
+    let port = redis_server.port;
     let pipes = dir.path().join("pipelines");
     std::fs::create_dir_all(&pipes)?;
     std::fs::write(

@@ -264,16 +264,8 @@ async fn an_sqs_queue_delivers_everything_and_a_delayed_message_when_due() -> Re
         &hook_url,
         "",
     )?;
-    let config = dir.path().join("wald.toml");
-    use sha2::Digest;
-    let admin_hash = hex::encode(sha2::Sha256::digest(b"admin-secret"));
-    std::fs::write(&config, format!("admin_key_sha256 = \"{admin_hash}\"\n"))?;
-    let server = Server::start(
-        &pipes,
-        &dir.path().join("data"),
-        &["--config", config.to_str().ok_or("path")?],
-    )
-    .await?;
+    let config = common::admin_config(dir.path(), "admin-secret")?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[&config[0], &config[1]]).await?;
     let client = reqwest::Client::new();
     // The DLQ routes serve the embedded log only, and say so.
     let dlq = client
@@ -315,12 +307,9 @@ async fn a_redis_outage_answers_503_and_everything_resumes_by_itself() -> Result
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let redis_dir = dir.path().join("redis");
-    std::fs::create_dir_all(&redis_dir)?;
-    let redis_server = PrivateRedis::start(&redis_dir, port).await?;
+    let redis_server = PrivateRedis::fresh(&redis_dir).await?;
+    let port = redis_server.port;
     let hook = Hook::default();
     let hook_url = start_hook(hook.clone()).await?;
     let pipes = dir.path().join("pipelines");

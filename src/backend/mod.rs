@@ -125,6 +125,48 @@ pub trait Subscription: Send {
     async fn commit(&mut self, next_offset: u64) -> Result<(), BackendError>;
 }
 
+/// What a subscription's reader task hands over, given out up to `max` at a time: the
+/// part the shared backends' subscriptions have in common. The task numbers the
+/// records in the order read.
+pub(crate) struct Handed {
+    incoming: tokio::sync::mpsc::Receiver<Vec<StoredRecord>>,
+    buffered: Vec<StoredRecord>,
+    position: u64,
+}
+
+impl Handed {
+    pub(crate) fn new(incoming: tokio::sync::mpsc::Receiver<Vec<StoredRecord>>) -> Self {
+        Self {
+            incoming,
+            buffered: Vec::new(),
+            position: 0,
+        }
+    }
+
+    /// Up to `max` records, waiting for the reader task's next batch if none is left.
+    pub(crate) async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, BackendError> {
+        if self.buffered.is_empty() {
+            match self.incoming.recv().await {
+                Some(batch) => self.buffered = batch,
+                None => return Err(BackendError::Unavailable("the reader task stopped".into())),
+            }
+        }
+        let rest = self.buffered.split_off(max.min(self.buffered.len()));
+        let batch = std::mem::replace(&mut self.buffered, rest);
+        if let Some(last) = batch.last() {
+            self.position = last.offset + 1;
+        }
+        Ok(batch)
+    }
+
+    pub(crate) fn position(&self) -> u64 {
+        self.position
+    }
+}
+
 /// `[producer]`: the backend a namespace logs to, by `type`.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

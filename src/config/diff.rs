@@ -63,7 +63,8 @@ pub struct Changed {
     /// new consumer settings and targets (`[consumer]`, `[[target]]`).
     pub restarts_consumer: bool,
     /// The backend is replaced: the namespace stops on the old one and starts on the
-    /// new (`[producer] type`). Other `[producer]` keys apply to the open log.
+    /// new (`[producer] type`, or any `[producer]` key of a shared backend). Other
+    /// `[producer]` keys of the embedded log apply to the open log.
     pub replaces_backend: bool,
     #[serde(skip)]
     pub pipeline: LoadedPipeline,
@@ -193,7 +194,14 @@ pub fn diff(current: &BTreeMap<String, Current<'_>>, report: LoadReport) -> Plan
         };
         plan.changed.push(Changed {
             restarts_consumer: under("consumer") || under("target"),
-            replaces_backend: under("producer.type"),
+            // The embedded log takes its other `[producer]` keys in place; a shared
+            // backend is reopened for any of them.
+            replaces_backend: under("producer.type")
+                || (under("producer")
+                    && !matches!(
+                        pipeline.config.producer,
+                        crate::backend::BackendConfig::Embedded(_)
+                    )),
             namespace: name,
             file,
             keys,
@@ -324,6 +332,24 @@ name = "audit"
 type = "file"
 path = "out/orders.jsonl"
 "#;
+
+    #[test]
+    fn any_producer_key_replaces_a_shared_backend_and_none_the_embedded_log() {
+        let on = |producer: &str| ORDERS.replace("[[target]]", &format!("{producer}\n[[target]]"));
+        let redis = on("[producer]\ntype = \"redis_streams\"\nurl = \"redis://127.0.0.1:6379\"");
+        let before = report(&[("orders.toml", &redis)]);
+        let current = running(&before);
+        let edited = redis.replace("6379\"", "6379\"\nclaim_idle = \"5s\"");
+        let plan = diff(&current, report(&[("orders.toml", &edited)]));
+        assert!(plan.changed[0].replaces_backend);
+
+        let embedded = on("[producer]\ntype = \"embedded\"\nsegment_size = \"64MiB\"");
+        let before = report(&[("orders.toml", &embedded)]);
+        let current = running(&before);
+        let edited = embedded.replace("64MiB", "32MiB");
+        let plan = diff(&current, report(&[("orders.toml", &edited)]));
+        assert!(!plan.changed[0].replaces_backend);
+    }
 
     #[test]
     fn a_changed_target_key_is_named_and_restarts_the_consumer() {

@@ -304,11 +304,11 @@ impl Supervisor {
     /// The new form of a changed namespace, built before anything of the old one
     /// stops: its targets first (an error leaves the old one running), then the
     /// namespace on the same storage, with its delivery to restart once it serves
-    /// requests; for a new backend, or a namespace whose storage had failed, a
+    /// requests; for a new backend, or a namespace whose backend had failed to open, a
     /// namespace opened anew once the old one has stopped.
     async fn rebuild(&self, now: &Namespace, change: &Changed) -> Result<Rebuilt, String> {
         let pipeline = change.pipeline.clone();
-        if change.replaces_backend || now.store.is_none() {
+        if change.replaces_backend || now.backend.is_none() {
             let targets = Targets::build(&pipeline.config).await?;
             now.close().await;
             let namespace =

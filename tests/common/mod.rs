@@ -107,6 +107,16 @@ pub fn psql(args: &[&std::ffi::OsStr]) -> std::io::Result<Output> {
         .output()
 }
 
+/// Writes `dir/wald.toml` with the admin key `key` (its SHA-256); returns the
+/// `--config` arguments that use it.
+pub fn admin_config(dir: &Path, key: &str) -> std::io::Result<[String; 2]> {
+    use sha2::Digest;
+    let path = dir.join("wald.toml");
+    let hash = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    std::fs::write(&path, format!("admin_key_sha256 = \"{hash}\"\n"))?;
+    Ok(["--config".into(), path.display().to_string()])
+}
+
 /// A `wald serve` process on a free port.
 pub struct Server {
     pub child: tokio::process::Child,
@@ -204,9 +214,20 @@ pub async fn stop(
 /// synced on every write), so that it can be killed and started again.
 pub struct PrivateRedis {
     child: std::process::Child,
+    pub port: u16,
 }
 
 impl PrivateRedis {
+    /// A new server on a free port, its data in `dir` (created).
+    pub async fn fresh(dir: &Path) -> Result<Self, Box<dyn std::error::Error>> {
+        std::fs::create_dir_all(dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Self::start(dir, port).await
+    }
+
+    /// The server on `port` with the data in `dir`: started again after a kill.
     pub async fn start(dir: &Path, port: u16) -> Result<Self, Box<dyn std::error::Error>> {
         let child = std::process::Command::new("redis-server")
             .args([
@@ -228,7 +249,7 @@ impl PrivateRedis {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Self { child })
+        Ok(Self { child, port })
     }
 
     pub fn kill(mut self) -> Result<(), Box<dyn std::error::Error>> {

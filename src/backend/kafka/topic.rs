@@ -28,7 +28,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{Compression, Config};
-use crate::backend::{Backend, BackendError, Durability, Record, StoredRecord, Subscription};
+use crate::backend::{
+    Backend, BackendError, Durability, Handed, Record, StoredRecord, Subscription,
+};
 
 /// Messages handed over per batch at most.
 const BATCH: usize = 512;
@@ -170,9 +172,7 @@ impl Backend for KafkaTopic {
         Ok(Box::new(TopicSubscription {
             consumer,
             topic: self.topic.clone(),
-            incoming,
-            buffered: Vec::new(),
-            position: 0,
+            handed: Handed::new(incoming),
             held,
             done_up_to: HashMap::new(),
             delayed: self.delayed.clone(),
@@ -259,9 +259,7 @@ impl Backend for KafkaTopic {
 struct TopicSubscription {
     consumer: Arc<StreamConsumer>,
     topic: String,
-    incoming: mpsc::Receiver<Vec<StoredRecord>>,
-    buffered: Vec<StoredRecord>,
-    position: u64,
+    handed: Handed,
     /// Partition and offset of each record read and not yet committed, by number.
     held: Arc<Mutex<BTreeMap<u64, (i32, i64)>>>,
     /// Per partition, the offset after the last record done.
@@ -279,22 +277,11 @@ impl Drop for TopicSubscription {
 #[async_trait]
 impl Subscription for TopicSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
-        if self.buffered.is_empty() {
-            match self.incoming.recv().await {
-                Some(batch) => self.buffered = batch,
-                None => return Err(BackendError::Unavailable("the topic reader stopped".into())),
-            }
-        }
-        let rest = self.buffered.split_off(max.min(self.buffered.len()));
-        let batch = std::mem::replace(&mut self.buffered, rest);
-        if let Some(last) = batch.last() {
-            self.position = last.offset + 1;
-        }
-        Ok(batch)
+        self.handed.next_batch(max).await
     }
 
     fn position(&self) -> u64 {
-        self.position
+        self.handed.position()
     }
 
     /// Commits, per partition, the offset after the last record done, held back by

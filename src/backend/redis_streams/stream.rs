@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use super::Config;
 use crate::backend::{
-    Backend, BackendError, Durability, Record, StoredRecord, Subscription, envelope,
+    Backend, BackendError, Durability, Handed, Record, StoredRecord, Subscription, envelope,
 };
 
 /// Entries read per `XREADGROUP` or `XAUTOCLAIM`.
@@ -159,9 +159,7 @@ impl Backend for RedisStreams {
             connection: self.connection.clone(),
             stream: self.stream.clone(),
             group: group.to_string(),
-            incoming,
-            buffered: Vec::new(),
-            position: 0,
+            handed: Handed::new(incoming),
             held,
             unacked: Vec::new(),
             task: tokio::spawn(reader.run(batches)),
@@ -265,9 +263,7 @@ struct StreamSubscription {
     connection: ConnectionManager,
     stream: String,
     group: String,
-    incoming: mpsc::Receiver<Vec<StoredRecord>>,
-    buffered: Vec<StoredRecord>,
-    position: u64,
+    handed: Handed,
     /// Entry id of each record read and not yet acknowledged, by number.
     held: Arc<Mutex<BTreeMap<u64, String>>>,
     /// Entries whose `XACK` failed, acknowledged with the next commit.
@@ -284,26 +280,11 @@ impl Drop for StreamSubscription {
 #[async_trait]
 impl Subscription for StreamSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
-        if self.buffered.is_empty() {
-            match self.incoming.recv().await {
-                Some(batch) => self.buffered = batch,
-                None => {
-                    return Err(BackendError::Unavailable(
-                        "the stream reader stopped".into(),
-                    ));
-                }
-            }
-        }
-        let rest = self.buffered.split_off(max.min(self.buffered.len()));
-        let batch = std::mem::replace(&mut self.buffered, rest);
-        if let Some(last) = batch.last() {
-            self.position = last.offset + 1;
-        }
-        Ok(batch)
+        self.handed.next_batch(max).await
     }
 
     fn position(&self) -> u64 {
-        self.position
+        self.handed.position()
     }
 
     /// Acknowledges the entries below `next_offset`. A failed `XACK` is tried again

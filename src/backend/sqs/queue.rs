@@ -24,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName, SendMessageBatchRequestEntry,
@@ -35,7 +36,7 @@ use tracing::{info, warn};
 use super::Config;
 use crate::backend::embedded::writer::now_ms;
 use crate::backend::{
-    Backend, BackendError, Durability, Record, StoredRecord, Subscription, envelope,
+    Backend, BackendError, Durability, Handed, Record, StoredRecord, Subscription, envelope,
 };
 use crate::http::ingest::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID};
 
@@ -102,7 +103,7 @@ impl SqsQueue {
                     let f = &output.failed()[0];
                     Some(format!("{}: {}", f.code(), f.message().unwrap_or_default()))
                 }
-                Err(e) => Some(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()),
+                Err(e) => Some(DisplayErrorContext(e).to_string()),
             };
             note(&self.down, failure.as_deref());
             if let Some(reason) = failure {
@@ -209,9 +210,7 @@ impl Backend for SqsQueue {
         Ok(Box::new(QueueSubscription {
             client,
             queue,
-            incoming,
-            buffered: Vec::new(),
-            position: 0,
+            handed: Handed::new(incoming),
             held,
             parked: self.parked.clone(),
             tasks: [tokio::spawn(reader.run(batches)), keeper],
@@ -236,12 +235,7 @@ impl Backend for SqsQueue {
                 .wait_time_seconds(1)
                 .send()
                 .await
-                .map_err(|e| {
-                    BackendError::Unavailable(format!(
-                        "SQS: {}",
-                        aws_sdk_sqs::error::DisplayErrorContext(e)
-                    ))
-                })?;
+                .map_err(sdk_error)?;
             let mut new = 0;
             for message in output.messages() {
                 if seen.insert(message.message_id().unwrap_or_default().to_string()) {
@@ -279,12 +273,7 @@ impl Backend for SqsQueue {
                 .visibility_timeout(wait.as_secs_f64().ceil() as i32)
                 .send()
                 .await
-                .map_err(|e| {
-                    BackendError::Unavailable(format!(
-                        "SQS: {}",
-                        aws_sdk_sqs::error::DisplayErrorContext(e)
-                    ))
-                })?;
+                .map_err(sdk_error)?;
             if let Ok(mut parked) = self.parked.lock() {
                 parked.insert(receipt.to_string());
             }
@@ -314,9 +303,7 @@ impl Backend for SqsQueue {
 struct QueueSubscription {
     client: Client,
     queue: String,
-    incoming: mpsc::Receiver<Vec<StoredRecord>>,
-    buffered: Vec<StoredRecord>,
-    position: u64,
+    handed: Handed,
     /// Receipt handle of each message read and not yet deleted, by number.
     held: Arc<Mutex<BTreeMap<u64, String>>>,
     parked: Arc<Mutex<HashSet<String>>>,
@@ -332,22 +319,11 @@ impl Drop for QueueSubscription {
 #[async_trait]
 impl Subscription for QueueSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
-        if self.buffered.is_empty() {
-            match self.incoming.recv().await {
-                Some(batch) => self.buffered = batch,
-                None => return Err(BackendError::Unavailable("the queue reader stopped".into())),
-            }
-        }
-        let rest = self.buffered.split_off(max.min(self.buffered.len()));
-        let batch = std::mem::replace(&mut self.buffered, rest);
-        if let Some(last) = batch.last() {
-            self.position = last.offset + 1;
-        }
-        Ok(batch)
+        self.handed.next_batch(max).await
     }
 
     fn position(&self) -> u64 {
-        self.position
+        self.handed.position()
     }
 
     /// Deletes the messages below `next_offset`, except those parked until due. A
@@ -388,7 +364,7 @@ impl Subscription for QueueSubscription {
                     warn!(queue = %self.queue, failed = output.failed().len(), "Messages not deleted; they will be delivered again.")
                 }
                 Err(e) => {
-                    warn!(queue = %self.queue, error = %aws_sdk_sqs::error::DisplayErrorContext(e), "Messages not deleted; they will be delivered again.")
+                    warn!(queue = %self.queue, error = %DisplayErrorContext(e), "Messages not deleted; they will be delivered again.")
                 }
             }
         }
@@ -424,7 +400,7 @@ impl Reader {
             let output = match received {
                 Ok(output) => output,
                 Err(e) => {
-                    let e = aws_sdk_sqs::error::DisplayErrorContext(e).to_string();
+                    let e = DisplayErrorContext(e).to_string();
                     note(&self.down, Some(&e));
                     warn!(queue = %self.queue, error = %e, retry_in = ?backoff, "Receiving from SQS failed; trying again.");
                     tokio::time::sleep(backoff).await;
@@ -517,7 +493,7 @@ async fn keep_invisible(
                 .send()
                 .await
             {
-                warn!(queue = %queue, error = %aws_sdk_sqs::error::DisplayErrorContext(e), "Visibility not extended; held messages may go to another consumer.");
+                warn!(queue = %queue, error = %DisplayErrorContext(e), "Visibility not extended; held messages may go to another consumer.");
             }
         }
     }
@@ -528,6 +504,11 @@ fn note(down: &Mutex<Option<String>>, error: Option<&str>) {
     if let Ok(mut down) = down.lock() {
         *down = error.map(|e| format!("SQS: {e}"));
     }
+}
+
+/// An SDK error as a backend error, with its whole chain of causes.
+fn sdk_error(e: impl std::error::Error) -> BackendError {
+    BackendError::Unavailable(format!("SQS: {}", DisplayErrorContext(e)))
 }
 
 fn poisoned() -> BackendError {
