@@ -9,17 +9,18 @@
 //! ```
 //!
 //! Scenarios: 1 HTTP writes, 2 the log engine alone, 3 the batch route, 4 end to end to
-//! Postgres, 5 the Redis Streams backend, 6 reloads, 7 memory, 8 start-up and recovery.
+//! Postgres, 5 the shared backends (Redis Streams against redis-benchmark; Kafka and SQS
+//! functional figures), 6 reloads, 7 memory, 8 start-up and recovery.
 //! A scenario whose service is missing (Postgres, redis-server) says so and the others
 //! go on. Results, with how to read them, are in `docs/benchmarks.md`.
 
+mod backends;
 mod http;
 mod load;
 mod log;
 mod memory;
 mod postgres;
 mod process;
-mod redis_streams;
 mod reload;
 mod report;
 mod servers;
@@ -45,7 +46,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("1-http 3-batch", http::run),
     ("2-log", log::run),
     ("4-postgres", postgres::run),
-    ("5-redis-streams", redis_streams::run),
+    ("5-redis-streams 5-kafka-sqs", backends::run),
     ("6-reload", reload::run),
     ("7-memory", memory::run),
     ("8-startup", startup::run),
