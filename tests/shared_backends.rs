@@ -5,7 +5,8 @@
 //!   Redis outage answers that namespace's writes 503 while another namespace goes on,
 //!   readiness and status name the backend, and everything resumes by itself.
 //! - Kafka (librdkafka's mock cluster in this process, the servers connecting to it):
-//!   the same two instances and SIGKILL, delivering to a webhook and to a Kafka target.
+//!   the same two instances and SIGKILL, delivering to a webhook and to a Kafka target;
+//!   a broker outage answered 503 and recovered from.
 //! - SQS (moto): writes, delivery, and a delayed message that arrives when due; the
 //!   DLQ routes answer 501 (they serve the embedded log only).
 
@@ -235,6 +236,93 @@ async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> R
         produced.insert(value["n"].as_u64().ok_or("n")?);
     }
     assert_eq!(produced, (0..300).collect());
+    Ok(())
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_answers_503_and_everything_resumes_by_itself() -> Result {
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic("events", 2, 1)?;
+    cluster.create_topic("events.dlq", 1, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir()?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    let pipes = dir.path().join("pipelines");
+    pipeline(
+        &pipes,
+        "events",
+        &format!(
+            "type = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"events\"\ndelivery_timeout = \"2s\"\n\
+             [producer.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\""
+        ),
+        &hook_url,
+        "",
+    )?;
+    std::fs::write(
+        pipes.join("local.toml"),
+        "namespace = \"local\"\n[source]\ntype = \"http\"\npublic = true\n",
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let client = reqwest::Client::new();
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..5 {
+        assert_eq!(write(&client, &server, "events", n).await?.status(), 202);
+        acknowledged.insert(n);
+    }
+
+    // The broker goes down: once the producer knows it, writes are refused at once
+    // with 503 (before that they may wait for their report and answer 504).
+    cluster.broker_down(1)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let response = write(&client, &server, "events", 1000).await?;
+        assert_ne!(
+            response.status(),
+            202,
+            "a write was acknowledged with no broker up"
+        );
+        if response.status() == 503 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "never answered 503");
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
+    assert_eq!(write(&client, &server, "local", 1).await?.status(), 202);
+    let ready: Value = reqwest::get(server.url("/api/v1/health/readiness"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ready["unavailable"][0]["namespace"], "events", "{ready}");
+
+    // Back up: writes are taken again and every acknowledged message is delivered.
+    cluster.broker_up(1)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in 5..10 {
+        loop {
+            let response = write(&client, &server, "events", n).await?;
+            if response.status() == 202 {
+                acknowledged.insert(n);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writes never resumed: {}",
+                response.status()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The consumer may need to join the group anew (after 10 s of failing).
+    if let Err(e) = all_received(&hook, &acknowledged, Duration::from_secs(60)).await {
+        let log = server.log.lock().map_err(|_| "lock")?.join("\n");
+        eprintln!("{log}");
+        return Err(e);
+    }
+    assert!(stop(server.child).await?.success());
     Ok(())
 }
 

@@ -11,6 +11,11 @@
 //!   memory), and after a crash they are read again from the committed offset and held
 //!   again. Undelayed messages are not blocked by them.
 //! - DLQ: the records go to the DLQ topic.
+//! - Outage: the producer's statistics (every second) say which brokers are up; while
+//!   none is, writes are refused at once (503) instead of waiting `delivery_timeout`
+//!   in librdkafka's queue, and the namespace reports it; meanwhile a metadata request
+//!   every second makes the producer connect again (it connects only when it has
+//!   something to send), so that writes resume by themselves.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -21,8 +26,8 @@ use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -36,10 +41,12 @@ use crate::backend::{
 const BATCH: usize = 512;
 /// Longest wait between tries of a consumer that fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a consumer may keep failing before a new one joins in its place.
+const REJOIN_AFTER: Duration = Duration::from_secs(10);
 
 /// A namespace's topic, its DLQ topic, and the delayed messages its consumer holds.
 pub struct KafkaTopic {
-    producer: FutureProducer,
+    producer: FutureProducer<BrokerWatch>,
     /// Base settings of every consumer (brokers and the pipeline's `options`).
     consumer_config: ClientConfig,
     topic: String,
@@ -48,6 +55,42 @@ pub struct KafkaTopic {
     delayed: Arc<Mutex<Delayed>>,
     /// The last error, cleared by the next success.
     down: Arc<Mutex<Option<String>>>,
+    /// Set while the producer knows brokers and none of them is up.
+    no_broker: Arc<Mutex<Option<String>>>,
+    /// Asks for metadata while no broker is up.
+    reconnect: JoinHandle<()>,
+}
+
+impl Drop for KafkaTopic {
+    fn drop(&mut self) {
+        self.reconnect.abort();
+    }
+}
+
+/// The producer's context: reads its statistics to know whether any broker is up.
+struct BrokerWatch {
+    no_broker: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for BrokerWatch {
+    fn stats(&self, statistics: Statistics) {
+        // Bootstrap entries (-1) and the internal broker do not count.
+        let brokers: Vec<_> = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0)
+            .collect();
+        let down = !brokers.is_empty() && brokers.iter().all(|b| b.state != "UP");
+        if let Ok(mut no_broker) = self.no_broker.lock() {
+            *no_broker = down.then(|| {
+                let states: Vec<String> = brokers
+                    .iter()
+                    .map(|b| format!("{} {}", b.name, b.state))
+                    .collect();
+                format!("Kafka: no broker is up ({})", states.join(", "))
+            });
+        }
+    }
 }
 
 /// Delayed messages held by this instance's consumer, by due time.
@@ -90,14 +133,28 @@ impl KafkaTopic {
                 config.delivery_timeout.get().as_millis().to_string(),
             )
             .set("compression.type", compression(config.compression));
-        let producer: FutureProducer = producer.create().map_err(unavailable)?;
+        if !config.options.contains_key("statistics.interval.ms") {
+            producer.set("statistics.interval.ms", "1000");
+        }
+        let no_broker = Arc::<Mutex<Option<String>>>::default();
+        let producer: FutureProducer<BrokerWatch> = producer
+            .create_with_context(BrokerWatch {
+                no_broker: no_broker.clone(),
+            })
+            .map_err(unavailable)?;
         let mut consumer_config = base;
         consumer_config
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        let reconnect = tokio::spawn(reconnect(
+            producer.clone(),
+            config.topic.clone(),
+            no_broker.clone(),
+        ));
         Ok(Self {
             producer,
+            reconnect,
             consumer_config,
             dlq_topic: config
                 .dlq_topic
@@ -107,12 +164,16 @@ impl KafkaTopic {
             delivery_timeout: config.delivery_timeout.get(),
             delayed: Arc::default(),
             down: Arc::default(),
+            no_broker,
         })
         .inspect(|_| info!(namespace, topic = %config.topic, "Kafka producer created."))
     }
 
     /// Produces `records` to `topic` and waits for every delivery report.
     async fn produce(&self, topic: &str, records: &[Record]) -> Result<(), BackendError> {
+        if let Some(reason) = self.no_broker.lock().ok().and_then(|n| n.clone()) {
+            return Err(BackendError::Unavailable(reason));
+        }
         let sends = records.iter().map(|record| {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
@@ -152,18 +213,16 @@ impl Backend for KafkaTopic {
     }
 
     async fn subscribe(&self, group: &str) -> Result<Box<dyn Subscription>, BackendError> {
-        let consumer: StreamConsumer = self
-            .consumer_config
-            .clone()
-            .set("group.id", group)
-            .create()
-            .map_err(unavailable)?;
-        consumer.subscribe(&[&self.topic]).map_err(unavailable)?;
-        let consumer = Arc::new(consumer);
+        let member = Member {
+            config: self.consumer_config.clone().set("group.id", group).clone(),
+            topic: self.topic.clone(),
+        };
+        let consumer = Arc::new(Mutex::new(Arc::new(member.join()?)));
         let held = Arc::new(Mutex::new(BTreeMap::new()));
         let (batches, incoming) = mpsc::channel(2);
         info!(topic = %self.topic, group, "Reading the Kafka topic.");
         let task = tokio::spawn(read(
+            member,
             consumer.clone(),
             held.clone(),
             self.down.clone(),
@@ -251,13 +310,53 @@ impl Backend for KafkaTopic {
     }
 
     fn unavailable(&self) -> Option<String> {
-        self.down.lock().ok()?.clone()
+        let no_broker = self.no_broker.lock().ok()?.clone();
+        no_broker.or_else(|| self.down.lock().ok()?.clone())
     }
 }
 
+/// While no broker is up, asks for the topic's metadata every second, which makes the
+/// producer connect; the statistics then clear the state once a broker is up.
+async fn reconnect(
+    producer: FutureProducer<BrokerWatch>,
+    topic: String,
+    no_broker: Arc<Mutex<Option<String>>>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if no_broker.lock().is_ok_and(|n| n.is_none()) {
+            continue;
+        }
+        let (producer, topic) = (producer.clone(), topic.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(1))
+        })
+        .await;
+    }
+}
+
+/// How to join the consumer group as a new member.
+struct Member {
+    config: ClientConfig,
+    topic: String,
+}
+
+impl Member {
+    fn join(&self) -> Result<StreamConsumer, BackendError> {
+        let consumer: StreamConsumer = self.config.create().map_err(unavailable)?;
+        consumer.subscribe(&[&self.topic]).map_err(unavailable)?;
+        Ok(consumer)
+    }
+}
+
+/// The member a subscription reads and commits as; replaced when it fails for long.
+type Current = Arc<Mutex<Arc<StreamConsumer>>>;
+
 /// One member of the consumer group.
 struct TopicSubscription {
-    consumer: Arc<StreamConsumer>,
+    consumer: Current,
     topic: String,
     handed: Handed,
     /// Partition and offset of each record read and not yet committed, by number.
@@ -308,7 +407,7 @@ impl Subscription for TopicSubscription {
         if list.count() == 0 {
             return Ok(());
         }
-        let consumer = self.consumer.clone();
+        let consumer = self.consumer.lock().map_err(|_| poisoned())?.clone();
         let committed =
             tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
         if let Ok(Err(e)) = committed {
@@ -319,16 +418,24 @@ impl Subscription for TopicSubscription {
 }
 
 /// Receives messages and hands them over in batches of what is there at once, until
-/// the subscription is dropped.
+/// the subscription is dropped. A member that keeps failing for `REJOIN_AFTER` (after
+/// an outage librdkafka's consumer may not find its way back into the group) is
+/// replaced by a new one, which reads from the group's commits: what the old one had
+/// read and not committed comes again, as at-least-once allows.
 async fn read(
-    consumer: Arc<StreamConsumer>,
+    member: Member,
+    current: Current,
     held: Arc<Mutex<BTreeMap<u64, (i32, i64)>>>,
     down: Arc<Mutex<Option<String>>>,
     batches: mpsc::Sender<Vec<StoredRecord>>,
 ) {
     let mut next_seq = 0u64;
     let mut backoff = Duration::from_millis(100);
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
+        let Ok(consumer) = current.lock().map(|c| c.clone()) else {
+            return;
+        };
         let first = consumer.recv().await;
         let mut received = Vec::new();
         match first {
@@ -338,10 +445,25 @@ async fn read(
                 warn!(error = %e, retry_in = ?backoff, "Reading the Kafka topic failed; trying again.");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= REJOIN_AFTER {
+                    drop(consumer);
+                    match member.join() {
+                        Ok(fresh) => {
+                            info!(topic = %member.topic, "Joined the consumer group anew after a failure.");
+                            if let Ok(mut current) = current.lock() {
+                                *current = Arc::new(fresh);
+                            }
+                            failing_since = None;
+                        }
+                        Err(e) => warn!(error = %e, "Joining the consumer group anew failed."),
+                    }
+                }
                 continue;
             }
         }
         backoff = Duration::from_millis(100);
+        failing_since = None;
         note(&down, None);
         while received.len() < BATCH {
             match consumer.recv().now_or_never() {
