@@ -322,3 +322,60 @@ async fn sqs_conforms() -> Result {
     })
     .await
 }
+
+/// Redis Streams alone: every start is a new consumer of the group, so the ones that
+/// left (nothing pending, idle for three `claim_idle`) are deleted by those still
+/// reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_streams_forgets_consumers_that_left() -> Result {
+    if !common::service_available("Redis", "127.0.0.1:6379") {
+        return Ok(());
+    }
+    let stream = format!("wal:departed:{}", uuid::Uuid::now_v7().simple());
+    let config: redis_streams::Config = toml::from_str(&format!(
+        "url = \"redis://127.0.0.1:6379\"\nstream = \"{stream}\"\nclaim_idle = \"1s\""
+    ))?;
+    let backend = RedisStreams::open("departed", &config)?;
+    backend.append(vec![record("a", "1")]).await?;
+    let mut leaving = backend.subscribe("g").await?;
+    let got = read(leaving.as_mut(), 1).await?;
+    leaving.commit(got[0].offset + 1).await?;
+    drop(leaving);
+    let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    let consumers = || {
+        let (mut conn, stream) = (conn.clone(), stream.clone());
+        async move {
+            let listed: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg("g")
+                .query_async(&mut conn)
+                .await?;
+            Ok::<_, redis::RedisError>(
+                listed
+                    .iter()
+                    .filter_map(|c| redis::from_redis_value_ref::<String>(c.get("name")?).ok())
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let left = consumers().await?;
+    assert_eq!(left.len(), 1, "{left:?}");
+    let _staying = backend.subscribe("g").await?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while consumers().await?.contains(&left[0]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} is still listed",
+            left[0]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut conn = conn;
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}

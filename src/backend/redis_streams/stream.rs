@@ -8,7 +8,8 @@
 //!   `claim_idle / 2` it takes over, with `XAUTOCLAIM`, entries that some consumer has
 //!   held unacknowledged for `claim_idle` (an instance that died), and refreshes the
 //!   idle time of the entries it holds itself (`XCLAIM ... JUSTID`) so that no live
-//!   instance loses them. A commit is an `XACK`.
+//!   instance loses them, and deletes the consumers that left (nothing pending, idle
+//!   for three `claim_idle`). A commit is an `XACK`.
 //! - Trim: with `maxlen`, once the stream is longer, entries that every group has
 //!   acknowledged are trimmed (`XTRIM MINID`); unacknowledged entries never are.
 //! - DLQ: `XADD` to the DLQ stream. Delays: a sorted set `<stream>:delayed` by due time,
@@ -386,6 +387,7 @@ impl Reader {
                     }
                 }
                 self.trim(&mut conn).await?;
+                self.forget_departed(&mut conn).await?;
                 next_claim = tokio::time::Instant::now() + self.claim_idle / 2;
             }
             let reply: Value = redis::cmd("XREADGROUP")
@@ -502,6 +504,44 @@ impl Reader {
                 .arg("JUSTID")
                 .query_async(conn)
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes from the group the consumers that hold nothing and have not read for
+    /// three `claim_idle` periods: instances that stopped or died and whose entries
+    /// were taken over (each start is a new consumer, so they would pile up). A live
+    /// consumer deleted by mistake loses nothing: its next read creates it again.
+    async fn forget_departed(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), RedisError> {
+        let consumers: Vec<Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .query_async(conn)
+            .await?;
+        let departed_after = 3 * self.claim_idle.as_millis() as u64;
+        for consumer in consumers {
+            let info = fields(consumer);
+            let number = |key: &str| info.get(key).and_then(|v| v.parse::<u64>().ok());
+            let Some(name) = info.get("name") else {
+                continue;
+            };
+            if *name != self.consumer
+                && number("pending") == Some(0)
+                && number("idle").is_some_and(|idle| idle > departed_after)
+            {
+                let _: u64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(name)
+                    .query_async(conn)
+                    .await?;
+                info!(stream = %self.stream, consumer = %name, "Forgot a consumer that left.");
+            }
         }
         Ok(())
     }
