@@ -239,6 +239,85 @@ async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> R
     Ok(())
 }
 
+/// A namespace that writes only: what must go on while another one's backend is down.
+fn local_pipeline(dir: &Path) -> Result {
+    std::fs::write(
+        dir.join("local.toml"),
+        "namespace = \"local\"\n[source]\ntype = \"http\"\npublic = true\n",
+    )?;
+    Ok(())
+}
+
+/// Writes messages `ns` to `namespace`, each acknowledged, into `acknowledged`; while
+/// its backend comes back, a refused write is tried again (for at most 30 s).
+async fn write_until_accepted(
+    client: &reqwest::Client,
+    server: &Server,
+    namespace: &str,
+    ns: std::ops::Range<u64>,
+    acknowledged: &mut BTreeSet<u64>,
+) -> Result {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in ns {
+        loop {
+            let response = write(client, server, namespace, n).await?;
+            if response.status() == 202 {
+                acknowledged.insert(n);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "writes never resumed: {}",
+                response.status()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// With `namespace`'s backend (`kind`) down: writes to it are never acknowledged and
+/// soon answered 503 `backend_unavailable` with `Retry-After` (one sent just before may
+/// answer 504, durability unknown); the `local` namespace still takes writes; and
+/// readiness and the namespace's status say which backend is down.
+async fn refused_while_down(
+    client: &reqwest::Client,
+    server: &Server,
+    namespace: &str,
+    kind: &str,
+) -> Result {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let response = write(client, server, namespace, 1000).await?;
+        assert_ne!(
+            response.status(),
+            202,
+            "a write was acknowledged with its backend down"
+        );
+        if response.status() == 503 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "never answered 503");
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
+    assert_eq!(write(client, server, "local", 1).await?.status(), 202);
+    let ready: Value = reqwest::get(server.url("/api/v1/health/readiness"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ready["unavailable"][0]["namespace"], namespace, "{ready}");
+    assert_eq!(ready["unavailable"][0]["backend"], kind, "{ready}");
+    let status: Value =
+        reqwest::get(server.url(&format!("/api/v1/wal/namespace/{namespace}/status")))
+            .await?
+            .json()
+            .await?;
+    assert_eq!(status["state"], "backend_unavailable", "{status}");
+    Ok(())
+}
+
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_outage_answers_503_and_everything_resumes_by_itself() -> Result {
@@ -260,62 +339,20 @@ async fn a_kafka_outage_answers_503_and_everything_resumes_by_itself() -> Result
         &hook_url,
         "",
     )?;
-    std::fs::write(
-        pipes.join("local.toml"),
-        "namespace = \"local\"\n[source]\ntype = \"http\"\npublic = true\n",
-    )?;
+    local_pipeline(&pipes)?;
     let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
     let client = reqwest::Client::new();
     let mut acknowledged = BTreeSet::new();
-    for n in 0..5 {
-        assert_eq!(write(&client, &server, "events", n).await?.status(), 202);
-        acknowledged.insert(n);
-    }
+    write_until_accepted(&client, &server, "events", 0..5, &mut acknowledged).await?;
 
     // The broker goes down: once the producer knows it, writes are refused at once
-    // with 503 (before that they may wait for their report and answer 504).
+    // (before that they may wait for their report and answer 504).
     cluster.broker_down(1)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let refused = loop {
-        let response = write(&client, &server, "events", 1000).await?;
-        assert_ne!(
-            response.status(),
-            202,
-            "a write was acknowledged with no broker up"
-        );
-        if response.status() == 503 {
-            break response;
-        }
-        assert!(Instant::now() < deadline, "never answered 503");
-    };
-    assert!(refused.headers().contains_key("retry-after"));
-    let body: Value = refused.json().await?;
-    assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
-    assert_eq!(write(&client, &server, "local", 1).await?.status(), 202);
-    let ready: Value = reqwest::get(server.url("/api/v1/health/readiness"))
-        .await?
-        .json()
-        .await?;
-    assert_eq!(ready["unavailable"][0]["namespace"], "events", "{ready}");
+    refused_while_down(&client, &server, "events", "kafka").await?;
 
     // Back up: writes are taken again and every acknowledged message is delivered.
     cluster.broker_up(1)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for n in 5..10 {
-        loop {
-            let response = write(&client, &server, "events", n).await?;
-            if response.status() == 202 {
-                acknowledged.insert(n);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "writes never resumed: {}",
-                response.status()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    write_until_accepted(&client, &server, "events", 5..10, &mut acknowledged).await?;
     // The consumer may need to join the group anew (after 10 s of failing).
     if let Err(e) = all_received(&hook, &acknowledged, Duration::from_secs(60)).await {
         let log = server.log.lock().map_err(|_| "lock")?.join("\n");
@@ -403,74 +440,19 @@ async fn a_redis_outage_answers_503_and_everything_resumes_by_itself() -> Result
     let pipes = dir.path().join("pipelines");
     let url = format!("redis://127.0.0.1:{port}");
     stream_pipeline(&pipes, "streamed", &url, "wal:streamed", &hook_url)?;
-    std::fs::write(
-        pipes.join("local.toml"),
-        "namespace = \"local\"\n[source]\ntype = \"http\"\npublic = true\n",
-    )?;
+    local_pipeline(&pipes)?;
     let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
     let client = reqwest::Client::new();
     let mut acknowledged = BTreeSet::new();
-    for n in 0..5 {
-        assert_eq!(write(&client, &server, "streamed", n).await?.status(), 202);
-        acknowledged.insert(n);
-    }
+    write_until_accepted(&client, &server, "streamed", 0..5, &mut acknowledged).await?;
 
     redis_server.kill()?;
-    // Writes to the namespace on Redis are refused with 503 and Retry-After (the
-    // first may be 504: sent, and the connection dropped before the answer)...
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let response = write(&client, &server, "streamed", 1000).await?;
-        assert_ne!(
-            response.status(),
-            202,
-            "a write was acknowledged with Redis down"
-        );
-        if response.status() == 503 {
-            break response;
-        }
-        assert!(Instant::now() < deadline, "never answered 503");
-    };
-    assert!(refused.headers().contains_key("retry-after"));
-    let body: Value = refused.json().await?;
-    assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
-    // ...the other namespace is unaffected...
-    assert_eq!(write(&client, &server, "local", 1).await?.status(), 202);
-    // ...and readiness and status say which backend is down.
-    let ready: Value = reqwest::get(server.url("/api/v1/health/readiness"))
-        .await?
-        .json()
-        .await?;
-    assert_eq!(ready["unavailable"][0]["namespace"], "streamed", "{ready}");
-    assert_eq!(
-        ready["unavailable"][0]["backend"], "redis_streams",
-        "{ready}"
-    );
-    let status: Value = reqwest::get(server.url("/api/v1/wal/namespace/streamed/status"))
-        .await?
-        .json()
-        .await?;
-    assert_eq!(status["state"], "backend_unavailable", "{status}");
+    refused_while_down(&client, &server, "streamed", "redis_streams").await?;
 
     // Redis comes back with its data: writes are taken again, and every acknowledged
     // message is delivered.
     let redis_server = PrivateRedis::start(&redis_dir, port).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for n in 5..10 {
-        loop {
-            let response = write(&client, &server, "streamed", n).await?;
-            if response.status() == 202 {
-                acknowledged.insert(n);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "writes never resumed: {}",
-                response.status()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    write_until_accepted(&client, &server, "streamed", 5..10, &mut acknowledged).await?;
     all_received(&hook, &acknowledged, Duration::from_secs(30)).await?;
     let status: Value = reqwest::get(server.url("/api/v1/wal/namespace/streamed/status"))
         .await?
