@@ -64,13 +64,10 @@ async fn hook(State(hook): State<Hook>, headers: HeaderMap, body: axum::body::By
 
 /// Starts the webhook on a free port; returns its URL.
 async fn start_hook(state: Hook) -> Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(hook))
         .with_state(state);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(format!("http://{address}/hook"))
+    Ok(format!("http://{}/hook", common::serve(app).await?))
 }
 
 /// `shop`: public, targets `audit` (a file) and `hook` (the webhook), fast retries,
@@ -875,13 +872,11 @@ fn rss_kib(pid: u32) -> Result<u64> {
 async fn a_target_that_never_answers_does_not_stop_writes_and_the_backlog_waits_on_disk() -> Result
 {
     // A webhook that accepts connections and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/hang",
         axum::routing::post(std::future::pending::<StatusCode>),
     );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let address = common::serve(app).await?;
     let dir = tempfile::tempdir()?;
     let pipes = dir.path().join("pipelines");
     std::fs::create_dir_all(&pipes)?;

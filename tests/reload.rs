@@ -506,9 +506,7 @@ async fn recorder() -> Result<(String, Arc<Mutex<Vec<u64>>>)> {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let address = common::serve(app).await?;
     Ok((format!("http://{address}/hook"), seen))
 }
 

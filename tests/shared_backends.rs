@@ -42,13 +42,10 @@ async fn hook(State(hook): State<Hook>, body: axum::body::Bytes) -> StatusCode {
 }
 
 async fn start_hook(state: Hook) -> Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(hook))
         .with_state(state);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(format!("http://{address}/hook"))
+    Ok(format!("http://{}/hook", common::serve(app).await?))
 }
 
 /// A namespace on the backend `producer` (a `[producer]` table's body), delivering to

@@ -75,9 +75,7 @@ async fn hook() -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
                 async { axum::http::StatusCode::NO_CONTENT }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let address = common::serve(app).await?;
     Ok((format!("http://{address}"), accepted))
 }
 

@@ -433,16 +433,25 @@ impl Consumer {
                 Ok(()) => return Ok(true),
                 Err(e) if e.is_transient() => {
                     warn!(namespace = %self.namespace, error = %e, "Delayed messages could not be held; trying again.");
-                    let mut stopped = self.stopped.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        () = stopping(&mut stopped) => return Ok(false),
+                    if self.back_off(&mut wait).await.is_err() {
+                        return Ok(false);
                     }
-                    wait = (wait * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits `wait` before a backend request is tried again, and doubles it (up to
+    /// 30 s); `Stopped` at once when the namespace stops meanwhile.
+    async fn back_off(&self, wait: &mut Duration) -> Result<(), Stopped> {
+        let mut stopped = self.stopped.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(*wait) => {}
+            () = stopping(&mut stopped) => return Err(Stopped),
+        }
+        *wait = (*wait * 2).min(Duration::from_secs(30));
+        Ok(())
     }
 
     /// The lane a message goes to: by its key's hash with `order = "per_key"` (so one
@@ -808,12 +817,7 @@ impl Consumer {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     error!(namespace = %self.namespace, error = %e, "The DLQ refused a message; trying again.");
-                    let mut stopped = self.stopped.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        () = stopping(&mut stopped) => return Err(Stopped),
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    self.back_off(&mut wait).await?;
                 }
             }
         }

@@ -117,6 +117,14 @@ pub fn admin_config(dir: &Path, key: &str) -> std::io::Result<[String; 2]> {
     Ok(["--config".into(), path.display().to_string()])
 }
 
+/// Serves `app` on a free port of the test's runtime; its address.
+pub async fn serve(app: axum::Router) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(address)
+}
+
 /// A `wald serve` process on a free port.
 pub struct Server {
     pub child: tokio::process::Child,
