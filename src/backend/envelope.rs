@@ -18,15 +18,29 @@ struct Envelope {
 }
 
 pub fn encode(record: &StoredRecord) -> String {
+    encode_parts(
+        record.timestamp_ms,
+        record.key.as_deref(),
+        &record.headers,
+        &record.payload,
+    )
+}
+
+/// [`encode`] of a record given by its parts.
+pub fn encode_parts(
+    timestamp_ms: u64,
+    key: Option<&[u8]>,
+    headers: &[(String, Vec<u8>)],
+    payload: &[u8],
+) -> String {
     let envelope = Envelope {
-        t: record.timestamp_ms,
-        k: record.key.as_ref().map(|k| STANDARD.encode(k)),
-        h: record
-            .headers
+        t: timestamp_ms,
+        k: key.map(|k| STANDARD.encode(k)),
+        h: headers
             .iter()
             .map(|(n, v)| (n.clone(), STANDARD.encode(v)))
             .collect(),
-        p: STANDARD.encode(&record.payload),
+        p: STANDARD.encode(payload),
     };
     serde_json::to_string(&envelope).unwrap_or_default()
 }

@@ -15,6 +15,8 @@ pub mod kafka;
 pub mod redis_streams;
 pub mod sqs;
 
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use serde::Serialize;
 use toml::Spanned;
@@ -123,6 +125,46 @@ pub trait Subscription: Send {
 
     /// Marks every record below `next_offset` done for the group.
     async fn commit(&mut self, next_offset: u64) -> Result<(), BackendError>;
+}
+
+/// The last error of a shared backend's requests, cleared by the next success: what
+/// its [`Backend::unavailable`] reports. Clones share it (the backend and its reader
+/// tasks).
+#[derive(Clone)]
+pub(crate) struct LastError {
+    /// Which backend, to begin the message with ("Redis", "Kafka", "SQS").
+    backend: &'static str,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl LastError {
+    pub(crate) fn new(backend: &'static str) -> Self {
+        Self {
+            backend,
+            error: Arc::default(),
+        }
+    }
+
+    /// Remembers how the last request went: failed with `error`, or (`None`) not.
+    pub(crate) fn note<E: std::fmt::Display + ?Sized>(&self, error: Option<&E>) {
+        if let Ok(mut last) = self.error.lock() {
+            *last = error.map(|e| format!("{}: {e}", self.backend));
+        }
+    }
+
+    /// Remembers that the last request succeeded.
+    pub(crate) fn clear(&self) {
+        self.note::<str>(None);
+    }
+
+    pub(crate) fn get(&self) -> Option<String> {
+        self.error.lock().ok()?.clone()
+    }
+}
+
+/// The error of a lock whose holder panicked.
+pub(crate) fn poisoned() -> BackendError {
+    BackendError::Unavailable("a lock was poisoned".into())
 }
 
 /// What a subscription's reader task hands over, given out up to `max` at a time: the

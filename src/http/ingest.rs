@@ -564,19 +564,14 @@ async fn append(
     // Without the embedded log's status tailer, the write's status is recorded here,
     // so that its transaction can be looked up as soon as it is acknowledged.
     let accepted: Vec<MessageStatus> = if namespace.store.is_none() {
-        let targets: Vec<String> = namespace
-            .pipeline
-            .config
-            .targets
-            .iter()
-            .map(|t| t.name.clone())
-            .collect();
+        let targets = &namespace.pipeline.config.targets;
         let now = crate::backend::embedded::writer::now_ms();
         records
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                MessageStatus::of_headers(&r.headers, &name, &targets, i as u64, now)
+                let names = targets.iter().map(|t| &t.name);
+                MessageStatus::of_headers(&r.headers, &name, names, i as u64, now)
             })
             .collect()
     } else {

@@ -851,8 +851,7 @@ impl Consumer {
         if self.status_indexed.is_some() {
             return Vec::new();
         }
-        let targets: Vec<String> = self.targets.keys().cloned().collect();
-        MessageStatus::of_record(record, &self.namespace, &targets)
+        MessageStatus::of_record(record, &self.namespace, self.targets.keys())
             .into_iter()
             .collect()
     }

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::backend::StoredRecord;
+use crate::backend::embedded::format::header;
 use crate::config::service::{StatusStoreConfig, StatusStoreKind};
 use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 
@@ -123,12 +124,14 @@ impl MessageStatus {
             targets: targets.into_iter().map(|t| (t, pending.clone())).collect(),
         }
     }
-}
 
-impl MessageStatus {
     /// The status of a message as read from its log: pending for each of its targets
     /// (those it names, or `targets`). None for a record without ids.
-    pub fn of_record(record: &StoredRecord, namespace: &str, targets: &[String]) -> Option<Self> {
+    pub fn of_record<'t>(
+        record: &StoredRecord,
+        namespace: &str,
+        targets: impl IntoIterator<Item = &'t String>,
+    ) -> Option<Self> {
         Self::of_headers(
             &record.headers,
             namespace,
@@ -139,22 +142,17 @@ impl MessageStatus {
     }
 
     /// [`MessageStatus::of_record`] from a message's headers, place and time.
-    pub fn of_headers(
+    pub fn of_headers<'t>(
         headers: &[(String, Vec<u8>)],
         namespace: &str,
-        targets: &[String],
+        targets: impl IntoIterator<Item = &'t String>,
         offset: u64,
         accepted_at_ms: u64,
     ) -> Option<Self> {
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        };
+        let header = |name| header(headers, name);
         let targets: Vec<String> = match header(HEADER_TARGETS) {
             Some(named) => named.split(',').map(str::to_string).collect(),
-            None => targets.to_vec(),
+            None => targets.into_iter().cloned().collect(),
         };
         Some(Self::accepted(
             header(HEADER_TRANSACTION_ID)?.to_string(),

@@ -51,11 +51,16 @@ pub struct StoredRecord {
 impl StoredRecord {
     /// The value of header `name`, if it is there and is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        header(&self.headers, name)
     }
+}
+
+/// The value of header `name` among `headers`, if it is there and is text.
+pub fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 /// The length of the frame `record` encodes to.

@@ -34,7 +34,8 @@ use tracing::{info, warn};
 
 use super::{Compression, Config};
 use crate::backend::{
-    Backend, BackendError, Durability, Handed, Record, StoredRecord, Subscription,
+    Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
+    poisoned,
 };
 
 /// Messages handed over per batch at most.
@@ -54,7 +55,7 @@ pub struct KafkaTopic {
     delivery_timeout: Duration,
     delayed: Arc<Mutex<Delayed>>,
     /// The last error, cleared by the next success.
-    down: Arc<Mutex<Option<String>>>,
+    down: LastError,
     /// Set while the producer knows brokers and none of them is up.
     no_broker: Arc<Mutex<Option<String>>>,
     /// Asks for metadata while no broker is up.
@@ -163,7 +164,7 @@ impl KafkaTopic {
             topic: config.topic.clone(),
             delivery_timeout: config.delivery_timeout.get(),
             delayed: Arc::default(),
-            down: Arc::default(),
+            down: LastError::new("Kafka"),
             no_broker,
         })
         .inspect(|_| info!(namespace, topic = %config.topic, "Kafka producer created."))
@@ -193,7 +194,7 @@ impl KafkaTopic {
         let reports = futures::future::join_all(sends).await;
         let persisted = reports.iter().filter(|r| r.is_ok()).count();
         let failure = reports.into_iter().find_map(|r| r.err().map(|(e, _)| e));
-        note(&self.down, failure.as_ref());
+        self.down.note(failure.as_ref());
         match failure {
             None => Ok(()),
             Some(e) if persisted > 0 || is_timeout(&e) => Err(BackendError::Unknown(format!(
@@ -311,7 +312,7 @@ impl Backend for KafkaTopic {
 
     fn unavailable(&self) -> Option<String> {
         let no_broker = self.no_broker.lock().ok()?.clone();
-        no_broker.or_else(|| self.down.lock().ok()?.clone())
+        no_broker.or_else(|| self.down.get())
     }
 }
 
@@ -426,7 +427,7 @@ async fn read(
     member: Member,
     current: Current,
     held: Arc<Mutex<BTreeMap<u64, (i32, i64)>>>,
-    down: Arc<Mutex<Option<String>>>,
+    down: LastError,
     batches: mpsc::Sender<Vec<StoredRecord>>,
 ) {
     let mut next_seq = 0u64;
@@ -441,7 +442,7 @@ async fn read(
         match first {
             Ok(message) => received.push(place_and_convert(&message)),
             Err(e) => {
-                note(&down, Some(&e));
+                down.note(Some(&e));
                 warn!(error = %e, retry_in = ?backoff, "Reading the Kafka topic failed; trying again.");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -464,7 +465,7 @@ async fn read(
         }
         backoff = Duration::from_millis(100);
         failing_since = None;
-        note(&down, None);
+        down.clear();
         while received.len() < BATCH {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => received.push(place_and_convert(&message)),
@@ -546,17 +547,6 @@ fn is_timeout(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut)
 }
 
-/// Remembers whether Kafka answered the last request.
-fn note(down: &Mutex<Option<String>>, error: Option<&KafkaError>) {
-    if let Ok(mut down) = down.lock() {
-        *down = error.map(|e| format!("Kafka: {e}"));
-    }
-}
-
 fn unavailable(e: KafkaError) -> BackendError {
     BackendError::Unavailable(format!("Kafka: {e}"))
-}
-
-fn poisoned() -> BackendError {
-    BackendError::Unavailable("a lock was poisoned".into())
 }

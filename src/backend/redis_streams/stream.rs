@@ -29,7 +29,8 @@ use tracing::{info, warn};
 
 use super::Config;
 use crate::backend::{
-    Backend, BackendError, Durability, Handed, Record, StoredRecord, Subscription, envelope,
+    Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
+    envelope,
 };
 
 /// Entries read per `XREADGROUP` or `XAUTOCLAIM`.
@@ -54,7 +55,7 @@ pub struct RedisStreams {
     maxlen: Option<u64>,
     claim_idle: Duration,
     /// The last error of a request to Redis, cleared by the next success.
-    down: Arc<Mutex<Option<String>>>,
+    down: LastError,
 }
 
 impl RedisStreams {
@@ -85,7 +86,7 @@ impl RedisStreams {
             wait_timeout: config.wait_timeout.get(),
             maxlen: config.maxlen,
             claim_idle: config.claim_idle.get(),
-            down: Arc::default(),
+            down: LastError::new("Redis"),
         })
     }
 
@@ -97,7 +98,7 @@ impl RedisStreams {
         let mut pipe = redis::pipe();
         request(&mut pipe);
         let result = pipe.query_async(&mut self.connection.clone()).await;
-        note(&self.down, result.as_ref().err());
+        self.down.note(result.as_ref().err());
         result.map_err(|e| {
             if e.is_timeout() {
                 BackendError::Unknown(format!("Redis did not answer in time: {e}"))
@@ -246,7 +247,7 @@ impl Backend for RedisStreams {
     }
 
     fn unavailable(&self) -> Option<String> {
-        self.down.lock().ok()?.clone()
+        self.down.get()
     }
 }
 
@@ -325,7 +326,7 @@ struct Reader {
     claim_idle: Duration,
     maxlen: Option<u64>,
     held: Arc<Mutex<BTreeMap<u64, String>>>,
-    down: Arc<Mutex<Option<String>>>,
+    down: LastError,
     next_seq: u64,
 }
 
@@ -336,7 +337,7 @@ impl Reader {
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = self.read(&batches, &mut backoff).await;
-            note(&self.down, result.as_ref().err());
+            self.down.note(result.as_ref().err());
             match result {
                 Ok(()) => return,
                 Err(e) => {
@@ -373,7 +374,7 @@ impl Reader {
             Err(e) if e.code() != Some("BUSYGROUP") => return Err(e),
             _ => {}
         }
-        note(&self.down, None);
+        self.down.clear();
         *backoff = Duration::from_millis(100);
         let mut next_claim = tokio::time::Instant::now();
         loop {
@@ -687,13 +688,6 @@ fn consumer_name() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "wald".into());
     format!("{host}-{}", uuid::Uuid::now_v7().simple())
-}
-
-/// Remembers whether Redis answered the last request.
-fn note(down: &Mutex<Option<String>>, error: Option<&RedisError>) {
-    if let Ok(mut down) = down.lock() {
-        *down = error.map(|e| format!("Redis: {e}"));
-    }
 }
 
 fn unavailable(e: RedisError) -> BackendError {

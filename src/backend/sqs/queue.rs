@@ -34,9 +34,11 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::Config;
+use crate::backend::embedded::format::header;
 use crate::backend::embedded::writer::now_ms;
 use crate::backend::{
-    Backend, BackendError, Durability, Handed, Record, StoredRecord, Subscription, envelope,
+    Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
+    envelope, poisoned,
 };
 use crate::http::ingest::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID};
 
@@ -58,7 +60,7 @@ pub struct SqsQueue {
     client: Arc<OnceCell<Client>>,
     /// Receipt handles of messages made invisible until due: not deleted on commit.
     parked: Arc<Mutex<HashSet<String>>>,
-    down: Arc<Mutex<Option<String>>>,
+    down: LastError,
 }
 
 impl SqsQueue {
@@ -68,7 +70,7 @@ impl SqsQueue {
             config: config.clone(),
             client: Arc::default(),
             parked: Arc::default(),
-            down: Arc::default(),
+            down: LastError::new("SQS"),
         })
     }
 
@@ -105,7 +107,7 @@ impl SqsQueue {
                 }
                 Err(e) => Some(DisplayErrorContext(e).to_string()),
             };
-            note(&self.down, failure.as_deref());
+            self.down.note(failure.as_deref());
             if let Some(reason) = failure {
                 return Err(if sent > 0 {
                     BackendError::Unknown(format!(
@@ -129,17 +131,11 @@ fn entry(
     fifo: bool,
     now: u64,
 ) -> Result<SendMessageBatchRequestEntry, BackendError> {
-    let stored = StoredRecord {
-        offset: 0,
-        timestamp_ms: now,
-        key: record.key.clone(),
-        headers: record.headers.clone(),
-        payload: record.payload.clone(),
-    };
-    let header = |name: &str| stored.header(name).map(str::to_string);
+    let header = |name| header(&record.headers, name).map(str::to_string);
+    let body = envelope::encode_parts(now, record.key.as_deref(), &record.headers, &record.payload);
     let mut entry = SendMessageBatchRequestEntry::builder()
         .id(i.to_string())
-        .message_body(envelope::encode(&stored));
+        .message_body(body);
     if fifo {
         let group = record.key.as_ref().map_or_else(
             || "wald".to_string(),
@@ -295,7 +291,7 @@ impl Backend for SqsQueue {
     }
 
     fn unavailable(&self) -> Option<String> {
-        self.down.lock().ok()?.clone()
+        self.down.get()
     }
 }
 
@@ -379,7 +375,7 @@ struct Reader {
     wait: Duration,
     visibility: Duration,
     held: Arc<Mutex<BTreeMap<u64, String>>>,
-    down: Arc<Mutex<Option<String>>>,
+    down: LastError,
 }
 
 impl Reader {
@@ -401,14 +397,14 @@ impl Reader {
                 Ok(output) => output,
                 Err(e) => {
                     let e = DisplayErrorContext(e).to_string();
-                    note(&self.down, Some(&e));
+                    self.down.note(Some(&e));
                     warn!(queue = %self.queue, error = %e, retry_in = ?backoff, "Receiving from SQS failed; trying again.");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
-            note(&self.down, None);
+            self.down.clear();
             backoff = Duration::from_millis(100);
             let mut records = Vec::new();
             for message in output.messages() {
@@ -499,18 +495,7 @@ async fn keep_invisible(
     }
 }
 
-/// Remembers whether SQS answered the last request.
-fn note(down: &Mutex<Option<String>>, error: Option<&str>) {
-    if let Ok(mut down) = down.lock() {
-        *down = error.map(|e| format!("SQS: {e}"));
-    }
-}
-
 /// An SDK error as a backend error, with its whole chain of causes.
 fn sdk_error(e: impl std::error::Error) -> BackendError {
     BackendError::Unavailable(format!("SQS: {}", DisplayErrorContext(e)))
-}
-
-fn poisoned() -> BackendError {
-    BackendError::Unavailable("a lock was poisoned".into())
 }
