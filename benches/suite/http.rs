@@ -1,7 +1,8 @@
 //! Scenarios 1 and 3: HTTP writes of 256-byte payloads to one namespace on the
-//! embedded log (`sync = "always"`), against (a) a bare axum handler that answers 202
-//! without appending and (b) a handler that writes and `fdatasync`s each request; and
-//! the batch route (100 messages a request) in records/s against single writes.
+//! embedded log (`sync = "always"`), against (a) the same server with a write handler
+//! that answers 202 without appending and (b) a handler that writes and `fdatasync`s
+//! each request, with (c) a bare axum handler (no layers) for reference; and the batch
+//! route (100 messages a request) in records/s against single writes.
 
 use std::time::Duration;
 
@@ -29,18 +30,20 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         .enable_all()
         .build()?;
     let _entered = runtime.enter();
-    let (wald, bare, naive) = runtime.block_on(async {
-        let wald = servers::serve(
+    let (wald, same, naive, bare) = runtime.block_on(async {
+        let wald = servers::serve_as_wald(
             servers::wald_router(scratch.path(), &[("bench.toml", pipeline(scratch.path()))])
                 .await?,
         )
         .await?;
-        let bare = servers::serve(servers::bare_router()).await?;
+        let same_state = servers::bench_state(&scratch.path().join("same"), &[]).await?;
+        let same = servers::serve_as_wald(servers::same_server_router(same_state)).await?;
         let naive = servers::serve(servers::fdatasync_router(
             &scratch.path().join("naive.log"),
         )?)
         .await?;
-        Ok::<_, crate::Error>((wald, bare, naive))
+        let bare = servers::serve(servers::bare_router()).await?;
+        Ok::<_, crate::Error>((wald, same, naive, bare))
     })?;
     let payload = format!("\"{}\"", "x".repeat(254));
     let single = Bytes::from(format!("{{\"namespace\":\"bench\",\"payload\":{payload}}}"));
@@ -49,29 +52,21 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         vec![format!("{{\"payload\":{payload}}}"); BATCH].join(",")
     ));
     let period = Duration::from_secs(mode.seconds);
-    let samples = alternate(mode.rounds, 4, |variant| {
+    let write = |address| {
+        load::post(
+            address,
+            "/api/v1/wal/write",
+            single.clone(),
+            connections,
+            period,
+        )
+    };
+    let samples = alternate(mode.rounds, 5, |variant| {
         Ok(match variant {
-            0 => load::post(
-                wald,
-                "/api/v1/wal/write",
-                single.clone(),
-                connections,
-                period,
-            )?,
-            1 => load::post(
-                bare,
-                "/api/v1/wal/write",
-                single.clone(),
-                connections,
-                period,
-            )?,
-            2 => load::post(
-                naive,
-                "/api/v1/wal/write",
-                single.clone(),
-                connections,
-                period,
-            )?,
+            0 => write(wald)?,
+            1 => write(same)?,
+            2 => write(naive)?,
+            3 => write(bare)?,
             _ => {
                 let mut sample = load::post(
                     wald,
@@ -85,8 +80,13 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
             }
         })
     })?;
-    let [single_wald, bare_samples, naive_samples, batch_samples] =
-        <[Vec<_>; 4]>::try_from(samples).map_err(|_| "four variants")?;
+    let [
+        single_wald,
+        same_samples,
+        naive_samples,
+        bare_samples,
+        batch_samples,
+    ] = <[Vec<_>; 5]>::try_from(samples).map_err(|_| "five variants")?;
     let in_flight = |row: &Row| {
         let p50 = crate::report::median(row.samples.iter().filter_map(|s| s.p50_ms));
         row.median() * p50 / 1000.0
@@ -97,12 +97,13 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         unit: "writes/s",
         rows: vec![
             Row::new("wald write", "fdatasync before 202", single_wald),
-            Row::new("(a) bare handler", "none", bare_samples),
+            Row::new("(a) same server, no append", "none", same_samples),
             Row::new(
                 "(b) fdatasync per request",
                 "fdatasync before 202",
                 naive_samples,
             ),
+            Row::new("(c) bare axum handler", "none", bare_samples),
         ],
         of: 0,
         to: 1,
@@ -111,14 +112,19 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
     };
     let notes = vec![
         format!(
-            "in flight by Little's law (writes/s × p50): wald {:.0}, (a) {:.0}, (b) {:.0}, for {connections} connections",
+            "in flight by Little's law (writes/s × p50): wald {:.0}, (a) {:.0}, (b) {:.0}, (c) {:.0}, for {connections} connections",
             in_flight(&writes.rows[0]),
             in_flight(&writes.rows[1]),
-            in_flight(&writes.rows[2])
+            in_flight(&writes.rows[2]),
+            in_flight(&writes.rows[3])
         ),
         format!(
             "(a) / (b) = {:.1}: what group commit has to win back",
             writes.rows[1].median() / writes.rows[2].median()
+        ),
+        format!(
+            "wald / (c) = {:.2}: against a handler with none of wald's layers (request id, timeout, metrics, body limit) nor its accept loop",
+            writes.rows[0].median() / writes.rows[3].median()
         ),
     ];
     let writes = Table { notes, ..writes };

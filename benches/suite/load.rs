@@ -25,6 +25,7 @@ pub fn post(
 ) -> crate::Result<Sample> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("load")
         .enable_all()
         .build()?;
     runtime.block_on(async move {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::post;
 use wald::config::load_pipeline_set;
 use wald::config::service::ServiceConfig;
@@ -44,28 +45,42 @@ pub async fn wald_state(
     Ok(Arc::new(state))
 }
 
-/// The real API over `pipelines`, data in `dir`.
-pub async fn wald_router(dir: &Path, pipelines: &[(&str, String)]) -> crate::Result<Router> {
+/// wald's state over `pipelines`, data in `dir`, with no bound on in-flight writes.
+pub async fn bench_state(dir: &Path, pipelines: &[(&str, String)]) -> crate::Result<Arc<AppState>> {
     let mut service = ServiceConfig {
         data_dir: dir.join("data"),
         ..Default::default()
     };
     service.http.max_in_flight_per_namespace = 100_000;
-    Ok(router(wald_state(service, pipelines).await?))
+    wald_state(service, pipelines).await
 }
 
-/// Answers like wald does, without appending anything.
-pub fn bare_router() -> Router {
-    Router::new().route(
-        "/api/v1/wal/write",
-        post(|_body: axum::body::Bytes| async {
-            let id = uuid::Uuid::now_v7().to_string();
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({"message_id": id, "transaction_id": id, "durability": "durable"})),
-            )
-        }),
+/// The real API over `pipelines`, data in `dir`.
+pub async fn wald_router(dir: &Path, pipelines: &[(&str, String)]) -> crate::Result<Router> {
+    Ok(router(bench_state(dir, pipelines).await?))
+}
+
+/// Answers 202 like a write does, with fresh ids, without appending anything.
+async fn accept_without_appending(_body: axum::body::Bytes) -> impl IntoResponse {
+    let id = uuid::Uuid::now_v7().to_string();
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(
+            serde_json::json!({"message_id": id, "transaction_id": id, "durability": "durable"}),
+        ),
     )
+}
+
+/// wald's server with a write route that answers without appending: every layer a
+/// request passes in wald (request id, timeout, metrics, body limit), none of the work.
+pub fn same_server_router(state: Arc<AppState>) -> Router {
+    let routes = Router::new().route("/api/v1/wal/write", post(accept_without_appending));
+    wald::http::with_layers(routes, state)
+}
+
+/// A bare axum router with the same handler and no layers.
+pub fn bare_router() -> Router {
+    Router::new().route("/api/v1/wal/write", post(accept_without_appending))
 }
 
 /// Appends each body and syncs it before answering, one request at a time.
@@ -108,6 +123,22 @@ pub async fn serve(app: Router) -> crate::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(address)
+}
+
+/// Serves `app` on a free port with wald's own accept loop (header-read timeout,
+/// graceful shutdown), as `wald serve` does.
+pub async fn serve_as_wald(app: Router) -> crate::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let http = ServiceConfig::default().http;
+    tokio::spawn(wald::http::server::run(
+        listener,
+        app,
+        http.header_read_timeout.get(),
+        std::time::Duration::from_secs(1),
+        std::future::pending(),
+    ));
     Ok(address)
 }
 

@@ -101,9 +101,7 @@ impl AppState {
 
 /// The API's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit =
-        usize::try_from(state.service.http.max_body_bytes.bytes()).unwrap_or(usize::MAX);
-    Router::new()
+    let routes = Router::new()
         .route("/api/v1/wal/write", post(ingest::write))
         .route("/api/v1/wal/write/batch", post(ingest::write_batch))
         .route("/api/v1/wal/namespaces", get(health::namespaces))
@@ -136,7 +134,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/health/liveness", get(health::liveness))
         .route("/api/v1/health/readiness", get(health::readiness))
         .merge(openapi::routes())
-        .merge(ui::routes())
+        .merge(ui::routes());
+    with_layers(routes, state)
+}
+
+/// `routes` behind what every request of the API passes through: metrics by route,
+/// the body limit, the request timeout, panics answered 500 and the request id.
+pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    let body_limit =
+        usize::try_from(state.service.http.max_body_bytes.bytes()).unwrap_or(usize::MAX);
+    routes
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -64,6 +64,8 @@ const HELD_MAX: usize = LANE_DEPTH / 2;
 /// Longest time completed deliveries wait for their cursor commit while others are
 /// still in flight (each commit costs two syncs).
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
+/// Shortest time between two writes of delivery outcomes to the status store.
+const STATUS_PACE: Duration = Duration::from_millis(50);
 /// Longest wait for the status tailer before a status update is written anyway.
 const STATUS_WAIT: Duration = Duration::from_secs(5);
 
@@ -729,16 +731,21 @@ impl Consumer {
         Ok(retry_at)
     }
 
-    /// Records what the lanes delivered in the status store, as much as has come in
-    /// at once, then reports those offsets done so that the cursor may pass them.
+    /// Records what the lanes delivered in the status store, at most one write per
+    /// [`STATUS_PACE`], then reports those offsets done so that the cursor may pass
+    /// them.
     async fn record_outcomes(
         self: Arc<Self>,
         mut outcomes: mpsc::Receiver<Outcomes>,
         done: mpsc::UnboundedSender<u64>,
     ) {
+        let mut last_write = tokio::time::Instant::now();
         while let Some(first) = outcomes.recv().await {
             let mut gathered = vec![first];
-            while let Ok(more) = outcomes.try_recv() {
+            // Each write costs the store a sync: gather what comes in for a while.
+            while let Ok(Some(more)) =
+                tokio::time::timeout_at(last_write + STATUS_PACE, outcomes.recv()).await
+            {
                 gathered.push(more);
             }
             let up_to = gathered
@@ -756,6 +763,7 @@ impl Consumer {
                 .flat_map(|o| std::mem::take(&mut o.accepted))
                 .collect();
             self.record_status(updates, up_to, accepted).await;
+            last_write = tokio::time::Instant::now();
             for offset in gathered.into_iter().flat_map(|o| o.offsets) {
                 let _ = done.send(offset);
             }

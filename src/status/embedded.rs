@@ -1,11 +1,15 @@
 //! The embedded status store: one redb file, `<data_dir>/status.redb`.
 //!
-//! One entry per message, keyed by the transaction id's 16 bytes followed by the
-//! message id's: a transaction's messages are one key range, and since ids are UUID v7
-//! (time first) the oldest entries are the lowest keys, which is what expiry scans.
-//! Values are [`MessageStatus`] as JSON. Every change is one redb transaction, synced
-//! before it returns.
+//! Two tables, both keyed by the transaction id's 16 bytes followed by the message
+//! id's, so that a transaction is one key range in each; since ids are UUID v7 (time
+//! first) the oldest entries are the lowest keys, which is what expiry scans.
+//! `messages` holds each message as accepted ([`MessageStatus`] as JSON, written once);
+//! `targets` holds each target's latest state ([`TargetStatus`] as JSON) under the
+//! message's key followed by the target's name, so that an update is one write, not a
+//! read, a decode and a write of the whole message. Every change is one redb
+//! transaction, synced before it returns.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +17,11 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
-use super::{MessageStatus, StatusError, TargetUpdate};
+use super::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
 use crate::backend::embedded::writer::now_ms;
 
 const MESSAGES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("messages");
+const TARGETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("targets");
 /// redb's page cache: lookups are rare and recent, so a small one does (redb's default
 /// is 1 GiB, which a busy store would fill).
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
@@ -43,6 +48,31 @@ fn key(transaction_id: &str, message_id: &str) -> [u8; 32] {
     key
 }
 
+/// The key of one target of one message: the message's key, then the target's name.
+fn target_key(transaction_id: &str, message_id: &str, target: &str) -> Vec<u8> {
+    let mut key = key(transaction_id, message_id).to_vec();
+    key.extend_from_slice(target.as_bytes());
+    key
+}
+
+/// The key of the message a target's key belongs to.
+fn message_key(target_key: &[u8]) -> Option<[u8; 32]> {
+    target_key.get(..32)?.try_into().ok()
+}
+
+/// The keys of every transaction made before `ms` are below this.
+fn made_before(ms: u64) -> [u8; 32] {
+    let mut below = [0u8; 32];
+    below[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    below
+}
+
+/// The tables one write transaction works on.
+struct Tables<'t> {
+    messages: redb::Table<'t, [u8; 32], &'static [u8]>,
+    targets: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store at `path` (blocking I/O).
     pub fn open(path: &Path, retention: Duration) -> Result<Self, StatusError> {
@@ -55,6 +85,7 @@ impl EmbeddedStore {
             .map_err(err)?;
         let write = db.begin_write().map_err(err)?;
         write.open_table(MESSAGES).map_err(err)?;
+        write.open_table(TARGETS).map_err(err)?;
         write.commit().map_err(err)?;
         Ok(Self {
             db: Arc::new(db),
@@ -65,14 +96,17 @@ impl EmbeddedStore {
     /// Runs `work` in one write transaction on a blocking thread, and commits it.
     async fn write<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut redb::Table<[u8; 32], &[u8]>) -> Result<T, StatusError> + Send + 'static,
+        work: impl FnOnce(&mut Tables) -> Result<T, StatusError> + Send + 'static,
     ) -> Result<T, StatusError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write().map_err(err)?;
             let out = {
-                let mut table = txn.open_table(MESSAGES).map_err(err)?;
-                work(&mut table)?
+                let mut tables = Tables {
+                    messages: txn.open_table(MESSAGES).map_err(err)?,
+                    targets: txn.open_table(TARGETS).map_err(err)?,
+                };
+                work(&mut tables)?
             };
             txn.commit().map_err(err)?;
             Ok(out)
@@ -82,13 +116,18 @@ impl EmbeddedStore {
     }
 
     pub async fn record_accepted(&self, messages: Vec<MessageStatus>) -> Result<(), StatusError> {
-        self.write(move |table| {
+        self.write(move |tables| {
             for message in messages {
                 let k = key(&message.transaction_id, &message.message_id);
-                if table.get(k).map_err(err)?.is_none() {
-                    table
-                        .insert(k, serde_json::to_vec(&message)?.as_slice())
-                        .map_err(err)?;
+                let value = serde_json::to_vec(&message)?;
+                // A message recorded before keeps its entry: put the old one back.
+                let old = tables
+                    .messages
+                    .insert(k, value.as_slice())
+                    .map_err(err)?
+                    .map(|old| old.value().to_vec());
+                if let Some(old) = old {
+                    tables.messages.insert(k, old.as_slice()).map_err(err)?;
                 }
             }
             Ok(())
@@ -97,17 +136,12 @@ impl EmbeddedStore {
     }
 
     pub async fn update_targets(&self, updates: Vec<TargetUpdate>) -> Result<(), StatusError> {
-        self.write(move |table| {
+        self.write(move |tables| {
             for update in updates {
-                let k = key(&update.transaction_id, &update.message_id);
-                let Some(value) = table.get(k).map_err(err)?.map(|v| v.value().to_vec()) else {
-                    continue;
-                };
-                let mut message: MessageStatus = serde_json::from_slice(&value)?;
-                message.updated_at_ms = message.updated_at_ms.max(update.status.updated_at_ms);
-                message.targets.insert(update.target, update.status);
-                table
-                    .insert(k, serde_json::to_vec(&message)?.as_slice())
+                let k = target_key(&update.transaction_id, &update.message_id, &update.target);
+                tables
+                    .targets
+                    .insert(k.as_slice(), serde_json::to_vec(&update.status)?.as_slice())
                     .map_err(err)?;
             }
             Ok(())
@@ -122,36 +156,73 @@ impl EmbeddedStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_read().map_err(err)?;
-            let table = txn.open_table(MESSAGES).map_err(err)?;
             let mut low = [0u8; 32];
             low[..16].copy_from_slice(id.as_bytes());
             let mut high = [0xffu8; 32];
             high[..16].copy_from_slice(id.as_bytes());
-            let mut messages = Vec::new();
-            for entry in table.range(low..=high).map_err(err)? {
-                let (_, value) = entry.map_err(err)?;
-                messages.push(serde_json::from_slice(value.value())?);
+            let mut messages: Vec<([u8; 32], MessageStatus)> = Vec::new();
+            for entry in txn
+                .open_table(MESSAGES)
+                .map_err(err)?
+                .range(low..=high)
+                .map_err(err)?
+            {
+                let (key, value) = entry.map_err(err)?;
+                messages.push((key.value(), serde_json::from_slice(value.value())?));
             }
-            Ok(messages)
+            let targets = txn.open_table(TARGETS).map_err(err)?;
+            for entry in targets.range(&low[..]..&high[..]).map_err(err)? {
+                let (key, value) = entry.map_err(err)?;
+                let key = key.value();
+                let found = message_key(key)
+                    .and_then(|k| messages.binary_search_by(|(m, _)| m.cmp(&k)).ok());
+                let Some(found) = found else {
+                    continue;
+                };
+                let message = &mut messages[found].1;
+                let status: TargetStatus = serde_json::from_slice(value.value())?;
+                let name = String::from_utf8_lossy(&key[32..]).into_owned();
+                message.updated_at_ms = message.updated_at_ms.max(status.updated_at_ms);
+                message.targets.insert(name, status);
+            }
+            Ok(messages.into_iter().map(|(_, m)| m).collect())
         })
         .await
         .map_err(err)?
     }
 
+    /// Deletes the messages of transactions made before the retention whose last
+    /// change (acceptance or any target's update) is older than it, with their targets.
     pub async fn expire(&self) -> Result<u64, StatusError> {
         let oldest = now_ms().saturating_sub(self.retention.as_millis() as u64);
-        // Keys below a transaction id made at `oldest` belong to older transactions.
-        let mut below = [0u8; 32];
-        below[..6].copy_from_slice(&oldest.to_be_bytes()[2..]);
-        self.write(move |table| {
+        let below = made_before(oldest);
+        self.write(move |tables| {
+            let mut changed: HashSet<[u8; 32]> = HashSet::new();
+            for entry in tables.targets.range(..&below[..]).map_err(err)? {
+                let (key, value) = entry.map_err(err)?;
+                let status: TargetStatus = serde_json::from_slice(value.value())?;
+                if status.updated_at_ms >= oldest {
+                    changed.extend(message_key(key.value()));
+                }
+            }
             let mut removed = 0;
-            table
-                .retain_in(..below, |_, value| {
-                    let keep = serde_json::from_slice::<MessageStatus>(value)
-                        .map(|m| m.updated_at_ms >= oldest)
-                        .unwrap_or(false);
+            tables
+                .messages
+                .retain_in(..below, |key, value| {
+                    let keep = changed.contains(&key)
+                        || serde_json::from_slice::<MessageStatus>(value)
+                            .is_ok_and(|m| m.updated_at_ms >= oldest);
+                    if keep {
+                        changed.insert(key);
+                    }
                     removed += u64::from(!keep);
                     keep
+                })
+                .map_err(err)?;
+            tables
+                .targets
+                .retain_in(..&below[..], |key, _| {
+                    message_key(key).is_some_and(|k| changed.contains(&k))
                 })
                 .map_err(err)?;
             Ok(removed)

@@ -154,7 +154,7 @@ impl HttpTarget {
     pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
         let body = match self.config.body {
             ValueShape::Payload => message.payload.clone(),
-            ValueShape::Envelope => message.envelope().to_string().into_bytes(),
+            ValueShape::Envelope => message.envelope(),
         };
         let method = match self.config.method {
             Method::Post => reqwest::Method::POST,

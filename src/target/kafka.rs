@@ -106,7 +106,7 @@ impl KafkaTarget {
                 };
                 let value = match self.value {
                     ValueShape::Payload => m.payload.clone(),
-                    ValueShape::Envelope => m.envelope().to_string().into_bytes(),
+                    ValueShape::Envelope => m.envelope(),
                 };
                 (key, value)
             })

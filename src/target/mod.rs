@@ -145,19 +145,45 @@ impl Message {
         serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&self.payload))
     }
 
-    /// The whole message as one JSON object: ids, namespace, key, timestamp, headers
-    /// and payload.
-    pub fn envelope(&self) -> serde_json::Value {
-        serde_json::json!({
-            "message_id": self.message_id,
-            "transaction_id": self.transaction_id,
-            "namespace": self.namespace,
-            "offset": self.offset,
-            "key": self.key,
-            "timestamp_ms": self.timestamp_ms,
-            "headers": self.headers,
-            "payload": self.payload_json(),
-        })
+    /// The whole message as one line of JSON: ids, namespace, key, timestamp, headers
+    /// and payload. A JSON payload is copied as it came unless it spans lines.
+    pub fn envelope(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Payload<'m> {
+            Raw(&'m serde_json::value::RawValue),
+            Value(serde_json::Value),
+        }
+        #[derive(Serialize)]
+        struct Envelope<'m> {
+            headers: &'m BTreeMap<String, String>,
+            key: &'m Option<String>,
+            message_id: &'m str,
+            namespace: &'m str,
+            offset: u64,
+            payload: Payload<'m>,
+            timestamp_ms: u64,
+            transaction_id: &'m str,
+        }
+        let one_line = !self.payload.iter().any(|b| matches!(b, b'\n' | b'\r'));
+        let raw = (self.payload_is_json && one_line)
+            .then(|| serde_json::from_slice(&self.payload).ok())
+            .flatten();
+        let payload = match raw {
+            Some(raw) => Payload::Raw(raw),
+            None => Payload::Value(self.payload_json()),
+        };
+        let envelope = Envelope {
+            headers: &self.headers,
+            key: &self.key,
+            message_id: &self.message_id,
+            namespace: &self.namespace,
+            offset: self.offset,
+            payload,
+            timestamp_ms: self.timestamp_ms,
+            transaction_id: &self.transaction_id,
+        };
+        serde_json::to_vec(&envelope).expect("an envelope is always JSON")
     }
 }
 
@@ -230,15 +256,15 @@ impl Target {
 
     /// Delivers `messages` in order, stopping at the first failure. Postgres runs the
     /// batch in one transaction, Redis sends it as one pipeline, Kafka produces it at
-    /// once and waits for every report; the others deliver one message after the
-    /// other.
+    /// once and waits for every report, a file takes it in one write; HTTP delivers
+    /// one message after the other.
     pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), BatchError> {
         match self {
             Self::Postgres(t) => t.deliver_batch(messages).await,
             Self::Redis(t) => t.deliver_batch(messages).await,
             #[cfg(feature = "kafka")]
             Self::Kafka(t) => t.deliver_batch(messages).await,
-            Self::File(t) => one_by_one(messages, |m| t.deliver(m)).await,
+            Self::File(t) => t.deliver_batch(messages).await,
             Self::Http(t) => one_by_one(messages, |m| t.deliver(m)).await,
         }
     }

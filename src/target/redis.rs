@@ -184,7 +184,7 @@ impl RedisTarget {
         let key = self.key.render(message);
         let value = match self.value {
             ValueShape::Payload => message.payload.clone(),
-            ValueShape::Envelope => message.envelope().to_string().into_bytes(),
+            ValueShape::Envelope => message.envelope(),
         };
         match self.command {
             Command::Set => {
