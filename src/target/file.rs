@@ -1,12 +1,12 @@
 //! The file target: JSON Lines, one delivered message (with its `message_id`) per line.
 //! For the out-of-the-box demo and for debugging. Its configuration and checks live here.
 
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use super::{BatchError, DeliveryError, Message};
 
