@@ -1,7 +1,7 @@
 //! The file target: JSON Lines, one delivered message (with its `message_id`) per line.
 //! For the out-of-the-box demo and for debugging. Its configuration and checks live here.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -55,22 +55,22 @@ pub struct FileTarget {
 impl FileTarget {
     /// Opens (or creates) the file for appending, and its directory.
     pub async fn open(config: &Config) -> Result<Self, DeliveryError> {
-        let path = config.path.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            OpenOptions::new().create(true).append(true).open(&path)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        let file = opened.map_err(|e| {
+        let failed = |e: std::io::Error| {
             DeliveryError::retriable(format!("opening {}: {e}", config.path.display()))
-        })?;
+        };
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.path)
+            .await
+            .map_err(failed)?;
         Ok(Self {
             path: config.path.clone(),
             fsync: config.fsync,
-            file: Arc::new(Mutex::new(file)),
+            file: Arc::new(Mutex::new(file.into_std().await)),
         })
     }
 
