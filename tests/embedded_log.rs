@@ -111,7 +111,8 @@ fn last_record_spans(path: &Path, n: usize) -> Result<Vec<(u64, u64)>> {
     let bytes = std::fs::read(path)?;
     let mut spans = Vec::new();
     let mut pos = wald::backend::embedded::format::SEGMENT_HEADER_LEN;
-    while pos < bytes.len() {
+    // The records end where the zeros written ahead of them begin.
+    while pos < bytes.len() && bytes[pos..].iter().any(|&b| b != 0) {
         let decoded = wald::backend::embedded::format::decode_frame(&bytes[pos..])
             .map_err(|e| e.to_string())?;
         spans.push((pos as u64, (pos + decoded.len) as u64));
@@ -140,19 +141,70 @@ async fn a_torn_tail_is_cut_back_to_the_last_whole_record_at_every_byte() -> Res
     let spans = last_record_spans(&segment, 3)?;
     let (start, end) = (spans[0].0, spans[2].1);
 
+    // A crash leaves the file either ending at the cut or, in the space the writer
+    // wrote ahead, zeros from the cut on.
     for cut in start..end {
-        let dir = tempfile::tempdir()?;
-        let copy = dir.path().join(segment.file_name().ok_or("name")?);
-        std::fs::write(&copy, &original[..cut as usize])?;
-        let log = Log::open(dir.path(), Config::default())?;
-        let whole = spans.iter().filter(|(_, e)| *e <= cut).count() as u64;
-        let kept = 7 + whole;
-        assert_records(&read_all(&log)?, 0..kept);
-        let appended = log.append(vec![record(kept)]).await?;
-        assert_eq!(appended.first_offset, kept, "cut at {cut}");
-        assert_records(&read_all(&log)?, 0..kept + 1);
-        log.close().await;
+        for zeros_after in [false, true] {
+            let dir = tempfile::tempdir()?;
+            let copy = dir.path().join(segment.file_name().ok_or("name")?);
+            let mut bytes = original[..cut as usize].to_vec();
+            if zeros_after {
+                bytes.resize(original.len().max(end as usize + 4096), 0);
+            }
+            std::fs::write(&copy, &bytes)?;
+            let log = Log::open(dir.path(), Config::default())?;
+            let whole = spans.iter().filter(|(_, e)| *e <= cut).count() as u64;
+            let kept = 7 + whole;
+            assert_records(&read_all(&log)?, 0..kept);
+            let appended = log.append(vec![record(kept)]).await?;
+            assert_eq!(appended.first_offset, kept, "cut at {cut}");
+            assert_records(&read_all(&log)?, 0..kept + 1);
+            log.close().await;
+        }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_active_segment_is_written_ahead_with_zeros_and_a_sealed_one_is_not() -> Result {
+    let dir = tempfile::tempdir()?;
+    let log = Log::open(dir.path(), small_segments())?;
+    append_range(&log, 0..120).await?;
+    log.close().await;
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let active = segments.pop().ok_or("no segment")?;
+    assert!(
+        !segments.is_empty(),
+        "the appends should have rolled segments"
+    );
+    for sealed in &segments {
+        let bytes = std::fs::read(sealed)?;
+        let records_end = last_record_spans(sealed, 1)?[0].1;
+        assert_eq!(
+            bytes.len() as u64,
+            records_end,
+            "{} ends in zeros",
+            sealed.display()
+        );
+    }
+    let bytes = std::fs::read(&active)?;
+    let records_end = last_record_spans(&active, 1)?[0].1 as usize;
+    assert!(
+        bytes.len() > records_end,
+        "the active segment was not written ahead"
+    );
+    assert!(bytes[records_end..].iter().all(|&b| b == 0));
+    // Reopened, the zeros end the log; the next record goes where they begin.
+    let log = Log::open(dir.path(), small_segments())?;
+    assert_records(&read_all(&log)?, 0..120);
+    append_range(&log, 120..121).await?;
+    log.close().await;
+    let log = Log::open(dir.path(), small_segments())?;
+    assert_records(&read_all(&log)?, 0..121);
     Ok(())
 }
 
@@ -168,13 +220,17 @@ async fn garbage_after_the_tail_is_cut_off() -> Result {
         let garbage: Vec<u8> = (0..(seed * 37 + 1))
             .map(|i| ((i * 2654435761 + seed * 97) >> 7) as u8)
             .collect();
-        let len = bytes.len();
+        let records_end = last_record_spans(&segment, 1)?[0].1;
         bytes.extend_from_slice(&garbage);
         std::fs::write(&segment, &bytes)?;
         let log = Log::open(dir.path(), Config::default())?;
         assert_records(&read_all(&log)?, 0..5);
         log.close().await;
-        assert_eq!(std::fs::metadata(&segment)?.len() as usize, len);
+        let after = std::fs::read(&segment)?.split_off(records_end as usize);
+        assert!(
+            after.iter().all(|&b| b == 0),
+            "garbage left after the records"
+        );
     }
     Ok(())
 }

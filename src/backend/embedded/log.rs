@@ -238,6 +238,7 @@ impl Log {
             .map_err(|e| LogError::io("reading a segment's size", &active.path, e))?
             .len();
         let recovered = recover_tail(&write_file, &active.path, active.base_offset, file_len)?;
+        let mut allocated = file_len;
         if recovered.torn_bytes > 0 {
             warn!(
                 segment = %active.path.display(),
@@ -250,6 +251,7 @@ impl Log {
                 .set_len(recovered.valid_len)
                 .and_then(|()| write_file.sync_data())
                 .map_err(|e| LogError::io("cutting off a torn tail", &active.path, e))?;
+            allocated = recovered.valid_len;
         }
         let committed = Committed {
             next_offset: recovered.next_offset,
@@ -274,6 +276,7 @@ impl Log {
             write_file,
             active,
             recovered.valid_len,
+            allocated,
             recovered.next_offset,
             recovered.last_timestamp_ms,
         );

@@ -382,7 +382,8 @@ pub struct Recovered {
     pub last_timestamp_ms: u64,
     /// Index entries of the records kept.
     pub index: Vec<IndexEntry>,
-    /// Bytes after `valid_len` that were cut off: a torn tail.
+    /// Bytes after `valid_len` that were cut off: a torn tail (zeros written ahead of
+    /// the records are not counted).
     pub torn_bytes: u64,
 }
 
@@ -392,7 +393,8 @@ pub struct Recovered {
 /// intact frame after it was written after the damaged bytes had been synced; it is
 /// corruption, reported and never cut off, when one was (its `durable_len` lies past
 /// the damage). Records of an append request whose last frame is missing are cut off
-/// too: a request is durable whole or not at all.
+/// too: a request is durable whole or not at all. Zeros after the last record are the
+/// space the writer writes ahead, and end the log.
 pub fn recover_tail(
     file: &File,
     path: &Path,
@@ -430,8 +432,15 @@ pub fn recover_tail(
             Some(_) => break Some(position),
         }
     };
+    // Zeros after the last record are space the writer wrote ahead, not damage.
+    let written_end = match damage_at {
+        Some(position) => written_end(file, position, file_len)
+            .map_err(|e| LogError::io("recovering a segment", path, e))?,
+        None => file_len,
+    };
+    let damage_at = damage_at.filter(|&position| position < written_end);
     if let Some(position) = damage_at
-        && let Some(proof) = synced_after(file, position, file_len, expected)?
+        && let Some(proof) = synced_after(file, position, written_end, expected)?
     {
         return Err(LogError::Corrupt {
             segment: path.to_path_buf(),
@@ -442,8 +451,25 @@ pub fn recover_tail(
             ),
         });
     }
-    recovered.torn_bytes = file_len - recovered.valid_len;
+    recovered.torn_bytes = written_end - recovered.valid_len;
     Ok(recovered)
+}
+
+/// The end of the last byte that is not zero between `from` and `len`, or `from` if
+/// they are all zero; read backwards, since what follows the records is zeros.
+fn written_end(file: &File, from: u64, len: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    while end > from {
+        let start = end.saturating_sub(buf.len() as u64).max(from);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(last) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + last as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(from)
 }
 
 /// Looks past damage at `position` for an intact frame whose `durable_len` shows that
