@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -14,6 +15,7 @@ use axum::routing::post;
 use wald::config::load_pipeline_set;
 use wald::config::service::ServiceConfig;
 use wald::http::{AppState, router};
+use wald::runtime::delivery::DELIVERY_GROUP;
 use wald::status::StatusStore;
 use wald::status::embedded::EmbeddedStore;
 
@@ -58,6 +60,35 @@ pub async fn bench_state(dir: &Path, pipelines: &[(&str, String)]) -> crate::Res
 /// The real API over `pipelines`, data in `dir`.
 pub async fn wald_router(dir: &Path, pipelines: &[(&str, String)]) -> crate::Result<Router> {
     Ok(router(bench_state(dir, pipelines).await?))
+}
+
+/// Waits until namespace `name` has delivered and indexed everything its log holds
+/// (its delivery cursor and its status index at the log's end), so that a round starts
+/// with no work left over from the one before; how long that took.
+pub async fn settle(state: &AppState, name: &str) -> crate::Result<Duration> {
+    const LIMIT: Duration = Duration::from_secs(120);
+    let started = Instant::now();
+    let namespace = state
+        .running()
+        .namespaces
+        .get(name)
+        .cloned()
+        .ok_or("no such namespace")?;
+    let store = namespace.store.as_ref().ok_or("not on the embedded log")?;
+    loop {
+        let end = store.log.committed().next_offset;
+        let delivered = store.log.cursor(DELIVERY_GROUP)? >= end;
+        let indexed = namespace
+            .status_indexed()
+            .is_none_or(|indexed| *indexed.borrow() >= end);
+        if delivered && indexed {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > LIMIT {
+            return Err(format!("namespace `{name}` did not catch up within {LIMIT:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Answers 202 like a write does, with fresh ids, without appending anything.
@@ -136,7 +167,7 @@ pub async fn serve_as_wald(app: Router) -> crate::Result<SocketAddr> {
         listener,
         app,
         http.header_read_timeout.get(),
-        std::time::Duration::from_secs(1),
+        Duration::from_secs(1),
         std::future::pending(),
     ));
     Ok(address)
@@ -179,12 +210,12 @@ impl PrivateRedis {
         else {
             return Ok(None);
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > std::time::Duration::from_secs(10) {
+            if started.elapsed() > Duration::from_secs(10) {
                 return Err("redis-server did not start".into());
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Some(Self { port, child }))
     }
