@@ -347,6 +347,9 @@ impl Consumer {
         let mut read_up_to = subscription.position();
         let mut committed = read_up_to;
         let mut last_commit = tokio::time::Instant::now();
+        // A read that did not fill a batch waits `linger` before the next one, so that
+        // under load each read takes many records rather than one group commit's few.
+        let mut next_read = tokio::time::Instant::now();
         let mut next_lane = 0usize;
         let mut stopped = self.stopped.clone();
         let result = loop {
@@ -367,11 +370,16 @@ impl Consumer {
                     in_flight.remove(&offset);
                 }
                 _ = tokio::time::sleep_until(last_commit + COMMIT_EVERY), if watermark > committed => {}
-                records = subscription.next_batch(self.batch_size) => {
+                records = async {
+                    tokio::time::sleep_until(next_read).await;
+                    subscription.next_batch(self.batch_size).await
+                } => {
                     let records = match records {
                         Ok(records) => records,
                         Err(e) => break Err(e),
                     };
+                    next_read = tokio::time::Instant::now()
+                        + if records.len() < self.batch_size { self.linger } else { Duration::ZERO };
                     let Some(next) = records.last().map(|r| r.offset + 1) else {
                         continue;
                     };
