@@ -121,13 +121,18 @@ fn last_record_spans(path: &Path, n: usize) -> Result<Vec<(u64, u64)>> {
     Ok(spans[spans.len() - n..].to_vec())
 }
 
-fn active_segment(dir: &Path) -> Result<PathBuf> {
+/// The segment files in `dir`, oldest first.
+fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     segments.sort();
-    Ok(segments.pop().ok_or("no segment")?)
+    Ok(segments)
+}
+
+fn active_segment(dir: &Path) -> Result<PathBuf> {
+    Ok(segments(dir)?.pop().ok_or("no segment")?)
 }
 
 #[tokio::test]
@@ -171,11 +176,7 @@ async fn the_active_segment_is_written_ahead_with_zeros_and_a_sealed_one_is_not(
     let log = Log::open(dir.path(), small_segments())?;
     append_range(&log, 0..120).await?;
     log.close().await;
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.path())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
+    let mut segments = segments(dir.path())?;
     let active = segments.pop().ok_or("no segment")?;
     assert!(
         !segments.is_empty(),
@@ -258,11 +259,7 @@ async fn a_bit_flip_in_any_record_is_detected_and_never_served() -> Result {
     let log = Log::open(source.path(), small_segments())?;
     append_range(&log, 0..120).await?;
     log.close().await;
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(source.path())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
+    let segments = segments(source.path())?;
     assert!(segments.len() >= 3);
 
     // Flip bits spread over a sealed segment and over the active one (all but its last
