@@ -165,8 +165,9 @@ impl Message {
             timestamp_ms: u64,
             transaction_id: &'m str,
         }
-        let one_line = !self.payload.iter().any(|b| matches!(b, b'\n' | b'\r'));
-        let raw = (self.payload_is_json && one_line)
+        let one_line_json =
+            self.payload_is_json && !self.payload.iter().any(|b| matches!(b, b'\n' | b'\r'));
+        let raw = one_line_json
             .then(|| serde_json::from_slice(&self.payload).ok())
             .flatten();
         let payload = match raw {
