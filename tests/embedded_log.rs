@@ -131,6 +131,15 @@ fn segments(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(segments)
 }
 
+/// Records 0..120 appended in `dir` over small segments, the log closed: its segment
+/// files, oldest first.
+async fn closed_log_of_small_segments(dir: &Path) -> Result<Vec<PathBuf>> {
+    let log = Log::open(dir, small_segments())?;
+    append_range(&log, 0..120).await?;
+    log.close().await;
+    segments(dir)
+}
+
 fn active_segment(dir: &Path) -> Result<PathBuf> {
     Ok(segments(dir)?.pop().ok_or("no segment")?)
 }
@@ -173,10 +182,7 @@ async fn a_torn_tail_is_cut_back_to_the_last_whole_record_at_every_byte() -> Res
 #[tokio::test]
 async fn the_active_segment_is_written_ahead_with_zeros_and_a_sealed_one_is_not() -> Result {
     let dir = tempfile::tempdir()?;
-    let log = Log::open(dir.path(), small_segments())?;
-    append_range(&log, 0..120).await?;
-    log.close().await;
-    let mut segments = segments(dir.path())?;
+    let mut segments = closed_log_of_small_segments(dir.path()).await?;
     let active = segments.pop().ok_or("no segment")?;
     assert!(
         !segments.is_empty(),
@@ -256,10 +262,7 @@ async fn a_request_is_kept_whole_or_not_at_all() -> Result {
 #[tokio::test]
 async fn a_bit_flip_in_any_record_is_detected_and_never_served() -> Result {
     let source = tempfile::tempdir()?;
-    let log = Log::open(source.path(), small_segments())?;
-    append_range(&log, 0..120).await?;
-    log.close().await;
-    let segments = segments(source.path())?;
+    let segments = closed_log_of_small_segments(source.path()).await?;
     assert!(segments.len() >= 3);
 
     // Flip bits spread over a sealed segment and over the active one (all but its last
