@@ -106,6 +106,37 @@ async fn records_survive_a_reopen_and_offsets_continue() -> Result {
     Ok(())
 }
 
+/// Reads scan a segment in growing steps (64 KiB first, up to 1 MiB): records of every
+/// size, some larger than a step and many crossing one, come back whole, whether a read
+/// starts at the log's beginning or in its middle, and after a reopen.
+#[tokio::test]
+async fn records_larger_than_a_read_step_and_across_steps_come_back_whole() -> Result {
+    let dir = tempfile::tempdir()?;
+    let sized = |i: u64| Record {
+        payload: vec![(i % 251) as u8; [10, 3_000, 70_000, 200, 300_000][i as usize % 5]],
+        ..record(i)
+    };
+    let log = Log::open(dir.path(), Config::default())?;
+    for i in 0..60 {
+        log.append(vec![sized(i)]).await?;
+    }
+    let check = |records: Vec<StoredRecord>, from: u64| {
+        let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (from..60).collect::<Vec<_>>());
+        for r in records {
+            assert_eq!(r.payload, sized(r.offset).payload, "offset {}", r.offset);
+        }
+    };
+    for from in [0, 1, 2, 33, 59] {
+        check(log.read(from, usize::MAX, usize::MAX)?, from);
+    }
+    log.close().await;
+    let log = Log::open(dir.path(), Config::default())?;
+    for from in [0, 17, 42] {
+        check(log.read(from, usize::MAX, usize::MAX)?, from);
+    }
+    Ok(())
+}
 /// The byte ranges of the last `n` records in the active segment.
 fn last_record_spans(path: &Path, n: usize) -> Result<Vec<(u64, u64)>> {
     let bytes = std::fs::read(path)?;

@@ -12,7 +12,11 @@ use super::format::{
     StoredRecord,
 };
 
-/// Bytes read from a segment at a time.
+/// Bytes a scan reads from a segment at first, doubling with each further read up to
+/// [`READ_CHUNK`]: a read of a few records reads little, a scan of a whole segment
+/// soon reads a megabyte at a time.
+const FIRST_READ: usize = 64 * 1024;
+/// The most bytes read from a segment at a time.
 const READ_CHUNK: usize = 1024 * 1024;
 
 /// The file name of the segment whose first offset is `base`.
@@ -261,6 +265,8 @@ pub struct Scanner<'f> {
     end: u64,
     buf: Vec<u8>,
     buf_start: u64,
+    /// How many bytes the next read takes at least.
+    chunk: usize,
 }
 
 impl<'f> Scanner<'f> {
@@ -271,6 +277,7 @@ impl<'f> Scanner<'f> {
             end,
             buf: Vec::new(),
             buf_start: pos,
+            chunk: FIRST_READ,
         }
     }
 
@@ -280,8 +287,9 @@ impl<'f> Scanner<'f> {
         let buffered_end = self.buf_start + self.buf.len() as u64;
         if pos < self.buf_start || pos + need as u64 > buffered_end {
             let len = need
-                .max(READ_CHUNK)
+                .max(self.chunk)
                 .min(self.end.saturating_sub(pos) as usize);
+            self.chunk = (self.chunk * 2).min(READ_CHUNK);
             self.buf.resize(len, 0);
             let mut read = 0;
             while read < len {
