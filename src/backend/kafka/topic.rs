@@ -452,9 +452,7 @@ async fn read(
                     match member.join() {
                         Ok(fresh) => {
                             info!(topic = %member.topic, "Joined the consumer group anew after a failure.");
-                            if let Ok(mut current) = current.lock() {
-                                *current = Arc::new(fresh);
-                            }
+                            replace_consumer(&current, fresh, &member.topic);
                             failing_since = None;
                         }
                         Err(e) => warn!(error = %e, "Joining the consumer group anew failed."),
@@ -485,6 +483,24 @@ async fn read(
             return;
         }
     }
+}
+
+/// Puts `fresh` in the place of the current consumer. Dropping a consumer blocks until
+/// it has left the group, which after an outage can take long or not end: the old one
+/// is dropped on a blocking thread, so that the reader goes on with the new member.
+fn replace_consumer(current: &Current, fresh: StreamConsumer, topic: &str) {
+    let Ok(old) = current
+        .lock()
+        .map(|mut current| std::mem::replace(&mut *current, Arc::new(fresh)))
+    else {
+        return;
+    };
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        drop(old);
+        info!(%topic, took = ?started.elapsed(), "The replaced consumer left the group.");
+    });
 }
 
 fn place_and_convert(message: &impl Message) -> (StoredRecord, i32, i64) {
