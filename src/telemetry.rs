@@ -39,4 +39,6 @@ pub mod metric {
     pub const RELOAD_DURATION: &str = "wald_reload_duration_seconds";
     pub const CONFIG_GENERATION: &str = "wald_config_generation";
     pub const QUARANTINED_FILES: &str = "wald_quarantined_files";
+    pub const COMPONENT_UP: &str = "wald_component_up";
+    pub const COMPONENT_FAILURES: &str = "wald_component_failures_total";
 }

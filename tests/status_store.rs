@@ -89,7 +89,7 @@ async fn every_store_records_updates_and_answers_the_same() -> Result {
             )
         };
         store
-            .record_accepted(vec![accepted(&m1, 7), accepted(&m2, 8)])
+            .record_accepted(&[accepted(&m1, 7), accepted(&m2, 8)])
             .await?;
         let first = TransactionStatus::new(tx.clone(), store.messages(&tx).await?);
         assert_eq!(first.state, TransactionState::Pending, "{kind}");
@@ -97,7 +97,7 @@ async fn every_store_records_updates_and_answers_the_same() -> Result {
         assert_eq!(first.messages[0].offset, 7, "{kind}");
 
         store
-            .update_targets(vec![
+            .update_targets(&[
                 update(&tx, &m1, "db", DeliveryState::Delivered, None),
                 update(
                     &tx,
@@ -111,7 +111,7 @@ async fn every_store_records_updates_and_answers_the_same() -> Result {
             ])
             .await?;
         // The tailer may read a message again after a crash: that changes nothing.
-        store.record_accepted(vec![accepted(&m1, 7)]).await?;
+        store.record_accepted(&[accepted(&m1, 7)]).await?;
         let status = TransactionStatus::new(tx.clone(), store.messages(&tx).await?);
         assert_eq!(status.state, TransactionState::Retrying, "{kind}");
         let hook = &status.messages[0].targets["hook"];
@@ -122,7 +122,7 @@ async fn every_store_records_updates_and_answers_the_same() -> Result {
         );
 
         store
-            .update_targets(vec![update(
+            .update_targets(&[update(
                 &tx,
                 &m1,
                 "hook",
@@ -169,7 +169,7 @@ async fn entries_unchanged_for_longer_than_the_retention_expire() -> Result {
             )
         };
         store
-            .record_accepted(vec![
+            .record_accepted(&[
                 message(&old_tx, long_ago),
                 message(&kept_tx, long_ago),
                 message(&new_tx, now_ms()),
@@ -178,7 +178,7 @@ async fn entries_unchanged_for_longer_than_the_retention_expire() -> Result {
         // An old transaction that changed recently is kept.
         let kept_message = store.messages(&kept_tx).await?[0].message_id.clone();
         store
-            .update_targets(vec![update(
+            .update_targets(&[update(
                 &kept_tx,
                 &kept_message,
                 "db",

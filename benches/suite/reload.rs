@@ -62,7 +62,7 @@ pub fn run(mode: &Mode) -> Result<Vec<Table>> {
         let state = servers::wald_state(service, &[]).await?;
         state.supervisor.reload("start").await;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let watch = watcher::spawn(state.supervisor.clone(), &pipelines, debounce, stopped)?;
+        let watch = watcher::spawn(state.supervisor.clone(), &pipelines, debounce, stopped);
         let address = servers::serve(router(state.clone())).await?;
         Ok::<_, crate::Error>((state, address, stop, watch))
     })?;

@@ -16,7 +16,7 @@ use wald::config::load_pipeline_set;
 use wald::config::service::ServiceConfig;
 use wald::http::{AppState, router};
 use wald::runtime::delivery::DELIVERY_GROUP;
-use wald::status::StatusStore;
+use wald::status::Store;
 use wald::status::embedded::EmbeddedStore;
 
 /// wald's state over `pipelines` (file name, text), data under `service.data_dir`;
@@ -26,10 +26,11 @@ pub async fn wald_state(
     pipelines: &[(&str, String)],
 ) -> crate::Result<Arc<AppState>> {
     let store = EmbeddedStore::open(
-        &service.data_dir.join("status.redb"),
+        service.data_dir.join("status.redb"),
         service.status_store.retention.get(),
-    )?;
-    let state = AppState::new(service, Arc::new(StatusStore::Embedded(store)));
+    )
+    .await?;
+    let state = AppState::new(service, Arc::new(Store::Embedded(store).into()));
     if pipelines.is_empty() {
         return Ok(Arc::new(state));
     }

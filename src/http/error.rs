@@ -98,6 +98,8 @@ pub enum ApiError {
     IdempotencyInProgress(String),
     #[error("the request took longer than {0} s; a write in it may or may not be durable")]
     TimedOut(u64),
+    #[error("the request did not arrive in full within {0} s; nothing was written")]
+    RequestTimeout(u64),
 }
 
 impl ApiError {
@@ -127,6 +129,7 @@ impl ApiError {
             ApiError::TimedOut(_) | ApiError::DurabilityUnknown(_) => "durability_unknown",
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::IdempotencyInProgress(_) => "idempotency_in_progress",
+            ApiError::RequestTimeout(_) => "request_timeout",
         }
     }
 
@@ -152,6 +155,7 @@ impl ApiError {
             | ApiError::StatusUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TimedOut(_) | ApiError::DurabilityUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::UnsupportedByBackend { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::IdempotencyConflict(_) | ApiError::IdempotencyInProgress(_) => {

@@ -23,9 +23,12 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         .iter()
         .map(|q| q.file.display().to_string())
         .collect();
+    let components = &state.supervisor.components;
+    let ok = quarantined.is_empty() && all_running && components.failing().is_empty();
     Json(json!({
-        "status": if quarantined.is_empty() && all_running { "ok" } else { "degraded" },
+        "status": if ok { "ok" } else { "degraded" },
         "generation": running.generation,
+        "components": components.statuses(),
         "namespaces": namespaces,
         "quarantined_files": quarantined,
     }))
@@ -41,7 +44,11 @@ pub async fn liveness() -> Json<serde_json::Value> {
 /// Whether the service takes traffic.
 /// Ready once every healthy namespace delivers; a failed one is not waited for (health
 /// reports it). Once ready it stays ready: a namespace that a reload adds or restarts
-/// does not take the whole server out of rotation while it starts.
+/// does not take the whole server out of rotation while it starts, and neither does a
+/// background part that fails (a delivery that cannot commit, a status store that
+/// cannot be written): writes stay durable meanwhile, so taking them away would turn a
+/// delivery problem into lost writes upstream. Readiness names each such part under
+/// `degraded`, and namespaces whose backend cannot take writes under `unavailable`.
 #[utoipa::path(get, path = "/api/v1/health/readiness", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Object),
@@ -68,6 +75,20 @@ pub async fn readiness(
             Some(json!({ "namespace": n.name(), "backend": n.pipeline.config.producer.kind(), "error": error }))
         })
         .collect();
+    let failing = |namespace: Option<&str>, components: &crate::runtime::component::Components| {
+        components
+            .failing()
+            .into_iter()
+            .map(|c| {
+                let status = c.status();
+                json!({ "namespace": namespace, "component": c.name(), "state": status.state, "error": status.error })
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut degraded = failing(None, &state.supervisor.components);
+    for n in running.namespaces.values() {
+        degraded.extend(failing(Some(n.name()), &n.components));
+    }
     if starting.is_empty() {
         state.ready.store(true, Ordering::Release);
         (
@@ -76,12 +97,13 @@ pub async fn readiness(
                 "status": "ready",
                 "namespaces": running.namespaces.len(),
                 "unavailable": unavailable,
+                "degraded": degraded,
             })),
         )
     } else {
         (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "starting", "starting": starting, "unavailable": unavailable })),
+            Json(json!({ "status": "starting", "starting": starting, "unavailable": unavailable, "degraded": degraded })),
         )
     }
 }

@@ -17,13 +17,13 @@ use serde_json::value::RawValue;
 use sha2::Digest;
 use tracing::warn;
 
-use super::AppState;
 use super::auth::authorize;
+use super::{AppState, WriteProgress};
 use super::error::{ApiError, ErrorDetail, ErrorResponse};
-use crate::backend::embedded::{LogError, blocking};
+use crate::backend::embedded::LogError;
 use crate::backend::{BackendError, Durability, Record};
 use crate::runtime::Namespace;
-use crate::runtime::idempotency::{Check, Remembered};
+use crate::runtime::idempotency::{Check, Remembered, Reservation};
 use crate::runtime::limits::Refusal;
 use crate::status::{MessageStatus, StatusStore};
 
@@ -34,6 +34,10 @@ pub const HEADER_TRANSACTION_ID: &str = "wald-transaction-id";
 pub const HEADER_CONTENT_TYPE: &str = "wald-content-type";
 pub const HEADER_DELIVER_AT: &str = "wald-deliver-at";
 pub const HEADER_TARGETS: &str = "wald-targets";
+/// A keyed message's idempotency key, and the SHA-256 (hex) of the body it was written
+/// with: the key is durable with its message.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "wald-idempotency-key";
+pub const HEADER_IDEMPOTENCY_HASH: &str = "wald-idempotency-hash";
 
 /// Most headers one message may carry.
 const MAX_HEADERS: usize = 64;
@@ -148,6 +152,7 @@ struct Accepted {
     ))]
 pub async fn write(
     State(state): State<Arc<AppState>>,
+    progress: Option<axum::Extension<WriteProgress>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WriteAccepted>), ApiError> {
@@ -157,67 +162,45 @@ pub async fn write(
         .clone()
         .ok_or_else(|| ApiError::Malformed("missing field `namespace`".into()))?;
     let namespace = find_namespace(&state, &namespace_name, &headers)?;
-    let namespace: &Namespace = &namespace;
-    let key = message.idempotency_key.clone();
-    // Only a keyed write needs its body's hash.
-    let body_hash = key
-        .as_ref()
-        .map(|_| hex::encode(sha2::Sha256::digest(&body)));
-    if let Some(repeat) = check_idempotency(namespace, key.as_deref(), body_hash.as_deref())
-        .inspect_err(|e| namespace.counters.refused(e.code()))?
-    {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(WriteAccepted {
-                message_id: repeat.message_id,
-                transaction_id: repeat.transaction_id,
-                durability: Durability::Durable,
-                repeated: true,
-            }),
-        ));
-    }
     let transaction_id = new_id();
-    let appended = async {
-        let (record, accepted) = to_record(namespace, message, &transaction_id)?;
-        Ok::<_, ApiError>((
-            append(state.supervisor.status(), namespace, vec![record]).await?,
-            accepted,
-        ))
-    }
-    .await;
-    let (durability, accepted) = match appended {
-        Ok(appended) => appended,
-        Err(e) => {
-            namespace.counters.refused(e.code());
-            if let (Some(key), Some(store)) = (&key, &namespace.idempotency) {
-                store.release(key);
-            }
-            return Err(e);
-        }
-    };
-    if let (Some(key), Some(hash), Some(store)) = (key, body_hash, namespace.idempotency.clone()) {
-        let remembered = Remembered {
-            key,
-            hash,
-            message_id: accepted.message_id.clone(),
-            transaction_id: transaction_id.clone(),
-            at_ms: crate::backend::embedded::writer::now_ms(),
+    let written = async {
+        let keyed = match check_key(&namespace, message.idempotency_key.as_deref(), || {
+            hex::encode(sha2::Sha256::digest(&body))
+        })
+        .await?
+        {
+            KeyCheck::Repeat(repeat) => return Ok(Err(repeat)),
+            KeyCheck::New(keyed) => keyed,
         };
-        // The message is durable whatever happens here; a key that could not be kept
-        // only means that a retry would append the message again.
-        if let Err(e) = blocking(move || store.complete(vec![remembered])).await {
-            warn!(namespace = %namespace_name, error = %e, "Idempotency key not kept.");
-        }
+        let (record, accepted) = to_record(&namespace, message, &transaction_id, keyed.as_ref())?;
+        let keys = keyed.map(|k| k.into_reserved(&accepted.message_id, &transaction_id));
+        let durability = append_detached(
+            state.supervisor.status().clone(),
+            namespace.clone(),
+            vec![record],
+            keys,
+            progress.map(|p| p.0),
+        )
+        .await?;
+        Ok::<_, ApiError>(Ok((durability, accepted)))
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(WriteAccepted {
+    .await
+    .inspect_err(|e| namespace.counters.refused(e.code()))?;
+    let accepted = match written {
+        Ok((durability, accepted)) => WriteAccepted {
             message_id: accepted.message_id,
             transaction_id,
             durability,
             repeated: false,
-        }),
-    ))
+        },
+        Err(repeat) => WriteAccepted {
+            message_id: repeat.message_id,
+            transaction_id: repeat.transaction_id,
+            durability: Durability::Durable,
+            repeated: true,
+        },
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 #[utoipa::path(post, path = "/api/v1/wal/write/batch", tag = "write",
@@ -232,12 +215,12 @@ pub async fn write(
     ))]
 pub async fn write_batch(
     State(state): State<Arc<AppState>>,
+    progress: Option<axum::Extension<WriteProgress>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
     let (batch, _): (BatchIn, Bytes) = parse_body(&state, body)?;
     let namespace = find_namespace(&state, &batch.namespace, &headers)?;
-    let namespace: &Namespace = &namespace;
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
         return Err(ApiError::Malformed(format!(
             "a batch holds 1 to {MAX_BATCH} messages"
@@ -246,46 +229,58 @@ pub async fn write_batch(
     let transaction_id = new_id();
     let mut results = Vec::with_capacity(batch.messages.len());
     let mut records = Vec::new();
-    // Keys of the messages to append, with their body hashes and message ids: kept
-    // once the batch is durable, released if it is not.
-    let mut keyed: Vec<(String, String, String)> = Vec::new();
+    // The keys of the messages to append, reserved: kept once the batch is durable,
+    // released if it is not.
+    let mut keys: Option<Reserved> = None;
+    let mut seen_keys = std::collections::HashSet::new();
     for (index, message) in batch.messages.into_iter().enumerate() {
-        let key = message.idempotency_key.clone();
-        // A message's "body" is its own JSON: the same message sent again hashes the same.
-        let body_hash = key.as_ref().map(|_| {
-            let json = serde_json::to_vec(&message).unwrap_or_default();
-            hex::encode(sha2::Sha256::digest(&json))
-        });
-        let converted = match message.namespace.as_deref() {
-            Some(other) if other != batch.namespace => Err(ApiError::InvalidMessage(format!(
-                "the message names namespace `{other}`, the batch `{}`",
-                batch.namespace
-            ))),
-            _ => match check_idempotency(namespace, key.as_deref(), body_hash.as_deref()) {
-                Ok(Some(repeat)) => {
-                    results.push(BatchResult {
-                        index,
-                        status: StatusCode::ACCEPTED.as_u16(),
-                        message_id: Some(repeat.message_id),
-                        transaction_id: Some(repeat.transaction_id),
-                        repeated: true,
-                        error: None,
-                    });
-                    continue;
-                }
-                Ok(None) => to_record(namespace, message, &transaction_id).inspect_err(|_| {
-                    if let (Some(key), Some(store)) = (&key, &namespace.idempotency) {
-                        store.release(key);
-                    }
-                }),
-                Err(e) => Err(e),
-            },
-        };
+        let converted = async {
+            if let Some(other) = message.namespace.as_deref().filter(|n| *n != batch.namespace) {
+                return Err(ApiError::InvalidMessage(format!(
+                    "the message names namespace `{other}`, the batch `{}`",
+                    batch.namespace
+                )));
+            }
+            if let Some(key) = &message.idempotency_key
+                && !seen_keys.insert(key.clone())
+            {
+                // Its first message in this batch holds the key until the batch is
+                // durable: waiting for it here would wait for ourselves.
+                return Err(ApiError::IdempotencyInProgress(key.clone()));
+            }
+            // A message's "body" is its own JSON: the same message sent again hashes
+            // the same.
+            let hash = || {
+                let json = serde_json::to_vec(&message).unwrap_or_default();
+                hex::encode(sha2::Sha256::digest(&json))
+            };
+            let keyed = match check_key(&namespace, message.idempotency_key.as_deref(), hash)
+                .await?
+            {
+                KeyCheck::Repeat(repeat) => return Ok(Err(repeat)),
+                KeyCheck::New(keyed) => keyed,
+            };
+            let (record, accepted) = to_record(&namespace, message, &transaction_id, keyed.as_ref())?;
+            Ok(Ok((record, accepted, keyed)))
+        }
+        .await;
         match converted {
-            Ok((record, accepted)) => {
+            Ok(Err(repeat)) => results.push(BatchResult {
+                index,
+                status: StatusCode::ACCEPTED.as_u16(),
+                message_id: Some(repeat.message_id),
+                transaction_id: Some(repeat.transaction_id),
+                repeated: true,
+                error: None,
+            }),
+            Ok(Ok((record, accepted, keyed))) => {
                 records.push(record);
-                if let (Some(key), Some(hash)) = (key, body_hash) {
-                    keyed.push((key, hash, accepted.message_id.clone()));
+                if let Some(keyed) = keyed {
+                    let reserved = keyed.into_reserved(&accepted.message_id, &transaction_id);
+                    match &mut keys {
+                        Some(keys) => keys.merge(reserved),
+                        None => keys = Some(reserved),
+                    }
                 }
                 results.push(BatchResult {
                     index,
@@ -317,37 +312,16 @@ pub async fn write_batch(
         // Every valid message was a repeat: nothing to append.
         Durability::Durable
     } else {
-        match append(state.supervisor.status(), namespace, records).await {
-            Ok(durability) => durability,
-            Err(e) => {
-                namespace.counters.refused(e.code());
-                if let Some(store) = &namespace.idempotency {
-                    keyed.iter().for_each(|(key, _, _)| store.release(key));
-                }
-                return Err(e);
-            }
-        }
+        append_detached(
+            state.supervisor.status().clone(),
+            namespace.clone(),
+            records,
+            keys,
+            progress.map(|p| p.0),
+        )
+        .await
+        .inspect_err(|e| namespace.counters.refused(e.code()))?
     };
-    if let (false, Some(store)) = (keyed.is_empty(), namespace.idempotency.clone()) {
-        let at_ms = crate::backend::embedded::writer::now_ms();
-        let batch_transaction = transaction_id.clone();
-        let remembered = keyed
-            .into_iter()
-            .map(|(key, hash, message_id)| Remembered {
-                key,
-                hash,
-                message_id,
-                transaction_id: batch_transaction.clone(),
-                at_ms,
-            })
-            .collect();
-        let kept = blocking(move || store.complete(remembered)).await;
-        // The messages are durable whatever happens here; a key that could not be
-        // kept only means that a retry would append its message again.
-        if let Err(e) = kept {
-            warn!(namespace = %batch.namespace, error = %e, "Idempotency keys not kept.");
-        }
-    }
     Ok((
         StatusCode::ACCEPTED,
         Json(BatchAccepted {
@@ -380,27 +354,119 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     Ok((parsed, body))
 }
 
-/// What a write's idempotency key says: `Some` ids of the earlier write with the same
-/// body, `None` to go on (the key is then reserved), or an error.
-fn check_idempotency(
+/// How long a write waits for another write with the same idempotency key to finish
+/// before it is answered 409 `idempotency_in_progress`.
+const KEY_WAIT: Duration = Duration::from_secs(5);
+
+/// A message's idempotency key with its body's hash, reserved for its write.
+struct Keyed {
+    key: String,
+    hash: String,
+    reservation: Reservation,
+}
+
+impl Keyed {
+    /// The reservation with the ids its key answers with once the write is durable.
+    fn into_reserved(self, message_id: &str, transaction_id: &str) -> Reserved {
+        Reserved {
+            reservation: self.reservation,
+            entries: vec![Remembered {
+                key: self.key,
+                hash: self.hash,
+                message_id: message_id.to_string(),
+                transaction_id: transaction_id.to_string(),
+                at_ms: 0,
+            }],
+        }
+    }
+}
+
+/// The keys of one write, held until it is durable, with what each then remembers.
+struct Reserved {
+    reservation: Reservation,
+    entries: Vec<Remembered>,
+}
+
+impl Reserved {
+    fn merge(&mut self, other: Reserved) {
+        self.reservation.merge(other.reservation);
+        self.entries.extend(other.entries);
+    }
+}
+
+/// What a message's idempotency key says.
+enum KeyCheck {
+    /// Go on: a new write, its key (if it has one) reserved.
+    New(Option<Keyed>),
+    /// The same body was written before with this key: answer with its ids.
+    Repeat(Remembered),
+}
+
+/// Checks a message's idempotency key (`hash` gives its body's hash, computed only
+/// for a keyed write) and reserves it if it is new. A write in progress with the same
+/// key is waited for, up to [`KEY_WAIT`].
+async fn check_key(
     namespace: &Namespace,
     key: Option<&str>,
-    body_hash: Option<&str>,
-) -> Result<Option<Remembered>, ApiError> {
-    let (Some(key), Some(body_hash), Some(store)) = (key, body_hash, &namespace.idempotency) else {
-        return Ok(None);
+    hash: impl FnOnce() -> String,
+) -> Result<KeyCheck, ApiError> {
+    let Some(key) = key else {
+        return Ok(KeyCheck::New(None));
+    };
+    let Some(store) = &namespace.idempotency else {
+        // Writing it without its key could append it twice.
+        warn!(namespace = %namespace.name(), "Keyed write refused: the idempotency keys are unavailable.");
+        return Err(ApiError::Unavailable(namespace.name().to_string()));
     };
     if key.is_empty() || key.len() > 256 {
         return Err(ApiError::InvalidMessage(
             "`idempotency_key` is 1 to 256 characters".into(),
         ));
     }
-    match store.check(key, body_hash) {
-        Check::New => Ok(None),
-        Check::Repeat(remembered) => Ok(Some(remembered)),
-        Check::Conflict => Err(ApiError::IdempotencyConflict(key.to_string())),
-        Check::InProgress => Err(ApiError::IdempotencyInProgress(key.to_string())),
+    let hash = hash();
+    match store.reserve(key, &hash, KEY_WAIT).await {
+        (Check::New, Some(reservation)) => Ok(KeyCheck::New(Some(Keyed {
+            key: key.to_string(),
+            hash,
+            reservation,
+        }))),
+        (Check::Repeat(remembered), _) => Ok(KeyCheck::Repeat(remembered)),
+        (Check::Conflict, _) => Err(ApiError::IdempotencyConflict(key.to_string())),
+        (Check::New | Check::InProgress, _) => {
+            Err(ApiError::IdempotencyInProgress(key.to_string()))
+        }
     }
+}
+
+/// Appends `records` in a task of its own and waits for it, so that neither a client
+/// that goes away nor the request timeout can cut a write in two: once begun, the
+/// append runs to its end and, once durable, its idempotency keys are kept (if it
+/// fails they are released). `progress` tells the request timeout that the append
+/// began, so that it answers "durability unknown" from then on.
+async fn append_detached(
+    status: Arc<StatusStore>,
+    namespace: Arc<Namespace>,
+    records: Vec<Record>,
+    keys: Option<Reserved>,
+    progress: Option<WriteProgress>,
+) -> Result<Durability, ApiError> {
+    if let Some(progress) = progress {
+        progress.appending();
+    }
+    let appending = async move {
+        let durability = append(&status, &namespace, records).await?;
+        if let Some(keys) = keys {
+            keys.reservation.complete(keys.entries).await;
+        }
+        Ok(durability)
+    };
+    // The request's span goes along, so that what the append logs carries its id.
+    tokio::spawn(tracing::Instrument::instrument(appending, tracing::Span::current()))
+        .await
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "An append task failed.");
+        Err(ApiError::Internal)
+    })
 }
 
 /// The namespace a write goes to, once the caller may write to it.
@@ -423,6 +489,7 @@ fn to_record(
     namespace: &Namespace,
     message: MessageIn,
     transaction_id: &str,
+    keyed: Option<&Keyed>,
 ) -> Result<(Record, Accepted), ApiError> {
     let config = &namespace.pipeline.config;
     let (payload, content_type) = match (message.payload, message.payload_base64) {
@@ -488,6 +555,10 @@ fn to_record(
             )));
         }
         headers.push((HEADER_TARGETS.into(), targets.join(",").into_bytes()));
+    }
+    if let Some(keyed) = keyed {
+        headers.push((HEADER_IDEMPOTENCY_KEY.into(), keyed.key.as_bytes().to_vec()));
+        headers.push((HEADER_IDEMPOTENCY_HASH.into(), keyed.hash.as_bytes().to_vec()));
     }
     headers.extend(
         message
@@ -585,7 +656,7 @@ async fn append(
                 .counters
                 .accepted(u64::from(count), payload_bytes, started.elapsed());
             if !accepted.is_empty()
-                && let Err(e) = status.record_accepted(accepted).await
+                && let Err(e) = status.record_accepted(&accepted).await
             {
                 warn!(namespace = %name, error = %e, "Transaction status not recorded; delivery records it.");
             }

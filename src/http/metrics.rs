@@ -16,6 +16,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use crate::runtime::Namespace;
+use crate::runtime::component::Component;
 use crate::runtime::counters::LATENCY_BUCKETS;
 use crate::runtime::supervisor::ReloadResult;
 use crate::telemetry::metric;
@@ -255,6 +256,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         );
     }
     reload_metrics(&mut out, &state);
+    component_metrics(&mut out, &state);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -301,6 +303,48 @@ fn reload_metrics(out: &mut String, state: &AppState) {
         "Pipeline files rejected by the last reload.",
     );
     let _ = writeln!(out, "{name} {}", running.quarantined.len());
+}
+
+/// Each background part: whether it runs, and its failures since start; the
+/// service's own parts with `namespace=""`.
+fn component_metrics(out: &mut String, state: &AppState) {
+    let running = state.running();
+    let mut parts: Vec<(&str, Component)> = state
+        .supervisor
+        .components
+        .all()
+        .into_iter()
+        .map(|c| ("", c))
+        .collect();
+    for n in running.namespaces.values() {
+        parts.extend(n.components.all().into_iter().map(|c| (n.name(), c)));
+    }
+    let families: [(&str, &str, &str, fn(&Component) -> u64); 2] = [
+        (
+            metric::COMPONENT_UP,
+            "gauge",
+            "1 while a background part runs, 0 while it is degraded or stalled.",
+            |c| u64::from(c.is_running()),
+        ),
+        (
+            metric::COMPONENT_FAILURES,
+            "counter",
+            "Failures of a background part since start (each is retried).",
+            |c| c.status().failures,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (namespace, c) in &parts {
+            let _ = writeln!(
+                out,
+                "{name}{{namespace=\"{namespace}\",component=\"{}\"}} {}",
+                c.name(),
+                value(c)
+            );
+        }
+    }
 }
 
 /// Writes one metric family with a sample per namespace (and per extra label set).

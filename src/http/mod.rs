@@ -176,16 +176,36 @@ fn catch_panics()
     tower_http::catch_panic::CatchPanicLayer::custom(answer as fn(_) -> _)
 }
 
-/// Answers 504 when a request takes longer than `[http] request_timeout`: for a write
-/// the append may or may not have become durable.
+/// Whether a write request has begun its append: a request that times out before
+/// that wrote nothing, one that times out after may or may not be durable.
+#[derive(Clone, Default)]
+pub struct WriteProgress(Arc<std::sync::atomic::AtomicBool>);
+
+impl WriteProgress {
+    pub fn appending(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn appended(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Answers when a request takes longer than `[http] request_timeout`: 504 with
+/// "durability unknown" once a write began its append (it goes on, and its outcome
+/// is kept), else 408 (nothing was written; a body that never arrived in full ends
+/// here).
 async fn limit_time(
     axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
+    let progress = WriteProgress::default();
+    request.extensions_mut().insert(progress.clone());
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::TimedOut(timeout.as_secs()).into_response(),
+        Err(_) if progress.appended() => ApiError::TimedOut(timeout.as_secs()).into_response(),
+        Err(_) => ApiError::RequestTimeout(timeout.as_secs()).into_response(),
     }
 }
 
@@ -216,17 +236,12 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
         tokio::spawn(reload_on_sighup(supervisor.clone(), tasks_stopped.clone())),
     ];
     if service.watch {
-        match watcher::spawn(
+        tasks.push(watcher::spawn(
             supervisor.clone(),
             &service.pipelines_dir,
             service.watch_debounce.get(),
             tasks_stopped,
-        ) {
-            Ok(task) => tasks.push(task),
-            Err(e) => {
-                warn!(dir = %service.pipelines_dir.display(), error = %e, "Cannot watch the pipelines directory; reload with SIGHUP or the admin API.")
-            }
-        }
+        ));
     }
     let listener = tokio::net::TcpListener::bind(service.listen).await?;
     info!(address = %listener.local_addr()?, "Listening.");

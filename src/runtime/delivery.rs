@@ -37,9 +37,12 @@ use crate::http::ingest::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS,
     HEADER_TRANSACTION_ID, RESERVED_PREFIX,
 };
+use crate::runtime::component::{Backoff, Component, Components};
 use crate::runtime::counters::{DeliveryCounters, Outcome};
 use crate::runtime::retry;
-use crate::status::{DeliveryState, MessageStatus, StatusStore, TargetStatus, TargetUpdate};
+use crate::status::{
+    DeliveryState, MessageStatus, StatusError, StatusStore, TargetStatus, TargetUpdate,
+};
 use crate::target::{DeliveryError, Message, Target};
 
 /// The consumer group delivery reads each log as.
@@ -68,6 +71,9 @@ const COMMIT_EVERY: Duration = Duration::from_millis(50);
 const STATUS_PACE: Duration = Duration::from_millis(50);
 /// Longest wait for the status tailer before a status update is written anyway.
 const STATUS_WAIT: Duration = Duration::from_secs(5);
+/// A run of the consumer that lasted this long before it failed was healthy: the next
+/// failure is retried after the shortest backoff again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// A namespace's running delivery.
 pub struct Delivery {
@@ -102,6 +108,31 @@ struct Consumer {
     order: Order,
     dlq_enabled: bool,
     stopped: watch::Receiver<bool>,
+    health: DeliveryHealth,
+}
+
+/// The parts of delivery that report their health on their own.
+#[derive(Clone)]
+struct DeliveryHealth {
+    /// Reading the log and handing messages to the lanes.
+    reading: Component,
+    /// Committing the consumer group's cursor.
+    cursor: Component,
+    /// Holding delayed messages and delivering them when due.
+    delays: Component,
+    /// Appending to the dead-letter log.
+    dlq: Component,
+}
+
+impl DeliveryHealth {
+    fn of(components: &Components) -> Self {
+        Self {
+            reading: components.get("delivery"),
+            cursor: components.get("delivery_cursor"),
+            delays: components.get("delay_runner"),
+            dlq: components.get("dlq"),
+        }
+    }
 }
 
 /// Delivery of one message stopped because the namespace is stopping.
@@ -239,7 +270,9 @@ impl Targets {
 
 impl Delivery {
     /// Starts delivering to `targets`. Targets that could not be built keep delivery
-    /// down (the messages wait in the log), and the reason is reported.
+    /// down (the messages wait in the log), and the reason is reported. A run of the
+    /// consumer that fails (the log cannot be read) is started again with backoff from
+    /// the group's cursor, its parts reporting to `components` meanwhile.
     pub fn start(
         config: &PipelineConfig,
         targets: Result<Targets, String>,
@@ -247,6 +280,7 @@ impl Delivery {
         status: Arc<StatusStore>,
         status_indexed: Option<watch::Receiver<u64>>,
         counters: Arc<DeliveryCounters>,
+        components: &Components,
     ) -> Self {
         let failure = Arc::new(Mutex::new(None));
         let fail = |reason: String| {
@@ -271,6 +305,7 @@ impl Delivery {
                 order: config.consumer.order,
                 dlq_enabled: config.consumer.dlq.enabled,
                 stopped,
+                health: DeliveryHealth::of(components),
             }),
             Err(e) => {
                 error!(namespace = %config.namespace, error = %e, "Delivery not started: a target could not be built; messages wait in the log.");
@@ -278,15 +313,22 @@ impl Delivery {
                 None
             }
         };
-        let reported = failure.clone();
         let running = started.clone();
         let task = tokio::spawn(async move {
             let Some(consumer) = consumer else { return };
-            let namespace = consumer.namespace.clone();
-            if let Err(e) = Arc::new(consumer).run(running).await {
-                error!(namespace = %namespace, error = %e, "Delivery stopped.");
-                if let Ok(mut failure) = reported.lock() {
-                    *failure = Some(e.to_string());
+            let consumer = Arc::new(consumer);
+            let mut backoff = Backoff::default();
+            loop {
+                let began = tokio::time::Instant::now();
+                let Err(e) = consumer.clone().run(&running).await else {
+                    return;
+                };
+                consumer.health.reading.stalled(&e);
+                if began.elapsed() >= HEALTHY_RUN {
+                    backoff.reset();
+                }
+                if consumer.sleep(backoff.next()).await.is_err() {
+                    return;
                 }
             }
         });
@@ -319,15 +361,20 @@ impl Delivery {
 impl Consumer {
     /// Reads the log and hands each message to a lane; commits the cursor up to the
     /// lowest offset still in flight. Delayed messages are scheduled, and delivered by
-    /// their own task when due.
+    /// their own task when due. Ends `Ok` once the namespace stops, after the lanes
+    /// finished what they hold and the cursor is committed; or with the error of a read
+    /// that failed, abandoning what is in flight (it is delivered again from the
+    /// cursor).
     async fn run(
         self: Arc<Self>,
-        started: Arc<std::sync::atomic::AtomicBool>,
+        started: &std::sync::atomic::AtomicBool,
     ) -> Result<(), BackendError> {
         let mut subscription = self.backend.subscribe(&self.group).await?;
         started.store(true, std::sync::atomic::Ordering::Release);
         info!(namespace = %self.namespace, from = subscription.position(), lanes = self.lanes, "Delivery started.");
-        let delays = tokio::spawn(self.clone().deliver_delayed());
+        // Dropped (the tasks aborted) when the run fails.
+        let mut helpers = tokio::task::JoinSet::new();
+        helpers.spawn(self.clone().deliver_delayed());
         let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
         // Lanes hand what they delivered to the recorder, which records it in the
         // status store and only then reports the offsets done: a lane goes on with its
@@ -342,11 +389,14 @@ impl Consumer {
             lane_tasks.spawn(consumer.lane(rx, outcomes));
         }
         drop(outcomes_tx);
-        let recorder = tokio::spawn(self.clone().record_outcomes(outcomes_rx, done_tx));
+        helpers.spawn(self.clone().record_outcomes(outcomes_rx, done_tx));
         let mut in_flight = BTreeSet::new();
         let mut read_up_to = subscription.position();
         let mut committed = read_up_to;
         let mut last_commit = tokio::time::Instant::now();
+        // A commit that failed is tried again no sooner than this.
+        let mut commit_backoff = Backoff::default();
+        let mut next_commit = last_commit;
         // A read that did not fill a batch waits `linger` before the next one, so that
         // under load each read takes many records rather than one group commit's few.
         let mut next_read = tokio::time::Instant::now();
@@ -354,14 +404,28 @@ impl Consumer {
         let mut stopped = self.stopped.clone();
         let result = loop {
             let watermark = in_flight.first().copied().unwrap_or(read_up_to);
+            let now = tokio::time::Instant::now();
             let commit_due = watermark > committed
-                && (in_flight.is_empty() || last_commit.elapsed() >= COMMIT_EVERY);
+                && now >= next_commit
+                && (in_flight.is_empty() || now >= last_commit + COMMIT_EVERY);
             if commit_due {
-                if let Err(e) = subscription.commit(watermark).await {
-                    break Err(e);
+                // A cursor that cannot be written (a full disk, a broker away) holds
+                // delivery to nothing: it goes on, and the commit is tried again.
+                match subscription.commit(watermark).await {
+                    Ok(()) => {
+                        committed = watermark;
+                        last_commit = tokio::time::Instant::now();
+                        next_commit = last_commit;
+                        commit_backoff.reset();
+                        self.health.cursor.recovered();
+                    }
+                    Err(e) => {
+                        self.health
+                            .cursor
+                            .degraded(&format!("committing the cursor: {e}"));
+                        next_commit = tokio::time::Instant::now() + commit_backoff.next();
+                    }
                 }
-                committed = watermark;
-                last_commit = tokio::time::Instant::now();
             }
             tokio::select! {
                 biased;
@@ -369,7 +433,7 @@ impl Consumer {
                 Some(offset) = done.recv() => {
                     in_flight.remove(&offset);
                 }
-                _ = tokio::time::sleep_until(last_commit + COMMIT_EVERY), if watermark > committed => {}
+                _ = tokio::time::sleep_until(next_commit.max(last_commit + COMMIT_EVERY)), if watermark > committed => {}
                 records = async {
                     tokio::time::sleep_until(next_read).await;
                     subscription.next_batch(self.batch_size).await
@@ -378,6 +442,7 @@ impl Consumer {
                         Ok(records) => records,
                         Err(e) => break Err(e),
                     };
+                    self.health.reading.recovered();
                     next_read = tokio::time::Instant::now()
                         + if records.len() < self.batch_size { self.linger } else { Duration::ZERO };
                     let Some(next) = records.last().map(|r| r.offset + 1) else {
@@ -403,65 +468,67 @@ impl Consumer {
                         }
                     }
                     if lost_lane {
-                        break Ok(());
-                    }
-                    if !delayed.is_empty() {
-                        match self.schedule(delayed).await {
-                            Ok(true) => {}
-                            Ok(false) => break Ok(()),
-                            Err(e) => break Err(e),
+                        if *self.stopped.borrow() {
+                            break Ok(());
                         }
+                        break Err(BackendError::Unavailable("a delivery lane ended".into()));
+                    }
+                    if !delayed.is_empty() && self.schedule(delayed).await.is_err() {
+                        break Ok(());
                     }
                     read_up_to = next;
                 }
             }
         };
+        // A failed run abandons what is in flight (the tasks are aborted when
+        // `helpers` and `lane_tasks` drop): it is delivered again from the cursor.
+        result?;
         // Stopping: the lanes finish or abandon the message in hand; what completed is
         // committed, the rest is delivered again after the next start.
         drop(lanes);
         while lane_tasks.join_next().await.is_some() {}
-        let _ = recorder.await;
+        while helpers.join_next().await.is_some() {}
         while let Ok(offset) = done.try_recv() {
             in_flight.remove(&offset);
         }
-        let _ = delays.await;
-        if result.is_ok() {
-            let watermark = in_flight.first().copied().unwrap_or(read_up_to);
-            if watermark > committed {
-                subscription.commit(watermark).await?;
-            }
+        let watermark = in_flight.first().copied().unwrap_or(read_up_to);
+        if watermark > committed
+            && let Err(e) = subscription.commit(watermark).await
+        {
+            self.health
+                .cursor
+                .degraded(&format!("committing the cursor at stop: {e}"));
         }
-        result
+        Ok(())
     }
 
-    /// Has the backend hold delayed messages, trying again while it is unavailable.
-    /// False when the namespace stopped first.
-    async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<bool, BackendError> {
-        let mut wait = Duration::from_millis(100);
+    /// Has the backend hold delayed messages, trying again while it fails. `Stopped`
+    /// when the namespace stopped first.
+    async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), Stopped> {
+        let mut backoff = Backoff::default();
         loop {
             match self.backend.schedule(delayed.clone()).await {
-                Ok(()) => return Ok(true),
-                Err(e) if e.is_transient() => {
-                    warn!(namespace = %self.namespace, error = %e, "Delayed messages could not be held; trying again.");
-                    if self.back_off(&mut wait).await.is_err() {
-                        return Ok(false);
-                    }
+                Ok(()) => {
+                    self.health.delays.recovered();
+                    return Ok(());
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.health
+                        .delays
+                        .stalled(&format!("holding delayed messages: {e}"));
+                    self.sleep(backoff.next()).await?;
+                }
             }
         }
     }
 
-    /// Waits `wait` before a backend request is tried again, and doubles it (up to
-    /// 30 s); `Stopped` at once when the namespace stops meanwhile.
-    async fn back_off(&self, wait: &mut Duration) -> Result<(), Stopped> {
+    /// Waits `wait`; `Stopped` at once when the namespace stops meanwhile.
+    async fn sleep(&self, wait: Duration) -> Result<(), Stopped> {
         let mut stopped = self.stopped.clone();
         tokio::select! {
-            _ = tokio::time::sleep(*wait) => {}
-            () = stopping(&mut stopped) => return Err(Stopped),
+            _ = tokio::time::sleep(wait) => Ok(()),
+            () = stopping(&mut stopped) => Err(Stopped),
         }
-        *wait = (*wait * 2).min(Duration::from_secs(30));
-        Ok(())
     }
 
     /// The lane a message goes to: by its key's hash with `order = "per_key"` (so one
@@ -485,7 +552,9 @@ impl Consumer {
                 Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())),
                 Ok(None) => IDLE_CHECK,
                 Err(e) => {
-                    warn!(namespace = %self.namespace, error = %e, "Delayed messages could not be looked at.");
+                    self.health
+                        .delays
+                        .degraded(&format!("looking at delayed messages: {e}"));
                     IDLE_CHECK
                 }
             }
@@ -502,7 +571,9 @@ impl Consumer {
         let due = match self.backend.due(now_ms(), self.batch_size).await {
             Ok(due) => due,
             Err(e) => {
-                warn!(namespace = %self.namespace, error = %e, "Due delayed messages could not be taken; trying again.");
+                self.health
+                    .delays
+                    .degraded(&format!("taking due delayed messages: {e}"));
                 return Ok(());
             }
         };
@@ -511,13 +582,26 @@ impl Consumer {
         }
         for record in &due {
             let updates = self.deliver_fully(record.clone()).await?;
-            self.record_status(updates, record.offset, self.accepted(record))
-                .await;
+            self.record_until_done(&updates, record.offset, &self.accepted(record))
+                .await?;
         }
-        if let Err(e) = self.backend.complete(due).await {
-            warn!(namespace = %self.namespace, error = %e, "Delivered delayed messages could not be marked done; they will be delivered again.");
+        // Delivered, and their outcomes recorded: until the index forgets them they
+        // would be delivered again, so keep trying.
+        let mut backoff = Backoff::default();
+        loop {
+            match self.backend.complete(due.clone()).await {
+                Ok(()) => {
+                    self.health.delays.recovered();
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.health
+                        .delays
+                        .degraded(&format!("marking delayed messages delivered: {e}"));
+                    self.sleep(backoff.next()).await?;
+                }
+            }
         }
-        Ok(())
     }
 
     /// One lane: takes the messages handed to it in runs (what comes within `linger`
@@ -719,7 +803,9 @@ impl Consumer {
                     .record(name, Outcome::Retried { error, at_ms });
                 let update = self.update(message, name, DeliveryState::Retrying, attempts, Some(e));
                 let accepted = self.accepted(&run[i].record);
-                self.record_status(vec![update], message.offset, accepted)
+                // What a retry shows is not kept at any cost: the final state is.
+                let _ = self
+                    .record_status(&[update], message.offset, &accepted)
                     .await;
                 let key = self.lane_key(&run[i].record);
                 let due =
@@ -762,15 +848,23 @@ impl Consumer {
                 .max()
                 .copied()
                 .unwrap_or(0);
-            let updates = gathered
+            let updates: Vec<TargetUpdate> = gathered
                 .iter_mut()
                 .flat_map(|o| std::mem::take(&mut o.updates))
                 .collect();
-            let accepted = gathered
+            let accepted: Vec<MessageStatus> = gathered
                 .iter_mut()
                 .flat_map(|o| std::mem::take(&mut o.accepted))
                 .collect();
-            self.record_status(updates, up_to, accepted).await;
+            // Stopping with outcomes unrecorded: their offsets are not done, so they
+            // are delivered again after the next start.
+            if self
+                .record_until_done(&updates, up_to, &accepted)
+                .await
+                .is_err()
+            {
+                return;
+            }
             last_write = tokio::time::Instant::now();
             for offset in gathered.into_iter().flat_map(|o| o.offsets) {
                 let _ = done.send(offset);
@@ -827,13 +921,18 @@ impl Consumer {
             headers,
             payload: record.payload.clone(),
         };
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
             match self.backend.dead_letter(vec![entry.clone()]).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.health.dlq.recovered();
+                    return Ok(());
+                }
                 Err(e) => {
-                    error!(namespace = %self.namespace, error = %e, "The DLQ refused a message; trying again.");
-                    self.back_off(&mut wait).await?;
+                    self.health
+                        .dlq
+                        .stalled(&format!("appending to the DLQ: {e}"));
+                    self.sleep(backoff.next()).await?;
                 }
             }
         }
@@ -872,23 +971,37 @@ impl Consumer {
             .collect()
     }
 
+    /// [`Consumer::record_status`], tried again with backoff until the store took it
+    /// (the store's health shows the failure meanwhile): a message's final state is
+    /// never lost, and the cursor does not pass it before. `Stopped` when the
+    /// namespace stops first.
+    async fn record_until_done(
+        &self,
+        updates: &[TargetUpdate],
+        offset: u64,
+        accepted: &[MessageStatus],
+    ) -> Result<(), Stopped> {
+        let mut backoff = Backoff::default();
+        while self.record_status(updates, offset, accepted).await.is_err() {
+            self.sleep(backoff.next()).await?;
+        }
+        Ok(())
+    }
+
     /// Records target states once the message itself is in the status store: the
     /// status tailer recorded it, or `accepted` records it here (a no-op for a
-    /// message already there). Status is information: a failure is logged, never
-    /// blocks delivery.
+    /// message already there).
     async fn record_status(
         &self,
-        updates: Vec<TargetUpdate>,
+        updates: &[TargetUpdate],
         offset: u64,
-        accepted: Vec<MessageStatus>,
-    ) {
+        accepted: &[MessageStatus],
+    ) -> Result<(), StatusError> {
         if updates.is_empty() {
-            return;
+            return Ok(());
         }
-        if !accepted.is_empty()
-            && let Err(e) = self.status.record_accepted(accepted).await
-        {
-            warn!(namespace = %self.namespace, error = %e, "Delivered messages not recorded in the status store.");
+        if !accepted.is_empty() {
+            self.status.record_accepted(accepted).await?;
         }
         if let Some(mut indexed) = self.status_indexed.clone() {
             let mut stopped = self.stopped.clone();
@@ -900,9 +1013,7 @@ impl Consumer {
                 }
             }
         }
-        if let Err(e) = self.status.update_targets(updates).await {
-            warn!(namespace = %self.namespace, error = %e, "Delivery status not recorded.");
-        }
+        self.status.update_targets(updates).await
     }
 }
 

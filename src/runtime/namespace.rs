@@ -15,6 +15,7 @@ use crate::backend::redis_streams::RedisStreams;
 use crate::backend::{Backend, BackendConfig};
 use crate::config::LoadedPipeline;
 use crate::config::service::ServiceConfig;
+use crate::runtime::component::Components;
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
 use crate::runtime::delivery::{DELIVERY_GROUP, Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
@@ -42,6 +43,9 @@ pub struct Namespace {
     pub deliveries: Arc<DeliveryCounters>,
     /// Idempotency keys of its writes, when its storage opened.
     pub idempotency: Option<Arc<IdempotencyStore>>,
+    /// The health of its background parts (delivery, its cursor, the delay runner,
+    /// the DLQ, the status tailer); kept across reloads.
+    pub components: Arc<Components>,
     /// The status tailer, taken when the namespace closes.
     tailer: Mutex<Option<Tailer>>,
     /// Delivery to the targets, taken when the namespace closes.
@@ -78,20 +82,25 @@ impl Namespace {
                 (None, None, Some(e))
             }
         };
+        let components = Arc::new(Components::new(Some(&config.namespace)));
         let idempotency = backend.as_ref().and_then(|_| {
             let dir = namespace_dir(data_dir, &config.namespace);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| crate::backend::embedded::LogError::io("creating", &dir, e))
                 .and_then(|()| {
-                    IdempotencyStore::open(&dir.join("idempotency.log"), service.status_store.retention.get())
+                    IdempotencyStore::open(
+                        &dir.join("idempotency.log"),
+                        service.status_store.retention.get(),
+                        store.as_ref().map(|s| s.log.clone()),
+                        components.get("idempotency_journal"),
+                    )
                 })
                 .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Idempotency keys unavailable."))
                 .ok()
-                .map(Arc::new)
         });
         let tailer = store
             .as_ref()
-            .and_then(|store| start_tailer(config, store, status));
+            .and_then(|store| start_tailer(config, store, status, &components));
         let deliveries = Arc::new(DeliveryCounters::default());
         let delivery = backend.as_ref().map(|backend| {
             Delivery::start(
@@ -101,6 +110,7 @@ impl Namespace {
                 status.clone(),
                 tailer.as_ref().map(|t| t.indexed.clone()),
                 deliveries.clone(),
+                &components,
             )
         });
         Self {
@@ -117,6 +127,7 @@ impl Namespace {
             counters: Arc::default(),
             deliveries,
             idempotency,
+            components,
             tailer: Mutex::new(tailer),
         }
     }
@@ -145,6 +156,7 @@ impl Namespace {
             counters: self.counters.clone(),
             deliveries: self.deliveries.clone(),
             idempotency: self.idempotency.clone(),
+            components: self.components.clone(),
             pipeline,
         }
     }
@@ -169,7 +181,7 @@ impl Namespace {
             if let Some(old) = take(&self.tailer) {
                 old.stop().await;
             }
-            let tailer = start_tailer(config, store, status);
+            let tailer = start_tailer(config, store, status, &self.components);
             if let Ok(mut slot) = self.tailer.lock() {
                 *slot = tailer;
             }
@@ -181,6 +193,7 @@ impl Namespace {
             status.clone(),
             self.status_indexed(),
             self.deliveries.clone(),
+            &self.components,
         );
         if let Ok(mut slot) = self.delivery.lock() {
             *slot = Some(delivery);
@@ -228,9 +241,11 @@ impl Namespace {
     /// reached (writes get 503 and everything resumes when it is back), else `running`.
     pub fn health(&self) -> serde_json::Value {
         let backend_error = self.backend.as_ref().and_then(|b| b.unavailable());
+        let failing = self.components.failing();
         let state = match (&self.failure, &backend_error, &self.store) {
             (Some(_), _, _) | (None, Some(_), Some(_)) => "failed",
             (None, Some(_), None) => "backend_unavailable",
+            (None, None, _) if !failing.is_empty() => "degraded",
             (None, None, _) => "running",
         };
         let mut health = json!({
@@ -244,6 +259,7 @@ impl Namespace {
         if let Some(error) = self.delivery_failure() {
             health["delivery_error"] = json!(error);
         }
+        health["components"] = json!(self.components.statuses());
         if let Some(store) = &self.store {
             health["log"] = json!({
                 "first_offset": store.log.first_offset(),
@@ -262,6 +278,9 @@ impl Namespace {
         }
         if let Some(tailer) = take(&self.tailer) {
             tailer.stop().await;
+        }
+        if let Some(keys) = &self.idempotency {
+            keys.close().await;
         }
         if let Some(store) = &self.store {
             store.log.clone().close().await;
@@ -338,6 +357,7 @@ fn start_tailer(
     config: &crate::config::pipeline::PipelineConfig,
     store: &NamespaceStore,
     status: &Arc<StatusStore>,
+    components: &Components,
 ) -> Option<Tailer> {
     let targets = config.targets.iter().map(|t| t.name.clone()).collect();
     Tailer::start(
@@ -345,6 +365,7 @@ fn start_tailer(
         config.namespace.clone(),
         targets,
         status.clone(),
+        components.get("status_tailer"),
     )
     .inspect_err(
         |e| error!(namespace = %config.namespace, error = %e, "Transaction status unavailable."),

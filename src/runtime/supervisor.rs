@@ -33,6 +33,7 @@ use crate::config::diff::{Changed, Current, Plan, Quarantined, diff};
 use crate::config::service::ServiceConfig;
 use crate::config::{LoadReport, env, load_pipelines};
 use crate::runtime::Namespace;
+use crate::runtime::component::Components;
 use crate::runtime::delivery::Targets;
 use crate::status::StatusStore;
 
@@ -121,17 +122,23 @@ pub struct Supervisor {
     /// one applied.
     reloading: tokio::sync::Mutex<()>,
     history: Mutex<ReloadHistory>,
+    /// The health of the service's own background parts: the status store, the
+    /// watcher, reloads.
+    pub components: Components,
 }
 
 impl Supervisor {
     /// A supervisor with nothing running yet.
     pub fn new(service: ServiceConfig, status: Arc<StatusStore>) -> Self {
+        let components = Components::new(None);
+        components.add(status.health().clone());
         Self {
             service,
             status,
             running: RwLock::default(),
             reloading: tokio::sync::Mutex::new(()),
             history: Mutex::default(),
+            components,
         }
     }
 

@@ -14,25 +14,57 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::component::{Backoff, Component};
 use super::supervisor::Supervisor;
 
-/// Starts watching `dir`; the task ends when `stop` turns true.
+/// Starts watching `dir`; the task ends when `stop` turns true. A watch that cannot
+/// be set up (the directory is missing, no inotify watches left) is tried again with
+/// backoff, reported as the service's part `watcher` meanwhile; reload with SIGHUP or
+/// the admin API works all along.
 pub fn spawn(
     supervisor: Arc<Supervisor>,
     dir: &Path,
     debounce: Duration,
     mut stop: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, notify::Error> {
-    let dir = std::path::absolute(dir).map_err(notify::Error::io)?;
+) -> JoinHandle<()> {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let health = supervisor.components.get("watcher");
+    tokio::spawn(async move {
+        let mut backoff = Backoff::default();
+        loop {
+            match watch_until_stopped(&supervisor, &dir, debounce, &mut stop, &health).await {
+                Ok(()) => return,
+                Err(e) => {
+                    health.stalled(&format!("watching {}: {e}", dir.display()));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next()) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Watches `dir` and reloads after each quiet change, until `stop` (`Ok`) or the
+/// watch cannot be set up.
+async fn watch_until_stopped(
+    supervisor: &Supervisor,
+    dir: &Path,
+    debounce: Duration,
+    stop: &mut watch::Receiver<bool>,
+    health: &Component,
+) -> Result<(), notify::Error> {
     let parent = dir
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| dir.clone());
+        .unwrap_or_else(|| dir.to_path_buf());
     // Only the fact that something changed matters: one pending signal is enough.
     let (changed, mut changes) = mpsc::channel::<()>(1);
-    let relevant = dir.clone();
+    let relevant = dir.to_path_buf();
+    let events = health.clone();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             // Reading the files (as a reload does) is not a change.
@@ -41,35 +73,33 @@ pub fn spawn(
                 let _ = changed.try_send(());
             }
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "Watching the pipelines directory failed."),
+            Err(e) => events.degraded(&format!("watching the pipelines directory: {e}")),
         })?;
     watcher.watch(&parent, RecursiveMode::NonRecursive)?;
-    watch_dir(&mut watcher, &dir);
-    let mut watched = identity(&dir);
-    Ok(tokio::spawn(async move {
+    watch_dir(&mut watcher, dir, health);
+    let mut watched = identity(dir);
+    loop {
+        tokio::select! {
+            event = changes.recv() => if event.is_none() { return Ok(()) },
+            _ = stop.changed() => return Ok(()),
+        }
+        // Wait until the directory has been quiet for `debounce`.
         loop {
             tokio::select! {
-                event = changes.recv() => if event.is_none() { return },
-                _ = stop.changed() => return,
+                _ = changes.recv() => continue,
+                () = tokio::time::sleep(debounce) => break,
+                _ = stop.changed() => return Ok(()),
             }
-            // Wait until the directory has been quiet for `debounce`.
-            loop {
-                tokio::select! {
-                    _ = changes.recv() => continue,
-                    () = tokio::time::sleep(debounce) => break,
-                    _ = stop.changed() => return,
-                }
-            }
-            debug!(dir = %dir.display(), "Pipelines directory changed.");
-            let now = identity(&dir);
-            if now != watched {
-                // The path leads to another directory now (a swapped link).
-                watch_dir(&mut watcher, &dir);
-                watched = now;
-            }
-            supervisor.reload("watch").await;
         }
-    }))
+        debug!(dir = %dir.display(), "Pipelines directory changed.");
+        let now = identity(dir);
+        if now != watched {
+            // The path leads to another directory now (a swapped link).
+            watch_dir(&mut watcher, dir, health);
+            watched = now;
+        }
+        supervisor.reload("watch").await;
+    }
 }
 
 /// Which directory the path leads to now (device and inode), if any.
@@ -78,10 +108,12 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// (Re)starts the watch on the directory, wherever its path leads now.
-fn watch_dir(watcher: &mut notify::RecommendedWatcher, dir: &Path) {
+/// (Re)starts the watch on the directory, wherever its path leads now. If that fails,
+/// changes to the directory's entry are still watched, and the next one tries again.
+fn watch_dir(watcher: &mut notify::RecommendedWatcher, dir: &Path, health: &Component) {
     let _ = watcher.unwatch(dir);
-    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-        warn!(dir = %dir.display(), error = %e, "Cannot watch the pipelines directory; changes to its entry are still watched.");
+    match watcher.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => health.recovered(),
+        Err(e) => health.degraded(&format!("watching {}: {e}", dir.display())),
     }
 }

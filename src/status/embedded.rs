@@ -8,10 +8,14 @@
 //! message's key followed by the target's name, so that an update is one write, not a
 //! read, a decode and a write of the whole message. Every change is one redb
 //! transaction, synced before it returns.
+//!
+//! After an I/O error (a full disk) redb refuses every further request until the
+//! database is opened again: the store lets go of it and the next request reopens it,
+//! so the store works again by itself once the cause is gone.
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -27,12 +31,31 @@ const TARGETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("targets");
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     retention: Duration,
 }
 
-fn err(e: impl std::fmt::Display) -> StatusError {
-    StatusError::Embedded(e.to_string())
+/// What the store's blocking tasks share.
+struct Shared {
+    path: PathBuf,
+    /// The open database; none after an I/O error, until the next request opens it
+    /// again (redb refuses every request after one, "Please close and re-open").
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+fn err(e: impl Into<redb::Error>) -> StatusError {
+    let e = e.into();
+    StatusError::Embedded {
+        reopen: matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+        message: e.to_string(),
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> StatusError {
+    StatusError::Embedded {
+        message: e.to_string(),
+        reopen: false,
+    }
 }
 
 /// The key of one message: transaction id then message id. Ids that are not UUIDs
@@ -73,24 +96,81 @@ struct Tables<'t> {
     targets: redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
-impl EmbeddedStore {
-    /// Opens (or creates) the store at `path` (blocking I/O).
-    pub fn open(path: &Path, retention: Duration) -> Result<Self, StatusError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+impl Shared {
+    /// The open database, opened (or created) first if it is not (blocking I/O).
+    fn db(&self) -> Result<Arc<Database>, StatusError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(db);
         }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.clone() {
+            return Ok(db);
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        // While a request of the failed handle still runs this fails (the file is
+        // locked); the caller retries.
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
-            .create(path)
+            .create(&self.path)
             .map_err(err)?;
         let write = db.begin_write().map_err(err)?;
         write.open_table(MESSAGES).map_err(err)?;
         write.open_table(TARGETS).map_err(err)?;
         write.commit().map_err(err)?;
-        Ok(Self {
-            db: Arc::new(db),
-            retention,
-        })
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs `work` on the database; after an I/O error, lets go of it so that the next
+    /// request opens it again.
+    fn with_db<T>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StatusError>,
+    ) -> Result<T, StatusError> {
+        let db = self.db()?;
+        let result = work(&db);
+        if let Err(StatusError::Embedded { reopen: true, .. }) = &result {
+            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+            if slot.as_ref().is_some_and(|open| Arc::ptr_eq(open, &db)) {
+                tracing::warn!(path = %self.path.display(), "The status store had an I/O error; it is opened again on its next request.");
+                *slot = None;
+            }
+        }
+        result
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store at `path`.
+    pub async fn open(path: PathBuf, retention: Duration) -> Result<Self, StatusError> {
+        let shared = Arc::new(Shared {
+            path,
+            db: RwLock::new(None),
+        });
+        let opening = shared.clone();
+        tokio::task::spawn_blocking(move || opening.db())
+            .await
+            .map_err(io_err)??;
+        Ok(Self { shared, retention })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Runs `work` on the database on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StatusError> + Send + 'static,
+    ) -> Result<T, StatusError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.with_db(work))
+            .await
+            .map_err(io_err)?
     }
 
     /// Runs `work` in one write transaction on a blocking thread, and commits it.
@@ -98,8 +178,7 @@ impl EmbeddedStore {
         &self,
         work: impl FnOnce(&mut Tables) -> Result<T, StatusError> + Send + 'static,
     ) -> Result<T, StatusError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             let out = {
                 let mut tables = Tables {
@@ -112,14 +191,15 @@ impl EmbeddedStore {
             Ok(out)
         })
         .await
-        .map_err(err)?
     }
 
-    pub async fn record_accepted(&self, messages: Vec<MessageStatus>) -> Result<(), StatusError> {
+    pub async fn record_accepted(&self, messages: &[MessageStatus]) -> Result<(), StatusError> {
+        let entries = messages
+            .iter()
+            .map(|m| Ok((key(&m.transaction_id, &m.message_id), serde_json::to_vec(m)?)))
+            .collect::<Result<Vec<_>, StatusError>>()?;
         self.write(move |tables| {
-            for message in messages {
-                let k = key(&message.transaction_id, &message.message_id);
-                let value = serde_json::to_vec(&message)?;
+            for (k, value) in entries {
                 // A message recorded before keeps its entry: put the old one back.
                 let old = tables
                     .messages
@@ -135,13 +215,19 @@ impl EmbeddedStore {
         .await
     }
 
-    pub async fn update_targets(&self, updates: Vec<TargetUpdate>) -> Result<(), StatusError> {
+    pub async fn update_targets(&self, updates: &[TargetUpdate]) -> Result<(), StatusError> {
+        let entries = updates
+            .iter()
+            .map(|u| {
+                let k = target_key(&u.transaction_id, &u.message_id, &u.target);
+                Ok((k, serde_json::to_vec(&u.status)?))
+            })
+            .collect::<Result<Vec<_>, StatusError>>()?;
         self.write(move |tables| {
-            for update in updates {
-                let k = target_key(&update.transaction_id, &update.message_id, &update.target);
+            for (k, value) in entries {
                 tables
                     .targets
-                    .insert(k.as_slice(), serde_json::to_vec(&update.status)?.as_slice())
+                    .insert(k.as_slice(), value.as_slice())
                     .map_err(err)?;
             }
             Ok(())
@@ -153,8 +239,7 @@ impl EmbeddedStore {
         let Ok(id) = Uuid::parse_str(transaction_id) else {
             return Ok(Vec::new());
         };
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let mut low = [0u8; 32];
             low[..16].copy_from_slice(id.as_bytes());
@@ -188,7 +273,6 @@ impl EmbeddedStore {
             Ok(messages.into_iter().map(|(_, m)| m).collect())
         })
         .await
-        .map_err(err)?
     }
 
     /// Deletes the messages of transactions made before the retention whose last

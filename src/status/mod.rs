@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use crate::backend::StoredRecord;
 use crate::backend::embedded::format::header;
 use crate::config::service::{StatusStoreConfig, StatusStoreKind};
+use crate::runtime::component::Component;
 use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 
 /// The consumer group the status tailer reads each log as.
@@ -43,8 +44,12 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("the embedded status store failed: {0}")]
-    Embedded(String),
+    /// `reopen`: redb refuses every request after an I/O error until the database is
+    /// opened again, which the next request does.
+    #[error("the embedded status store failed: {message}")]
+    Embedded { message: String, reopen: bool },
+    #[error("the status tailers have not indexed every acknowledged write yet")]
+    Behind,
     #[error("the Postgres status store failed: {0}")]
     Postgres(#[from] sqlx::Error),
     #[error("the Postgres status store's schema could not be applied: {0}")]
@@ -220,11 +225,28 @@ pub struct TargetUpdate {
     pub status: TargetStatus,
 }
 
+/// The status store: one of [`Store`], and the health of its requests.
+pub struct StatusStore {
+    store: Store,
+    /// Failing while requests to the store fail; every caller retries what it must
+    /// keep (the tailer its messages, delivery its outcomes).
+    health: Component,
+}
+
 /// The status store, by `[status_store] type`.
-pub enum StatusStore {
+pub enum Store {
     Embedded(embedded::EmbeddedStore),
     Postgres(postgres::PostgresStore),
     Redis(redis::RedisStore),
+}
+
+impl From<Store> for StatusStore {
+    fn from(store: Store) -> Self {
+        Self {
+            store,
+            health: Component::new(None, "status_store"),
+        }
+    }
 }
 
 impl StatusStore {
@@ -235,69 +257,75 @@ impl StatusStore {
         data_dir: &std::path::Path,
     ) -> Result<Self, StatusError> {
         let retention = config.retention.get();
-        match (config.kind, &config.url) {
-            (StatusStoreKind::Postgres, Some(url)) => Ok(Self::Postgres(
+        let store = match (config.kind, &config.url) {
+            (StatusStoreKind::Postgres, Some(url)) => Store::Postgres(
                 postgres::PostgresStore::connect(url.expose(), retention).await?,
-            )),
-            (StatusStoreKind::Redis, Some(url)) => Ok(Self::Redis(
-                redis::RedisStore::connect(url.expose(), retention).await?,
-            )),
-            _ => {
-                let path = data_dir.join("status.redb");
-                let store = tokio::task::spawn_blocking(move || {
-                    embedded::EmbeddedStore::open(&path, retention)
-                })
-                .await
-                .map_err(|e| StatusError::Embedded(e.to_string()))??;
-                Ok(Self::Embedded(store))
+            ),
+            (StatusStoreKind::Redis, Some(url)) => {
+                Store::Redis(redis::RedisStore::connect(url.expose(), retention).await?)
             }
-        }
+            _ => Store::Embedded(
+                embedded::EmbeddedStore::open(data_dir.join("status.redb"), retention).await?,
+            ),
+        };
+        Ok(store.into())
     }
 
     /// Records messages made durable (pending for each target). A message recorded
     /// before keeps what it has: the tailer may read a message twice after a crash.
-    pub async fn record_accepted(&self, messages: Vec<MessageStatus>) -> Result<(), StatusError> {
-        match self {
-            Self::Embedded(s) => s.record_accepted(messages).await,
-            Self::Postgres(s) => s.record_accepted(messages).await,
-            Self::Redis(s) => s.record_accepted(messages).await,
-        }
+    pub async fn record_accepted(&self, messages: &[MessageStatus]) -> Result<(), StatusError> {
+        let result = match &self.store {
+            Store::Embedded(s) => s.record_accepted(messages).await,
+            Store::Postgres(s) => s.record_accepted(messages).await,
+            Store::Redis(s) => s.record_accepted(messages).await,
+        };
+        self.health.report(&result, true);
+        result
     }
 
     /// Changes the state of targets of messages.
-    pub async fn update_targets(&self, updates: Vec<TargetUpdate>) -> Result<(), StatusError> {
-        match self {
-            Self::Embedded(s) => s.update_targets(updates).await,
-            Self::Postgres(s) => s.update_targets(updates).await,
-            Self::Redis(s) => s.update_targets(updates).await,
-        }
+    pub async fn update_targets(&self, updates: &[TargetUpdate]) -> Result<(), StatusError> {
+        let result = match &self.store {
+            Store::Embedded(s) => s.update_targets(updates).await,
+            Store::Postgres(s) => s.update_targets(updates).await,
+            Store::Redis(s) => s.update_targets(updates).await,
+        };
+        self.health.report(&result, true);
+        result
     }
 
     /// The messages of a transaction; empty if it is unknown or expired.
     pub async fn messages(&self, transaction_id: &str) -> Result<Vec<MessageStatus>, StatusError> {
-        match self {
-            Self::Embedded(s) => s.messages(transaction_id).await,
-            Self::Postgres(s) => s.messages(transaction_id).await,
-            Self::Redis(s) => s.messages(transaction_id).await,
+        match &self.store {
+            Store::Embedded(s) => s.messages(transaction_id).await,
+            Store::Postgres(s) => s.messages(transaction_id).await,
+            Store::Redis(s) => s.messages(transaction_id).await,
         }
     }
 
     /// Deletes entries whose last change is older than the retention; returns how many.
     /// Redis expires its entries by itself.
     pub async fn expire(&self) -> Result<u64, StatusError> {
-        match self {
-            Self::Embedded(s) => s.expire().await,
-            Self::Postgres(s) => s.expire().await,
-            Self::Redis(_) => Ok(0),
-        }
+        let result = match &self.store {
+            Store::Embedded(s) => s.expire().await,
+            Store::Postgres(s) => s.expire().await,
+            Store::Redis(_) => Ok(0),
+        };
+        self.health.report(&result, false);
+        result
     }
 
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Embedded(_) => "embedded",
-            Self::Postgres(_) => "postgres",
-            Self::Redis(_) => "redis",
+        match &self.store {
+            Store::Embedded(_) => "embedded",
+            Store::Postgres(_) => "postgres",
+            Store::Redis(_) => "redis",
         }
+    }
+
+    /// The health of the store's requests.
+    pub fn health(&self) -> &Component {
+        &self.health
     }
 }
 
@@ -333,10 +361,13 @@ impl StatusStore {
         let messages = self.messages(transaction_id).await?;
         if messages.is_empty() {
             if !caught_up {
+                // Not found, but not every acknowledged write is indexed yet: "unknown"
+                // would be a guess.
                 tracing::warn!(
                     transaction_id,
                     "Status lookup gave up waiting for a status tailer."
                 );
+                return Err(StatusError::Behind);
             }
             return Ok(None);
         }

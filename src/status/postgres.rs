@@ -55,7 +55,7 @@ impl PostgresStore {
         Ok(Self { pool, retention })
     }
 
-    pub async fn record_accepted(&self, messages: Vec<MessageStatus>) -> Result<(), StatusError> {
+    pub async fn record_accepted(&self, messages: &[MessageStatus]) -> Result<(), StatusError> {
         let mut transactions = Vec::with_capacity(messages.len());
         let mut ids = Vec::with_capacity(messages.len());
         let mut namespaces = Vec::with_capacity(messages.len());
@@ -65,7 +65,7 @@ impl PostgresStore {
         for m in messages {
             transactions.push(Uuid::parse_str(&m.transaction_id).unwrap_or_default());
             ids.push(Uuid::parse_str(&m.message_id).unwrap_or_default());
-            namespaces.push(m.namespace);
+            namespaces.push(m.namespace.as_str());
             offsets.push(i64::try_from(m.offset).unwrap_or(i64::MAX));
             accepted.push(i64::try_from(m.accepted_at_ms).unwrap_or(i64::MAX));
             targets.push(serde_json::to_string(&m.targets)?);
@@ -89,7 +89,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub async fn update_targets(&self, updates: Vec<TargetUpdate>) -> Result<(), StatusError> {
+    pub async fn update_targets(&self, updates: &[TargetUpdate]) -> Result<(), StatusError> {
         let mut txn = self.pool.begin().await?;
         // One statement per update: two updates of one row in a batch must both apply.
         for update in updates {

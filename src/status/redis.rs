@@ -32,9 +32,9 @@ impl RedisStore {
         })
     }
 
-    pub async fn record_accepted(&self, messages: Vec<MessageStatus>) -> Result<(), StatusError> {
+    pub async fn record_accepted(&self, messages: &[MessageStatus]) -> Result<(), StatusError> {
         let mut pipe = redis::pipe();
-        for m in &messages {
+        for m in messages {
             let key = key(&m.transaction_id);
             pipe.hset_nx(
                 &key,
@@ -49,9 +49,9 @@ impl RedisStore {
         Ok(())
     }
 
-    pub async fn update_targets(&self, updates: Vec<TargetUpdate>) -> Result<(), StatusError> {
+    pub async fn update_targets(&self, updates: &[TargetUpdate]) -> Result<(), StatusError> {
         let mut pipe = redis::pipe();
-        for u in &updates {
+        for u in updates {
             let key = key(&u.transaction_id);
             pipe.hset(
                 &key,

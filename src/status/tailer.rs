@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{MessageStatus, StatusStore, TAILER_GROUP};
 use crate::backend::embedded::{Log, LogError, blocking};
+use crate::runtime::component::{Backoff, Component};
 
 /// Records read from the log per store write.
 const BATCH: usize = 1024;
@@ -22,8 +23,6 @@ const BATCH: usize = 1024;
 /// full batch) does not wait. A lookup waits for the tailer, so this bounds how much
 /// longer a lookup of a brand-new write can take.
 const PACE: Duration = Duration::from_millis(50);
-/// Longest wait between tries when the store fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A running tailer: how far it has indexed, and how to stop it.
 pub struct Tailer {
@@ -35,12 +34,13 @@ pub struct Tailer {
 
 impl Tailer {
     /// Starts tailing `log` of `namespace`, whose messages go to `targets` unless a
-    /// message names its own.
+    /// message names its own; it reports its failures to `health`.
     pub fn start(
         log: Log,
         namespace: String,
         targets: Vec<String>,
         store: Arc<StatusStore>,
+        health: Component,
     ) -> Result<Self, LogError> {
         let subscription = log.subscribe(TAILER_GROUP)?;
         let (indexed_tx, indexed) = watch::channel(subscription.position());
@@ -53,6 +53,7 @@ impl Tailer {
             store,
             indexed: indexed_tx,
             stopped,
+            health,
         }));
         Ok(Self {
             indexed,
@@ -77,69 +78,103 @@ struct Run {
     store: Arc<StatusStore>,
     indexed: watch::Sender<u64>,
     stopped: watch::Receiver<bool>,
+    health: Component,
 }
 
+/// Tails the log until stopped. A read that fails (a corrupt frame, an I/O error) is
+/// tried again with backoff from the tailer's cursor, the failure shown meanwhile.
 async fn run(mut run: Run) {
-    let mut last_write = tokio::time::Instant::now();
-    let mut behind = false;
+    let mut backoff = Backoff::default();
     loop {
-        if !behind {
-            tokio::select! {
-                _ = tokio::time::sleep_until(last_write + PACE) => {}
-                _ = run.stopped.wait_for(|stop| *stop) => return,
-            }
-        }
-        let records = tokio::select! {
-            records = run.subscription.next_batch(BATCH) => records,
-            _ = run.stopped.wait_for(|stop| *stop) => return,
+        let Err(e) = run.tail(&mut backoff).await else {
+            return;
         };
-        let records = match records {
-            Ok(records) => records,
-            Err(e) => {
-                // A closed or corrupt log: the namespace reports it; nothing more to index.
-                warn!(namespace = %run.namespace, error = %e, "Status tailer stopped reading the log.");
+        run.health.stalled(&format!("reading the log: {e}"));
+        loop {
+            if run.sleep(backoff.next()).await.is_err() {
                 return;
             }
-        };
-        behind = records.len() == BATCH;
-        let Some(next) = records.last().map(|r| r.offset + 1) else {
-            continue;
-        };
-        let messages: Vec<MessageStatus> = records
-            .iter()
-            .filter_map(|r| MessageStatus::of_record(r, &run.namespace, &run.targets))
-            .collect();
-        last_write = tokio::time::Instant::now();
-        if !messages.is_empty() && !record(&run, messages).await {
-            return;
+            match run.log.subscribe(TAILER_GROUP) {
+                Ok(subscription) => {
+                    run.subscription = subscription;
+                    break;
+                }
+                Err(e) => run.health.stalled(&format!("reading the log: {e}")),
+            }
         }
-        let log = run.log.clone();
-        if let Err(e) = blocking(move || log.commit(TAILER_GROUP, next)).await {
-            warn!(namespace = %run.namespace, error = %e, "Status tailer could not commit its cursor; it will index these messages again after a restart.");
-        }
-        let _ = run.indexed.send(next);
     }
 }
 
-/// Records `messages`, trying again with backoff while the store fails. False when the
-/// tailer was stopped first.
-async fn record(run: &Run, messages: Vec<MessageStatus>) -> bool {
-    let mut backoff = Duration::from_millis(100);
-    let mut stopped = run.stopped.clone();
-    loop {
-        match run.store.record_accepted(messages.clone()).await {
-            Ok(()) => return true,
-            Err(e) => {
-                warn!(namespace = %run.namespace, error = %e, retry_in = ?backoff, "Status store refused messages; trying again.");
+/// The tailer was stopped.
+struct Stopped;
+
+impl Run {
+    /// Reads, records and commits until stopped (`Ok`) or a read fails.
+    async fn tail(&mut self, backoff: &mut Backoff) -> Result<(), LogError> {
+        let mut last_write = tokio::time::Instant::now();
+        let mut behind = false;
+        loop {
+            if !behind {
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stopped.wait_for(|stop| *stop) => {
-                        info!(namespace = %run.namespace, "Status tailer stopped while the store was failing; it resumes from its cursor.");
-                        return false;
+                    _ = tokio::time::sleep_until(last_write + PACE) => {}
+                    _ = self.stopped.wait_for(|stop| *stop) => return Ok(()),
+                }
+            }
+            let records = tokio::select! {
+                records = self.subscription.next_batch(BATCH) => records?,
+                _ = self.stopped.wait_for(|stop| *stop) => return Ok(()),
+            };
+            behind = records.len() == BATCH;
+            let Some(next) = records.last().map(|r| r.offset + 1) else {
+                self.health.recovered();
+                continue;
+            };
+            let messages: Vec<MessageStatus> = records
+                .iter()
+                .filter_map(|r| MessageStatus::of_record(r, &self.namespace, &self.targets))
+                .collect();
+            last_write = tokio::time::Instant::now();
+            if !messages.is_empty() && self.record(&messages).await.is_err() {
+                return Ok(());
+            }
+            let log = self.log.clone();
+            match blocking(move || log.commit(TAILER_GROUP, next)).await {
+                // The messages are in the store: a cursor left behind only means
+                // indexing them again after a restart.
+                Err(e) => self.health.degraded(&format!("committing its cursor: {e}")),
+                Ok(()) => {
+                    self.health.recovered();
+                    backoff.reset();
+                }
+            }
+            let _ = self.indexed.send(next);
+        }
+    }
+
+    /// Records `messages`, trying again with backoff while the store fails.
+    async fn record(&self, messages: &[MessageStatus]) -> Result<(), Stopped> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.store.record_accepted(messages).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.health
+                        .stalled(&format!("recording messages in the status store: {e}"));
+                    if self.sleep(backoff.next()).await.is_err() {
+                        info!(namespace = %self.namespace, "Status tailer stopped while the store was failing; it resumes from its cursor.");
+                        return Err(Stopped);
                     }
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+
+    /// Waits `wait`, or until the tailer is stopped.
+    async fn sleep(&self, wait: Duration) -> Result<(), Stopped> {
+        let mut stopped = self.stopped.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = stopped.wait_for(|stop| *stop) => Err(Stopped),
         }
     }
 }

@@ -8,13 +8,11 @@
 //! is cut off) and rewritten atomically when done entries outnumber the pending ones.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use super::error::LogError;
-use super::journal;
+use super::journal::Journal;
 
 const ENTRY_LEN: usize = 21;
 const SCHEDULED: u8 = 1;
@@ -24,12 +22,11 @@ const COMPACT_AFTER: usize = 4096;
 
 /// The pending delayed messages of one namespace.
 pub struct DelayIndex {
-    path: PathBuf,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
-    file: File,
+    file: Journal,
     /// Pending messages ordered by (due, offset).
     by_due: BTreeSet<(u64, u64)>,
     due_of: HashMap<u64, u64>,
@@ -42,7 +39,7 @@ impl DelayIndex {
         let mut by_due = BTreeSet::new();
         let mut due_of = HashMap::new();
         let mut entries = 0;
-        let file = journal::open(path, "delay index", |rest| {
+        let file = Journal::open(path, "delay index", |rest| {
             let (kind, offset, due) = decode(rest.get(..ENTRY_LEN)?)?;
             if let Some(old) = due_of.remove(&offset) {
                 by_due.remove(&(old, offset));
@@ -55,7 +52,6 @@ impl DelayIndex {
             Some(ENTRY_LEN)
         })?;
         Ok(Self {
-            path: path.to_path_buf(),
             inner: Mutex::new(Inner {
                 file,
                 by_due,
@@ -90,11 +86,7 @@ impl DelayIndex {
         for &(kind, offset, due) in &items {
             bytes.extend_from_slice(&encode(kind, offset, due));
         }
-        inner
-            .file
-            .write_all(&bytes)
-            .and_then(|()| inner.file.sync_data())
-            .map_err(|e| LogError::io("writing the delay index", &self.path, e))?;
+        inner.file.append(&bytes)?;
         for (kind, offset, due) in items {
             if let Some(old) = inner.due_of.remove(&offset) {
                 inner.by_due.remove(&(old, offset));
@@ -118,7 +110,7 @@ impl DelayIndex {
             .iter()
             .flat_map(|&(due, offset)| encode(SCHEDULED, offset, due))
             .collect();
-        inner.file = journal::rewrite(&self.path, "delay index", &bytes)?;
+        inner.file.rewrite(&bytes)?;
         inner.entries = inner.by_due.len();
         Ok(())
     }

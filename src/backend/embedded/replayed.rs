@@ -4,25 +4,22 @@
 //! memory on open (a torn last entry is cut off).
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use super::error::LogError;
-use super::journal;
+use super::journal::Journal;
 
 const ENTRY_LEN: usize = 12;
 
 pub struct ReplayedSet {
-    path: PathBuf,
-    inner: Mutex<(File, BTreeSet<u64>)>,
+    inner: Mutex<(Journal, BTreeSet<u64>)>,
 }
 
 impl ReplayedSet {
     pub fn open(path: &Path) -> Result<Self, LogError> {
         let mut offsets = BTreeSet::new();
-        let file = journal::open(path, "replayed DLQ entries", |rest| {
+        let file = Journal::open(path, "replayed DLQ entries", |rest| {
             let entry = rest.get(..ENTRY_LEN)?;
             let crc = u32::from_le_bytes(entry[..4].try_into().ok()?);
             (crc32c::crc32c(&entry[4..]) == crc).then_some(())?;
@@ -30,7 +27,6 @@ impl ReplayedSet {
             Some(ENTRY_LEN)
         })?;
         Ok(Self {
-            path: path.to_path_buf(),
             inner: Mutex::new((file, offsets)),
         })
     }
@@ -64,11 +60,7 @@ impl ReplayedSet {
             bytes.extend_from_slice(&crc32c::crc32c(&encoded).to_le_bytes());
             bytes.extend_from_slice(&encoded);
         }
-        inner
-            .0
-            .write_all(&bytes)
-            .and_then(|()| inner.0.sync_data())
-            .map_err(|e| LogError::io("writing the replayed DLQ entries", &self.path, e))?;
+        inner.0.append(&bytes)?;
         inner.1.extend(offsets);
         Ok(())
     }
