@@ -70,7 +70,9 @@ pub struct Remembered {
 enum Entry {
     Key(Remembered),
     /// Every keyed record of the log below this offset has its key before this entry.
-    Checkpoint { checkpoint: u64 },
+    Checkpoint {
+        checkpoint: u64,
+    },
 }
 
 /// What a key says about a new write.
@@ -90,7 +92,9 @@ pub enum Check {
 enum Slot {
     /// Reserved by a write in flight, when the log ended at this offset (the write's
     /// message gets that offset or a later one).
-    Reserved { log_end: u64 },
+    Reserved {
+        log_end: u64,
+    },
     Done(Remembered),
 }
 
@@ -144,10 +148,14 @@ impl IdempotencyStore {
             }
             Some(len)
         })?;
-        if let Some(log) = &log {
-            for key in keys_in_log(log, checkpoint, oldest)? {
-                slots.insert(key.key.clone(), Slot::Done(key));
-            }
+        // The keys of the records after the checkpoint: into the journal with the next
+        // checkpoint.
+        let unjournaled = match &log {
+            Some(log) => keys_in_log(log, checkpoint, oldest)?,
+            None => Vec::new(),
+        };
+        for key in &unjournaled {
+            slots.insert(key.key.clone(), Slot::Done(key.clone()));
         }
         let store = Arc::new(Self {
             retention,
@@ -155,7 +163,7 @@ impl IdempotencyStore {
                 journal,
                 slots,
                 entries,
-                unjournaled: Vec::new(),
+                unjournaled,
                 checkpoint,
             }),
             settled: Notify::new(),
@@ -297,7 +305,10 @@ impl IdempotencyStore {
         } else {
             inner.unjournaled.iter().collect()
         };
-        let mut bytes: Vec<u8> = keys.iter().flat_map(|e| encode(&Entry::Key((*e).clone()))).collect();
+        let mut bytes: Vec<u8> = keys
+            .iter()
+            .flat_map(|e| encode(&Entry::Key((*e).clone())))
+            .collect();
         let mut written = keys.len();
         if let Some(checkpoint) = checkpoint {
             bytes.extend(encode(&Entry::Checkpoint { checkpoint }));
@@ -310,7 +321,11 @@ impl IdempotencyStore {
         };
         self.health.report(&result, false);
         result?;
-        inner.entries = if rewrite { written } else { inner.entries + written };
+        inner.entries = if rewrite {
+            written
+        } else {
+            inner.entries + written
+        };
         inner.unjournaled.clear();
         inner.checkpoint = checkpoint.unwrap_or(inner.checkpoint).max(inner.checkpoint);
         Ok(())
@@ -460,7 +475,12 @@ mod tests {
     const NO_WAIT: Duration = Duration::ZERO;
 
     fn store(path: &Path) -> Result<Arc<IdempotencyStore>, LogError> {
-        IdempotencyStore::open(path, HOUR, None, Component::new(None, "idempotency_journal"))
+        IdempotencyStore::open(
+            path,
+            HOUR,
+            None,
+            Component::new(None, "idempotency_journal"),
+        )
     }
 
     #[tokio::test]
@@ -472,7 +492,10 @@ mod tests {
         let (check, reservation) = keys.reserve("a", "h1", NO_WAIT).await;
         assert_eq!(check, Check::New);
         assert_eq!(keys.reserve("a", "h1", NO_WAIT).await.0, Check::InProgress);
-        reservation.ok_or("reserved")?.complete(vec![entry("a", "h1")]).await;
+        reservation
+            .ok_or("reserved")?
+            .complete(vec![entry("a", "h1")])
+            .await;
         let (check, reservation) = keys.reserve("b", "h2", NO_WAIT).await;
         assert_eq!(check, Check::New);
         drop(reservation);
@@ -508,6 +531,54 @@ mod tests {
         tokio::task::yield_now().await;
         first.complete(vec![entry("k", "h")]).await;
         assert!(matches!(retry.await?, Check::Repeat(e) if e.message_id == "m-k"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn keys_of_records_after_the_checkpoint_are_found_in_the_log_on_every_open()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::backend::Record;
+        use crate::http::ingest::{
+            HEADER_IDEMPOTENCY_HASH, HEADER_IDEMPOTENCY_KEY, HEADER_MESSAGE_ID,
+            HEADER_TRANSACTION_ID,
+        };
+        let dir = tempfile::tempdir()?;
+        let log = Log::open(&dir.path().join("log"), Default::default())?;
+        let path = dir.path().join("idempotency.log");
+        let open = || {
+            IdempotencyStore::open(
+                &path,
+                HOUR,
+                Some(log.clone()),
+                Component::new(None, "idempotency_journal"),
+            )
+        };
+        // A journal checkpoint, then keyed records it does not cover (as after a crash
+        // before the journal was written).
+        drop(open()?);
+        let keyed = |key: &str| Record {
+            key: None,
+            headers: [
+                (HEADER_MESSAGE_ID, format!("m-{key}")),
+                (HEADER_TRANSACTION_ID, format!("t-{key}")),
+                (HEADER_IDEMPOTENCY_KEY, key.to_string()),
+                (HEADER_IDEMPOTENCY_HASH, "h".to_string()),
+            ]
+            .map(|(n, v)| (n.to_string(), v.into_bytes()))
+            .to_vec(),
+            payload: b"{}".to_vec(),
+        };
+        log.append(vec![keyed("a"), keyed("b")]).await?;
+        for round in 0..2 {
+            let keys = open()?;
+            for key in ["a", "b"] {
+                match keys.reserve(key, "h", NO_WAIT).await.0 {
+                    Check::Repeat(e) => assert_eq!(e.message_id, format!("m-{key}")),
+                    other => panic!("round {round}, key {key}: {other:?}"),
+                }
+            }
+            keys.close().await;
+        }
         Ok(())
     }
 }
