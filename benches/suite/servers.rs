@@ -163,12 +163,14 @@ pub async fn serve(app: Router) -> crate::Result<SocketAddr> {
 pub async fn serve_as_wald(app: Router) -> crate::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let http = ServiceConfig::default().http;
+    let limits = wald::http::server::Limits {
+        drain: Duration::from_secs(1),
+        ..wald::http::server::Limits::of(&ServiceConfig::default())
+    };
     tokio::spawn(wald::http::server::run(
         listener,
         app,
-        http.header_read_timeout.get(),
-        Duration::from_secs(1),
+        limits,
         std::future::pending(),
     ));
     Ok(address)

@@ -75,10 +75,18 @@ pub struct HttpLimits {
     /// Writes waiting for durability per namespace before new ones get 503.
     /// Default: 10000. Range: 1..=1000000.
     pub max_in_flight_per_namespace: u32,
-    /// Time a client has to send its request headers. Default: 10s.
+    /// Time a client has to send its request headers, and a new connection its first
+    /// request. Default: 10s.
     pub header_read_timeout: HumanDuration,
     /// Time a whole request may take. Default: 30s.
     pub request_timeout: HumanDuration,
+    /// Time a connection with no request in flight stays open (keep-alive).
+    /// Default: 60s.
+    pub idle_timeout: HumanDuration,
+    /// Connections open at once (fewer when the file descriptor limit is lower); at the
+    /// limit a new one takes the place of the one idle the longest. Default: 10000.
+    /// Range: 1..=1000000.
+    pub max_connections: u32,
 }
 
 impl Default for HttpLimits {
@@ -89,6 +97,8 @@ impl Default for HttpLimits {
             max_in_flight_per_namespace: 10_000,
             header_read_timeout: HumanDuration::from_secs(10),
             request_timeout: HumanDuration::from_secs(30),
+            idle_timeout: HumanDuration::from_secs(60),
+            max_connections: 10_000,
         }
     }
 }
@@ -161,9 +171,17 @@ impl ServiceConfig {
             1,
             1_000_000,
         );
+        checks.range(
+            Code::InvalidValue,
+            &http.key("max_connections"),
+            self.http.max_connections,
+            1,
+            1_000_000,
+        );
         for (key, value) in [
             ("header_read_timeout", self.http.header_read_timeout),
             ("request_timeout", self.http.request_timeout),
+            ("idle_timeout", self.http.idle_timeout),
         ] {
             if value.get().is_zero() {
                 checks.error(

@@ -90,6 +90,12 @@ pub enum ApiError {
     StatusUnavailable,
     #[error("no such route")]
     RouteNotFound,
+    #[error("this route does not take {0}; the `Allow` header says what it takes")]
+    MethodNotAllowed(String),
+    /// An error answer made without a JSON body (an extractor's rejection, a static
+    /// asset not found), given one: its status and its text.
+    #[error("{1}")]
+    Http(StatusCode, String),
     #[error("an internal error; the request id leads to it in the log")]
     Internal,
     #[error("idempotency key `{0}` was used with another body")]
@@ -123,6 +129,8 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::RouteNotFound => "route_not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Http(status, _) => code_of_status(*status),
             ApiError::Internal => "internal_error",
             ApiError::TransactionNotFound(_) => "transaction_not_found",
             ApiError::StatusUnavailable => "status_unavailable",
@@ -145,6 +153,8 @@ impl ApiError {
             ApiError::NamespaceNotFound(_)
             | ApiError::TransactionNotFound(_)
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Http(status, _) => *status,
             ApiError::BodyTooLarge(_) | ApiError::MessageTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -197,4 +207,63 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The code of an error answer that came without one, by its status.
+fn code_of_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "malformed_request",
+        401 => "missing_api_key",
+        404 => "route_not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "body_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "invalid_message",
+        431 => "headers_too_large",
+        500 => "internal_error",
+        503 => "unavailable",
+        _ if status.is_client_error() => "bad_request",
+        _ => "internal_error",
+    }
+}
+
+/// Middleware: every error answer is the API's JSON error. An answer of 400 or more
+/// without a JSON body (axum's rejections of a path or query, the API page's assets,
+/// a 405) is given one, with a code from its status and its text as the message; its
+/// headers (`Allow`, `Retry-After`) stay.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // The bodies given here are short texts; anything longer is cut.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let text = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let json = ApiError::Http(status, text).into_response();
+    let (json_parts, json_body) = json.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in &json_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, json_body)
 }

@@ -18,8 +18,8 @@ use sha2::Digest;
 use tracing::warn;
 
 use super::auth::authorize;
-use super::{AppState, WriteProgress};
 use super::error::{ApiError, ErrorDetail, ErrorResponse};
+use super::{AppState, WriteProgress};
 use crate::backend::embedded::LogError;
 use crate::backend::{BackendError, Durability, Record};
 use crate::runtime::Namespace;
@@ -235,7 +235,11 @@ pub async fn write_batch(
     let mut seen_keys = std::collections::HashSet::new();
     for (index, message) in batch.messages.into_iter().enumerate() {
         let converted = async {
-            if let Some(other) = message.namespace.as_deref().filter(|n| *n != batch.namespace) {
+            if let Some(other) = message
+                .namespace
+                .as_deref()
+                .filter(|n| *n != batch.namespace)
+            {
                 return Err(ApiError::InvalidMessage(format!(
                     "the message names namespace `{other}`, the batch `{}`",
                     batch.namespace
@@ -254,13 +258,13 @@ pub async fn write_batch(
                 let json = serde_json::to_vec(&message).unwrap_or_default();
                 hex::encode(sha2::Sha256::digest(&json))
             };
-            let keyed = match check_key(&namespace, message.idempotency_key.as_deref(), hash)
-                .await?
-            {
-                KeyCheck::Repeat(repeat) => return Ok(Err(repeat)),
-                KeyCheck::New(keyed) => keyed,
-            };
-            let (record, accepted) = to_record(&namespace, message, &transaction_id, keyed.as_ref())?;
+            let keyed =
+                match check_key(&namespace, message.idempotency_key.as_deref(), hash).await? {
+                    KeyCheck::Repeat(repeat) => return Ok(Err(repeat)),
+                    KeyCheck::New(keyed) => keyed,
+                };
+            let (record, accepted) =
+                to_record(&namespace, message, &transaction_id, keyed.as_ref())?;
             Ok(Ok((record, accepted, keyed)))
         }
         .await;
@@ -341,7 +345,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge(state.service.http.max_body_bytes.bytes())
         } else {
-            ApiError::Malformed(rejection.body_text())
+            // Mostly a body that ended before its declared `Content-Length`.
+            ApiError::Malformed(format!(
+                "the request body could not be read in full ({})",
+                rejection.body_text()
+            ))
         }
     })?;
     let max_depth = state.service.http.max_json_depth as usize;
@@ -461,8 +469,11 @@ async fn append_detached(
         Ok(durability)
     };
     // The request's span goes along, so that what the append logs carries its id.
-    tokio::spawn(tracing::Instrument::instrument(appending, tracing::Span::current()))
-        .await
+    tokio::spawn(tracing::Instrument::instrument(
+        appending,
+        tracing::Span::current(),
+    ))
+    .await
     .unwrap_or_else(|e| {
         tracing::error!(error = %e, "An append task failed.");
         Err(ApiError::Internal)
@@ -558,7 +569,10 @@ fn to_record(
     }
     if let Some(keyed) = keyed {
         headers.push((HEADER_IDEMPOTENCY_KEY.into(), keyed.key.as_bytes().to_vec()));
-        headers.push((HEADER_IDEMPOTENCY_HASH.into(), keyed.hash.as_bytes().to_vec()));
+        headers.push((
+            HEADER_IDEMPOTENCY_HASH.into(),
+            keyed.hash.as_bytes().to_vec(),
+        ));
     }
     headers.extend(
         message

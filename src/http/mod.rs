@@ -145,6 +145,7 @@ pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Route
         usize::try_from(state.service.http.max_body_bytes.bytes()).unwrap_or(usize::MAX);
     routes
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count,
@@ -154,9 +155,33 @@ pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Route
             state.service.http.request_timeout.get(),
             limit_time,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.service.http.max_body_bytes.bytes(),
+            refuse_declared_large_bodies,
+        ))
         .layer(catch_panics())
+        .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
+}
+
+/// Refuses a body whose declared `Content-Length` is over the limit at once, 413,
+/// before any of it is read (the body limit itself counts the bytes as they come, for
+/// a body without a declared length).
+async fn refuse_declared_large_bodies(
+    axum::extract::State(limit): axum::extract::State<u64>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => ApiError::BodyTooLarge(limit).into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// A handler that panics is a bug; its request is still answered, 500
@@ -213,10 +238,16 @@ async fn not_found() -> Response {
     ApiError::RouteNotFound.into_response()
 }
 
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    ApiError::MethodNotAllowed(method.to_string()).into_response()
+}
+
 /// Loads the pipelines, binds `service.listen` and serves until SIGINT or SIGTERM.
 /// The pipelines are reloaded on a change in their directory (when `watch` is on), on
 /// SIGHUP and on `POST /api/v1/admin/reload`.
 pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
+    // First: the namespaces about to open take file descriptors too.
+    let limits = server::Limits::of(&service);
     let store = StatusStore::open(&service.status_store, &service.data_dir).await?;
     info!(store = store.kind(), "Transaction status store open.");
     let status = Arc::new(store);
@@ -245,17 +276,16 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(service.listen).await?;
     info!(address = %listener.local_addr()?, "Listening.");
-    server::run(
-        listener,
-        router(state.clone()),
-        service.http.header_read_timeout.get(),
-        service.shutdown_timeout.get(),
-        shutdown_signal(),
-    )
-    .await;
+    server::run(listener, router(state.clone()), limits, shutdown_signal()).await;
     let _ = stop_tasks.send(true);
-    for task in tasks {
-        let _ = task.await;
+    // A reload in progress ends within its own deadlines; shutdown does not wait
+    // longer than its own for it.
+    let deadline = tokio::time::Instant::now() + service.shutdown_timeout.get();
+    for mut task in tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            warn!("A background task did not stop in time; it is abandoned.");
+            task.abort();
+        }
     }
     supervisor.close().await;
     info!("Stopped.");

@@ -239,9 +239,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            wait: Self::FIRST,
-        }
+        Self { wait: Self::FIRST }
     }
 }
 
@@ -250,7 +248,7 @@ impl Backoff {
     const MAX: Duration = Duration::from_secs(30);
 
     /// The wait before the next try; each call doubles the next.
-    pub fn next(&mut self) -> Duration {
+    pub fn wait(&mut self) -> Duration {
         let wait = self.wait;
         self.wait = (self.wait * 2).min(Self::MAX);
         wait
@@ -278,7 +276,11 @@ mod tests {
         part.stalled(&"still full");
         part.degraded(&"better");
         let status = part.status();
-        assert_eq!(status.state, ComponentState::Stalled, "stalled until it recovers");
+        assert_eq!(
+            status.state,
+            ComponentState::Stalled,
+            "stalled until it recovers"
+        );
         assert_eq!(status.since_ms, since, "failing since the first failure");
         assert_eq!(status.failures, 3);
         part.recovered();
@@ -291,12 +293,14 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {
         let mut backoff = Backoff::default();
-        let waits: Vec<u128> = (0..11).map(|_| backoff.next().as_millis()).collect();
+        let waits: Vec<u128> = (0..11).map(|_| backoff.wait().as_millis()).collect();
         assert_eq!(
             waits,
-            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+            [
+                100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000
+            ]
         );
         backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(100));
+        assert_eq!(backoff.wait(), Duration::from_millis(100));
     }
 }

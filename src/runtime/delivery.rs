@@ -71,6 +71,8 @@ const COMMIT_EVERY: Duration = Duration::from_millis(50);
 const STATUS_PACE: Duration = Duration::from_millis(50);
 /// Longest wait for the status tailer before a status update is written anyway.
 const STATUS_WAIT: Duration = Duration::from_secs(5);
+/// Longest time a target may take to be built (a reload or a start waits for it).
+const BUILD_DEADLINE: Duration = Duration::from_secs(30);
 /// A run of the consumer that lasted this long before it failed was healthy: the next
 /// failure is retried after the shortest backoff again.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
@@ -259,9 +261,16 @@ impl Targets {
                 || config.consumer.retry.clone(),
                 |o| o.apply(&config.consumer.retry),
             );
-            let target = Target::build(t)
-                .await
-                .map_err(|e| format!("target `{}`: {e}", t.name))?;
+            let target = match tokio::time::timeout(BUILD_DEADLINE, Target::build(t)).await {
+                Ok(built) => built.map_err(|e| format!("target `{}`: {e}", t.name))?,
+                Err(_) => {
+                    return Err(format!(
+                        "target `{}`: building it took longer than {} s",
+                        t.name,
+                        BUILD_DEADLINE.as_secs()
+                    ));
+                }
+            };
             targets.insert(t.name.clone(), (target, policy));
         }
         Ok(Self(targets))
@@ -270,7 +279,8 @@ impl Targets {
 
 impl Delivery {
     /// Starts delivering to `targets`. Targets that could not be built keep delivery
-    /// down (the messages wait in the log), and the reason is reported. A run of the
+    /// down (the messages wait in the log) and are built again with backoff, the
+    /// reason reported meanwhile. A run of the
     /// consumer that fails (the log cannot be read) is started again with backoff from
     /// the group's cursor, its parts reporting to `components` meanwhile.
     pub fn start(
@@ -283,15 +293,20 @@ impl Delivery {
         components: &Components,
     ) -> Self {
         let failure = Arc::new(Mutex::new(None));
-        let fail = |reason: String| {
-            if let Ok(mut f) = failure.lock() {
-                f.get_or_insert(reason);
-            }
-        };
         let (stop, stopped) = watch::channel(false);
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let consumer = match targets {
-            Ok(Targets(targets)) => Some(Consumer {
+        let health = DeliveryHealth::of(components);
+        let config = config.clone();
+        let (running, failed) = (started.clone(), failure.clone());
+        let task = tokio::spawn(async move {
+            // Targets that could not be built (a file whose directory cannot be made,
+            // a client that cannot be set up) are built again with backoff.
+            let Some(Targets(targets)) =
+                build_until_done(&config, targets, &failed, &health, stopped.clone()).await
+            else {
+                return;
+            };
+            let consumer = Arc::new(Consumer {
                 namespace: config.namespace.clone(),
                 backend,
                 group: config.producer.consumer_group(&config.namespace),
@@ -305,18 +320,8 @@ impl Delivery {
                 order: config.consumer.order,
                 dlq_enabled: config.consumer.dlq.enabled,
                 stopped,
-                health: DeliveryHealth::of(components),
-            }),
-            Err(e) => {
-                error!(namespace = %config.namespace, error = %e, "Delivery not started: a target could not be built; messages wait in the log.");
-                fail(e);
-                None
-            }
-        };
-        let running = started.clone();
-        let task = tokio::spawn(async move {
-            let Some(consumer) = consumer else { return };
-            let consumer = Arc::new(consumer);
+                health,
+            });
             let mut backoff = Backoff::default();
             loop {
                 let began = tokio::time::Instant::now();
@@ -327,7 +332,7 @@ impl Delivery {
                 if began.elapsed() >= HEALTHY_RUN {
                     backoff.reset();
                 }
-                if consumer.sleep(backoff.next()).await.is_err() {
+                if consumer.sleep(backoff.wait()).await.is_err() {
                     return;
                 }
             }
@@ -355,6 +360,45 @@ impl Delivery {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// The targets `built` holds, or, if they could not be built, built again with backoff
+/// until they are (reported as why delivery does not run meanwhile); none if the
+/// namespace stops first.
+async fn build_until_done(
+    config: &PipelineConfig,
+    built: Result<Targets, String>,
+    failure: &Mutex<Option<String>>,
+    health: &DeliveryHealth,
+    mut stopped: watch::Receiver<bool>,
+) -> Option<Targets> {
+    let mut built = built;
+    let mut backoff = Backoff::default();
+    loop {
+        let set = |reason: Option<String>| {
+            if let Ok(mut failure) = failure.lock() {
+                *failure = reason;
+            }
+        };
+        match built {
+            Ok(targets) => {
+                set(None);
+                health.reading.recovered();
+                return Some(targets);
+            }
+            Err(e) => {
+                health.reading.stalled(&format!(
+                    "a target could not be built, messages wait in the log: {e}"
+                ));
+                set(Some(e));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.wait()) => {}
+            () = stopping(&mut stopped) => return None,
+        }
+        built = Targets::build(config).await;
     }
 }
 
@@ -423,7 +467,7 @@ impl Consumer {
                         self.health
                             .cursor
                             .degraded(&format!("committing the cursor: {e}"));
-                        next_commit = tokio::time::Instant::now() + commit_backoff.next();
+                        next_commit = tokio::time::Instant::now() + commit_backoff.wait();
                     }
                 }
             }
@@ -516,7 +560,7 @@ impl Consumer {
                     self.health
                         .delays
                         .stalled(&format!("holding delayed messages: {e}"));
-                    self.sleep(backoff.next()).await?;
+                    self.sleep(backoff.wait()).await?;
                 }
             }
         }
@@ -598,7 +642,7 @@ impl Consumer {
                     self.health
                         .delays
                         .degraded(&format!("marking delayed messages delivered: {e}"));
-                    self.sleep(backoff.next()).await?;
+                    self.sleep(backoff.wait()).await?;
                 }
             }
         }
@@ -932,7 +976,7 @@ impl Consumer {
                     self.health
                         .dlq
                         .stalled(&format!("appending to the DLQ: {e}"));
-                    self.sleep(backoff.next()).await?;
+                    self.sleep(backoff.wait()).await?;
                 }
             }
         }
@@ -983,7 +1027,7 @@ impl Consumer {
     ) -> Result<(), Stopped> {
         let mut backoff = Backoff::default();
         while self.record_status(updates, offset, accepted).await.is_err() {
-            self.sleep(backoff.next()).await?;
+            self.sleep(backoff.wait()).await?;
         }
         Ok(())
     }

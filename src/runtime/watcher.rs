@@ -39,7 +39,7 @@ pub fn spawn(
                 Err(e) => {
                     health.stalled(&format!("watching {}: {e}", dir.display()));
                     tokio::select! {
-                        () = tokio::time::sleep(backoff.next()) => {}
+                        () = tokio::time::sleep(backoff.wait()) => {}
                         _ = stop.changed() => return,
                     }
                 }

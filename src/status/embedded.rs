@@ -196,7 +196,12 @@ impl EmbeddedStore {
     pub async fn record_accepted(&self, messages: &[MessageStatus]) -> Result<(), StatusError> {
         let entries = messages
             .iter()
-            .map(|m| Ok((key(&m.transaction_id, &m.message_id), serde_json::to_vec(m)?)))
+            .map(|m| {
+                Ok((
+                    key(&m.transaction_id, &m.message_id),
+                    serde_json::to_vec(m)?,
+                ))
+            })
             .collect::<Result<Vec<_>, StatusError>>()?;
         self.write(move |tables| {
             for (k, value) in entries {

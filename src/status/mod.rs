@@ -33,8 +33,8 @@ use tokio::sync::watch;
 use crate::backend::StoredRecord;
 use crate::backend::embedded::format::header;
 use crate::config::service::{StatusStoreConfig, StatusStoreKind};
-use crate::runtime::component::Component;
 use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
+use crate::runtime::component::Component;
 
 /// The consumer group the status tailer reads each log as.
 pub use crate::backend::embedded::log::OBSERVER_GROUP as TAILER_GROUP;
@@ -258,9 +258,9 @@ impl StatusStore {
     ) -> Result<Self, StatusError> {
         let retention = config.retention.get();
         let store = match (config.kind, &config.url) {
-            (StatusStoreKind::Postgres, Some(url)) => Store::Postgres(
-                postgres::PostgresStore::connect(url.expose(), retention).await?,
-            ),
+            (StatusStoreKind::Postgres, Some(url)) => {
+                Store::Postgres(postgres::PostgresStore::connect(url.expose(), retention).await?)
+            }
             (StatusStoreKind::Redis, Some(url)) => {
                 Store::Redis(redis::RedisStore::connect(url.expose(), retention).await?)
             }

@@ -91,7 +91,7 @@ async fn run(mut run: Run) {
         };
         run.health.stalled(&format!("reading the log: {e}"));
         loop {
-            if run.sleep(backoff.next()).await.is_err() {
+            if run.sleep(backoff.wait()).await.is_err() {
                 return;
             }
             match run.log.subscribe(TAILER_GROUP) {
@@ -160,7 +160,7 @@ impl Run {
                 Err(e) => {
                     self.health
                         .stalled(&format!("recording messages in the status store: {e}"));
-                    if self.sleep(backoff.next()).await.is_err() {
+                    if self.sleep(backoff.wait()).await.is_err() {
                         info!(namespace = %self.namespace, "Status tailer stopped while the store was failing; it resumes from its cursor.");
                         return Err(Stopped);
                     }
