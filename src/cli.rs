@@ -328,8 +328,12 @@ fn plan(
         return Ok(ExitCode::from(2));
     }
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&body)?),
-        Format::Human => print!("{}", render_plan(&body)),
+        Format::Json => writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&body)?
+        )?,
+        Format::Human => write!(std::io::stdout(), "{}", render_plan(&body))?,
     }
     let count = |key: &str| body[key].as_array().map_or(0, Vec::len);
     let code = if count("quarantined") + count("blocked_by") > 0 {
@@ -528,8 +532,7 @@ fn hash_key(key: Option<String>, generate: bool) -> anyhow::Result<ExitCode> {
         let mut bytes = [0u8; 24];
         getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
         let key = format!("wald_{}", hex::encode(bytes));
-        println!("key:    {key}");
-        println!("sha256: {}", hash(&key));
+        writeln!(std::io::stdout(), "key:    {key}\nsha256: {}", hash(&key))?;
         return Ok(ExitCode::SUCCESS);
     }
     let key = match key {
@@ -547,7 +550,7 @@ fn hash_key(key: Option<String>, generate: bool) -> anyhow::Result<ExitCode> {
         !key.is_empty(),
         "the key is empty; pass it as an argument, on standard input, or use --generate"
     );
-    println!("{}", hash(&key));
+    writeln!(std::io::stdout(), "{}", hash(&key))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -625,7 +628,7 @@ fn write(args: WriteArgs) -> anyhow::Result<ExitCode> {
             };
             refused |= !response.status().is_success();
             let body: serde_json::Value = response.json().await.unwrap_or_default();
-            println!("{body}");
+            writeln!(std::io::stdout(), "{body}")?;
         }
         Ok(ExitCode::from(u8::from(refused)))
     })
@@ -731,7 +734,11 @@ fn send_and_show(
         };
         let ok = response.status().is_success();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&body)?
+        )?;
         Ok(ExitCode::from(u8::from(!(ok && good(&body)))))
     })
 }

@@ -13,9 +13,20 @@ fn main() -> ExitCode {
     let cli = wald::cli::Cli::parse();
     match wald::cli::run(cli) {
         Ok(code) => code,
+        // The reader of its output went away (`wald ... | head`): stop quietly, as a
+        // process ended by SIGPIPE does.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

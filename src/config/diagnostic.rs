@@ -27,6 +27,8 @@ pub enum Severity {
 pub enum Code {
     /// The path does not exist or cannot be read.
     Unreadable,
+    /// The entry is not a regular file (a FIFO, a socket, a directory, a device).
+    NotARegularFile,
     /// The file is larger than a configuration file can sensibly be.
     FileTooLarge,
     /// The file is not UTF-8 text.
@@ -81,6 +83,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Unreadable => "unreadable",
+            Code::NotARegularFile => "not_a_regular_file",
             Code::FileTooLarge => "file_too_large",
             Code::NotUtf8 => "not_utf8",
             Code::EmptyFile => "empty_file",

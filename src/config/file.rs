@@ -137,16 +137,55 @@ pub fn unreadable(e: &std::io::Error) -> Finding {
     .with_hint(hint)
 }
 
+/// Why an entry that is not a regular file is not read as a pipeline file.
+pub fn not_a_regular_file(kind: &std::fs::FileType) -> Finding {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Finding::error(
+        Code::NotARegularFile,
+        Location::File,
+        format!("this entry is {what}, not a file; it is not read"),
+    )
+    .with_hint("a pipeline file is a regular file (or a link to one); rename or remove this entry")
+}
+
 /// Reads a file as UTF-8 text, within [`MAX_FILE_BYTES`].
 pub fn read_text(path: &Path) -> Result<String, Box<Rejected>> {
     text_of(path, read_bytes(path)?)
 }
 
-/// Reads a file's bytes, and at most one byte more than [`MAX_FILE_BYTES`].
+/// Reads a file's bytes, and at most one byte more than [`MAX_FILE_BYTES`]. Only a
+/// regular file (or a link to one) is read: anything else is refused before it is
+/// opened, and the file is opened without blocking and checked again once open, so
+/// that a FIFO put in its place cannot hold the reader.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, Box<Rejected>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let rejected =
         |finding: Finding| Rejected::new(SourceText::new(path, String::new()), vec![finding]);
-    let file = std::fs::File::open(path).map_err(|e| rejected(unreadable(&e)))?;
+    let regular = |meta: &std::fs::Metadata| {
+        if meta.is_file() {
+            Ok(())
+        } else {
+            Err(rejected(not_a_regular_file(&meta.file_type())))
+        }
+    };
+    regular(&std::fs::metadata(path).map_err(|e| rejected(unreadable(&e)))?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| rejected(unreadable(&e)))?;
+    regular(&file.metadata().map_err(|e| rejected(unreadable(&e)))?)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)

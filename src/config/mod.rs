@@ -66,8 +66,9 @@ impl LoadReport {
     }
 }
 
-/// The pipeline files that `paths` name: a file as given, a directory's `*.toml` files
-/// (not its subdirectories, not hidden files), each file once.
+/// The pipeline files that `paths` name: a file as given, a directory's `*.toml`
+/// entries (not hidden ones; one that is not a regular file is reported when read),
+/// each file once.
 pub fn collect_files(paths: &[PathBuf], diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -103,11 +104,8 @@ fn read_dir_pipelines(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         if name.starts_with('.') || !name.ends_with(".toml") {
             continue;
         }
-        // A link whose target is a directory is not a pipeline; a broken or looping
-        // link is reported when it is read.
-        if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
+        // Whatever the entry is: an entry that is not a regular file (a directory, a
+        // FIFO) is reported when it is read, a broken or looping link too.
         files.push(path);
     }
     files.sort();

@@ -37,6 +37,9 @@ use crate::runtime::component::Components;
 use crate::runtime::delivery::Targets;
 use crate::status::StatusStore;
 
+/// Longest time a reload waits for the pipeline files to be read.
+const LOAD_DEADLINE: Duration = Duration::from_secs(10);
+
 /// The running set, as one reload left it. Requests take a snapshot of it.
 #[derive(Default)]
 pub struct Running {
@@ -159,21 +162,28 @@ impl Supervisor {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Loads the pipelines directory and applies it.
+    /// Loads the pipelines directory and applies it. Loading has [`LOAD_DEADLINE`]: a
+    /// directory that does not answer in time (a hung network mount) blocks this
+    /// reload, reported like an unreadable directory, and holds up nothing else.
     pub async fn reload(&self, trigger: &'static str) -> Arc<ReloadOutcome> {
         let dir = self.service.pipelines_dir.clone();
-        let report = tokio::task::spawn_blocking(move || {
+        let loading = tokio::task::spawn_blocking(move || {
             load_pipelines(std::slice::from_ref(&dir), &env::process_env)
-        })
-        .await
-        .unwrap_or_else(|e| {
+        });
+        let loaded = match tokio::time::timeout(LOAD_DEADLINE, loading).await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => Err(format!("loading the pipeline files failed: {e}")),
+            Err(_) => Err(format!(
+                "loading the pipeline files took longer than {} s",
+                LOAD_DEADLINE.as_secs()
+            )),
+        };
+        let reloads = self.components.get("reload");
+        reloads.report(&loaded, false);
+        let report = loaded.unwrap_or_else(|reason| {
             // Never an empty set, which would remove every namespace: the directory
             // counts as unreadable, and nothing applies.
-            let finding = Finding::error(
-                Code::Unreadable,
-                Location::File,
-                format!("loading the pipeline files failed: {e}"),
-            );
+            let finding = Finding::error(Code::Unreadable, Location::File, reason);
             LoadReport {
                 diagnostics: vec![Diagnostic::for_path(&self.service.pipelines_dir, finding)],
                 ..LoadReport::default()
