@@ -150,15 +150,27 @@ fn listening_address(line: &str) -> Option<String> {
 
 impl Server {
     /// Starts `wald serve` with `pipelines` and `data` (and `extra` arguments), and waits
-    /// until it listens.
+    /// until it listens. It runs from `data`, so paths it is given should be absolute.
     pub async fn start(
         pipelines: &Path,
         data: &Path,
         extra: &[&str],
     ) -> Result<Self, Box<dyn std::error::Error>> {
-        use tokio::io::{AsyncBufReadExt, BufReader};
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wald"))
-            .current_dir(root())
+        Self::run(Self::command(pipelines, data, extra)?).await
+    }
+
+    /// The command [`Server::start`] runs, to change before [`Server::run`].
+    pub fn command(
+        pipelines: &Path,
+        data: &Path,
+        extra: &[&str],
+    ) -> Result<tokio::process::Command, Box<dyn std::error::Error>> {
+        // Run from the data directory: what a pipeline writes to a relative path (the
+        // shipped pipelines' `data/out/`) lands there, not in the checkout.
+        std::fs::create_dir_all(data)?;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wald"));
+        command
+            .current_dir(data)
             .env_remove("WALD_CONFIG")
             .env("RUST_LOG", "info")
             .args(extra)
@@ -169,8 +181,16 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        Ok(command)
+    }
+
+    /// Runs `command` (a `wald serve`) and waits until it listens.
+    pub async fn run(
+        mut command: tokio::process::Command,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = command.spawn()?;
         let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let address = tokio::time::timeout(Duration::from_secs(30), async {
@@ -204,6 +224,19 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
+    }
+
+    /// Whether a line the server logged so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .is_ok_and(|lines| lines.iter().any(|l| l.contains(text)))
+    }
+
+    /// Kills the server with SIGKILL and waits for it.
+    pub async fn kill(mut self) -> Result<(), Box<dyn std::error::Error>> {
+        self.child.kill().await?;
+        Ok(())
     }
 }
 
