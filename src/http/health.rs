@@ -103,7 +103,9 @@ pub async fn readiness(
     } else {
         (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "starting", "starting": starting, "unavailable": unavailable, "degraded": degraded })),
+            Json(
+                json!({ "status": "starting", "starting": starting, "unavailable": unavailable, "degraded": degraded }),
+            ),
         )
     }
 }

@@ -319,21 +319,7 @@ fn component_metrics(out: &mut String, state: &AppState) {
     for n in running.namespaces.values() {
         parts.extend(n.components.all().into_iter().map(|c| (n.name(), c)));
     }
-    let families: [(&str, &str, &str, fn(&Component) -> u64); 2] = [
-        (
-            metric::COMPONENT_UP,
-            "gauge",
-            "1 while a background part runs, 0 while it is degraded or stalled.",
-            |c| u64::from(c.is_running()),
-        ),
-        (
-            metric::COMPONENT_FAILURES,
-            "counter",
-            "Failures of a background part since start (each is retried).",
-            |c| c.status().failures,
-        ),
-    ];
-    for (name, kind, help, value) in families {
+    let mut family = |name: &str, kind: &str, help: &str, value: fn(&Component) -> u64| {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for (namespace, c) in &parts {
@@ -344,7 +330,19 @@ fn component_metrics(out: &mut String, state: &AppState) {
                 value(c)
             );
         }
-    }
+    };
+    family(
+        metric::COMPONENT_UP,
+        "gauge",
+        "1 while a background part runs, 0 while it is degraded or stalled.",
+        |c| u64::from(c.is_running()),
+    );
+    family(
+        metric::COMPONENT_FAILURES,
+        "counter",
+        "Failures of a background part since start (each is retried).",
+        |c| c.status().failures,
+    );
 }
 
 /// Writes one metric family with a sample per namespace (and per extra label set).
