@@ -61,7 +61,9 @@ impl FileTarget {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir).await.map_err(failed)?;
         }
-        // Without blocking: a FIFO at the path would otherwise wait for a reader.
+        // Without blocking: a FIFO at the path would otherwise wait for a reader (with
+        // none, the open fails and is retried; a full one fails the write, retried
+        // too). Devices such as /dev/stdout stay allowed.
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -69,12 +71,6 @@ impl FileTarget {
             .open(&config.path)
             .await
             .map_err(failed)?;
-        if !file.metadata().await.map_err(failed)?.is_file() {
-            return Err(DeliveryError::retriable(format!(
-                "{} is not a regular file",
-                config.path.display()
-            )));
-        }
         Ok(Self {
             path: config.path.clone(),
             fsync: config.fsync,
