@@ -37,6 +37,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::service::ServiceConfig;
 
+/// How long a connection asked to close, with no request in flight, may take before it
+/// is closed outright.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// File descriptors kept for everything but connections (logs, cursors, the status
 /// store, connections to targets): at least this many, or a quarter of the limit.
 const FD_RESERVE: u64 = 256;
@@ -304,9 +307,15 @@ async fn serve_connection(
     let io = TokioIo::new(Watched::new(stream, connection.clone()));
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
-    let mut closing = false;
+    // Since when the connection is asked to close gracefully (idle, evicted, or at
+    // shutdown): with no request in flight it is closed outright `CLOSE_GRACE` later,
+    // since hyper does not end a connection whose request head is half sent.
+    let mut closing: Option<Instant> = None;
     loop {
-        let deadline = connection.idle_deadline(&limits);
+        let deadline = match closing {
+            Some(since) => Some(since + CLOSE_GRACE),
+            None => connection.idle_deadline(&limits),
+        };
         tokio::select! {
             ended = served.as_mut() => {
                 if let Err(e) = ended {
@@ -315,20 +324,29 @@ async fn serve_connection(
                 break;
             }
             () = connection.changed.notified() => {
-                if !closing && connection.closing.load(Ordering::Acquire) {
-                    closing = true;
+                if closing.is_none() && connection.closing.load(Ordering::Acquire) {
+                    closing = Some(Instant::now());
                     served.as_mut().graceful_shutdown();
                 }
             }
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !closing => {
-                // Still idle: nothing began since the deadline was taken.
-                if connection.idle_deadline(&limits).is_some_and(|d| d <= Instant::now()) {
-                    closing = true;
-                    served.as_mut().graceful_shutdown();
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let idle = connection.idle_deadline(&limits);
+                match closing {
+                    // Asked to close and still idle after the grace: closed now.
+                    Some(_) if connection.in_flight.load(Ordering::Acquire) == 0 => break,
+                    Some(_) => {}
+                    // Still idle: nothing began since the deadline was taken.
+                    None if idle.is_some_and(|d| d <= Instant::now()) => {
+                        closing = Some(Instant::now());
+                        served.as_mut().graceful_shutdown();
+                    }
+                    None => {}
                 }
             }
-            _ = stopped.wait_for(|stop| *stop), if !closing => {
-                closing = true;
+            // At shutdown the requests in flight finish within the drain deadline; the
+            // idle connections close at once.
+            _ = stopped.wait_for(|stop| *stop), if closing.is_none() => {
+                closing = Some(Instant::now());
                 served.as_mut().graceful_shutdown();
             }
         }

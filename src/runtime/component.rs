@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::backend::embedded::writer::now_ms;
@@ -229,6 +230,50 @@ impl Components {
     /// The parts that are not running.
     pub fn failing(&self) -> Vec<Component> {
         self.all().into_iter().filter(|c| !c.is_running()).collect()
+    }
+}
+
+/// The part's owner asked it to stop before its step succeeded.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// Runs `step` until it succeeds: each failure is reported to `part` (`stalled` or
+/// degraded, its error after `what`) and tried again after a backoff; the success
+/// marks `part` running. `Stopped` once `stop` turns true, even while waiting.
+pub async fn retry<T, E, Fut>(
+    part: &Component,
+    stalled: bool,
+    what: &str,
+    stop: &watch::Receiver<bool>,
+    mut step: impl FnMut() -> Fut,
+) -> Result<T, Stopped>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        match step().await {
+            Ok(done) => {
+                part.recovered();
+                return Ok(done);
+            }
+            Err(e) if stalled => part.stalled(&format!("{what}: {e}")),
+            Err(e) => part.degraded(&format!("{what}: {e}")),
+        }
+        sleep_unless_stopped(backoff.wait(), stop).await?;
+    }
+}
+
+/// Waits `wait`; `Stopped` at once if `stop` is or turns true meanwhile.
+pub async fn sleep_unless_stopped(
+    wait: Duration,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), Stopped> {
+    let mut stop = stop.clone();
+    tokio::select! {
+        () = tokio::time::sleep(wait) => Ok(()),
+        _ = stop.wait_for(|stop| *stop) => Err(Stopped),
     }
 }
 

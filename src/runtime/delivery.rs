@@ -37,7 +37,9 @@ use crate::http::ingest::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS,
     HEADER_TRANSACTION_ID, RESERVED_PREFIX,
 };
-use crate::runtime::component::{Backoff, Component, Components};
+use crate::runtime::component::{
+    Backoff, Component, Components, Stopped, retry, sleep_unless_stopped,
+};
 use crate::runtime::counters::{DeliveryCounters, Outcome};
 use crate::runtime::retry;
 use crate::status::{
@@ -136,9 +138,6 @@ impl DeliveryHealth {
         }
     }
 }
-
-/// Delivery of one message stopped because the namespace is stopping.
-struct Stopped;
 
 /// A message in a lane, with what is left to do for it.
 struct InFlight {
@@ -549,30 +548,16 @@ impl Consumer {
     /// Has the backend hold delayed messages, trying again while it fails. `Stopped`
     /// when the namespace stopped first.
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), Stopped> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.backend.schedule(delayed.clone()).await {
-                Ok(()) => {
-                    self.health.delays.recovered();
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.health
-                        .delays
-                        .stalled(&format!("holding delayed messages: {e}"));
-                    self.sleep(backoff.wait()).await?;
-                }
-            }
-        }
+        let what = "holding delayed messages";
+        retry(&self.health.delays, true, what, &self.stopped, || {
+            self.backend.schedule(delayed.clone())
+        })
+        .await
     }
 
     /// Waits `wait`; `Stopped` at once when the namespace stops meanwhile.
     async fn sleep(&self, wait: Duration) -> Result<(), Stopped> {
-        let mut stopped = self.stopped.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => Ok(()),
-            () = stopping(&mut stopped) => Err(Stopped),
-        }
+        sleep_unless_stopped(wait, &self.stopped).await
     }
 
     /// The lane a message goes to: by its key's hash with `order = "per_key"` (so one
@@ -631,21 +616,11 @@ impl Consumer {
         }
         // Delivered, and their outcomes recorded: until the index forgets them they
         // would be delivered again, so keep trying.
-        let mut backoff = Backoff::default();
-        loop {
-            match self.backend.complete(due.clone()).await {
-                Ok(()) => {
-                    self.health.delays.recovered();
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.health
-                        .delays
-                        .degraded(&format!("marking delayed messages delivered: {e}"));
-                    self.sleep(backoff.wait()).await?;
-                }
-            }
-        }
+        let what = "marking delayed messages delivered";
+        retry(&self.health.delays, false, what, &self.stopped, || {
+            self.backend.complete(due.clone())
+        })
+        .await
     }
 
     /// One lane: takes the messages handed to it in runs (what comes within `linger`
@@ -965,21 +940,14 @@ impl Consumer {
             headers,
             payload: record.payload.clone(),
         };
-        let mut backoff = Backoff::default();
-        loop {
-            match self.backend.dead_letter(vec![entry.clone()]).await {
-                Ok(_) => {
-                    self.health.dlq.recovered();
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.health
-                        .dlq
-                        .stalled(&format!("appending to the DLQ: {e}"));
-                    self.sleep(backoff.wait()).await?;
-                }
-            }
-        }
+        retry(
+            &self.health.dlq,
+            true,
+            "appending to the DLQ",
+            &self.stopped,
+            || self.backend.dead_letter(vec![entry.clone()]),
+        )
+        .await
     }
 
     fn update(
@@ -1015,21 +983,20 @@ impl Consumer {
             .collect()
     }
 
-    /// [`Consumer::record_status`], tried again with backoff until the store took it
-    /// (the store's health shows the failure meanwhile): a message's final state is
-    /// never lost, and the cursor does not pass it before. `Stopped` when the
-    /// namespace stops first.
+    /// [`Consumer::record_status`], tried again with backoff until the store took it:
+    /// a message's final state is never lost, and the cursor does not pass it before.
+    /// `Stopped` when the namespace stops first.
     async fn record_until_done(
         &self,
         updates: &[TargetUpdate],
         offset: u64,
         accepted: &[MessageStatus],
     ) -> Result<(), Stopped> {
-        let mut backoff = Backoff::default();
-        while self.record_status(updates, offset, accepted).await.is_err() {
-            self.sleep(backoff.wait()).await?;
-        }
-        Ok(())
+        let what = "recording outcomes in the status store";
+        retry(&self.health.reading, true, what, &self.stopped, || {
+            self.record_status(updates, offset, accepted)
+        })
+        .await
     }
 
     /// Records target states once the message itself is in the status store: the

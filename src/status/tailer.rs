@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::{MessageStatus, StatusStore, TAILER_GROUP};
 use crate::backend::embedded::{Log, LogError, blocking};
-use crate::runtime::component::{Backoff, Component};
+use crate::runtime::component::{Backoff, Component, Stopped, retry, sleep_unless_stopped};
 
 /// Records read from the log per store write.
 const BATCH: usize = 1024;
@@ -91,7 +91,10 @@ async fn run(mut run: Run) {
         };
         run.health.stalled(&format!("reading the log: {e}"));
         loop {
-            if run.sleep(backoff.wait()).await.is_err() {
+            if sleep_unless_stopped(backoff.wait(), &run.stopped)
+                .await
+                .is_err()
+            {
                 return;
             }
             match run.log.subscribe(TAILER_GROUP) {
@@ -104,9 +107,6 @@ async fn run(mut run: Run) {
         }
     }
 }
-
-/// The tailer was stopped.
-struct Stopped;
 
 impl Run {
     /// Reads, records and commits until stopped (`Ok`) or a read fails.
@@ -153,28 +153,13 @@ impl Run {
 
     /// Records `messages`, trying again with backoff while the store fails.
     async fn record(&self, messages: &[MessageStatus]) -> Result<(), Stopped> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.store.record_accepted(messages).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    self.health
-                        .stalled(&format!("recording messages in the status store: {e}"));
-                    if self.sleep(backoff.wait()).await.is_err() {
-                        info!(namespace = %self.namespace, "Status tailer stopped while the store was failing; it resumes from its cursor.");
-                        return Err(Stopped);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits `wait`, or until the tailer is stopped.
-    async fn sleep(&self, wait: Duration) -> Result<(), Stopped> {
-        let mut stopped = self.stopped.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => Ok(()),
-            _ = stopped.wait_for(|stop| *stop) => Err(Stopped),
-        }
+        let what = "recording messages in the status store";
+        retry(&self.health, true, what, &self.stopped, || {
+            self.store.record_accepted(messages)
+        })
+        .await
+        .inspect_err(|_| {
+            info!(namespace = %self.namespace, "Status tailer stopped while the store was failing; it resumes from its cursor.");
+        })
     }
 }

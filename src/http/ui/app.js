@@ -99,6 +99,14 @@ function lag(ns) {
   return group ? group.lag : "";
 }
 
+// The background parts of a namespace that are not running (see api.md, "Namespace
+// status"), each as "name: error".
+function failingParts(ns) {
+  return Object.entries(ns.components || {})
+    .filter(([, c]) => c.state !== "running")
+    .map(([name, c]) => `${name} ${c.state}: ${c.error || ""}`);
+}
+
 function failingTargets(ns) {
   return (ns.targets || []).filter((t) => t.delivery.last_error_at_ms && t.delivery.last_error_at_ms > Date.now() - 5 * 60 * 1000);
 }
@@ -121,7 +129,7 @@ function renderSummary(data) {
 function renderOverview(data) {
   const rows = data.namespaces.map((ns) => {
     const failing = failingTargets(ns);
-    const error = ns.error || ns.delivery_error || (failing[0] && `${failing[0].name}: ${failing[0].delivery.last_error}`) || "";
+    const error = ns.error || ns.delivery_error || failingParts(ns)[0] || (failing[0] && `${failing[0].name}: ${failing[0].delivery.last_error}`) || "";
     return el("tr", { "data-namespace": ns.namespace },
       el("th", { scope: "row" }, el("a", { href: `#/ns/${encodeURIComponent(ns.namespace)}` }, ns.namespace)),
       el("td", {}, badge(quarantinedNames(data).has(ns.namespace) && ns.state === "running" ? "quarantined" : ns.state)),
@@ -175,6 +183,7 @@ function renderNamespace(data, name) {
     el("p", {}, el("a", { href: "#/" }, "← All namespaces")),
     el("h2", {}, name, " ", badge(ns.state)),
     ns.description ? el("p", { class: "muted" }, ns.description) : null,
+    ...failingParts(ns).map((part) => el("p", { class: "error-text", "data-field": "failing-part" }, part)),
     el("div", { class: "cards" },
       card("written", ns.writes.accepted_messages, "accepted"), card("lag", lag(ns), "lag"),
       card("in the DLQ", ns.dlq_depth ?? "", "dlq"), card("delayed", ns.delayed_pending ?? "", "delayed"),
