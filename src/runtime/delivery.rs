@@ -301,7 +301,7 @@ impl Delivery {
             // Targets that could not be built (a file whose directory cannot be made,
             // a client that cannot be set up) are built again with backoff.
             let Some(Targets(targets)) =
-                build_until_done(&config, targets, &failed, &health, stopped.clone()).await
+                build_until_done(&config, targets, &failed, &health, &stopped).await
             else {
                 return;
             };
@@ -370,35 +370,30 @@ async fn build_until_done(
     built: Result<Targets, String>,
     failure: &Mutex<Option<String>>,
     health: &DeliveryHealth,
-    mut stopped: watch::Receiver<bool>,
+    stopped: &watch::Receiver<bool>,
 ) -> Option<Targets> {
-    let mut built = built;
-    let mut backoff = Backoff::default();
-    loop {
-        let set = |reason: Option<String>| {
-            if let Ok(mut failure) = failure.lock() {
-                *failure = reason;
-            }
-        };
-        match built {
-            Ok(targets) => {
-                set(None);
-                health.reading.recovered();
-                return Some(targets);
-            }
-            Err(e) => {
-                health.reading.stalled(&format!(
-                    "a target could not be built, messages wait in the log: {e}"
-                ));
-                set(Some(e));
-            }
+    let set = |reason: Option<String>| {
+        if let Ok(mut failure) = failure.lock() {
+            *failure = reason;
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.wait()) => {}
-            () = stopping(&mut stopped) => return None,
+    };
+    let targets = match built {
+        Ok(targets) => targets,
+        Err(e) => {
+            let what = "building the targets (messages wait in the log)";
+            health.reading.stalled(&format!("{what}: {e}"));
+            set(Some(e));
+            retry(&health.reading, true, what, stopped, || async {
+                Targets::build(config)
+                    .await
+                    .inspect_err(|e| set(Some(e.clone())))
+            })
+            .await
+            .ok()?
         }
-        built = Targets::build(config).await;
-    }
+    };
+    set(None);
+    Some(targets)
 }
 
 impl Consumer {
