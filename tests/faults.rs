@@ -436,6 +436,46 @@ async fn idle_connections_are_closed_and_never_crowd_out_writes() -> Result {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_target_that_cannot_be_built_is_built_again_once_it_can_be() -> Result {
+    let dir = tempfile::tempdir()?;
+    let (pipes, data) = (dir.path().join("pipelines"), dir.path().join("data"));
+    std::fs::create_dir_all(&pipes)?;
+    // The target's directory cannot be made: a file stands in its place.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, "")?;
+    let out = blocked.join("out.jsonl");
+    std::fs::write(pipes.join("build.toml"), open_pipeline("build", &out))?;
+    let server = Server::start(&pipes, &data, &[]).await?;
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write"))
+        .json(&json!({"namespace": "build", "payload": {"key": "k"}}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202, "writes go on");
+    eventually(
+        Duration::from_secs(10),
+        "delivery shown stalled",
+        || async {
+            let (_, status) = get(&server, "/api/v1/wal/namespace/build/status").await?;
+            Ok(status["state"] == "degraded"
+                && status["components"]["delivery"]["state"] == "stalled"
+                && status["delivery_error"].is_string())
+        },
+    )
+    .await?;
+
+    std::fs::remove_file(&blocked)?;
+    eventually(Duration::from_secs(10), "the message delivered", || async {
+        Ok(delivered_by_key(&out)?.contains_key("k"))
+    })
+    .await?;
+    let (_, status) = get(&server, "/api/v1/wal/namespace/build/status").await?;
+    assert_eq!(status["state"], "running", "{status}");
+    assert!(status.get("delivery_error").is_none(), "{status}");
+    Ok(())
+}
+
 /// Reads from `stream` until the server closes it.
 async fn read_all(stream: &mut TcpStream) -> Result<String> {
     let mut answer = Vec::new();
