@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod http;
+pub mod message;
 pub mod runtime;
 pub mod status;
 pub mod target;

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use wald::backend::embedded::{Embedded, NamespaceStore};
 use wald::backend::redis_streams::{self, RedisStreams};
-use wald::backend::{Backend, Durability, Record, StoredRecord, Subscription};
+use wald::backend::{Backend, Subscription};
+use wald::message::{Durability, Record, StoredRecord};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -137,12 +138,12 @@ async fn delay(backend: &dyn Backend) -> Result {
     backend.append(vec![record("d", "later")]).await?;
     let mut subscription = backend.subscribe("delays").await?;
     let read_back = read(subscription.as_mut(), 1).await?;
-    let due = wald::backend::embedded::writer::now_ms() + 2000;
+    let due = wald::message::now_ms() + 2000;
     backend.schedule(vec![(read_back[0].clone(), due)]).await?;
     subscription.commit(read_back[0].offset + 1).await?;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let now = wald::backend::embedded::writer::now_ms();
+        let now = wald::message::now_ms();
         let held = backend.due(now, 10).await?;
         let again = tokio::time::timeout(Duration::from_millis(200), subscription.next_batch(10))
             .await

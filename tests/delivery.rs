@@ -274,7 +274,7 @@ async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_f
     // The DLQ holds both, with their target, attempts and errors.
     let store = wald::backend::embedded::NamespaceStore::open(&data, "shop", &Default::default())?;
     let parked = store.dlq.read(0, 10, usize::MAX)?;
-    let header = |r: &wald::backend::embedded::StoredRecord, name: &str| {
+    let header = |r: &wald::message::StoredRecord, name: &str| {
         r.headers
             .iter()
             .find(|(n, _)| n == name)

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wald::backend::Record;
-use wald::backend::embedded::{Config, Log, LogError, NamespaceStore, Position, StoredRecord};
+use wald::backend::embedded::{Config, Log, LogError, NamespaceStore, Position};
 use wald::config::units::{ByteSize, HumanDuration};
+use wald::message::{Record, StoredRecord};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -68,7 +68,7 @@ async fn concurrent_appends_share_syncs_and_get_distinct_offsets() -> Result {
             let mut offsets = Vec::new();
             for i in 0..20u64 {
                 let appended = log.append(vec![record(writer * 1000 + i)]).await?;
-                assert_eq!(appended.durability, wald::backend::Durability::Durable);
+                assert_eq!(appended.durability, wald::message::Durability::Durable);
                 offsets.push(appended.first_offset);
             }
             Ok::<_, LogError>(offsets)
@@ -416,7 +416,7 @@ async fn retention_deletes_only_consumed_old_segments() -> Result {
     // No group has consumed anything: everything stays.
     assert!(log.apply_retention()?.is_empty());
     // The status index read everything, but it only observes: everything stays.
-    log.commit(wald::backend::embedded::log::OBSERVER_GROUP, 300)?;
+    log.commit(wald::message::TAILER_GROUP, 300)?;
     assert!(log.apply_retention()?.is_empty());
     // One group consumed everything, another only half: only what both passed goes.
     log.commit("fast", 300)?;
@@ -459,7 +459,7 @@ async fn interval_mode_says_written_and_syncs_later() -> Result {
     };
     let log = Log::open(dir.path(), config)?;
     let appended = log.append(vec![record(0)]).await?;
-    assert_eq!(appended.durability, wald::backend::Durability::Written);
+    assert_eq!(appended.durability, wald::message::Durability::Written);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(log.stats().2 >= 1, "the interval sync ran");
     Ok(())

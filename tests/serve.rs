@@ -99,8 +99,8 @@ async fn a_bad_file_is_quarantined_and_the_others_still_run() -> Result {
 
 #[tokio::test]
 async fn a_corrupt_log_fails_its_namespace_alone_and_keeps_its_data() -> Result {
-    use wald::backend::Record;
     use wald::backend::embedded::{Config, NamespaceStore};
+    use wald::message::Record;
 
     let data = tempfile::tempdir()?;
     let store = NamespaceStore::open(data.path(), "demo", &Config::default())?;

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use wald::backend::Backend;
 use wald::backend::redis_streams::{Config, RedisStreams};
-use wald::backend::{Backend, Record};
+use wald::message::Record;
 
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate};
 use crate::servers::PrivateRedis;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wald::backend::Record;
 use wald::backend::embedded::{Config, Log};
+use wald::message::Record;
 
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate, quantile_ms};
 use crate::servers::PrivateRedis;

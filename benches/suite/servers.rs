@@ -15,7 +15,7 @@ use axum::routing::post;
 use wald::config::load_pipeline_set;
 use wald::config::service::ServiceConfig;
 use wald::http::{AppState, router};
-use wald::runtime::delivery::DELIVERY_GROUP;
+use wald::message::DELIVERY_GROUP;
 use wald::status::Store;
 use wald::status::embedded::EmbeddedStore;
 

@@ -7,7 +7,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use super::{BackendError, StoredRecord};
+use super::BackendError;
+use crate::message::StoredRecord;
 
 #[derive(Serialize, Deserialize)]
 struct Envelope {

@@ -27,28 +27,8 @@ use crate::config::file::Document;
 use crate::config::units::ByteSize;
 use crate::config::validate::Checks;
 
+use crate::message::{DELIVERY_GROUP, Durability, Record, StoredRecord};
 use embedded::LogError;
-pub use embedded::StoredRecord;
-
-/// A message as a backend stores it: the log adds an offset and a timestamp.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Record {
-    /// Partitions and orders messages: one key's messages keep their order.
-    pub key: Option<Vec<u8>>,
-    /// Name and value pairs carried with the message (ids, content type, delay).
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub payload: Vec<u8>,
-}
-
-/// How durable an acknowledged append is; every write answer says which applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Durability {
-    /// On stable storage: synced (`fdatasync`), or confirmed by a replicated backend.
-    Durable,
-    /// Written but not yet synced (`sync = "interval"`): a crash can lose it.
-    Written,
-}
 
 /// Why a backend refused a request. Nothing of a refused append was acknowledged,
 /// except with [`BackendError::Unknown`].
@@ -259,7 +239,7 @@ impl BackendConfig {
                 .group
                 .clone()
                 .unwrap_or_else(|| format!("wald.{namespace}")),
-            _ => crate::runtime::delivery::DELIVERY_GROUP.to_string(),
+            _ => DELIVERY_GROUP.to_string(),
         }
     }
 

@@ -20,24 +20,17 @@ use tracing::warn;
 use super::auth::authorize;
 use super::error::{ApiError, ErrorDetail, ErrorResponse};
 use super::{AppState, WriteProgress};
+use crate::backend::BackendError;
 use crate::backend::embedded::LogError;
-use crate::backend::{BackendError, Durability, Record};
+use crate::message::{
+    Durability, HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_IDEMPOTENCY_HASH,
+    HEADER_IDEMPOTENCY_KEY, HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID,
+    RESERVED_PREFIX, Record, new_id,
+};
 use crate::runtime::Namespace;
 use crate::runtime::idempotency::{Check, Remembered, Reservation};
 use crate::runtime::limits::Refusal;
 use crate::status::{MessageStatus, StatusStore};
-
-/// Header names wald sets on every stored message; clients may not use the prefix.
-pub const RESERVED_PREFIX: &str = "wald-";
-pub const HEADER_MESSAGE_ID: &str = "wald-message-id";
-pub const HEADER_TRANSACTION_ID: &str = "wald-transaction-id";
-pub const HEADER_CONTENT_TYPE: &str = "wald-content-type";
-pub const HEADER_DELIVER_AT: &str = "wald-deliver-at";
-pub const HEADER_TARGETS: &str = "wald-targets";
-/// A keyed message's idempotency key, and the SHA-256 (hex) of the body it was written
-/// with: the key is durable with its message.
-pub const HEADER_IDEMPOTENCY_KEY: &str = "wald-idempotency-key";
-pub const HEADER_IDEMPOTENCY_HASH: &str = "wald-idempotency-hash";
 
 /// Most headers one message may carry.
 const MAX_HEADERS: usize = 64;
@@ -650,7 +643,7 @@ async fn append(
     // so that its transaction can be looked up as soon as it is acknowledged.
     let accepted: Vec<MessageStatus> = if namespace.store.is_none() {
         let targets = &namespace.pipeline.config.targets;
-        let now = crate::backend::embedded::writer::now_ms();
+        let now = crate::message::now_ms();
         records
             .iter()
             .enumerate()
@@ -690,11 +683,6 @@ async fn append(
             })
         }
     }
-}
-
-/// A new time-ordered id (UUID v7).
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
 }
 
 /// How deeply `bytes` nest arrays and objects, strings skipped; a cheap bound checked

@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::backend::embedded::writer::now_ms;
+use crate::message::now_ms;
 
 /// Longest time between two ERROR lines of a part that keeps failing.
 const LOG_EVERY: Duration = Duration::from_secs(30);

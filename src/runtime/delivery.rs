@@ -30,12 +30,14 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
-use crate::backend::embedded::writer::now_ms;
-use crate::backend::{Backend, BackendError, Record, StoredRecord};
+use crate::backend::{Backend, BackendError};
 use crate::config::pipeline::{Order, PipelineConfig, RetryPolicy};
-use crate::http::ingest::{
-    HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS,
-    HEADER_TRANSACTION_ID, RESERVED_PREFIX,
+use crate::message::now_ms;
+use crate::message::{
+    HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
+    HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_LAST_FAILED_MS,
+    HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID, HEADER_TARGETS,
+    HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, StoredRecord,
 };
 use crate::runtime::component::{
     Backoff, Component, Components, Stopped, retry, sleep_unless_stopped,
@@ -46,18 +48,6 @@ use crate::status::{
     DeliveryState, MessageStatus, StatusError, StatusStore, TargetStatus, TargetUpdate,
 };
 use crate::target::{DeliveryError, Message, Target};
-
-/// The consumer group delivery reads each log as.
-pub const DELIVERY_GROUP: &str = "wald";
-
-/// Headers a dead-lettered message carries besides its own.
-pub const HEADER_DLQ_TARGET: &str = "wald-dlq-target";
-pub const HEADER_DLQ_ATTEMPTS: &str = "wald-dlq-attempts";
-pub const HEADER_DLQ_FIRST_ERROR: &str = "wald-dlq-first-error";
-pub const HEADER_DLQ_LAST_ERROR: &str = "wald-dlq-last-error";
-pub const HEADER_DLQ_FIRST_FAILED_MS: &str = "wald-dlq-first-failed-ms";
-pub const HEADER_DLQ_LAST_FAILED_MS: &str = "wald-dlq-last-failed-ms";
-pub const HEADER_DLQ_SOURCE_OFFSET: &str = "wald-dlq-source-offset";
 
 /// Longest wait for new records before the delay index is looked at again.
 const IDLE_CHECK: Duration = Duration::from_secs(1);

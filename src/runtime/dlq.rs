@@ -13,16 +13,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Record;
-use crate::backend::embedded::{LogError, NamespaceStore, StoredRecord, blocking};
-use crate::http::ingest::{HEADER_DELIVER_AT, HEADER_TARGETS};
-use crate::runtime::delivery::{
-    HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR, HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR,
-    HEADER_DLQ_LAST_FAILED_MS, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, to_message,
+use crate::backend::embedded::{LogError, NamespaceStore, blocking};
+use crate::message::{
+    DLQ_PREFIX, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
+    HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_LAST_FAILED_MS,
+    HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_REPLAYS, HEADER_TARGETS, Record,
+    StoredRecord,
 };
+use crate::runtime::delivery::to_message;
 
-/// How often a message was replayed from the DLQ.
-pub const HEADER_REPLAYS: &str = "wald-replays";
 /// Most entries one list answer holds.
 pub const MAX_LIST: usize = 1000;
 /// Replays per second when the request names no rate.
@@ -295,7 +294,7 @@ fn again(record: &StoredRecord, entry: &DlqEntry) -> Record {
         .headers
         .iter()
         .filter(|(name, _)| {
-            !name.starts_with("wald-dlq-")
+            !name.starts_with(DLQ_PREFIX)
                 && name != HEADER_TARGETS
                 && name != HEADER_REPLAYS
                 && name != HEADER_DELIVER_AT

@@ -40,10 +40,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::backend::StoredRecord;
 use crate::backend::embedded::journal::Journal;
-use crate::backend::embedded::writer::now_ms;
 use crate::backend::embedded::{Log, LogError, blocking};
+use crate::message::StoredRecord;
+use crate::message::now_ms;
 use crate::runtime::component::Component;
 
 /// How often new keys and the checkpoint are written to the journal.
@@ -424,8 +424,8 @@ fn keys_in_log(log: &Log, from: u64, oldest: u64) -> Result<Vec<Remembered>, Log
 
 /// The key a keyed record was written with, and its ids.
 fn remembered_of(record: &StoredRecord) -> Option<Remembered> {
-    use crate::backend::embedded::format::header;
-    use crate::http::ingest::{
+    use crate::message::header;
+    use crate::message::{
         HEADER_IDEMPOTENCY_HASH, HEADER_IDEMPOTENCY_KEY, HEADER_MESSAGE_ID, HEADER_TRANSACTION_ID,
     };
     let text = |name| header(&record.headers, name).map(str::to_string);
@@ -537,8 +537,8 @@ mod tests {
     #[tokio::test]
     async fn keys_of_records_after_the_checkpoint_are_found_in_the_log_on_every_open()
     -> Result<(), Box<dyn std::error::Error>> {
-        use crate::backend::Record;
-        use crate::http::ingest::{
+        use crate::message::Record;
+        use crate::message::{
             HEADER_IDEMPOTENCY_HASH, HEADER_IDEMPOTENCY_KEY, HEADER_MESSAGE_ID,
             HEADER_TRANSACTION_ID,
         };

@@ -17,7 +17,7 @@ use crate::config::LoadedPipeline;
 use crate::config::service::ServiceConfig;
 use crate::runtime::component::Components;
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
-use crate::runtime::delivery::{DELIVERY_GROUP, Delivery, Targets};
+use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
 use crate::status::StatusStore;
@@ -301,13 +301,6 @@ fn open_backend(
         BackendConfig::Embedded(embedded) => {
             let store = NamespaceStore::open(data_dir, &config.namespace, embedded)
                 .map_err(|e| e.to_string())?;
-            // The delivery group's cursor exists from the start, so that retention
-            // never deletes what delivery has not read, even before delivery runs.
-            store
-                .log
-                .cursor(DELIVERY_GROUP)
-                .and_then(|start| store.log.commit(DELIVERY_GROUP, start))
-                .map_err(|e| format!("the delivery cursor could not be written: {e}"))?;
             let store = Arc::new(store);
             Ok((Arc::new(Embedded(store.clone())), Some(store)))
         }

@@ -22,7 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
 use super::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
-use crate::backend::embedded::writer::now_ms;
+use crate::message::now_ms;
 
 const MESSAGES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("messages");
 const TARGETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("targets");

@@ -30,14 +30,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::backend::StoredRecord;
-use crate::backend::embedded::format::header;
 use crate::config::service::{StatusStoreConfig, StatusStoreKind};
-use crate::http::ingest::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
+use crate::message::StoredRecord;
+use crate::message::header;
+use crate::message::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 use crate::runtime::component::Component;
 
-/// The consumer group the status tailer reads each log as.
-pub use crate::backend::embedded::log::OBSERVER_GROUP as TAILER_GROUP;
+pub use crate::message::TAILER_GROUP;
 
 /// How long a lookup that found nothing waits for the tailers to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);

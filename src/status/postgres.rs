@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use uuid::Uuid;
 
 use super::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
-use crate::backend::embedded::writer::now_ms;
+use crate::message::now_ms;
 
 /// The schema, in order; each file is applied once per database.
 const MIGRATIONS: &[(i64, &str, &str)] = &[(

@@ -11,8 +11,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use super::{MessageStatus, StatusStore, TAILER_GROUP};
+use super::{MessageStatus, StatusStore};
 use crate::backend::embedded::{Log, LogError, blocking};
+use crate::message::TAILER_GROUP;
 use crate::runtime::component::{Backoff, Component, Stopped, retry, sleep_unless_stopped};
 
 /// Records read from the log per store write.

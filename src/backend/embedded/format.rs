@@ -2,6 +2,7 @@
 //! Every constant of the format is here, and nothing else writes or parses these bytes.
 //! `docs/on-disk-format.md` describes the same layout for people.
 
+use crate::message::StoredRecord;
 use std::fmt;
 
 /// First bytes of every segment file.
@@ -36,32 +37,6 @@ pub const FLAG_END_OF_BATCH: u8 = 0b0000_0001;
 pub const INDEX_INTERVAL: u64 = 4096;
 /// Index entry: offset, file position, timestamp.
 pub const INDEX_ENTRY_LEN: usize = 24;
-
-/// A record as stored: what was appended, with the offset and timestamp the log gave it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoredRecord {
-    pub offset: u64,
-    /// Milliseconds since the Unix epoch; never decreases along the log.
-    pub timestamp_ms: u64,
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub payload: Vec<u8>,
-}
-
-impl StoredRecord {
-    /// The value of header `name`, if it is there and is text.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-}
-
-/// The value of header `name` among `headers`, if it is there and is text.
-pub fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
 
 /// The length of the frame `record` encodes to.
 pub fn frame_len(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload: &[u8]) -> usize {

@@ -13,14 +13,10 @@ use tracing::{error, info, warn};
 use super::config::Config;
 use super::cursor::{CursorStore, sync_dir};
 use super::error::LogError;
-use super::format::{self, SEGMENT_HEADER_LEN, StoredRecord};
+use super::format::{self, SEGMENT_HEADER_LEN};
 use super::segment::{Segment, create_segment, recover_tail, segment_file_name};
-use super::writer::{self, AppendRequest, WriterMessage, WriterState, now_ms};
-use crate::backend::{Durability, Record};
-
-/// The consumer group of the status index: it holds segments back like any group, but
-/// a log that only it reads is not consumed, so retention deletes nothing on its word.
-pub const OBSERVER_GROUP: &str = "wald-status";
+use super::writer::{self, AppendRequest, WriterMessage, WriterState};
+use crate::message::{Durability, Record, StoredRecord, TAILER_GROUP, now_ms};
 
 /// Append requests waiting for the writer before `append` waits for room.
 const QUEUE_DEPTH: usize = 4096;
@@ -113,7 +109,7 @@ impl Shared {
         let segments = self.segments();
         let floor = self.retention_floor.lock().ok().and_then(|f| *f);
         let cursors = self.cursors.all()?;
-        let consumed_up_to = if cursors.iter().all(|(group, _)| group == OBSERVER_GROUP) {
+        let consumed_up_to = if cursors.iter().all(|(group, _)| group == TAILER_GROUP) {
             None
         } else {
             cursors

@@ -55,12 +55,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, Durability, Record};
+use super::{Backend, BackendError};
+use crate::message::{DELIVERY_GROUP, Durability, Record, StoredRecord};
 
 pub use config::{Config, SyncMode};
 pub use delay::DelayIndex;
 pub use error::LogError;
-pub use format::StoredRecord;
 pub use log::{Appended, Committed, Log, Position, Subscription};
 
 /// A namespace's storage on the embedded backend: its log, its dead-letter log (and
@@ -76,8 +76,12 @@ impl NamespaceStore {
     /// Opens (or creates) the storage of `namespace` under `data_dir`.
     pub fn open(data_dir: &Path, namespace: &str, config: &Config) -> Result<Self, LogError> {
         let dir = namespace_dir(data_dir, namespace);
+        let log = Log::open(&dir.join("log"), config.clone())?;
+        // The delivery group's cursor exists from the start, so that retention never
+        // deletes what delivery has not read, even before delivery runs.
+        log.commit(DELIVERY_GROUP, log.cursor(DELIVERY_GROUP)?)?;
         let store = Self {
-            log: Log::open(&dir.join("log"), config.clone())?,
+            log,
             dlq: Log::open(&dir.join("dlq"), config.clone())?,
             replayed: replayed::ReplayedSet::open(&dir.join("dlq-replayed.log"))?,
             delays: DelayIndex::open(&dir.join("delays.log"))?,

@@ -9,8 +9,8 @@ use std::sync::{OnceLock, RwLock};
 use super::error::LogError;
 use super::format::{
     self, Decoded, FrameError, INDEX_INTERVAL, IndexEntry, MIN_FRAME_LEN, SEGMENT_HEADER_LEN,
-    StoredRecord,
 };
+use crate::message::{StoredRecord, now_ms};
 
 /// Bytes a scan reads from a segment at first, doubling with each further read up to
 /// [`READ_CHUNK`]: a read of a few records reads little, a scan of a whole segment
@@ -29,7 +29,7 @@ pub fn segment_file_name(base: u64) -> String {
 /// crash could lose. Returns a read-write handle and the creation time.
 pub fn create_segment(dir: &Path, base: u64) -> Result<(File, u64), LogError> {
     let path = dir.join(segment_file_name(base));
-    let created_ms = super::writer::now_ms();
+    let created_ms = now_ms();
     let create = || -> std::io::Result<File> {
         let file = std::fs::OpenOptions::new()
             .read(true)

@@ -29,7 +29,7 @@ use super::error::LogError;
 use super::format::{self, FLAG_END_OF_BATCH, FrameMeta, SEGMENT_HEADER_LEN};
 use super::log::{Appended, Committed, Shared};
 use super::segment::{IndexSampler, Segment, create_segment, segment_file_name};
-use crate::backend::{Durability, Record};
+use crate::message::{Durability, Record, now_ms};
 
 /// Most bytes one group writes at once; more waits for the next group.
 const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
@@ -454,11 +454,4 @@ fn clone_io(e: &std::io::Error) -> std::io::Error {
         Some(code) => std::io::Error::from_raw_os_error(code),
         None => std::io::Error::new(e.kind(), e.to_string()),
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
