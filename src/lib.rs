@@ -25,6 +25,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod component;
 pub mod config;
 pub mod connect;
 pub mod http;

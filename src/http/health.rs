@@ -75,7 +75,7 @@ pub async fn readiness(
             Some(json!({ "namespace": n.name(), "backend": n.pipeline.config.producer.kind(), "error": error }))
         })
         .collect();
-    let failing = |namespace: Option<&str>, components: &crate::runtime::component::Components| {
+    let failing = |namespace: Option<&str>, components: &crate::component::Components| {
         components
             .failing()
             .into_iter()

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use crate::runtime::Namespace;
-use crate::runtime::component::Component;
+use crate::component::Component;
 use crate::runtime::counters::LATENCY_BUCKETS;
 use crate::runtime::supervisor::ReloadResult;
 use crate::telemetry::metric;

@@ -39,7 +39,7 @@ use crate::message::{
     HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID, HEADER_TARGETS,
     HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, StoredRecord,
 };
-use crate::runtime::component::{
+use crate::component::{
     Backoff, Component, Components, Stopped, retry, sleep_unless_stopped,
 };
 use crate::runtime::counters::{DeliveryCounters, Outcome};

@@ -44,7 +44,7 @@ use crate::backend::embedded::journal::Journal;
 use crate::backend::embedded::{Log, LogError, blocking};
 use crate::message::StoredRecord;
 use crate::message::now_ms;
-use crate::runtime::component::Component;
+use crate::component::Component;
 
 /// How often new keys and the checkpoint are written to the journal.
 const JOURNAL_EVERY: Duration = Duration::from_secs(1);

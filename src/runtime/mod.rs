@@ -1,7 +1,6 @@
 //! The running service: the supervisor that owns the running namespaces and reloads
 //! them, each namespace with its storage, and delivery (lanes, retries, the DLQ).
 
-pub mod component;
 pub mod counters;
 pub mod delivery;
 pub mod dlq;

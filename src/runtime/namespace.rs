@@ -15,7 +15,7 @@ use crate::backend::redis_streams::RedisStreams;
 use crate::backend::{Backend, BackendConfig};
 use crate::config::LoadedPipeline;
 use crate::config::service::ServiceConfig;
-use crate::runtime::component::Components;
+use crate::component::Components;
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
 use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;

@@ -33,7 +33,7 @@ use crate::config::diff::{Changed, Current, Plan, Quarantined, diff};
 use crate::config::service::ServiceConfig;
 use crate::config::{LoadReport, env, load_pipelines};
 use crate::runtime::Namespace;
-use crate::runtime::component::Components;
+use crate::component::Components;
 use crate::runtime::delivery::Targets;
 use crate::status::StatusStore;
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use super::component::{Backoff, Component};
+use crate::component::{Backoff, Component};
 use super::supervisor::Supervisor;
 
 /// Starts watching `dir`; the task ends when `stop` turns true. A watch that cannot

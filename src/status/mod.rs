@@ -34,7 +34,7 @@ use crate::config::service::{StatusStoreConfig, StatusStoreKind};
 use crate::message::StoredRecord;
 use crate::message::header;
 use crate::message::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
-use crate::runtime::component::Component;
+use crate::component::Component;
 
 pub use crate::message::TAILER_GROUP;
 

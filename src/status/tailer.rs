@@ -14,7 +14,7 @@ use tracing::info;
 use super::{MessageStatus, StatusStore};
 use crate::backend::embedded::{Log, LogError, blocking};
 use crate::message::TAILER_GROUP;
-use crate::runtime::component::{Backoff, Component, Stopped, retry, sleep_unless_stopped};
+use crate::component::{Backoff, Component, Stopped, retry, sleep_unless_stopped};
 
 /// Records read from the log per store write.
 const BATCH: usize = 1024;
