@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::message::now_ms;
+use crate::shutdown::Stopping;
 
 /// Longest time between two ERROR lines of a part that keeps failing.
 const LOG_EVERY: Duration = Duration::from_secs(30);
@@ -239,12 +239,12 @@ pub struct Stopped;
 
 /// Runs `step` until it succeeds: each failure is reported to `part` (`stalled` or
 /// degraded, its error after `what`) and tried again after a backoff; the success
-/// marks `part` running. `Stopped` once `stop` turns true, even while waiting.
+/// marks `part` running. `Stopped` once the task is asked to stop, even while waiting.
 pub async fn retry<T, E, Fut>(
     part: &Component,
     stalled: bool,
     what: &str,
-    stop: &watch::Receiver<bool>,
+    stop: &Stopping,
     mut step: impl FnMut() -> Fut,
 ) -> Result<T, Stopped>
 where
@@ -265,15 +265,11 @@ where
     }
 }
 
-/// Waits `wait`; `Stopped` at once if `stop` is or turns true meanwhile.
-pub async fn sleep_unless_stopped(
-    wait: Duration,
-    stop: &watch::Receiver<bool>,
-) -> Result<(), Stopped> {
-    let mut stop = stop.clone();
+/// Waits `wait`; `Stopped` at once if the task is or gets asked to stop meanwhile.
+pub async fn sleep_unless_stopped(wait: Duration, stop: &Stopping) -> Result<(), Stopped> {
     tokio::select! {
         () = tokio::time::sleep(wait) => Ok(()),
-        _ = stop.wait_for(|stop| *stop) => Err(Stopped),
+        () = stop.wait() => Err(Stopped),
     }
 }
 

@@ -31,6 +31,7 @@ pub mod connect;
 pub mod http;
 pub mod message;
 pub mod runtime;
+pub mod shutdown;
 pub mod status;
 pub mod target;
 pub mod telemetry;

@@ -61,8 +61,13 @@ pub fn run(mode: &Mode) -> Result<Vec<Table>> {
     let (state, address, _stop, _watch) = runtime.block_on(async {
         let state = servers::wald_state(service, &[]).await?;
         state.supervisor.reload("start").await;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let watch = watcher::spawn(state.supervisor.clone(), &pipelines, debounce, stopped);
+        let stop = wald::shutdown::Shutdown::new();
+        let watch = watcher::spawn(
+            state.supervisor.clone(),
+            &pipelines,
+            debounce,
+            stop.stopping(),
+        );
         let address = servers::serve(router(state.clone())).await?;
         Ok::<_, crate::Error>((state, address, stop, watch))
     })?;

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
-use crate::runtime::Namespace;
 use crate::component::Component;
+use crate::runtime::Namespace;
 use crate::runtime::counters::LATENCY_BUCKETS;
 use crate::runtime::supervisor::ReloadResult;
 use crate::telemetry::metric;

@@ -258,26 +258,26 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
         let config = &n.pipeline.config;
         info!(namespace = %config.namespace, backend = config.producer.kind(), targets = config.targets.len(), failure = ?n.unavailable(), "Namespace loaded.");
     }
-    let (stop_tasks, tasks_stopped) = tokio::sync::watch::channel(false);
+    let stop_tasks = crate::shutdown::Shutdown::new();
     let mut tasks = vec![
         tokio::spawn(crate::status::expire_periodically(
             status,
-            tasks_stopped.clone(),
+            stop_tasks.stopping(),
         )),
-        tokio::spawn(reload_on_sighup(supervisor.clone(), tasks_stopped.clone())),
+        tokio::spawn(reload_on_sighup(supervisor.clone(), stop_tasks.stopping())),
     ];
     if service.watch {
         tasks.push(watcher::spawn(
             supervisor.clone(),
             &service.pipelines_dir,
             service.watch_debounce.get(),
-            tasks_stopped,
+            stop_tasks.stopping(),
         ));
     }
     let listener = tokio::net::TcpListener::bind(service.listen).await?;
     info!(address = %listener.local_addr()?, "Listening.");
     server::run(listener, router(state.clone()), limits, shutdown_signal()).await;
-    let _ = stop_tasks.send(true);
+    stop_tasks.stop();
     // A reload in progress ends within its own deadlines; shutdown does not wait
     // longer than its own for it.
     let deadline = tokio::time::Instant::now() + service.shutdown_timeout.get();
@@ -293,10 +293,7 @@ pub async fn serve(service: ServiceConfig) -> anyhow::Result<()> {
 }
 
 /// Reloads the pipelines on every SIGHUP until `stop` turns true.
-async fn reload_on_sighup(
-    supervisor: Arc<Supervisor>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn reload_on_sighup(supervisor: Arc<Supervisor>, stop: crate::shutdown::Stopping) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangup) => hangup,
         Err(e) => {
@@ -307,7 +304,7 @@ async fn reload_on_sighup(
     loop {
         tokio::select! {
             _ = hangup.recv() => { supervisor.reload("signal").await; }
-            _ = stop.changed() => return,
+            () = stop.wait() => return,
         }
     }
 }

@@ -31,11 +31,12 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::service::ServiceConfig;
+use crate::shutdown::{Shutdown, Stopping};
 
 /// How long a connection asked to close, with no request in flight, may take before it
 /// is closed outright.
@@ -83,7 +84,7 @@ pub async fn run(
         .half_close(true);
     let builder = Arc::new(builder);
     let connections = Arc::new(Connections::default());
-    let (stop, stopped) = watch::channel(false);
+    let shutdown_connections = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -115,7 +116,7 @@ pub async fn run(
                     connection,
                     connections.clone(),
                     limits,
-                    stopped.clone(),
+                    shutdown_connections.stopping(),
                 ));
             }
             // Reap finished connection tasks as they end, so the set stays small.
@@ -124,7 +125,7 @@ pub async fn run(
         }
     }
     drop(listener);
-    let _ = stop.send(true);
+    shutdown_connections.stop();
     let drained = tokio::time::timeout(limits.drain, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -291,7 +292,7 @@ async fn serve_connection(
     connection: Arc<Connection>,
     connections: Arc<Connections>,
     limits: Limits,
-    mut stopped: watch::Receiver<bool>,
+    stopping: Stopping,
 ) {
     let inner = TowerToHyperService::new(app);
     let counted = connection.clone();
@@ -345,7 +346,7 @@ async fn serve_connection(
             }
             // At shutdown the requests in flight finish within the drain deadline; the
             // idle connections close at once.
-            _ = stopped.wait_for(|stop| *stop), if closing.is_none() => {
+            () = stopping.wait(), if closing.is_none() => {
                 closing = Some(Instant::now());
                 served.as_mut().graceful_shutdown();
             }

@@ -31,6 +31,7 @@ use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use crate::backend::{Backend, BackendError};
+use crate::component::{Backoff, Component, Components, Stopped, retry, sleep_unless_stopped};
 use crate::config::pipeline::{Order, PipelineConfig, RetryPolicy};
 use crate::message::now_ms;
 use crate::message::{
@@ -39,11 +40,9 @@ use crate::message::{
     HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID, HEADER_TARGETS,
     HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, StoredRecord,
 };
-use crate::component::{
-    Backoff, Component, Components, Stopped, retry, sleep_unless_stopped,
-};
 use crate::runtime::counters::{DeliveryCounters, Outcome};
 use crate::runtime::retry;
+use crate::shutdown::{Shutdown, Stopping};
 use crate::status::{
     DeliveryState, MessageStatus, StatusError, StatusStore, TargetStatus, TargetUpdate,
 };
@@ -76,7 +75,7 @@ pub struct Delivery {
     failure: Arc<Mutex<Option<String>>>,
     /// Set by the delivery task once the targets are built and it reads the log.
     started: Arc<std::sync::atomic::AtomicBool>,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     task: JoinHandle<()>,
 }
 
@@ -101,7 +100,7 @@ struct Consumer {
     linger: Duration,
     order: Order,
     dlq_enabled: bool,
-    stopped: watch::Receiver<bool>,
+    stopped: Stopping,
     health: DeliveryHealth,
 }
 
@@ -282,7 +281,8 @@ impl Delivery {
         components: &Components,
     ) -> Self {
         let failure = Arc::new(Mutex::new(None));
-        let (stop, stopped) = watch::channel(false);
+        let stop = Shutdown::new();
+        let stopped = stop.stopping();
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let health = DeliveryHealth::of(components);
         let config = config.clone();
@@ -347,7 +347,7 @@ impl Delivery {
     /// Stops after the message in hand; what was not committed is delivered again
     /// after the next start.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         let _ = self.task.await;
     }
 }
@@ -360,7 +360,7 @@ async fn build_until_done(
     built: Result<Targets, String>,
     failure: &Mutex<Option<String>>,
     health: &DeliveryHealth,
-    stopped: &watch::Receiver<bool>,
+    stopped: &Stopping,
 ) -> Option<Targets> {
     let set = |reason: Option<String>| {
         if let Ok(mut failure) = failure.lock() {
@@ -429,7 +429,7 @@ impl Consumer {
         // under load each read takes many records rather than one group commit's few.
         let mut next_read = tokio::time::Instant::now();
         let mut next_lane = 0usize;
-        let mut stopped = self.stopped.clone();
+        let stopped = self.stopped.clone();
         let result = loop {
             let watermark = in_flight.first().copied().unwrap_or(read_up_to);
             let now = tokio::time::Instant::now();
@@ -457,7 +457,7 @@ impl Consumer {
             }
             tokio::select! {
                 biased;
-                () = stopping(&mut stopped) => break Ok(()),
+                () = stopped.wait() => break Ok(()),
                 Some(offset) = done.recv() => {
                     in_flight.remove(&offset);
                 }
@@ -496,7 +496,7 @@ impl Consumer {
                         }
                     }
                     if lost_lane {
-                        if *self.stopped.borrow() {
+                        if self.stopped.is_stopping() {
                             break Ok(());
                         }
                         break Err(BackendError::Unavailable("a delivery lane ended".into()));
@@ -557,7 +557,7 @@ impl Consumer {
 
     /// Delivers delayed messages as they come due, until the namespace stops.
     async fn deliver_delayed(self: Arc<Self>) {
-        let mut stopped = self.stopped.clone();
+        let stopped = self.stopped.clone();
         loop {
             if self.deliver_due().await.is_err() {
                 return;
@@ -575,7 +575,7 @@ impl Consumer {
             .min(IDLE_CHECK);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                () = stopping(&mut stopped) => return,
+                () = stopped.wait() => return,
             }
         }
     }
@@ -620,12 +620,12 @@ impl Consumer {
     ) {
         let mut held = Held::default();
         let mut open = true;
-        let mut stopped = self.stopped.clone();
+        let stopped = self.stopped.clone();
         loop {
             // Stopping: a lane delivers what it was handed, but does not wait out a
             // retry. What is held is not done, so it is delivered again after the next
             // start.
-            if !held.is_empty() && *stopped.borrow() {
+            if !held.is_empty() && stopped.is_stopping() {
                 return;
             }
             let mut run = held.take_due(tokio::time::Instant::now());
@@ -639,7 +639,7 @@ impl Consumer {
                         None => open = false,
                     },
                     () = sleep_until(held.next_retry()), if !held.is_empty() => {}
-                    () = stopping(&mut stopped), if !held.is_empty() => return,
+                    () = stopped.wait(), if !held.is_empty() => return,
                 }
                 if run.is_empty() {
                     continue;
@@ -724,10 +724,10 @@ impl Consumer {
                 .min()
                 .copied()
                 .unwrap_or_else(tokio::time::Instant::now);
-            let mut stopped = self.stopped.clone();
+            let stopped = self.stopped.clone();
             tokio::select! {
                 () = tokio::time::sleep_until(due) => {}
-                () = stopping(&mut stopped) => return Err(Stopped),
+                () = stopped.wait() => return Err(Stopped),
             }
         }
     }
@@ -821,7 +821,7 @@ impl Consumer {
                 blocked.insert(key);
                 // A target that is down fails every key in turn: stopping does not
                 // wait for the rest of the pass.
-                if *self.stopped.borrow() {
+                if self.stopped.is_stopping() {
                     return Err(Stopped);
                 }
             }
@@ -1000,10 +1000,10 @@ impl Consumer {
             self.status.record_accepted(accepted).await?;
         }
         if let Some(mut indexed) = self.status_indexed.clone() {
-            let mut stopped = self.stopped.clone();
+            let stopped = self.stopped.clone();
             tokio::select! {
                 _ = indexed.wait_for(|i| *i > offset) => {}
-                () = stopping(&mut stopped) => {}
+                () = stopped.wait() => {}
                 _ = tokio::time::sleep(STATUS_WAIT) => {
                     warn!(namespace = %self.namespace, offset, "The status tailer is behind; recording delivery status anyway.");
                 }
@@ -1011,12 +1011,6 @@ impl Consumer {
         }
         self.status.update_targets(updates).await
     }
-}
-
-/// Resolves once the namespace is stopping.
-async fn stopping(stopped: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`; drop it here.
-    let _ = stopped.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// Whether `record` goes to the target `name`: it names its targets, or goes to all.

@@ -42,9 +42,9 @@ use tokio::sync::Notify;
 
 use crate::backend::embedded::journal::Journal;
 use crate::backend::embedded::{Log, LogError, blocking};
+use crate::component::Component;
 use crate::message::StoredRecord;
 use crate::message::now_ms;
-use crate::component::Component;
 
 /// How often new keys and the checkpoint are written to the journal.
 const JOURNAL_EVERY: Duration = Duration::from_secs(1);

@@ -28,12 +28,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
+use crate::component::Components;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
 use crate::config::diff::{Changed, Current, Plan, Quarantined, diff};
 use crate::config::service::ServiceConfig;
 use crate::config::{LoadReport, env, load_pipelines};
 use crate::runtime::Namespace;
-use crate::component::Components;
 use crate::runtime::delivery::Targets;
 use crate::status::StatusStore;
 

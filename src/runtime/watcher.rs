@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::component::{Backoff, Component};
 use super::supervisor::Supervisor;
+use crate::component::{Backoff, Component};
+use crate::shutdown::Stopping;
 
 /// Starts watching `dir`; the task ends when `stop` turns true. A watch that cannot
 /// be set up (the directory is missing, no inotify watches left) is tried again with
@@ -27,20 +28,20 @@ pub fn spawn(
     supervisor: Arc<Supervisor>,
     dir: &Path,
     debounce: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: Stopping,
 ) -> JoinHandle<()> {
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let health = supervisor.components.get("watcher");
     tokio::spawn(async move {
         let mut backoff = Backoff::default();
         loop {
-            match watch_until_stopped(&supervisor, &dir, debounce, &mut stop, &health).await {
+            match watch_until_stopped(&supervisor, &dir, debounce, &stop, &health).await {
                 Ok(()) => return,
                 Err(e) => {
                     health.stalled(&format!("watching {}: {e}", dir.display()));
                     tokio::select! {
                         () = tokio::time::sleep(backoff.wait()) => {}
-                        _ = stop.changed() => return,
+                        () = stop.wait() => return,
                     }
                 }
             }
@@ -54,7 +55,7 @@ async fn watch_until_stopped(
     supervisor: &Supervisor,
     dir: &Path,
     debounce: Duration,
-    stop: &mut watch::Receiver<bool>,
+    stop: &Stopping,
     health: &Component,
 ) -> Result<(), notify::Error> {
     let parent = dir
@@ -81,14 +82,14 @@ async fn watch_until_stopped(
     loop {
         tokio::select! {
             event = changes.recv() => if event.is_none() { return Ok(()) },
-            _ = stop.changed() => return Ok(()),
+            () = stop.wait() => return Ok(()),
         }
         // Wait until the directory has been quiet for `debounce`.
         loop {
             tokio::select! {
                 _ = changes.recv() => continue,
                 () = tokio::time::sleep(debounce) => break,
-                _ = stop.changed() => return Ok(()),
+                () = stop.wait() => return Ok(()),
             }
         }
         debug!(dir = %dir.display(), "Pipelines directory changed.");

@@ -30,11 +30,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::component::Component;
 use crate::config::service::{StatusStoreConfig, StatusStoreKind};
 use crate::message::StoredRecord;
 use crate::message::header;
 use crate::message::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
-use crate::component::Component;
 
 pub use crate::message::TAILER_GROUP;
 
@@ -383,13 +383,13 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 /// Deletes expired entries at start and then every few minutes, until `stopped`.
 pub async fn expire_periodically(
     store: std::sync::Arc<StatusStore>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: crate::shutdown::Stopping,
 ) {
     let mut ticks = tokio::time::interval(EXPIRY_INTERVAL);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
+            () = stopped.wait() => return,
         }
         match store.expire().await {
             Ok(0) => {}

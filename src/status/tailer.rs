@@ -13,8 +13,9 @@ use tracing::info;
 
 use super::{MessageStatus, StatusStore};
 use crate::backend::embedded::{Log, LogError, blocking};
-use crate::message::TAILER_GROUP;
 use crate::component::{Backoff, Component, Stopped, retry, sleep_unless_stopped};
+use crate::message::TAILER_GROUP;
+use crate::shutdown::{Shutdown, Stopping};
 
 /// Records read from the log per store write.
 const BATCH: usize = 1024;
@@ -29,7 +30,7 @@ const PACE: Duration = Duration::from_millis(50);
 pub struct Tailer {
     /// The next offset the tailer will index; everything below it is in the store.
     pub indexed: watch::Receiver<u64>,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     task: JoinHandle<()>,
 }
 
@@ -45,7 +46,8 @@ impl Tailer {
     ) -> Result<Self, LogError> {
         let subscription = log.subscribe(TAILER_GROUP)?;
         let (indexed_tx, indexed) = watch::channel(subscription.position());
-        let (stop, stopped) = watch::channel(false);
+        let stop = Shutdown::new();
+        let stopped = stop.stopping();
         let task = tokio::spawn(run(Run {
             log,
             subscription,
@@ -65,7 +67,7 @@ impl Tailer {
 
     /// Stops after the batch in hand is recorded and committed.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         let _ = self.task.await;
     }
 }
@@ -78,7 +80,7 @@ struct Run {
     targets: Vec<String>,
     store: Arc<StatusStore>,
     indexed: watch::Sender<u64>,
-    stopped: watch::Receiver<bool>,
+    stopped: Stopping,
     health: Component,
 }
 
@@ -118,12 +120,12 @@ impl Run {
             if !behind {
                 tokio::select! {
                     _ = tokio::time::sleep_until(last_write + PACE) => {}
-                    _ = self.stopped.wait_for(|stop| *stop) => return Ok(()),
+                    () = self.stopped.wait() => return Ok(()),
                 }
             }
             let records = tokio::select! {
                 records = self.subscription.next_batch(BATCH) => records?,
-                _ = self.stopped.wait_for(|stop| *stop) => return Ok(()),
+                () = self.stopped.wait() => return Ok(()),
             };
             behind = records.len() == BATCH;
             let Some(next) = records.last().map(|r| r.offset + 1) else {
