@@ -11,7 +11,8 @@ use sha2::Digest;
 
 use crate::config::diagnostic::{Diagnostic, Severity};
 use crate::config::service::ServiceConfig;
-use crate::config::{self, LoadReport, env};
+use crate::config::{self, env};
+use crate::pipeline::{self, LoadReport};
 
 /// A write-ahead-log service: durable HTTP ingest, delivery to many targets, DLQ and replay.
 #[derive(Debug, Parser)]
@@ -274,7 +275,7 @@ fn plan(
     );
     let paths = pipeline_paths(service.as_ref(), paths);
     let mut problems = Vec::new();
-    let files = config::collect_files(&paths, &mut problems);
+    let files = pipeline::collect_files(&paths, &mut problems);
     let mut sent = Vec::new();
     for file in &files {
         match config::file::read_bytes(file) {
@@ -452,7 +453,7 @@ fn validate(
     let (service, mut service_diagnostics) =
         config::load_service(service_path.as_deref(), &env::process_env);
     let paths = pipeline_paths(service.as_ref(), paths);
-    let mut report = config::load_pipelines(&paths, &env::process_env);
+    let mut report = pipeline::load_pipelines(&paths, &env::process_env);
     service_diagnostics.append(&mut report.diagnostics);
     report.diagnostics = service_diagnostics;
 

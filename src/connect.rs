@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use crate::backend::BackendConfig;
-use crate::config::LoadedPipeline;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, KeyPath, Location};
 use crate::config::service::{ServiceConfig, StatusStoreKind};
+use crate::pipeline::LoadedPipeline;
 use crate::target::TargetKind;
 
 /// How long one check may take before it counts as unreachable.

@@ -30,6 +30,7 @@ pub mod config;
 pub mod connect;
 pub mod http;
 pub mod message;
+pub mod pipeline;
 pub mod runtime;
 pub mod shutdown;
 pub mod status;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use wald::config::load_pipeline_text;
+use wald::pipeline::load_pipeline_text;
 
 fn seeds() -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use wald::config::diagnostic::{Code, Severity};
-use wald::config::load_pipeline_text;
+use wald::pipeline::load_pipeline_text;
 
 fn no_env(_: &str) -> Option<String> {
     None

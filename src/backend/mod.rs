@@ -25,7 +25,7 @@ use toml::de::DeTable;
 use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
 use crate::config::units::ByteSize;
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 use crate::message::{DELIVERY_GROUP, Durability, Record, StoredRecord};
 use embedded::LogError;

@@ -10,7 +10,7 @@ use super::diagnostic::{Code, KeyPath};
 use super::file::Document;
 use super::secret::Secret;
 use super::units::{ByteSize, HumanDuration};
-use super::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 /// The service settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]

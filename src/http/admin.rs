@@ -16,8 +16,9 @@ use super::AppState;
 use super::auth::authorize_admin;
 use super::error::{ApiError, ErrorResponse};
 use crate::config::diagnostic::Diagnostic;
-use crate::config::diff::{Plan, Quarantined, config_hash};
-use crate::config::{env, load_pipeline_set};
+use crate::config::env;
+use crate::pipeline::diff::{Plan, Quarantined, config_hash};
+use crate::pipeline::load_pipeline_set;
 use crate::runtime::supervisor::{ReloadOutcome, ReloadResult};
 
 /// `GET /api/v1/admin/pipelines`.

@@ -14,8 +14,8 @@ use crate::backend::embedded::{Embedded, NamespaceStore, namespace_dir};
 use crate::backend::redis_streams::RedisStreams;
 use crate::backend::{Backend, BackendConfig};
 use crate::component::Components;
-use crate::config::LoadedPipeline;
 use crate::config::service::ServiceConfig;
+use crate::pipeline::LoadedPipeline;
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
 use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
@@ -294,7 +294,7 @@ type Opened = (Arc<dyn Backend>, Option<Arc<NamespaceStore>>);
 
 /// Opens the namespace's backend, and its embedded storage when that is the backend.
 fn open_backend(
-    config: &crate::config::pipeline::PipelineConfig,
+    config: &crate::pipeline::config::PipelineConfig,
     data_dir: &std::path::Path,
 ) -> Result<Opened, String> {
     match &config.producer {
@@ -335,7 +335,7 @@ fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
 
 /// The SHA-256 of each API key, decoded once for constant-time checks. Validation
 /// accepted only 64-hex-digit hashes.
-fn key_hashes(config: &crate::config::pipeline::PipelineConfig) -> Vec<[u8; 32]> {
+fn key_hashes(config: &crate::pipeline::config::PipelineConfig) -> Vec<[u8; 32]> {
     config
         .source
         .api_keys_sha256
@@ -347,7 +347,7 @@ fn key_hashes(config: &crate::config::pipeline::PipelineConfig) -> Vec<[u8; 32]>
 /// Starts the status tailer of a namespace, which records its messages as pending for
 /// its targets.
 fn start_tailer(
-    config: &crate::config::pipeline::PipelineConfig,
+    config: &crate::pipeline::config::PipelineConfig,
     store: &NamespaceStore,
     status: &Arc<StatusStore>,
     components: &Components,

@@ -30,9 +30,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::component::Components;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
-use crate::config::diff::{Changed, Current, Plan, Quarantined, diff};
+use crate::config::env;
 use crate::config::service::ServiceConfig;
-use crate::config::{LoadReport, env, load_pipelines};
+use crate::pipeline::diff::{Changed, Current, Plan, Quarantined, diff};
+use crate::pipeline::{LoadReport, load_pipelines};
 use crate::runtime::Namespace;
 use crate::runtime::delivery::Targets;
 use crate::status::StatusStore;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{BatchError, DeliveryError, Message};
 
 use crate::config::diagnostic::{Code, KeyPath};
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 /// `[[target]]` with `type = "file"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::HumanDuration;
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 use super::redis::ValueShape;
 use super::{DeliveryError, Message};

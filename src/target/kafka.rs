@@ -9,7 +9,7 @@ use super::template::Template;
 use crate::backend::kafka::{check_brokers, check_delivery_timeout, check_options, check_topic};
 use crate::config::diagnostic::KeyPath;
 use crate::config::units::HumanDuration;
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 use super::redis::ValueShape;
 

@@ -20,8 +20,8 @@ use toml::de::DeTable;
 
 use crate::config::diagnostic::{Code, Finding, KeyPath, Location};
 use crate::config::file::Document;
-use crate::config::pipeline::{RetryOverride, TargetCommon};
-use crate::config::validate::Checks;
+use crate::pipeline::config::{RetryOverride, TargetCommon};
+use crate::pipeline::validate::Checks;
 
 /// One `[[target]]`.
 #[derive(Clone, Debug, Serialize)]

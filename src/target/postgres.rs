@@ -9,7 +9,7 @@ use super::{DeliveryError, Message};
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::HumanDuration;
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 /// `[[target]]` with `type = "postgres"`: either a `statement` with named parameters or
 /// a `table` with a column mapping.

@@ -8,7 +8,7 @@ use super::{DeliveryError, Message};
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::HumanDuration;
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 /// `[[target]]` with `type = "redis"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

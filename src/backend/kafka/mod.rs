@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 /// `[producer]` with `type = "kafka"`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

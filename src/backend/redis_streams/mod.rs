@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 /// `[producer]` with `type = "redis_streams"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

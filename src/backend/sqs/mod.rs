@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::config::validate::Checks;
+use crate::pipeline::validate::Checks;
 
 /// `[producer]` with `type = "sqs"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

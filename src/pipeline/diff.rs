@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::diagnostic::{Diagnostic, Severity};
-use super::pipeline::PipelineConfig;
+use super::config::PipelineConfig;
 use super::{LoadReport, LoadedPipeline};
+use crate::config::diagnostic::{Diagnostic, Severity};
 
 /// A namespace as it runs now.
 pub struct Current<'a> {
@@ -297,7 +297,7 @@ fn named(items: &[Value]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load_pipeline_set;
+    use crate::pipeline::load_pipeline_set;
 
     fn report(files: &[(&str, &str)]) -> LoadReport {
         let files = files

@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diagnostic::{Code, Finding, Location};
-use super::file::Document;
-use super::units::{ByteSize, HumanDuration};
 use crate::backend::BackendConfig;
+use crate::config::diagnostic::{Code, Finding, Location};
+use crate::config::file::Document;
+use crate::config::units::{ByteSize, HumanDuration};
 use crate::target::TargetConfig;
 
 /// One namespace, as declared by one file in `pipelines/`.

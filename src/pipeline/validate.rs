@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 
-use super::diagnostic::{Code, Finding, KeyPath, Location};
-use super::pipeline::{PipelineConfig, RetryOverride, RetryPolicy};
-use super::units::ByteSize;
+use super::config::{PipelineConfig, RetryOverride, RetryPolicy};
+use crate::config::diagnostic::{Code, Finding, KeyPath, Location};
+use crate::config::units::ByteSize;
 
 /// Collects findings for one file.
 #[derive(Debug, Default)]
@@ -226,7 +226,7 @@ pub fn validate_pipeline(config: &PipelineConfig) -> Vec<Finding> {
             checks.range(Code::InvalidValue, &at.key("burst"), burst, 1, 100_000_000);
         }
     }
-    let year = super::units::HumanDuration::from_secs(365 * 24 * 3600);
+    let year = crate::config::units::HumanDuration::from_secs(365 * 24 * 3600);
     if config.source.max_delay > year {
         checks.error(
             Code::InvalidValue,
