@@ -22,10 +22,10 @@ use serde::Serialize;
 use toml::Spanned;
 use toml::de::DeTable;
 
+use crate::config::checks::Checks;
 use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
 use crate::config::units::ByteSize;
-use crate::pipeline::validate::Checks;
 
 use crate::message::{DELIVERY_GROUP, Durability, Record, StoredRecord};
 use embedded::LogError;

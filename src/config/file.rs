@@ -444,7 +444,7 @@ impl Walker<'_, '_> {
         if raw.contains("${") || text.is_empty() {
             return;
         }
-        let key = crate::pipeline::validate::last_key(path);
+        let key = super::checks::last_key(path);
         let secret_key = secret::SECRET_KEYS.contains(&key.as_str())
             || key.eq_ignore_ascii_case("authorization");
         let url_password = url::Url::parse(text).is_ok_and(|u| u.password().is_some());

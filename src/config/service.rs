@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::checks::Checks;
 use super::diagnostic::{Code, KeyPath};
 use super::file::Document;
 use super::secret::Secret;
 use super::units::{ByteSize, HumanDuration};
-use crate::pipeline::validate::Checks;
 
 /// The service settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]

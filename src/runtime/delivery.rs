@@ -32,6 +32,8 @@ use tracing::{error, info, warn};
 
 use crate::backend::{Backend, BackendError};
 use crate::component::{Backoff, Component, Components, Stopped, retry, sleep_unless_stopped};
+use crate::config::policy::RetryPolicy;
+use crate::consumer::config::Order;
 use crate::message::now_ms;
 use crate::message::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
@@ -39,7 +41,7 @@ use crate::message::{
     HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID, HEADER_TARGETS,
     HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, StoredRecord,
 };
-use crate::pipeline::config::{Order, PipelineConfig, RetryPolicy};
+use crate::pipeline::config::PipelineConfig;
 use crate::runtime::counters::{DeliveryCounters, Outcome};
 use crate::runtime::retry;
 use crate::shutdown::{Shutdown, Stopping};
@@ -1052,8 +1054,8 @@ pub fn to_message(namespace: &str, record: &StoredRecord) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::policy::Jitter;
     use crate::config::units::HumanDuration;
-    use crate::pipeline::config::Jitter;
     use tokio::time::Instant;
 
     fn message(offset: u64, key: &str) -> InFlight {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::pipeline::config::RateLimit;
+use crate::config::policy::RateLimit;
 
 /// A token bucket: `per_second` tokens flow in, at most `burst` are kept.
 pub struct TokenBucket {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::pipeline::config::{Jitter, RetryPolicy};
+use crate::config::policy::{Jitter, RetryPolicy};
 
 /// The wait after failed attempt number `attempt` (1 for the first attempt), before
 /// jitter; `random` is uniform in 0..1.

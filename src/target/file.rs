@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{BatchError, DeliveryError, Message};
 
+use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
-use crate::pipeline::validate::Checks;
 
 /// `[[target]]` with `type = "file"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::template::Template;
 use crate::backend::kafka::{check_brokers, check_delivery_timeout, check_options, check_topic};
+use crate::config::checks::Checks;
 use crate::config::diagnostic::KeyPath;
 use crate::config::units::HumanDuration;
-use crate::pipeline::validate::Checks;
 
 use super::redis::ValueShape;
 

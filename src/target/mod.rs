@@ -14,14 +14,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::DeTable;
 
+use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, Finding, KeyPath, Location};
 use crate::config::file::Document;
-use crate::pipeline::config::{RetryOverride, TargetCommon};
-use crate::pipeline::validate::Checks;
+use crate::config::policy::RetryOverride;
 
 /// One `[[target]]`.
 #[derive(Clone, Debug, Serialize)]
@@ -33,6 +33,15 @@ pub struct TargetConfig {
     pub retry: Option<RetryOverride>,
     #[serde(flatten)]
     pub kind: TargetKind,
+}
+
+/// Keys of a `[[target]]` shared by every target type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetCommon {
+    pub name: String,
+    #[serde(default)]
+    pub retry: Option<RetryOverride>,
 }
 
 /// A target's own keys, by `type`.

@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::template::{self, Field};
 use super::{DeliveryError, Message};
+use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::HumanDuration;
-use crate::pipeline::validate::Checks;
 
 /// `[[target]]` with `type = "postgres"`: either a `statement` with named parameters or
 /// a `table` with a column mapping.

@@ -5,10 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use super::template::Template;
 use super::{DeliveryError, Message};
+use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::HumanDuration;
-use crate::pipeline::validate::Checks;
 
 /// `[[target]]` with `type = "redis"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::pipeline::validate::Checks;
 
 /// `[producer]` with `type = "embedded"`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::pipeline::validate::Checks;
 
 /// `[producer]` with `type = "kafka"`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -8,10 +8,10 @@ pub use stream::RedisStreams;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::pipeline::validate::Checks;
 
 /// `[producer]` with `type = "redis_streams"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

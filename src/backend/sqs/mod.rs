@@ -10,10 +10,10 @@ pub use queue::SqsQueue;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::pipeline::validate::Checks;
 
 /// `[producer]` with `type = "sqs"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

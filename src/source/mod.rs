@@ -1,0 +1,3 @@
+//! `[source]`: how messages arrive, and the write use case that keeps its promises.
+
+pub mod config;
