@@ -13,7 +13,7 @@ use crate::backend::BackendConfig;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, KeyPath, Location};
 use crate::config::service::{ServiceConfig, StatusStoreKind};
 use crate::pipeline::LoadedPipeline;
-use crate::target::TargetKind;
+use crate::targets::TargetKind;
 
 /// How long one check may take before it counts as unreachable.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,7 +111,7 @@ async fn probe_backend(
 
 async fn probe_target(target: &TargetKind) -> Result<(), String> {
     match target {
-        TargetKind::Postgres(c) => crate::target::postgres::probe(c).await,
+        TargetKind::Postgres(c) => crate::targets::postgres::probe(c).await,
         TargetKind::Redis(c) => probe_redis(c.url.expose()).await,
         TargetKind::Http(c) => probe_tcp(&c.url).await,
         TargetKind::Kafka(c) => probe_kafka(&c.brokers, &c.options, &c.topic).await,
@@ -128,7 +128,7 @@ async fn check_status_store(service: &ServiceConfig) -> Option<String> {
         match (store.kind, &store.url) {
             (StatusStoreKind::Embedded, _) | (_, None) => probe_writable_dir(&service.data_dir),
             (StatusStoreKind::Postgres, Some(url)) => {
-                crate::target::postgres::probe_url(url.expose()).await
+                crate::targets::postgres::probe_url(url.expose()).await
             }
             (StatusStoreKind::Redis, Some(url)) => probe_redis(url.expose()).await,
         }

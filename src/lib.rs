@@ -36,5 +36,5 @@ pub mod runtime;
 pub mod shutdown;
 pub mod source;
 pub mod status;
-pub mod target;
+pub mod targets;
 pub mod telemetry;

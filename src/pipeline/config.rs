@@ -14,7 +14,7 @@ use crate::config::policy::RetryPolicy;
 use crate::config::units::ByteSize;
 use crate::consumer::config::{ConsumerConfig, DlqConfig};
 use crate::source::config::SourceConfig;
-use crate::target::TargetConfig;
+use crate::targets::TargetConfig;
 
 /// One namespace, as declared by one file in `pipelines/`.
 #[derive(Clone, Debug, Serialize)]

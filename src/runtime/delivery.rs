@@ -48,7 +48,7 @@ use crate::shutdown::{Shutdown, Stopping};
 use crate::status::{
     DeliveryState, MessageStatus, StatusError, StatusStore, TargetStatus, TargetUpdate,
 };
-use crate::target::{DeliveryError, Message, Target};
+use crate::targets::{DeliveryError, Message, Target};
 
 /// Longest wait for new records before the delay index is looked at again.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
