@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use crate::backend::BackendConfig;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, KeyPath, Location};
 use crate::config::service::{ServiceConfig, StatusStoreKind};
 use crate::pipeline::LoadedPipeline;
+use crate::producer::BackendConfig;
 use crate::targets::TargetKind;
 
 /// How long one check may take before it counts as unreachable.
@@ -104,7 +104,7 @@ async fn probe_backend(
     match backend {
         BackendConfig::Embedded(_) => probe_writable_dir(&data_dir.join(namespace)),
         BackendConfig::Kafka(c) => probe_kafka(&c.brokers, &c.options, &c.topic).await,
-        BackendConfig::Sqs(c) => crate::backend::sqs::probe(c).await,
+        BackendConfig::Sqs(c) => crate::producer::sqs::probe(c).await,
         BackendConfig::RedisStreams(c) => probe_redis(c.url.expose()).await,
     }
 }

@@ -23,7 +23,6 @@
 //!   plan), probes, OpenAPI, errors, auth, request ids.
 //! - [`telemetry`]: logging set-up.
 
-pub mod backend;
 pub mod cli;
 pub mod component;
 pub mod config;
@@ -32,6 +31,7 @@ pub mod consumer;
 pub mod http;
 pub mod message;
 pub mod pipeline;
+pub mod producer;
 pub mod runtime;
 pub mod shutdown;
 pub mod source;

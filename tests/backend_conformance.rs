@@ -9,10 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wald::backend::embedded::{Embedded, NamespaceStore};
-use wald::backend::redis_streams::{self, RedisStreams};
-use wald::backend::{Backend, Subscription};
 use wald::message::{Durability, Record, StoredRecord};
+use wald::producer::embedded::{Embedded, NamespaceStore};
+use wald::producer::redis_streams::{self, RedisStreams};
+use wald::producer::{Backend, Subscription};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -50,7 +50,7 @@ async fn read(subscription: &mut dyn Subscription, count: usize) -> Result<Vec<S
         while read.len() < count {
             read.extend(subscription.next_batch(count - read.len()).await?);
         }
-        Ok::<_, wald::backend::BackendError>(())
+        Ok::<_, wald::producer::BackendError>(())
     })
     .await
     .map_err(|_| format!("only {} of {count} records came", read.len()))??;
@@ -62,7 +62,7 @@ async fn nothing_more(subscription: &mut dyn Subscription) -> Result<bool> {
     let more = tokio::time::timeout(Duration::from_millis(1500), async {
         loop {
             if !subscription.next_batch(10).await?.is_empty() {
-                return Ok::<_, wald::backend::BackendError>(());
+                return Ok::<_, wald::producer::BackendError>(());
             }
         }
     })
@@ -277,11 +277,11 @@ async fn kafka_conforms() -> Result {
         let brokers = brokers.clone();
         async move {
             created?;
-            let config: wald::backend::kafka::Config = toml::from_str(&format!(
+            let config: wald::producer::kafka::Config = toml::from_str(&format!(
                 "brokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
                  [options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"
             ))?;
-            Ok(Arc::new(wald::backend::kafka::KafkaTopic::open(name, &config)?) as Arc<dyn Backend>)
+            Ok(Arc::new(wald::producer::kafka::KafkaTopic::open(name, &config)?) as Arc<dyn Backend>)
         }
     })
     .await
@@ -313,12 +313,12 @@ async fn sqs_conforms() -> Result {
                     .await?;
                 urls.push(created.queue_url().unwrap_or_default().to_string());
             }
-            let config: wald::backend::sqs::Config = toml::from_str(&format!(
+            let config: wald::producer::sqs::Config = toml::from_str(&format!(
                 "queue_url = \"{}\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"test\"\n\
                  secret_access_key = \"test\"\nwait_time = \"1s\"\nvisibility_timeout = \"2s\"\n",
                 urls[0]
             ))?;
-            Ok(Arc::new(wald::backend::sqs::SqsQueue::open(name, &config)?) as Arc<dyn Backend>)
+            Ok(Arc::new(wald::producer::sqs::SqsQueue::open(name, &config)?) as Arc<dyn Backend>)
         }
     })
     .await

@@ -272,7 +272,7 @@ async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_f
     stop(server.child).await?;
 
     // The DLQ holds both, with their target, attempts and errors.
-    let store = wald::backend::embedded::NamespaceStore::open(&data, "shop", &Default::default())?;
+    let store = wald::producer::embedded::NamespaceStore::open(&data, "shop", &Default::default())?;
     let parked = store.dlq.read(0, 10, usize::MAX)?;
     let header = |r: &wald::message::StoredRecord, name: &str| {
         r.headers

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wald::backend::embedded::{Config, Log, LogError, NamespaceStore, Position};
 use wald::config::units::{ByteSize, HumanDuration};
 use wald::message::{Record, StoredRecord};
+use wald::producer::embedded::{Config, Log, LogError, NamespaceStore, Position};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -141,10 +141,10 @@ async fn records_larger_than_a_read_step_and_across_steps_come_back_whole() -> R
 fn last_record_spans(path: &Path, n: usize) -> Result<Vec<(u64, u64)>> {
     let bytes = std::fs::read(path)?;
     let mut spans = Vec::new();
-    let mut pos = wald::backend::embedded::format::SEGMENT_HEADER_LEN;
+    let mut pos = wald::producer::embedded::format::SEGMENT_HEADER_LEN;
     // The records end where the zeros written ahead of them begin.
     while pos < bytes.len() && bytes[pos..].iter().any(|&b| b != 0) {
-        let decoded = wald::backend::embedded::format::decode_frame(&bytes[pos..])
+        let decoded = wald::producer::embedded::format::decode_frame(&bytes[pos..])
             .map_err(|e| e.to_string())?;
         spans.push((pos as u64, (pos + decoded.len) as u64));
         pos += decoded.len;
@@ -306,7 +306,7 @@ async fn a_bit_flip_in_any_record_is_detected_and_never_served() -> Result {
         } else {
             original.len() as u64
         };
-        let header = wald::backend::embedded::format::SEGMENT_HEADER_LEN as u64;
+        let header = wald::producer::embedded::format::SEGMENT_HEADER_LEN as u64;
         let mut position = header;
         while position < end {
             for bit in [0u8, 3, 7] {
@@ -453,7 +453,7 @@ async fn retention_deletes_only_consumed_old_segments() -> Result {
 async fn interval_mode_says_written_and_syncs_later() -> Result {
     let dir = tempfile::tempdir()?;
     let config = Config {
-        sync: wald::backend::embedded::SyncMode::Interval,
+        sync: wald::producer::embedded::SyncMode::Interval,
         sync_interval: HumanDuration::from_millis(5),
         ..Config::default()
     };

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use proptest::prelude::*;
-use wald::backend::embedded::{Config, Log};
 use wald::config::units::ByteSize;
 use wald::message::Record;
+use wald::producer::embedded::{Config, Log};
 
 #[derive(Debug, Clone)]
 enum Op {

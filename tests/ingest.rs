@@ -366,7 +366,7 @@ async fn an_acknowledged_write_survives_sigkill() -> Result {
     child.start_kill()?;
     child.wait().await?;
 
-    let store = wald::backend::embedded::NamespaceStore::open(&data, "open", &Default::default())?;
+    let store = wald::producer::embedded::NamespaceStore::open(&data, "open", &Default::default())?;
     let records = store.log.read(0, usize::MAX, usize::MAX)?;
     let ids: Vec<String> = records
         .iter()

@@ -99,8 +99,8 @@ async fn a_bad_file_is_quarantined_and_the_others_still_run() -> Result {
 
 #[tokio::test]
 async fn a_corrupt_log_fails_its_namespace_alone_and_keeps_its_data() -> Result {
-    use wald::backend::embedded::{Config, NamespaceStore};
     use wald::message::Record;
+    use wald::producer::embedded::{Config, NamespaceStore};
 
     let data = tempfile::tempdir()?;
     let store = NamespaceStore::open(data.path(), "demo", &Config::default())?;
@@ -118,7 +118,7 @@ async fn a_corrupt_log_fails_its_namespace_alone_and_keeps_its_data() -> Result 
     // so this is corruption, not a torn write.
     let segment = data.path().join("demo/log/00000000000000000000.log");
     let mut bytes = std::fs::read(&segment)?;
-    let position = wald::backend::embedded::format::SEGMENT_HEADER_LEN + 2 * 170 + 60;
+    let position = wald::producer::embedded::format::SEGMENT_HEADER_LEN + 2 * 170 + 60;
     bytes[position] ^= 0x40;
     std::fs::write(&segment, &bytes)?;
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wald::backend::Backend;
-use wald::backend::redis_streams::{Config, RedisStreams};
 use wald::message::Record;
+use wald::producer::Backend;
+use wald::producer::redis_streams::{Config, RedisStreams};
 
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate};
 use crate::servers::PrivateRedis;
@@ -79,12 +79,12 @@ fn functional(
     let period = Duration::from_secs(mode.seconds);
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     cluster.create_topic("bench", 4, 1)?;
-    let kafka: wald::backend::kafka::Config = toml::from_str(&format!(
+    let kafka: wald::producer::kafka::Config = toml::from_str(&format!(
         "brokers = \"{}\"\ntopic = \"bench\"",
         cluster.bootstrap_servers()
     ))?;
     let kafka: Arc<dyn Backend> =
-        Arc::new(wald::backend::kafka::KafkaTopic::open("bench", &kafka)?);
+        Arc::new(wald::producer::kafka::KafkaTopic::open("bench", &kafka)?);
     let moto = Moto::start();
     let sqs = match &moto {
         Ok(moto) => Some(runtime.block_on(moto.queue())?),
@@ -188,12 +188,12 @@ impl Moto {
                 .build(),
         );
         let created = client.create_queue().queue_name("bench").send().await?;
-        let config: wald::backend::sqs::Config = toml::from_str(&format!(
+        let config: wald::producer::sqs::Config = toml::from_str(&format!(
             "queue_url = \"{}\"\nendpoint = \"{}\"\naccess_key_id = \"bench\"\nsecret_access_key = \"bench\"",
             created.queue_url().unwrap_or_default(),
             self.endpoint
         ))?;
-        Ok(Arc::new(wald::backend::sqs::SqsQueue::open(
+        Ok(Arc::new(wald::producer::sqs::SqsQueue::open(
             "bench", &config,
         )?))
     }
@@ -239,7 +239,7 @@ async fn appends(
                 n += 1;
             }
             done.fetch_add(n, Ordering::Relaxed);
-            Ok::<_, wald::backend::BackendError>(())
+            Ok::<_, wald::producer::BackendError>(())
         });
     }
     while let Some(result) = tasks.join_next().await {

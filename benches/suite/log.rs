@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wald::backend::embedded::{Config, Log};
 use wald::message::Record;
+use wald::producer::embedded::{Config, Log};
 
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate, quantile_ms};
 use crate::servers::PrivateRedis;
@@ -126,7 +126,7 @@ async fn appends(dir: &Path, concurrency: usize, seconds: u64) -> crate::Result<
                 latencies.push(t.elapsed().as_micros() as u32);
                 i += 1;
             }
-            Ok::<_, wald::backend::embedded::LogError>(latencies)
+            Ok::<_, wald::producer::embedded::LogError>(latencies)
         }));
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wald::backend::embedded::{Config, Log};
 use wald::message::Record;
+use wald::producer::embedded::{Config, Log};
 
 use crate::log::payload;
 use crate::process::{Wald, idle_pipeline, request};

@@ -12,7 +12,7 @@ use tracing::{error, info};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
-use crate::backend::embedded::blocking;
+use crate::producer::embedded::blocking;
 use crate::runtime::dlq::{self, DlqPage, ListQuery, ReplayOutcome, ReplayRequest};
 
 #[utoipa::path(get, path = "/api/v1/wal/namespace/{namespace}/dlq", tag = "dlq",

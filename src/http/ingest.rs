@@ -20,13 +20,13 @@ use tracing::warn;
 use super::auth::authorize;
 use super::error::{ApiError, ErrorDetail, ErrorResponse};
 use super::{AppState, WriteProgress};
-use crate::backend::BackendError;
-use crate::backend::embedded::LogError;
 use crate::message::{
     Durability, HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_IDEMPOTENCY_HASH,
     HEADER_IDEMPOTENCY_KEY, HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID,
     RESERVED_PREFIX, Record, new_id,
 };
+use crate::producer::BackendError;
+use crate::producer::embedded::LogError;
 use crate::runtime::Namespace;
 use crate::runtime::idempotency::{Check, Remembered, Reservation};
 use crate::runtime::limits::Refusal;

@@ -14,8 +14,8 @@ use tracing::error;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
-use crate::backend::embedded::blocking;
 use crate::message::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
+use crate::producer::embedded::blocking;
 
 /// Most messages one request lists.
 const MAX_LIMIT: u64 = 1000;

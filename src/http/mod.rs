@@ -74,12 +74,12 @@ impl AppState {
         &self,
         name: &str,
         headers: &axum::http::HeaderMap,
-    ) -> Result<Arc<crate::backend::embedded::NamespaceStore>, ApiError> {
+    ) -> Result<Arc<crate::producer::embedded::NamespaceStore>, ApiError> {
         auth::authorize_admin(headers, &self.service)?;
         let namespace = self.namespace(name)?;
         match (&namespace.store, &namespace.pipeline.config.producer) {
             (Some(store), _) => Ok(store.clone()),
-            (None, crate::backend::BackendConfig::Embedded(_)) => {
+            (None, crate::producer::BackendConfig::Embedded(_)) => {
                 Err(ApiError::Unavailable(name.to_string()))
             }
             (None, other) => Err(ApiError::UnsupportedByBackend {

@@ -7,12 +7,12 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::backend::BackendConfig;
 use crate::config::diagnostic::{Code, Finding, Location};
 use crate::config::file::Document;
 use crate::config::policy::RetryPolicy;
 use crate::config::units::ByteSize;
 use crate::consumer::config::{ConsumerConfig, DlqConfig};
+use crate::producer::BackendConfig;
 use crate::source::config::SourceConfig;
 use crate::targets::TargetConfig;
 

@@ -200,7 +200,7 @@ pub fn diff(current: &BTreeMap<String, Current<'_>>, report: LoadReport) -> Plan
                 || (under("producer")
                     && !matches!(
                         pipeline.config.producer,
-                        crate::backend::BackendConfig::Embedded(_)
+                        crate::producer::BackendConfig::Embedded(_)
                     )),
             namespace: name,
             file,

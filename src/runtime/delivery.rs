@@ -30,7 +30,6 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
-use crate::backend::{Backend, BackendError};
 use crate::component::{Backoff, Component, Components, Stopped, retry, sleep_unless_stopped};
 use crate::config::policy::RetryPolicy;
 use crate::consumer::config::Order;
@@ -42,6 +41,7 @@ use crate::message::{
     HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, StoredRecord,
 };
 use crate::pipeline::config::PipelineConfig;
+use crate::producer::{Backend, BackendError};
 use crate::runtime::counters::{DeliveryCounters, Outcome};
 use crate::runtime::retry;
 use crate::shutdown::{Shutdown, Stopping};

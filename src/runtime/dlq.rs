@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::embedded::{LogError, NamespaceStore, blocking};
 use crate::message::{
     DLQ_PREFIX, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
     HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_LAST_FAILED_MS,
     HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_REPLAYS, HEADER_TARGETS, Record,
     StoredRecord,
 };
+use crate::producer::embedded::{LogError, NamespaceStore, blocking};
 use crate::runtime::delivery::to_message;
 
 /// Most entries one list answer holds.

@@ -40,11 +40,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::backend::embedded::journal::Journal;
-use crate::backend::embedded::{Log, LogError, blocking};
 use crate::component::Component;
 use crate::message::StoredRecord;
 use crate::message::now_ms;
+use crate::producer::embedded::journal::Journal;
+use crate::producer::embedded::{Log, LogError, blocking};
 
 /// How often new keys and the checkpoint are written to the journal.
 const JOURNAL_EVERY: Duration = Duration::from_secs(1);

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::backend::embedded::{Embedded, NamespaceStore, namespace_dir};
-use crate::backend::redis_streams::RedisStreams;
-use crate::backend::{Backend, BackendConfig};
 use crate::component::Components;
 use crate::config::service::ServiceConfig;
 use crate::pipeline::LoadedPipeline;
+use crate::producer::embedded::{Embedded, NamespaceStore, namespace_dir};
+use crate::producer::redis_streams::RedisStreams;
+use crate::producer::{Backend, BackendConfig};
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
 use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
@@ -86,7 +86,7 @@ impl Namespace {
         let idempotency = backend.as_ref().and_then(|_| {
             let dir = namespace_dir(data_dir, &config.namespace);
             std::fs::create_dir_all(&dir)
-                .map_err(|e| crate::backend::embedded::LogError::io("creating", &dir, e))
+                .map_err(|e| crate::producer::embedded::LogError::io("creating", &dir, e))
                 .and_then(|()| {
                     IdempotencyStore::open(
                         &dir.join("idempotency.log"),
@@ -310,13 +310,13 @@ fn open_backend(
         }
         #[cfg(feature = "kafka")]
         BackendConfig::Kafka(kafka) => {
-            let topic = crate::backend::kafka::KafkaTopic::open(&config.namespace, kafka)
+            let topic = crate::producer::kafka::KafkaTopic::open(&config.namespace, kafka)
                 .map_err(|e| e.to_string())?;
             Ok((Arc::new(topic), None))
         }
         #[cfg(feature = "sqs")]
         BackendConfig::Sqs(sqs) => {
-            let queue = crate::backend::sqs::SqsQueue::open(&config.namespace, sqs)
+            let queue = crate::producer::sqs::SqsQueue::open(&config.namespace, sqs)
                 .map_err(|e| e.to_string())?;
             Ok((Arc::new(queue), None))
         }

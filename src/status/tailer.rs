@@ -12,9 +12,9 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use super::{MessageStatus, StatusStore};
-use crate::backend::embedded::{Log, LogError, blocking};
 use crate::component::{Backoff, Component, Stopped, retry, sleep_unless_stopped};
 use crate::message::TAILER_GROUP;
+use crate::producer::embedded::{Log, LogError, blocking};
 use crate::shutdown::{Shutdown, Stopping};
 
 /// Records read from the log per store write.
@@ -75,7 +75,7 @@ impl Tailer {
 /// What one tailer works with.
 struct Run {
     log: Log,
-    subscription: crate::backend::embedded::Subscription,
+    subscription: crate::producer::embedded::Subscription,
     namespace: String,
     targets: Vec<String>,
     store: Arc<StatusStore>,

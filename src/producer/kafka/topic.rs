@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{Compression, Config};
-use crate::backend::{
+use crate::producer::{
     Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
     poisoned,
 };

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::Config;
-use crate::backend::{
+use crate::producer::{
     Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
     envelope,
 };

@@ -34,13 +34,13 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::Config;
-use crate::backend::{
-    Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
-    envelope, poisoned,
-};
 use crate::message::header;
 use crate::message::now_ms;
 use crate::message::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID};
+use crate::producer::{
+    Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
+    envelope, poisoned,
+};
 
 /// SQS's most entries per batch request.
 const BATCH: usize = 10;
