@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sha2::Digest;
 
 use crate::config::diagnostic::{Diagnostic, Severity};
-use crate::config::service::ServiceConfig;
 use crate::config::{self, env};
 use crate::pipeline::{self, LoadReport};
+use crate::service::ServiceConfig;
 
 /// A write-ahead-log service: durable HTTP ingest, delivery to many targets, DLQ and replay.
 #[derive(Debug, Parser)]
@@ -269,7 +269,7 @@ fn plan(
     admin_key: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use base64::Engine;
-    let (service, _) = config::load_service(
+    let (service, _) = crate::service::load_service(
         service_config_path(config_path).as_deref(),
         &env::process_env,
     );
@@ -451,7 +451,7 @@ fn validate(
 ) -> anyhow::Result<ExitCode> {
     let service_path = service_config_path(config_path);
     let (service, mut service_diagnostics) =
-        config::load_service(service_path.as_deref(), &env::process_env);
+        crate::service::load_service(service_path.as_deref(), &env::process_env);
     let paths = pipeline_paths(service.as_ref(), paths);
     let mut report = pipeline::load_pipelines(&paths, &env::process_env);
     service_diagnostics.append(&mut report.diagnostics);
@@ -557,7 +557,8 @@ fn hash_key(key: Option<String>, generate: bool) -> anyhow::Result<ExitCode> {
 
 fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let service_path = service_config_path(config_path);
-    let (service, diagnostics) = config::load_service(service_path.as_deref(), &env::process_env);
+    let (service, diagnostics) =
+        crate::service::load_service(service_path.as_deref(), &env::process_env);
     let Some(mut service) = service else {
         print_diagnostics(&diagnostics);
         anyhow::bail!("wald.toml is invalid; `wald validate` shows why");

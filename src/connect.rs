@@ -10,9 +10,10 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use crate::config::diagnostic::{Code, Diagnostic, Finding, KeyPath, Location};
-use crate::config::service::{ServiceConfig, StatusStoreKind};
 use crate::pipeline::LoadedPipeline;
 use crate::producer::BackendConfig;
+use crate::service::ServiceConfig;
+use crate::status::config::StatusStoreKind;
 use crate::targets::TargetKind;
 
 /// How long one check may take before it counts as unreachable.

@@ -33,6 +33,7 @@ pub mod message;
 pub mod pipeline;
 pub mod producer;
 pub mod runtime;
+pub mod service;
 pub mod shutdown;
 pub mod source;
 pub mod status;

@@ -5,7 +5,15 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::service::LogFormat;
+use serde::{Deserialize, Serialize};
+
+/// `log_format` in `wald.toml`: text lines, or one JSON object per line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global subscriber; logs go to stderr so that command output on stdout
 /// stays clean.

@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::service_available;
-use wald::config::service::{StatusStoreConfig, StatusStoreKind};
 use wald::config::units::HumanDuration;
 use wald::message::now_ms;
+use wald::status::config::{StatusStoreConfig, StatusStoreKind};
 use wald::status::{
     DeliveryState, MessageStatus, StatusStore, TargetStatus, TargetUpdate, TransactionState,
     TransactionStatus,

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wald::config::service::ServiceConfig;
 use wald::http::router;
 use wald::runtime::watcher;
+use wald::service::ServiceConfig;
 
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate};
 use crate::servers;

@@ -12,10 +12,10 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
-use wald::config::service::ServiceConfig;
 use wald::http::{AppState, router};
 use wald::message::DELIVERY_GROUP;
 use wald::pipeline::load_pipeline_set;
+use wald::service::ServiceConfig;
 use wald::status::Store;
 use wald::status::embedded::EmbeddedStore;
 

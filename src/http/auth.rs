@@ -39,7 +39,7 @@ fn matches(hashes: &[[u8; 32]], digest: &[u8; 32]) -> bool {
 /// Without one configured, the admin routes are off.
 pub fn authorize_admin(
     headers: &HeaderMap,
-    service: &crate::config::service::ServiceConfig,
+    service: &crate::service::ServiceConfig,
 ) -> Result<(), ApiError> {
     let hash: [u8; 32] = service
         .admin_key_sha256

@@ -31,10 +31,10 @@ use axum::routing::{get, post};
 use axum::{Router, middleware};
 use tracing::{error, info, warn};
 
-use crate::config::service::ServiceConfig;
 use crate::runtime::Namespace;
 use crate::runtime::supervisor::{Running, Supervisor};
 use crate::runtime::watcher;
+use crate::service::ServiceConfig;
 use crate::status::StatusStore;
 use error::ApiError;
 

@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::service::ServiceConfig;
+use crate::service::ServiceConfig;
 use crate::shutdown::{Shutdown, Stopping};
 
 /// How long a connection asked to close, with no request in flight, may take before it

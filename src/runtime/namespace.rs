@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::component::Components;
-use crate::config::service::ServiceConfig;
 use crate::pipeline::LoadedPipeline;
 use crate::producer::embedded::{Embedded, NamespaceStore, namespace_dir};
 use crate::producer::redis_streams::RedisStreams;
@@ -20,6 +19,7 @@ use crate::runtime::counters::{DeliveryCounters, WriteCounters};
 use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
+use crate::service::ServiceConfig;
 use crate::status::StatusStore;
 use crate::status::tailer::Tailer;
 

@@ -31,11 +31,11 @@ use tracing::{debug, error, info, warn};
 use crate::component::Components;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
 use crate::config::env;
-use crate::config::service::ServiceConfig;
 use crate::pipeline::diff::{Changed, Current, Plan, Quarantined, diff};
 use crate::pipeline::{LoadReport, load_pipelines};
 use crate::runtime::Namespace;
 use crate::runtime::delivery::Targets;
+use crate::service::ServiceConfig;
 use crate::status::StatusStore;
 
 /// Longest time a reload waits for the pipeline files to be read.

@@ -19,6 +19,7 @@
 //! ([`postgres`]) or Redis ([`redis`]); the last two are shared by several instances.
 //! Entries are kept for `[status_store] retention` after their last change.
 
+pub mod config;
 pub mod embedded;
 pub mod postgres;
 pub mod redis;
@@ -31,10 +32,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::component::Component;
-use crate::config::service::{StatusStoreConfig, StatusStoreKind};
 use crate::message::StoredRecord;
 use crate::message::header;
 use crate::message::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
+use config::{StatusStoreConfig, StatusStoreKind};
 
 pub use crate::message::TAILER_GROUP;
 

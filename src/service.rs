@@ -2,15 +2,18 @@
 //! has a default, so `wald serve` runs with none.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::checks::Checks;
-use super::diagnostic::{Code, KeyPath};
-use super::file::Document;
-use super::secret::Secret;
-use super::units::{ByteSize, HumanDuration};
+use crate::config::checks::Checks;
+use crate::config::diagnostic::{Code, Diagnostic, KeyPath, Severity};
+use crate::config::env::Lookup;
+use crate::config::file::Document;
+use crate::config::secret::Secret;
+use crate::config::units::{ByteSize, HumanDuration};
+use crate::status::config::StatusStoreConfig;
+use crate::telemetry::LogFormat;
 
 /// The service settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -57,13 +60,6 @@ impl Default for ServiceConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// `[http]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -103,38 +99,6 @@ impl Default for HttpLimits {
     }
 }
 
-/// `[status_store]`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StatusStoreConfig {
-    /// `embedded` (in `data_dir`), `postgres` or `redis` (shared by several instances).
-    /// Default: embedded.
-    #[serde(rename = "type")]
-    pub kind: StatusStoreKind,
-    /// Connection URL; required for `postgres` and `redis`, not allowed for `embedded`.
-    pub url: Option<Secret<String>>,
-    /// How long a transaction's status is kept after its last change. Default: 7d.
-    pub retention: HumanDuration,
-}
-
-impl Default for StatusStoreConfig {
-    fn default() -> Self {
-        Self {
-            kind: StatusStoreKind::Embedded,
-            url: None,
-            retention: HumanDuration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StatusStoreKind {
-    Embedded,
-    Postgres,
-    Redis,
-}
-
 /// Reads a parsed `wald.toml`.
 pub fn parse_service(doc: &mut Document<'_>) -> Option<ServiceConfig> {
     let root = std::mem::take(doc.root.get_mut());
@@ -143,7 +107,7 @@ pub fn parse_service(doc: &mut Document<'_>) -> Option<ServiceConfig> {
 }
 
 impl ServiceConfig {
-    pub fn validate(&self) -> Vec<super::diagnostic::Finding> {
+    pub fn validate(&self) -> Vec<crate::config::diagnostic::Finding> {
         let mut checks = Checks::default();
         let root = KeyPath::root();
         if let Some(hash) = &self.admin_key_sha256 {
@@ -200,28 +164,37 @@ impl ServiceConfig {
                 "set `watch_debounce` to for example \"100ms\"",
             );
         }
-        let store = root.key("status_store");
-        match (self.status_store.kind, &self.status_store.url) {
-            (StatusStoreKind::Embedded, Some(_)) => checks.error(
-                Code::InvalidValue,
-                &store.key("url"),
-                "the embedded status store takes no `url`",
-                "remove `url`, or set `type = \"postgres\"` or `\"redis\"`",
-            ),
-            (StatusStoreKind::Postgres, Some(url)) => {
-                checks.url(&store.key("url"), url.expose(), &["postgres", "postgresql"]);
-            }
-            (StatusStoreKind::Redis, Some(url)) => {
-                checks.url(&store.key("url"), url.expose(), &["redis", "rediss"]);
-            }
-            (StatusStoreKind::Postgres | StatusStoreKind::Redis, None) => checks.error(
-                Code::MissingKey,
-                &store,
-                "this status store needs a `url`",
-                "add `url = \"${STATUS_STORE_URL}\"`",
-            ),
-            (StatusStoreKind::Embedded, None) => {}
-        }
+        self.status_store
+            .validate(&mut checks, &root.key("status_store"));
         checks.findings
     }
+}
+
+/// Loads `wald.toml`; without a file, the defaults.
+pub fn load_service(
+    path: Option<&Path>,
+    lookup: Lookup,
+) -> (Option<ServiceConfig>, Vec<Diagnostic>) {
+    let Some(path) = path else {
+        return (Some(ServiceConfig::default()), Vec::new());
+    };
+    let rejected = |r: Box<crate::config::file::Rejected>| -> Vec<Diagnostic> {
+        r.findings.into_iter().map(|f| r.source.place(f)).collect()
+    };
+    let text = match crate::config::file::read_text(path) {
+        Ok(text) => text,
+        Err(r) => return (None, rejected(r)),
+    };
+    let mut doc = match Document::parse(path, &text, lookup) {
+        Ok(doc) => doc,
+        Err(r) => return (None, rejected(r)),
+    };
+    let config = parse_service(&mut doc);
+    let mut findings = std::mem::take(&mut doc.findings);
+    if let Some(config) = &config {
+        findings.extend(config.validate());
+    }
+    let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
+    let diagnostics = findings.into_iter().map(|f| doc.source.place(f)).collect();
+    (config.filter(|_| !has_errors), diagnostics)
 }
