@@ -29,6 +29,7 @@ pub mod config;
 pub mod connect;
 pub mod consumer;
 pub mod http;
+pub mod kafka;
 pub mod message;
 pub mod pipeline;
 pub mod producer;

@@ -13,11 +13,16 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "ground",
-        &["model", "config", "telemetry", "shutdown", "kafka"],
+        &["message", "config", "component", "shutdown", "telemetry"],
     ),
-    ("plugins", &["backend", "targets", "status"]),
-    ("pipeline", &["pipeline"]),
-    ("runtime", &["runtime", "write", "delivery"]),
+    (
+        "plugins",
+        &["producer", "targets", "status", "kafka", "probe"],
+    ),
+    (
+        "runtime",
+        &["runtime", "source", "consumer", "pipeline", "service"],
+    ),
     ("http", &["http"]),
     ("cli", &["cli"]),
 ];
@@ -214,8 +219,14 @@ fn expand(tree: &str) -> Vec<String> {
         .collect()
 }
 
-/// The paths of the crate that `code` (of module `module`) names, as `a::b::c`.
-fn paths_named(code: &str, module: &str) -> Vec<String> {
+/// The paths of the crate that `code` (of module `module`) names, as `a::b::c`: paths
+/// from `crate::`, `super::` or `self::`, and paths from one of the module's own child
+/// modules (`log::Log` in `embedded/mod.rs`).
+fn paths_named(
+    code: &str,
+    module: &str,
+    modules: &BTreeMap<String, std::path::PathBuf>,
+) -> Vec<String> {
     let mut paths = Vec::new();
     // `use` trees, whole.
     let mut rest = code;
@@ -229,31 +240,39 @@ fn paths_named(code: &str, module: &str) -> Vec<String> {
         }
         rest = &tail[end.min(tail.len())..];
     }
-    // Inline paths: `crate::a::b` and `super::a` anywhere.
-    for start in ["crate::", "super::"] {
-        let mut from = 0;
-        while let Some(at) = code[from..].find(start) {
-            let at = from + at;
-            let before = code[..at].chars().last();
-            from = at + start.len();
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
-                continue;
-            }
-            let path: String = code[at..]
+    // Every other path: a word followed by `::`, not itself after `::`.
+    let bytes = code.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        if word(bytes[i]) && (i == 0 || !(word(bytes[i - 1]) || bytes[i - 1] == b':')) {
+            let path: String = code[i..]
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
                 .collect();
-            paths.push(path);
+            i += path.len().max(1);
+            if path.contains("::") {
+                paths.push(path);
+            }
+        } else {
+            i += 1;
         }
     }
-    paths
+    let mut paths: Vec<String> = paths
         .into_iter()
-        .filter_map(|p| absolute(&p, module))
-        .collect()
+        .filter_map(|p| absolute(&p, module, modules))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
 }
 
 /// `path` as seen from `module`, from the crate root; none if it is not the crate's.
-fn absolute(path: &str, module: &str) -> Option<String> {
+fn absolute(
+    path: &str,
+    module: &str,
+    modules: &BTreeMap<String, std::path::PathBuf>,
+) -> Option<String> {
     let mut segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
     let mut base: Vec<&str> = if module.is_empty() {
         Vec::new()
@@ -271,7 +290,20 @@ fn absolute(path: &str, module: &str) -> Option<String> {
                 base.pop();
             }
         }
-        _ => return None,
+        Some("self") => {
+            segments.remove(0);
+        }
+        Some(first) => {
+            let child = if module.is_empty() {
+                first.to_string()
+            } else {
+                format!("{module}::{first}")
+            };
+            if !modules.contains_key(&child) {
+                return None;
+            }
+        }
+        None => return None,
     }
     base.extend(segments);
     Some(base.join("::"))
@@ -302,7 +334,7 @@ fn modules_form_layers_without_circles() -> Result {
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (module, file) in &modules {
         let code = code_of(&std::fs::read_to_string(file)?);
-        for path in paths_named(&code, module) {
+        for path in paths_named(&code, module, &modules) {
             if let Some(target) = module_of(&path, &modules)
                 && &target != module
                 && !target.is_empty()
@@ -423,9 +455,12 @@ fn use_trees_and_paths_are_read_in_full() {
         ]
     );
     let code = code_of(
-        "use super::x; // crate::nope\nlet s = \"crate::no\"; crate::y::z();\n#[cfg(test)]\nmod tests { use crate::t; }",
+        "use super::x; // crate::nope\nlet s = \"crate::no\"; crate::y::z(); c::f(); std::mem::take(); a::c::no();\n#[cfg(test)]\nmod tests { use crate::t; }",
     );
-    let mut named = paths_named(&code, "m::n");
-    named.sort();
-    assert_eq!(named, ["m::x", "y::z"]);
+    let modules: BTreeMap<String, std::path::PathBuf> = ["m", "m::n", "m::n::c", "y"]
+        .iter()
+        .map(|m| (m.to_string(), std::path::PathBuf::new()))
+        .collect();
+    let named = paths_named(&code, "m::n", &modules);
+    assert_eq!(named, ["m::n::c::f", "m::x", "y::z"]);
 }

@@ -26,7 +26,6 @@ use crate::message::{
     RESERVED_PREFIX, Record, new_id,
 };
 use crate::producer::BackendError;
-use crate::producer::embedded::LogError;
 use crate::runtime::Namespace;
 use crate::runtime::idempotency::{Check, Remembered, Reservation};
 use crate::runtime::limits::Refusal;
@@ -672,9 +671,9 @@ async fn append(
         Err(e) => {
             warn!(namespace = %name, error = %e, "Write failed; nothing was acknowledged.");
             Err(match e {
-                BackendError::Log(e) if e.is_storage_full() => ApiError::StorageFull(name),
-                BackendError::Log(LogError::Invalid(message)) => ApiError::InvalidMessage(message),
-                BackendError::Log(_) => ApiError::Unavailable(name),
+                BackendError::StorageFull(_) => ApiError::StorageFull(name),
+                BackendError::Invalid(message) => ApiError::InvalidMessage(message),
+                BackendError::Failed(_) => ApiError::Unavailable(name),
                 BackendError::Unavailable(reason) => ApiError::BackendUnavailable {
                     namespace: name,
                     reason,

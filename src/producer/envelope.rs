@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use super::BackendError;
+use super::backend::BackendError;
 use crate::message::StoredRecord;
 
 #[derive(Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use super::template::Template;
 use crate::config::checks::Checks;
 use crate::config::diagnostic::KeyPath;
 use crate::config::units::HumanDuration;
-use crate::producer::kafka::{check_brokers, check_delivery_timeout, check_options, check_topic};
+use crate::kafka::{check_brokers, check_delivery_timeout, check_options, check_topic};
 
 use super::redis::ValueShape;
 
@@ -28,7 +28,7 @@ pub struct Config {
     #[serde(default)]
     pub value: ValueShape,
     /// Longest wait for the broker's acknowledgement. Default: 30s. Range: 1s..=5m.
-    #[serde(default = "crate::producer::kafka::default_delivery_timeout")]
+    #[serde(default = "crate::kafka::default_delivery_timeout")]
     pub delivery_timeout: HumanDuration,
     /// Further librdkafka properties. Default: none.
     #[serde(default)]

@@ -53,3 +53,16 @@ impl LogError {
         matches!(self, Self::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()))
     }
 }
+
+impl From<LogError> for crate::producer::backend::BackendError {
+    /// The embedded log's errors as every backend's: a full disk, a request it cannot
+    /// take, and the rest, which leave the log failed or closed.
+    fn from(e: LogError) -> Self {
+        use crate::producer::backend::BackendError;
+        match e {
+            e if e.is_storage_full() => BackendError::StorageFull(e.to_string()),
+            LogError::Invalid(message) => BackendError::Invalid(message),
+            e => BackendError::Failed(e.to_string()),
+        }
+    }
+}

@@ -48,6 +48,7 @@ pub mod journal;
 pub mod log;
 pub mod replayed;
 pub mod segment;
+pub mod shared;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -55,13 +56,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError};
+use super::backend::{Backend, BackendError};
 use crate::message::{DELIVERY_GROUP, Durability, Record, StoredRecord};
 
 pub use config::{Config, SyncMode};
 pub use delay::DelayIndex;
 pub use error::LogError;
-pub use log::{Appended, Committed, Log, Position, Subscription};
+pub use log::{Log, Position, Subscription, blocking};
+pub use shared::{Appended, Committed};
 
 /// A namespace's storage on the embedded backend: its log, its dead-letter log (and
 /// which of its entries were replayed) and its index of delayed messages.
@@ -124,7 +126,10 @@ impl Backend for Embedded {
         Ok(self.0.log.append(records).await?.durability)
     }
 
-    async fn subscribe(&self, group: &str) -> Result<Box<dyn super::Subscription>, BackendError> {
+    async fn subscribe(
+        &self,
+        group: &str,
+    ) -> Result<Box<dyn super::backend::Subscription>, BackendError> {
         Ok(Box::new(GroupReader {
             reader: self.0.log.subscribe(group)?,
             log: self.0.log.clone(),
@@ -192,7 +197,7 @@ struct GroupReader {
 }
 
 #[async_trait]
-impl super::Subscription for GroupReader {
+impl super::backend::Subscription for GroupReader {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
         Ok(self.reader.next_batch(max).await?)
     }
@@ -205,15 +210,6 @@ impl super::Subscription for GroupReader {
         let (log, group) = (self.log.clone(), self.group.clone());
         Ok(blocking(move || log.commit(&group, next_offset)).await?)
     }
-}
-
-/// Runs blocking log I/O off the runtime's threads.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
-) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| LogError::Failed(format!("a log task panicked: {e}")))?
 }
 
 /// Where a namespace's files are.

@@ -27,8 +27,8 @@ use super::config::SyncMode;
 use super::cursor::write_atomically;
 use super::error::LogError;
 use super::format::{self, FLAG_END_OF_BATCH, FrameMeta, SEGMENT_HEADER_LEN};
-use super::log::{Appended, Committed, Shared};
 use super::segment::{IndexSampler, Segment, create_segment, segment_file_name};
+use super::shared::{Appended, Committed, Shared};
 use crate::message::{Durability, Record, now_ms};
 
 /// Most bytes one group writes at once; more waits for the next group.

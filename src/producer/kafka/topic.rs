@@ -32,11 +32,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::{Compression, Config};
-use crate::producer::{
-    Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
-    poisoned,
-};
+use super::config::{Compression, Config};
+use crate::message::{Durability, Record, StoredRecord};
+use crate::producer::backend::{Backend, BackendError, Handed, LastError, Subscription, poisoned};
 
 /// Messages handed over per batch at most.
 const BATCH: usize = 512;

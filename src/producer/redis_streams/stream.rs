@@ -27,11 +27,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::Config;
-use crate::producer::{
-    Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
-    envelope,
-};
+use super::config::Config;
+use crate::message::{Durability, Record, StoredRecord};
+use crate::producer::backend::{Backend, BackendError, Handed, LastError, Subscription};
+use crate::producer::envelope;
 
 /// Entries read per `XREADGROUP` or `XAUTOCLAIM`.
 const READ_COUNT: usize = 512;

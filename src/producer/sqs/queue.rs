@@ -33,14 +33,13 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::Config;
+use super::config::Config;
 use crate::message::header;
 use crate::message::now_ms;
+use crate::message::{Durability, Record, StoredRecord};
 use crate::message::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID};
-use crate::producer::{
-    Backend, BackendError, Durability, Handed, LastError, Record, StoredRecord, Subscription,
-    envelope, poisoned,
-};
+use crate::producer::backend::{Backend, BackendError, Handed, LastError, Subscription, poisoned};
+use crate::producer::envelope;
 
 /// SQS's most entries per batch request.
 const BATCH: usize = 10;
