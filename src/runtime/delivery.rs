@@ -35,10 +35,9 @@ use crate::config::policy::RetryPolicy;
 use crate::consumer::config::Order;
 use crate::message::now_ms;
 use crate::message::{
-    HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
-    HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_LAST_FAILED_MS,
-    HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID, HEADER_TARGETS,
-    HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, StoredRecord,
+    HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR, HEADER_DLQ_FIRST_FAILED_MS,
+    HEADER_DLQ_LAST_ERROR, HEADER_DLQ_LAST_FAILED_MS, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET,
+    HEADER_TARGETS, Record, StoredRecord,
 };
 use crate::pipeline::config::PipelineConfig;
 use crate::producer::{Backend, BackendError};
@@ -756,7 +755,7 @@ impl Consumer {
                 }
                 let batch: Vec<Message> = chosen
                     .iter()
-                    .map(|&i| to_message(&self.namespace, &run[i].record))
+                    .map(|&i| Message::of_record(&self.namespace, &run[i].record))
                     .collect();
                 let result = target.deliver_batch(&batch).await;
                 let reached = match &result {
@@ -1025,30 +1024,6 @@ fn goes_to(record: &StoredRecord, name: &str) -> bool {
 /// When a delayed message is due (milliseconds since the epoch), if it is delayed.
 fn due_ms(record: &StoredRecord) -> Option<u64> {
     record.header(HEADER_DELIVER_AT)?.parse().ok()
-}
-
-/// A stored record as targets receive it.
-pub fn to_message(namespace: &str, record: &StoredRecord) -> Message {
-    let text = |name| record.header(name).unwrap_or_default().to_string();
-    Message {
-        namespace: namespace.to_string(),
-        offset: record.offset,
-        message_id: text(HEADER_MESSAGE_ID),
-        transaction_id: text(HEADER_TRANSACTION_ID),
-        key: record
-            .key
-            .as_ref()
-            .map(|k| String::from_utf8_lossy(k).into_owned()),
-        timestamp_ms: record.timestamp_ms,
-        headers: record
-            .headers
-            .iter()
-            .filter(|(n, _)| !n.starts_with(RESERVED_PREFIX))
-            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-            .collect(),
-        payload: record.payload.clone(),
-        payload_is_json: record.header(HEADER_CONTENT_TYPE) != Some("application/octet-stream"),
-    }
 }
 
 #[cfg(test)]

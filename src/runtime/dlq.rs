@@ -20,7 +20,7 @@ use crate::message::{
     StoredRecord,
 };
 use crate::producer::embedded::{LogError, NamespaceStore, blocking};
-use crate::runtime::delivery::to_message;
+use crate::targets::Message;
 
 /// Most entries one list answer holds.
 pub const MAX_LIST: usize = 1000;
@@ -142,7 +142,7 @@ fn number<T: std::str::FromStr + Default>(record: &StoredRecord, name: &str) -> 
 }
 
 fn entry(namespace: &str, store: &NamespaceStore, record: &StoredRecord) -> DlqEntry {
-    let message = to_message(namespace, record);
+    let message = Message::of_record(namespace, record);
     DlqEntry {
         dlq_offset: record.offset,
         payload: message.payload_json(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BatchError, DeliveryError, Message};
+use super::delivery::{BatchError, DeliveryError, Message};
 
 use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};

@@ -11,8 +11,8 @@ use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
 use crate::config::units::HumanDuration;
 
-use super::redis::ValueShape;
-use super::{DeliveryError, Message};
+use super::delivery::ValueShape;
+use super::delivery::{DeliveryError, Message};
 
 /// `[[target]]` with `type = "http"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]

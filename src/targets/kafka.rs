@@ -11,7 +11,7 @@ use crate::config::diagnostic::KeyPath;
 use crate::config::units::HumanDuration;
 use crate::kafka::{check_brokers, check_delivery_timeout, check_options, check_topic};
 
-use super::redis::ValueShape;
+use super::delivery::ValueShape;
 
 /// `[[target]]` with `type = "kafka"`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -42,7 +42,7 @@ impl Config {
         if let Some(key) = &self.key
             && let Err(errors) = Template::parse(key)
         {
-            super::report_template_errors(checks, &at.key("key"), errors);
+            super::template::report_errors(checks, &at.key("key"), errors);
         }
         check_delivery_timeout(checks, &at.key("delivery_timeout"), self.delivery_timeout);
         check_options(checks, &at.key("options"), &self.options);
@@ -61,7 +61,7 @@ pub struct KafkaTarget {
 
 #[cfg(feature = "kafka")]
 impl KafkaTarget {
-    pub fn new(config: &Config) -> Result<Self, super::DeliveryError> {
+    pub fn new(config: &Config) -> Result<Self, super::delivery::DeliveryError> {
         let mut client = rdkafka::ClientConfig::new();
         client.set("bootstrap.servers", &config.brokers);
         for (key, value) in &config.options {
@@ -74,7 +74,8 @@ impl KafkaTarget {
                 "message.timeout.ms",
                 config.delivery_timeout.get().as_millis().to_string(),
             );
-        let invalid = |e: String| super::DeliveryError::permanent(format!("the Kafka target: {e}"));
+        let invalid =
+            |e: String| super::delivery::DeliveryError::permanent(format!("the Kafka target: {e}"));
         Ok(Self {
             producer: client.create().map_err(|e| invalid(e.to_string()))?,
             topic: config.topic.clone(),
@@ -94,8 +95,8 @@ impl KafkaTarget {
     /// delivery report. Reports the ones before the first failure delivered.
     pub async fn deliver_batch(
         &self,
-        messages: &[super::Message],
-    ) -> Result<(), super::BatchError> {
+        messages: &[super::delivery::Message],
+    ) -> Result<(), super::delivery::BatchError> {
         use rdkafka::message::{Header, OwnedHeaders};
         let rendered: Vec<(Option<Vec<u8>>, Vec<u8>)> = messages
             .iter()
@@ -130,9 +131,9 @@ impl KafkaTarget {
             Some(delivered) => {
                 let error = match &reports[delivered] {
                     Err((e, _)) => classify(e),
-                    Ok(_) => super::DeliveryError::retriable("kafka: unknown failure"),
+                    Ok(_) => super::delivery::DeliveryError::retriable("kafka: unknown failure"),
                 };
-                Err(super::BatchError { delivered, error })
+                Err(super::delivery::BatchError { delivered, error })
             }
         }
     }
@@ -141,7 +142,7 @@ impl KafkaTarget {
 /// A message too large, or a topic that does not exist or may not be written, is
 /// permanent; everything else (brokers down, timeouts, leadership changes) is retried.
 #[cfg(feature = "kafka")]
-fn classify(e: &rdkafka::error::KafkaError) -> super::DeliveryError {
+fn classify(e: &rdkafka::error::KafkaError) -> super::delivery::DeliveryError {
     use rdkafka::types::RDKafkaErrorCode as Code;
     let permanent = matches!(
         e.rdkafka_error_code(),
@@ -153,7 +154,7 @@ fn classify(e: &rdkafka::error::KafkaError) -> super::DeliveryError {
                 | Code::InvalidTopic
         )
     );
-    super::DeliveryError {
+    super::delivery::DeliveryError {
         message: format!("kafka: {e}"),
         retriable: !permanent,
         retry_after: None,

@@ -3,6 +3,7 @@
 //! `http`, `kafka` and `file`. [`TargetConfig`] is one `[[target]]` table, dispatched
 //! on `type`; [`Target`] is a built target that delivers [`Message`]s.
 
+pub mod delivery;
 pub mod file;
 pub mod http;
 pub mod kafka;
@@ -10,18 +11,15 @@ pub mod postgres;
 pub mod redis;
 pub mod template;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::DeTable;
 
 use crate::config::checks::Checks;
-use crate::config::diagnostic::{Code, Finding, KeyPath, Location};
+use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
 use crate::config::policy::RetryOverride;
+pub use delivery::{BatchError, DeliveryError, Message, ValueShape};
 
 /// One `[[target]]`.
 #[derive(Clone, Debug, Serialize)]
@@ -102,137 +100,6 @@ impl TargetKind {
             Self::File(c) => c.validate(checks, at),
         }
     }
-}
-
-/// Reports template errors at `path`, each pointing at its placeholder.
-pub(crate) fn report_template_errors(
-    checks: &mut Checks,
-    path: &KeyPath,
-    errors: Vec<template::TemplateError>,
-) {
-    for e in errors {
-        checks.push(
-            Finding::error(
-                Code::UnknownPlaceholder,
-                Location::Path {
-                    path: path.clone(),
-                    needle: Some(e.needle),
-                },
-                e.message,
-            )
-            .with_hint(e.hint),
-        );
-    }
-}
-
-/// A message as targets receive it, read back from the log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    pub namespace: String,
-    /// Its place in the namespace's log.
-    pub offset: u64,
-    pub message_id: String,
-    pub transaction_id: String,
-    pub key: Option<String>,
-    /// When it was made durable, in milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// The client's headers (wald's own `wald-*` headers left out).
-    pub headers: BTreeMap<String, String>,
-    pub payload: Vec<u8>,
-    /// Whether `payload` is JSON (else binary).
-    pub payload_is_json: bool,
-}
-
-impl Message {
-    /// The payload as JSON: itself when it is JSON, else a base64 string.
-    pub fn payload_json(&self) -> serde_json::Value {
-        if self.payload_is_json
-            && let Ok(value) = serde_json::from_slice(&self.payload)
-        {
-            return value;
-        }
-        serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&self.payload))
-    }
-
-    /// The whole message as one line of JSON: ids, namespace, key, timestamp, headers
-    /// and payload. A JSON payload is copied as it came unless it spans lines.
-    pub fn envelope(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        #[serde(untagged)]
-        enum Payload<'m> {
-            Raw(&'m serde_json::value::RawValue),
-            Value(serde_json::Value),
-        }
-        #[derive(Serialize)]
-        struct Envelope<'m> {
-            headers: &'m BTreeMap<String, String>,
-            key: &'m Option<String>,
-            message_id: &'m str,
-            namespace: &'m str,
-            offset: u64,
-            payload: Payload<'m>,
-            timestamp_ms: u64,
-            transaction_id: &'m str,
-        }
-        let one_line_json =
-            self.payload_is_json && !self.payload.iter().any(|b| matches!(b, b'\n' | b'\r'));
-        let raw = one_line_json
-            .then(|| serde_json::from_slice(&self.payload).ok())
-            .flatten();
-        let payload = match raw {
-            Some(raw) => Payload::Raw(raw),
-            None => Payload::Value(self.payload_json()),
-        };
-        let envelope = Envelope {
-            headers: &self.headers,
-            key: &self.key,
-            message_id: &self.message_id,
-            namespace: &self.namespace,
-            offset: self.offset,
-            payload,
-            timestamp_ms: self.timestamp_ms,
-            transaction_id: &self.transaction_id,
-        };
-        serde_json::to_vec(&envelope).expect("an envelope is always JSON")
-    }
-}
-
-/// Why a delivery failed, and whether trying again may help.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct DeliveryError {
-    pub message: String,
-    /// False for errors that no retry can fix (a 4xx, a constraint violation): the
-    /// message goes to the DLQ at once.
-    pub retriable: bool,
-    /// How long the target asked to wait (`Retry-After`).
-    pub retry_after: Option<Duration>,
-}
-
-impl DeliveryError {
-    pub fn retriable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retriable: true,
-            retry_after: None,
-        }
-    }
-
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retriable: false,
-            retry_after: None,
-        }
-    }
-}
-
-/// A batch that a target delivered only in part: `messages[..delivered]` went
-/// through, `messages[delivered]` failed with `error`, the rest was not tried.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BatchError {
-    pub delivered: usize,
-    pub error: DeliveryError,
 }
 
 /// A target ready to deliver: its connections or files are open.

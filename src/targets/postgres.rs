@@ -4,8 +4,8 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+use super::delivery::{DeliveryError, Message};
 use super::template::{self, Field};
-use super::{DeliveryError, Message};
 use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
@@ -91,7 +91,7 @@ impl Config {
                         "store `$message_id` in a unique column with `ON CONFLICT DO NOTHING`",
                     ),
                     Ok(_) => {}
-                    Err(errors) => super::report_template_errors(checks, &path, errors),
+                    Err(errors) => super::template::report_errors(checks, &path, errors),
                 }
             }
             (None, Some(table)) => {
@@ -124,7 +124,7 @@ impl Config {
                     }
                     match value.strip_prefix('$').and_then(Field::parse) {
                         Some(field) => has_id |= field == Field::MessageId,
-                        None => super::report_template_errors(
+                        None => super::template::report_errors(
                             checks,
                             &path,
                             vec![template::TemplateError {
@@ -438,8 +438,11 @@ impl PostgresTarget {
     /// allows it, else the statement for each message. When a message is
     /// refused for good, the ones before it are committed without it, so that only the
     /// refused one goes to the DLQ; any other failure rolls the whole batch back.
-    pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), super::BatchError> {
-        let failed_at = |delivered, error| super::BatchError { delivered, error };
+    pub async fn deliver_batch(
+        &self,
+        messages: &[Message],
+    ) -> Result<(), super::delivery::BatchError> {
+        let failed_at = |delivered, error| super::delivery::BatchError { delivered, error };
         if let Some(multi) = &self.multi_row {
             match self.insert_rows(multi, messages).await {
                 Ok(()) => return Ok(()),

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::delivery::{DeliveryError, Message, ValueShape};
 use super::template::Template;
-use super::{DeliveryError, Message};
 use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::secret::Secret;
@@ -44,15 +44,6 @@ pub enum Command {
     Lpush,
 }
 
-/// The body a target writes for each message.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ValueShape {
-    #[default]
-    Payload,
-    Envelope,
-}
-
 impl Config {
     pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {
         checks.url(&at.key("url"), self.url.expose(), &["redis", "rediss"]);
@@ -64,7 +55,7 @@ impl Config {
                 "write for example \"order:{payload.id}\"",
             ),
             Ok(_) => {}
-            Err(errors) => super::report_template_errors(checks, &at.key("key"), errors),
+            Err(errors) => super::template::report_errors(checks, &at.key("key"), errors),
         }
         match (&self.field, self.command) {
             (None, Command::Hset) => checks.error(
@@ -81,7 +72,7 @@ impl Config {
             ),
             (Some(field), _) => {
                 if let Err(errors) = Template::parse(field) {
-                    super::report_template_errors(checks, &at.key("field"), errors);
+                    super::template::report_errors(checks, &at.key("field"), errors);
                 }
             }
             (None, _) => {}
@@ -152,8 +143,11 @@ impl RedisTarget {
     /// Sends the messages' commands as one pipeline. A command the server refuses is
     /// reported with the ones before it delivered; the ones after it were run too and
     /// are sent again with the retry (at least once).
-    pub async fn deliver_batch(&self, messages: &[Message]) -> Result<(), super::BatchError> {
-        let failed_at = |delivered, error| super::BatchError { delivered, error };
+    pub async fn deliver_batch(
+        &self,
+        messages: &[Message],
+    ) -> Result<(), super::delivery::BatchError> {
+        let failed_at = |delivered, error| super::delivery::BatchError { delivered, error };
         let mut connection = self
             .connection
             .get_or_try_init(|| self.client.get_connection_manager())

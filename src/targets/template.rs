@@ -8,6 +8,10 @@
 
 use serde::Serialize;
 
+use super::delivery::Message;
+use crate::config::checks::Checks;
+use crate::config::diagnostic::{Code, Finding, KeyPath, Location};
+
 /// A message field a placeholder stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Field {
@@ -23,7 +27,7 @@ pub enum Field {
 
 impl Field {
     /// This field of `message`, as JSON: a missing payload field or header is null.
-    pub fn value(&self, message: &super::Message) -> serde_json::Value {
+    pub fn value(&self, message: &Message) -> serde_json::Value {
         use serde_json::Value;
         match self {
             Self::MessageId => Value::String(message.message_id.clone()),
@@ -107,7 +111,7 @@ pub struct Template {
 impl Template {
     /// The template filled from `message`: a field that is a JSON string is written
     /// as is, any other value as JSON, a missing one as nothing.
-    pub fn render(&self, message: &super::Message) -> String {
+    pub fn render(&self, message: &Message) -> String {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -313,6 +317,23 @@ pub fn to_positional(statement: &str, params: &[SqlParam]) -> (String, Vec<Field
     }
     out.push_str(&statement[last..]);
     (out, fields)
+}
+
+/// Reports template errors at `path`, each pointing at its placeholder.
+pub(crate) fn report_errors(checks: &mut Checks, path: &KeyPath, errors: Vec<TemplateError>) {
+    for e in errors {
+        checks.push(
+            Finding::error(
+                Code::UnknownPlaceholder,
+                Location::Path {
+                    path: path.clone(),
+                    needle: Some(e.needle),
+                },
+                e.message,
+            )
+            .with_hint(e.hint),
+        );
+    }
 }
 
 #[cfg(test)]
