@@ -1,49 +1,17 @@
 //! The file target: JSON Lines, one delivered message (with its `message_id`) per line.
-//! For the out-of-the-box demo and for debugging. Its configuration and checks live here.
+//! For the out-of-the-box demo and for debugging.
+//! Its table and checks are in `config.rs`.
+
+pub mod config;
 
 use std::fs::File;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use crate::targets::delivery::{BatchError, DeliveryError, Message};
 
-use super::delivery::{BatchError, DeliveryError, Message};
-
-use crate::config::checks::Checks;
-use crate::config::diagnostic::{Code, KeyPath};
-
-/// `[[target]]` with `type = "file"`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// The file to append to, relative to the working directory. Required.
-    pub path: PathBuf,
-    /// `fdatasync` the file after each batch. Default: false.
-    #[serde(default)]
-    pub fsync: bool,
-}
-
-impl Config {
-    pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {
-        let path = at.key("path");
-        if self.path.as_os_str().is_empty() {
-            checks.error(
-                Code::InvalidValue,
-                &path,
-                "`path` is empty",
-                "write for example \"data/out/orders.jsonl\"",
-            );
-        } else if self.path.to_string_lossy().ends_with('/') {
-            checks.error(
-                Code::InvalidValue,
-                &path,
-                "`path` names a directory",
-                "name a file, for example \"data/out/orders.jsonl\"",
-            );
-        }
-    }
-}
+pub use config::*;
 
 /// An open file target: appends one envelope per line.
 pub struct FileTarget {

@@ -1,0 +1,125 @@
+//! The HTTP target: a webhook called once per message, with an `Idempotency-Key` header
+//! and an optional HMAC-SHA256 signature of the body. Its configuration and checks
+//! live here.
+//! Its table and checks are in `config.rs`.
+
+pub mod config;
+
+use crate::targets::delivery::ValueShape;
+use crate::targets::delivery::{DeliveryError, Message};
+
+pub use config::*;
+
+/// Longest `Retry-After` honoured, so that a target cannot park a message for days.
+const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A webhook ready to call, with its connection pool.
+pub struct HttpTarget {
+    client: reqwest::Client,
+    config: Config,
+}
+
+impl HttpTarget {
+    pub fn new(config: &Config) -> Result<Self, DeliveryError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout.get())
+            .build()
+            .map_err(|e| DeliveryError::permanent(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            config: config.clone(),
+        })
+    }
+
+    /// Calls the webhook with the message; a 2xx delivers it, a status in `retry_on`
+    /// or a network error is retried, any other status is permanent.
+    pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
+        let body = match self.config.body {
+            ValueShape::Payload => message.payload.clone(),
+            ValueShape::Envelope => message.envelope(),
+        };
+        let method = match self.config.method {
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+        };
+        let content_type =
+            if matches!(self.config.body, ValueShape::Payload) && !message.payload_is_json {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            };
+        let mut request = self
+            .client
+            .request(method, &self.config.url)
+            .header("content-type", content_type)
+            .header("idempotency-key", &message.message_id);
+        for (name, value) in &self.config.headers {
+            request = request.header(name, value.expose());
+        }
+        if let Some(secret) = &self.config.hmac_secret {
+            request = request.header("x-wald-signature", sign(secret.expose(), &body));
+        }
+        let response = request.body(body).send().await.map_err(|e| {
+            DeliveryError::retriable(format!(
+                "calling {}: {}",
+                redacted(&self.config.url),
+                e.without_url()
+            ))
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| std::time::Duration::from_secs(s).min(MAX_RETRY_AFTER));
+        let message = format!("{} answered {status}", redacted(&self.config.url));
+        if self.config.retry_on.contains(&status.as_u16()) {
+            Err(DeliveryError {
+                message,
+                retriable: true,
+                retry_after,
+            })
+        } else {
+            Err(DeliveryError::permanent(message))
+        }
+    }
+}
+
+/// `sha256=<hex>` of the body's HMAC-SHA256 under `secret`.
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The URL without credentials or query, for errors and logs.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "the webhook".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            super::sign("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
