@@ -1,12 +1,10 @@
 //! The HTTP target: a webhook called once per message, with an `Idempotency-Key` header
-//! and an optional HMAC-SHA256 signature of the body. Its configuration and checks
-//! live here.
+//! and an optional HMAC-SHA256 signature of the body.
 //! Its table and checks are in `config.rs`.
 
 pub mod config;
 
-use crate::targets::delivery::ValueShape;
-use crate::targets::delivery::{DeliveryError, Message};
+use crate::targets::delivery::{DeliveryError, Message, ValueShape};
 
 pub use config::*;
 

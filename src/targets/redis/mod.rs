@@ -1,6 +1,5 @@
-//! The Redis target: one command per message, pipelined per batch. Its configuration and
-//! checks live here.
-//! Its table and checks are in `config.rs`.
+//! The Redis target: one command per message, pipelined per batch. Its table and checks
+//! are in `config.rs`.
 
 pub mod config;
 
