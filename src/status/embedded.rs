@@ -21,7 +21,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
-use super::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
+use super::model::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
 use crate::message::now_ms;
 
 const MESSAGES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("messages");

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use uuid::Uuid;
 
-use super::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
+use super::model::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
 use crate::message::now_ms;
 
 /// The schema, in order; each file is applied once per database.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use super::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
+use super::model::{MessageStatus, StatusError, TargetStatus, TargetUpdate};
 
 const KEY_PREFIX: &str = "wald:status:";
 
