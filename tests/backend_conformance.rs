@@ -73,10 +73,10 @@ async fn nothing_more(subscription: &mut dyn Subscription) -> Result<bool> {
 /// Appended records are read back in order with what they carried; committed ones
 /// are not read again by the next member of the group.
 async fn append_and_acknowledge(backend: &dyn Backend) -> Result {
-    let durability = backend
+    let appended = backend
         .append(vec![record("a", "1"), record("b", "2")])
         .await?;
-    assert_eq!(durability, Durability::Durable);
+    assert_eq!(appended.durability, Durability::Durable);
     backend.append(vec![record("a", "3")]).await?;
     let mut first = backend.subscribe("conformance").await?;
     let got = read(first.as_mut(), 3).await?;
@@ -125,7 +125,12 @@ async fn dead_letter(backend: &dyn Backend) -> Result {
         .push(("wald-dlq-last-error".into(), b"500".to_vec()));
     backend.dead_letter(vec![parked.clone()]).await?;
     backend.dead_letter(vec![record("k", "second")]).await?;
-    let entries = backend.dead_letters(2).await?;
+    let entries: Vec<StoredRecord> = backend
+        .dead_letters(0, 2)
+        .await?
+        .into_iter()
+        .map(|dead| dead.record)
+        .collect();
     assert_eq!(payloads(&entries), ["poison", "second"]);
     assert_eq!(entries[0].headers, parked.headers);
     Ok(())

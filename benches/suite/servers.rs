@@ -75,10 +75,23 @@ pub async fn settle(state: &AppState, name: &str) -> crate::Result<Duration> {
         .get(name)
         .cloned()
         .ok_or("no such namespace")?;
-    let store = namespace.store.as_ref().ok_or("not on the embedded log")?;
+    let backend = namespace
+        .backend
+        .as_ref()
+        .ok_or("the namespace did not open")?;
     loop {
-        let end = store.log.committed().next_offset;
-        let delivered = store.log.cursor(DELIVERY_GROUP)? >= end;
+        let end = backend
+            .log_position()
+            .ok_or("not on the embedded log")?
+            .next_offset;
+        let positions = backend
+            .positions()
+            .await?
+            .ok_or("not on the embedded log")?;
+        let delivered = positions
+            .groups
+            .iter()
+            .any(|(group, next)| group == DELIVERY_GROUP && *next >= end);
         let indexed = namespace
             .status_indexed()
             .is_none_or(|indexed| *indexed.borrow() >= end);

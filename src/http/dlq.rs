@@ -12,7 +12,8 @@ use tracing::{error, info};
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
-use crate::producer::embedded::blocking;
+use crate::producer::{Backend, BackendError};
+use crate::runtime::Namespace;
 use crate::runtime::dlq::{self, DlqPage, ListQuery, ReplayOutcome, ReplayRequest};
 
 #[utoipa::path(get, path = "/api/v1/wal/namespace/{namespace}/dlq", tag = "dlq",
@@ -30,16 +31,12 @@ pub async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<DlqPage>, ApiError> {
-    let store = state.admin_store(&name, &headers)?;
+    let (namespace, backend) = dlq_of(&state, &name, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::Malformed(e.body_text()))?;
-    let namespace = name.clone();
-    blocking(move || dlq::list(&namespace, &store, &query))
+    dlq::list(&name, backend.as_ref(), &query)
         .await
         .map(Json)
-        .map_err(|e| {
-            error!(namespace = %name, error = %e, "Reading the DLQ failed.");
-            ApiError::Unavailable(name)
-        })
+        .map_err(|e| backend_error(&namespace, e, "Reading the DLQ failed."))
 }
 
 #[utoipa::path(post, path = "/api/v1/wal/namespace/{namespace}/dlq/replay", tag = "dlq",
@@ -58,7 +55,7 @@ pub async fn replay(
     headers: HeaderMap,
     request: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Result<Json<ReplayOutcome>, ApiError> {
-    let store = state.admin_store(&name, &headers)?;
+    let (namespace, backend) = dlq_of(&state, &name, &headers)?;
     let Json(request) = request.map_err(|e| ApiError::Malformed(e.body_text()))?;
     if request
         .rate_per_second
@@ -69,19 +66,42 @@ pub async fn replay(
             dlq::MAX_RATE
         )));
     }
-    let max_replays = state
-        .namespace(&name)?
-        .pipeline
-        .config
-        .consumer
-        .dlq
-        .max_replays;
-    let outcome = dlq::replay(&name, &store, &request, max_replays)
+    let max_replays = namespace.pipeline.config.consumer.dlq.max_replays;
+    let outcome = dlq::replay(&name, backend.as_ref(), &request, max_replays)
         .await
-        .map_err(|e| {
-            error!(namespace = %name, error = %e, "DLQ replay failed.");
-            ApiError::Unavailable(name.clone())
-        })?;
+        .map_err(|e| backend_error(&namespace, e, "DLQ replay failed."))?;
     info!(namespace = %name, replayed = outcome.replayed.len(), skipped = outcome.skipped.len(), dry_run = outcome.dry_run, "DLQ replay.");
     Ok(Json(outcome))
+}
+
+/// The namespace and its log, once the request carries the admin key and the backend
+/// lists and replays its DLQ (else 501).
+fn dlq_of(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<(Arc<Namespace>, Arc<dyn Backend>), ApiError> {
+    let (namespace, backend) = state.admin_backend(name, headers)?;
+    if !backend.replays_dead_letters() {
+        return Err(unsupported(&namespace));
+    }
+    Ok((namespace, backend))
+}
+
+/// 501 for a route the namespace's backend does not serve.
+pub(super) fn unsupported(namespace: &Namespace) -> ApiError {
+    ApiError::UnsupportedByBackend {
+        namespace: namespace.name().to_string(),
+        backend: namespace.pipeline.config.producer.kind(),
+    }
+}
+
+/// A backend's refusal of a DLQ or message route: 501 for what it does not support,
+/// else 503 (logged, with `what`).
+pub(super) fn backend_error(namespace: &Namespace, e: BackendError, what: &str) -> ApiError {
+    if let BackendError::Unsupported(_) = e {
+        return unsupported(namespace);
+    }
+    error!(namespace = %namespace.name(), error = %e, "{what}");
+    ApiError::Unavailable(namespace.name().to_string())
 }

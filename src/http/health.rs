@@ -123,7 +123,7 @@ pub async fn namespace_status(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(status_of(&*state.namespace(&name)?)))
+    Ok(Json(status_of(&*state.namespace(&name)?).await))
 }
 
 /// `GET /api/v1/wal/namespaces`: every namespace's status at once, with the running
@@ -163,12 +163,12 @@ pub async fn namespaces(State(state): State<Arc<AppState>>) -> Json<serde_json::
         "generation": running.generation,
         "last_reload": last_reload,
         "quarantined": quarantined,
-        "namespaces": running.namespaces.values().map(|n| status_of(n)).collect::<Vec<_>>(),
+        "namespaces": futures::future::join_all(running.namespaces.values().map(|n| status_of(n))).await,
     }))
 }
 
 /// One namespace's status.
-fn status_of(namespace: &Namespace) -> serde_json::Value {
+async fn status_of(namespace: &Namespace) -> serde_json::Value {
     let mut status = namespace.health();
     let config = &namespace.pipeline.config;
     status["description"] = json!(config.description);
@@ -188,31 +188,27 @@ fn status_of(namespace: &Namespace) -> serde_json::Value {
     status["writes"] = json!({
         "accepted_messages": namespace.counters.accepted.load(std::sync::atomic::Ordering::Relaxed),
     });
-    if let Some(store) = &namespace.store {
-        let next = store.log.committed().next_offset;
-        let groups: Vec<_> = store
-            .log
-            .cursors()
-            .unwrap_or_default()
+    let Some(backend) = &namespace.backend else {
+        return status;
+    };
+    let next = backend.log_position().map_or(0, |l| l.next_offset);
+    // What the backend cannot tell (yet) is left out; a read that fails shows as
+    // the namespace's error elsewhere.
+    if let Ok(Some(positions)) = backend.positions().await {
+        let groups: Vec<_> = positions
+            .groups
             .into_iter()
-            .filter(|(group, _)| group != crate::status::TAILER_GROUP)
+            .filter(|(group, _)| group != crate::message::TAILER_GROUP)
             .map(|(group, cursor)| json!({ "group": group, "next_offset": cursor, "lag": next.saturating_sub(cursor) }))
             .collect();
-        // Parked entries: those kept and not replayed.
-        let dlq = store
-            .dlq
-            .committed()
-            .next_offset
-            .saturating_sub(store.dlq.first_offset())
-            .saturating_sub(store.replayed.len() as u64);
         status["consumer_groups"] = json!(groups);
         if let Some(indexed) = namespace.status_indexed() {
             let indexed = *indexed.borrow();
             status["status_index"] =
                 json!({ "next_offset": indexed, "lag": next.saturating_sub(indexed) });
         }
-        status["dlq_depth"] = json!(dlq);
-        status["delayed_pending"] = json!(store.delays.pending());
+        status["dlq_depth"] = json!(positions.dlq_depth);
+        status["delayed_pending"] = json!(positions.delayed_pending);
     }
     status
 }

@@ -640,7 +640,7 @@ async fn append(
     };
     // Without the embedded log's status tailer, the write's status is recorded here,
     // so that its transaction can be looked up as soon as it is acknowledged.
-    let accepted: Vec<MessageStatus> = if namespace.store.is_none() {
+    let accepted: Vec<MessageStatus> = if !namespace.pipeline.config.producer.is_embedded() {
         let targets = &namespace.pipeline.config.targets;
         let now = crate::message::now_ms();
         records
@@ -657,7 +657,8 @@ async fn append(
     let started = std::time::Instant::now();
     let payload_bytes: u64 = records.iter().map(|r| r.payload.len() as u64).sum();
     match backend.append(records).await {
-        Ok(durability) => {
+        Ok(appended) => {
+            let durability = appended.durability;
             namespace
                 .counters
                 .accepted(u64::from(count), payload_bytes, started.elapsed());
@@ -679,6 +680,7 @@ async fn append(
                     reason,
                 },
                 BackendError::Unknown(reason) => ApiError::DurabilityUnknown(reason),
+                BackendError::Unsupported(_) => ApiError::Unavailable(name),
             })
         }
     }

@@ -10,12 +10,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use tracing::error;
 
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use crate::message::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
-use crate::producer::embedded::blocking;
 
 /// Most messages one request lists.
 const MAX_LIMIT: u64 = 1000;
@@ -61,24 +59,20 @@ pub async fn recent(
     headers: HeaderMap,
     query: Result<Query<RecentQuery>, QueryRejection>,
 ) -> Result<Json<Vec<MessageSummary>>, ApiError> {
-    let store = state.admin_store(&name, &headers)?;
+    let (namespace, backend) = state.admin_backend(&name, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::Malformed(e.body_text()))?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Malformed(format!("`limit` is 1 to {MAX_LIMIT}")));
     }
-    let log = store.log.clone();
-    let from = log
-        .committed()
-        .next_offset
-        .saturating_sub(limit)
-        .max(log.first_offset());
-    let records = blocking(move || log.read(from, limit as usize, usize::MAX))
+    let Some(log) = backend.log_position() else {
+        return Err(super::dlq::unsupported(&namespace));
+    };
+    let from = log.next_offset.saturating_sub(limit).max(log.first_offset);
+    let records = backend
+        .read(from, limit as usize)
         .await
-        .map_err(|e| {
-            error!(namespace = %name, error = %e, "Reading recent messages failed.");
-            ApiError::Unavailable(name.clone())
-        })?;
+        .map_err(|e| super::dlq::backend_error(&namespace, e, "Reading recent messages failed."))?;
     Ok(Json(
         records
             .iter()

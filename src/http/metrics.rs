@@ -16,6 +16,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::{ApiError, ErrorResponse};
 use crate::component::Component;
+use crate::producer::LogStats;
 use crate::runtime::Namespace;
 use crate::runtime::counters::LATENCY_BUCKETS;
 use crate::runtime::supervisor::ReloadResult;
@@ -63,15 +64,24 @@ pub async fn namespace_metrics(
             "mean_append_latency_ms": if latency_count == 0 { 0.0 } else { latency_sum * 1000.0 / latency_count as f64 },
         },
     });
-    if let Some(store) = &namespace.store {
-        let (appends, records, syncs, bytes) = store.log.stats();
+    let backend = namespace.backend.as_ref();
+    if let (Some(stats), Some(log)) = (
+        backend.and_then(|b| b.stats()),
+        backend.and_then(|b| b.log_position()),
+    ) {
+        let LogStats {
+            appends,
+            records,
+            syncs,
+            bytes,
+        } = stats;
         body["log"] = json!({
             "appends": appends,
             "records": records,
             "syncs": syncs,
             "bytes": bytes,
             "records_per_sync": if syncs == 0 { 0.0 } else { records as f64 / syncs as f64 },
-            "next_offset": store.log.committed().next_offset,
+            "next_offset": log.next_offset,
         });
     }
     Ok(Json(body))
@@ -134,12 +144,10 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
                 .collect()
         },
     );
-    let log_stat = |i: usize| {
+    let log_stat = |stat: fn(&LogStats) -> u64| {
         move |n: &Namespace| {
-            n.store.as_ref().map_or_else(Vec::new, |s| {
-                let (a, r, y, b) = s.log.stats();
-                vec![(String::new(), [a, r, y, b][i])]
-            })
+            let stats = n.backend.as_ref().and_then(|b| b.stats());
+            stats.map_or_else(Vec::new, |s| vec![(String::new(), stat(&s))])
         }
     };
     counter_family(
@@ -148,7 +156,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         "counter",
         "Append requests written to the log.",
         &state,
-        log_stat(0),
+        log_stat(|s| s.appends),
     );
     counter_family(
         &mut out,
@@ -156,7 +164,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         "counter",
         "Records written to the log.",
         &state,
-        log_stat(1),
+        log_stat(|s| s.records),
     );
     counter_family(
         &mut out,
@@ -164,7 +172,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         "counter",
         "fdatasync calls of the log; records/syncs is the group-commit factor.",
         &state,
-        log_stat(2),
+        log_stat(|s| s.syncs),
     );
     counter_family(
         &mut out,
@@ -172,7 +180,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         "counter",
         "Bytes written to the log.",
         &state,
-        log_stat(3),
+        log_stat(|s| s.bytes),
     );
     counter_family(
         &mut out,
@@ -181,9 +189,8 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         "Offset the next record of the log gets.",
         &state,
         |n| {
-            n.store.as_ref().map_or_else(Vec::new, |s| {
-                vec![(String::new(), s.log.committed().next_offset)]
-            })
+            let log = n.backend.as_ref().and_then(|b| b.log_position());
+            log.map_or_else(Vec::new, |l| vec![(String::new(), l.next_offset)])
         },
     );
 

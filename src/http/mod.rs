@@ -67,25 +67,18 @@ impl AppState {
         self.supervisor.running()
     }
 
-    /// The storage of the namespace called `name`, once the request carries the admin
-    /// key (the DLQ and message routes: they show what was written). Only the
-    /// embedded log has one: other backends answer 501.
-    pub fn admin_store(
+    /// The namespace called `name` and its log, once the request carries the admin key
+    /// (the DLQ and message routes: they show what was written).
+    pub fn admin_backend(
         &self,
         name: &str,
         headers: &axum::http::HeaderMap,
-    ) -> Result<Arc<crate::producer::embedded::NamespaceStore>, ApiError> {
+    ) -> Result<(Arc<Namespace>, Arc<dyn crate::producer::Backend>), ApiError> {
         auth::authorize_admin(headers, &self.service)?;
         let namespace = self.namespace(name)?;
-        match (&namespace.store, &namespace.pipeline.config.producer) {
-            (Some(store), _) => Ok(store.clone()),
-            (None, crate::producer::BackendConfig::Embedded(_)) => {
-                Err(ApiError::Unavailable(name.to_string()))
-            }
-            (None, other) => Err(ApiError::UnsupportedByBackend {
-                namespace: name.to_string(),
-                backend: other.kind(),
-            }),
+        match namespace.backend.clone() {
+            Some(backend) => Ok((namespace, backend)),
+            None => Err(ApiError::Unavailable(name.to_string())),
         }
     }
 

@@ -34,7 +34,7 @@ pub async fn transaction_status(
         .values()
         .filter_map(|n| {
             Some(CatchUp {
-                log_end: n.store.as_ref()?.log.committed().next_offset,
+                log_end: n.backend.as_ref()?.log_position()?.next_offset,
                 indexed: n.status_indexed()?,
             })
         })

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use super::config::BackendConfig;
 use crate::message::{Durability, Record, StoredRecord};
 
 /// Why a backend refused a request. Nothing of a refused append was acknowledged,
@@ -30,6 +31,9 @@ pub enum BackendError {
     /// replicas that timed out).
     #[error("{0}")]
     Unknown(String),
+    /// The backend cannot do this (yet): the route answers 501.
+    #[error("the backend does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl BackendError {
@@ -44,7 +48,7 @@ impl BackendError {
 pub trait Backend: Send + Sync {
     /// Appends `records`, durable together, and answers once the backend confirmed
     /// (design: durability contract).
-    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError>;
+    async fn append(&self, records: Vec<Record>) -> Result<Durable, BackendError>;
 
     /// Reads the log as consumer group `group`, from where the group's commits left
     /// off. What a member of the group read and did not commit before it died is read
@@ -54,8 +58,20 @@ pub trait Backend: Send + Sync {
     /// Parks `records` in the namespace's dead-letter log.
     async fn dead_letter(&self, records: Vec<Record>) -> Result<(), BackendError>;
 
-    /// Up to `max` entries of the dead-letter log, oldest first.
-    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError>;
+    /// Up to `max` entries of the dead-letter log from `from` on, oldest first, each
+    /// with whether it was replayed.
+    async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError>;
+
+    /// Whether its dead letters can be listed by offset and replayed, with each replay
+    /// remembered ([`Backend::mark_replayed`]): the DLQ routes need it.
+    fn replays_dead_letters(&self) -> bool {
+        false
+    }
+
+    /// Remembers, durably, that these dead-letter entries were replayed.
+    async fn mark_replayed(&self, _dlq_offsets: &[u64]) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("replaying the DLQ"))
+    }
 
     /// Holds read messages until they are due: (record, due in ms since the epoch).
     /// Once this returns, a commit may pass them.
@@ -75,6 +91,109 @@ pub trait Backend: Send + Sync {
     /// Why the backend cannot take writes now, if it cannot (for status and
     /// readiness).
     fn unavailable(&self) -> Option<String>;
+
+    /// Applies changed `[producer]` settings in place where the backend can (the
+    /// embedded log takes them all); the diff of a reload opens a shared backend anew.
+    fn reconfigure(&self, _config: &BackendConfig) {}
+
+    /// The extent of the log, where the backend numbers its log and knows it at once:
+    /// its `next_offset` is what a lookup or the idempotency keys wait for.
+    fn log_position(&self) -> Option<LogPosition> {
+        None
+    }
+
+    /// Up to `max` records of the log from `from` on, as written, where the backend can
+    /// read its log back.
+    async fn read(&self, _from: u64, _max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        Err(BackendError::Unsupported("reading the log back"))
+    }
+
+    /// Where its consumer groups, its DLQ and its delayed messages stand, as far as the
+    /// backend can tell; `None` when it cannot.
+    async fn positions(&self) -> Result<Option<Positions>, BackendError> {
+        Ok(None)
+    }
+
+    /// What the log's writer did since it opened, where it counts.
+    fn stats(&self) -> Option<LogStats> {
+        None
+    }
+
+    /// Syncs and closes what the backend holds open (at stop).
+    async fn close(&self) {}
+}
+
+/// What an append made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Durable {
+    pub durability: Durability,
+    /// The first record's offset, where the backend numbers its log as it appends.
+    pub first_offset: Option<u64>,
+}
+
+impl From<Durability> for Durable {
+    /// Durable at a place the backend does not tell.
+    fn from(durability: Durability) -> Self {
+        Self {
+            durability,
+            first_offset: None,
+        }
+    }
+}
+
+/// One dead-letter entry, as the backend keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// `offset` numbers it in the dead-letter log.
+    pub record: StoredRecord,
+    pub replayed: bool,
+}
+
+/// `records` from offset `from` on, none of them replayed: the dead letters of a
+/// backend that does not remember replays.
+pub(crate) fn dead_letters(records: Vec<StoredRecord>, from: u64) -> Vec<DeadLetter> {
+    records
+        .into_iter()
+        .filter(|record| record.offset >= from)
+        .map(|record| DeadLetter {
+            record,
+            replayed: false,
+        })
+        .collect()
+}
+
+/// Where a namespace's consumer groups, DLQ and delayed messages stand
+/// ([`Backend::positions`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Positions {
+    /// Each consumer group's next offset (the status index's among them).
+    pub groups: Vec<(String, u64)>,
+    /// Dead-letter entries parked (not replayed).
+    pub dlq_depth: u64,
+    /// Delayed messages held until they are due.
+    pub delayed_pending: u64,
+}
+
+/// The extent of a log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogPosition {
+    /// The oldest offset still kept.
+    pub first_offset: u64,
+    /// The offset the next record will get.
+    pub next_offset: u64,
+    /// Files it is kept in.
+    pub segments: usize,
+}
+
+/// What a log's writer did since it opened ([`Backend::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Append requests written.
+    pub appends: u64,
+    pub records: u64,
+    /// `fdatasync` calls: records / syncs is the group-commit factor.
+    pub syncs: u64,
+    pub bytes: u64,
 }
 
 /// One member of a consumer group, reading a log.

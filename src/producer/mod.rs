@@ -1,104 +1,60 @@
-//! Log backends: where a namespace's messages are made durable before the API answers.
+//! `[producer]`: the log backends, where a namespace's messages are made durable before
+//! the API answers.
 //!
-//! Each backend lives in its own file with its configuration and checks: `embedded`
-//! (the segment log on local disk, the default), `kafka`, `sqs` and `redis_streams`.
-//! [`BackendConfig`] is the `[producer]` table of a pipeline file, dispatched on `type`.
+//! Each backend is a folder with its table and checks in `config.rs` beside its
+//! implementation: `embedded` (the segment log on local disk, the default), `kafka`,
+//! `sqs` and `redis_streams`. [`config`] is the `[producer]` table, dispatched on
+//! `type`; [`open`] opens the backend it names.
 //!
-//! The runtime reaches every backend through [`Backend`]: append, read as a consumer
-//! group and commit what was delivered, park messages in a dead-letter log, and hold
-//! delayed messages until they are due. `tests/backend_conformance.rs` runs the same
-//! scenarios on each.
+//! Everything reaches a namespace's log through [`Backend`] ([`backend`]): append, read
+//! as a consumer group and commit what was delivered, park messages in a dead-letter
+//! log, hold delayed messages until they are due, and tell where the log stands, as far
+//! as the backend can. `tests/backend_conformance.rs` runs the same scenarios on each.
 
 pub mod backend;
+pub mod config;
 pub mod embedded;
 pub mod envelope;
 pub mod kafka;
 pub mod redis_streams;
 pub mod sqs;
 
-use serde::Serialize;
-use toml::Spanned;
-use toml::de::DeTable;
+use std::path::Path;
+use std::sync::Arc;
 
-use crate::config::checks::Checks;
-use crate::config::diagnostic::KeyPath;
-use crate::config::file::Document;
-use crate::config::units::ByteSize;
+pub use backend::{
+    Backend, BackendError, DeadLetter, Durable, LogPosition, LogStats, Positions, Subscription,
+};
+pub use config::{BackendConfig, KINDS};
 
-use crate::message::DELIVERY_GROUP;
-
-pub use backend::{Backend, BackendError, Subscription};
-
-/// `[producer]`: the backend a namespace logs to, by `type`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum BackendConfig {
-    Embedded(embedded::Config),
-    Kafka(kafka::Config),
-    Sqs(sqs::Config),
-    RedisStreams(redis_streams::Config),
-}
-
-impl Default for BackendConfig {
-    fn default() -> Self {
-        Self::Embedded(embedded::Config::default())
-    }
-}
-
-/// The values of `type` in `[producer]`.
-pub const KINDS: &[&str] = &["embedded", "kafka", "sqs", "redis_streams"];
-
-impl BackendConfig {
-    pub(crate) fn parse<'i>(
-        doc: &mut Document<'i>,
-        mut table: Spanned<DeTable<'i>>,
-    ) -> Option<Self> {
-        let kind = doc.take_type(&mut table, "producer", KINDS)?;
-        Some(match kind.as_str() {
-            "embedded" => Self::Embedded(doc.section(table)?),
-            "kafka" => Self::Kafka(doc.section(table)?),
-            "sqs" => Self::Sqs(doc.section(table)?),
-            _ => Self::RedisStreams(doc.section(table)?),
-        })
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Embedded(_) => "embedded",
-            Self::Kafka(_) => "kafka",
-            Self::Sqs(_) => "sqs",
-            Self::RedisStreams(_) => "redis_streams",
+/// Opens the backend `config` names for `namespace`: the embedded log under
+/// `data_dir`, or a client of the shared backend.
+pub fn open(
+    namespace: &str,
+    config: &BackendConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn Backend>, String> {
+    match config {
+        BackendConfig::Embedded(embedded) => {
+            let store = embedded::NamespaceStore::open(data_dir, namespace, embedded)
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(embedded::Embedded(Arc::new(store))))
         }
-    }
-
-    /// The consumer group delivery reads the log of `namespace` as.
-    pub fn consumer_group(&self, namespace: &str) -> String {
-        match self {
-            Self::RedisStreams(c) => c.group.clone(),
-            Self::Kafka(c) => c
-                .group
-                .clone()
-                .unwrap_or_else(|| format!("wald.{namespace}")),
-            _ => DELIVERY_GROUP.to_string(),
-        }
-    }
-
-    /// The largest payload this backend carries in one message.
-    pub fn max_message_bytes(&self) -> ByteSize {
-        match self {
-            Self::Embedded(c) => c.segment_size,
-            Self::Kafka(_) => kafka::MAX_MESSAGE,
-            Self::Sqs(_) => sqs::MAX_MESSAGE,
-            Self::RedisStreams(_) => redis_streams::MAX_MESSAGE,
-        }
-    }
-
-    pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {
-        match self {
-            Self::Embedded(c) => c.validate(checks, at),
-            Self::Kafka(c) => c.validate(checks, at),
-            Self::Sqs(c) => c.validate(checks, at),
-            Self::RedisStreams(c) => c.validate(checks, at),
-        }
+        BackendConfig::RedisStreams(redis) => Ok(Arc::new(
+            redis_streams::RedisStreams::open(namespace, redis).map_err(|e| e.to_string())?,
+        )),
+        #[cfg(feature = "kafka")]
+        BackendConfig::Kafka(kafka) => Ok(Arc::new(
+            kafka::KafkaTopic::open(namespace, kafka).map_err(|e| e.to_string())?,
+        )),
+        #[cfg(feature = "sqs")]
+        BackendConfig::Sqs(sqs) => Ok(Arc::new(
+            sqs::SqsQueue::open(namespace, sqs).map_err(|e| e.to_string())?,
+        )),
+        #[allow(unreachable_patterns)]
+        other => Err(format!(
+            "the {} backend is not available in this version",
+            other.kind()
+        )),
     }
 }

@@ -19,7 +19,7 @@ use crate::message::{
     HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_REPLAYS, HEADER_TARGETS, Record,
     StoredRecord,
 };
-use crate::producer::embedded::{LogError, NamespaceStore, blocking};
+use crate::producer::{Backend, BackendError, DeadLetter};
 use crate::targets::Message;
 
 /// Most entries one list answer holds.
@@ -141,7 +141,8 @@ fn number<T: std::str::FromStr + Default>(record: &StoredRecord, name: &str) -> 
     header(record, name).parse().unwrap_or_default()
 }
 
-fn entry(namespace: &str, store: &NamespaceStore, record: &StoredRecord) -> DlqEntry {
+fn entry(namespace: &str, dead: &DeadLetter) -> DlqEntry {
+    let record = &dead.record;
     let message = Message::of_record(namespace, record);
     DlqEntry {
         dlq_offset: record.offset,
@@ -157,50 +158,51 @@ fn entry(namespace: &str, store: &NamespaceStore, record: &StoredRecord) -> DlqE
         last_failed_at_ms: number(record, HEADER_DLQ_LAST_FAILED_MS),
         source_offset: number(record, HEADER_DLQ_SOURCE_OFFSET),
         replays: number(record, HEADER_REPLAYS),
-        replayed: store.replayed.contains(record.offset),
+        replayed: dead.replayed,
     }
 }
 
-/// Reads the dead-letter log from `from` on, a chunk at a time, handing each record to
-/// `visit` until it returns false (blocking I/O).
-fn scan(
-    store: &NamespaceStore,
+/// Entries read from the DLQ per request to the backend.
+const SCAN_BATCH: usize = 256;
+
+/// Reads the dead-letter log from `from` on, a chunk at a time, handing each entry to
+/// `visit` until it returns false.
+async fn scan(
+    backend: &dyn Backend,
     from: u64,
-    mut visit: impl FnMut(&StoredRecord) -> bool,
-) -> Result<(), LogError> {
-    let end = store.dlq.committed().next_offset;
-    let mut next = from.max(store.dlq.first_offset());
-    while next < end {
-        let records = store.dlq.read(next, 256, 16 * 1024 * 1024)?;
-        let Some(last) = records.last().map(|r| r.offset) else {
-            break;
+    mut visit: impl FnMut(&DeadLetter) -> bool,
+) -> Result<(), BackendError> {
+    let mut next = from;
+    loop {
+        let entries = backend.dead_letters(next, SCAN_BATCH).await?;
+        let Some(last) = entries.last().map(|e| e.record.offset) else {
+            return Ok(());
         };
-        for record in &records {
-            if !visit(record) {
+        for dead in &entries {
+            if !visit(dead) {
                 return Ok(());
             }
         }
         next = last + 1;
     }
-    Ok(())
 }
 
-/// One page of entries (blocking I/O).
-pub fn list(
+/// One page of entries.
+pub async fn list(
     namespace: &str,
-    store: &NamespaceStore,
+    backend: &dyn Backend,
     query: &ListQuery,
-) -> Result<DlqPage, LogError> {
+) -> Result<DlqPage, BackendError> {
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let state = query.state.unwrap_or_default();
     let mut entries = Vec::new();
     let mut next_from = None;
-    scan(store, query.from.unwrap_or(0), |record| {
+    scan(backend, query.from.unwrap_or(0), |dead| {
         if entries.len() == limit {
-            next_from = Some(record.offset);
+            next_from = Some(dead.record.offset);
             return false;
         }
-        let entry = entry(namespace, store, record);
+        let entry = entry(namespace, dead);
         let wanted = query.target.as_ref().is_none_or(|t| *t == entry.target)
             && match state {
                 EntryState::Parked => !entry.replayed,
@@ -211,40 +213,33 @@ pub fn list(
             entries.push(entry);
         }
         true
-    })?;
+    })
+    .await?;
     Ok(DlqPage { entries, next_from })
 }
 
 /// Replays the parked entries `request` selects, at most `rate_per_second`.
 pub async fn replay(
     namespace: &str,
-    store: &std::sync::Arc<NamespaceStore>,
+    backend: &dyn Backend,
     request: &ReplayRequest,
     max_replays: u32,
-) -> Result<ReplayOutcome, LogError> {
-    let selected = {
-        let store = store.clone();
-        let namespace = namespace.to_string();
-        let request = request.clone();
-        blocking(move || {
-            let mut selected = Vec::new();
-            scan(&store, 0, |record| {
-                let entry = entry(&namespace, &store, record);
-                let wanted = !entry.replayed
-                    && request.target.as_ref().is_none_or(|t| *t == entry.target)
-                    && request
-                        .ids
-                        .as_ref()
-                        .is_none_or(|ids| ids.contains(&entry.message_id));
-                if wanted {
-                    selected.push((entry, record.clone()));
-                }
-                true
-            })
-            .map(|()| selected)
-        })
-        .await?
-    };
+) -> Result<ReplayOutcome, BackendError> {
+    let mut selected = Vec::new();
+    scan(backend, 0, |dead| {
+        let entry = entry(namespace, dead);
+        let wanted = !entry.replayed
+            && request.target.as_ref().is_none_or(|t| *t == entry.target)
+            && request
+                .ids
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&entry.message_id));
+        if wanted {
+            selected.push((entry, dead.record.clone()));
+        }
+        true
+    })
+    .await?;
     let mut outcome = ReplayOutcome {
         dry_run: request.dry_run,
         replayed: Vec::new(),
@@ -271,11 +266,9 @@ pub async fn replay(
             None
         } else {
             pace.tick().await;
-            let appended = store.log.append(vec![again(&record, &entry)]).await?;
-            let done = store.clone();
-            let dlq_offset = entry.dlq_offset;
-            blocking(move || done.replayed.insert(&[dlq_offset])).await?;
-            Some(appended.first_offset)
+            let appended = backend.append(vec![again(&record, &entry)]).await?;
+            backend.mark_replayed(&[entry.dlq_offset]).await?;
+            appended.first_offset
         };
         outcome.replayed.push(ReplayedEntry {
             dlq_offset: entry.dlq_offset,

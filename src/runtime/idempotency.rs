@@ -44,7 +44,8 @@ use crate::component::Component;
 use crate::message::StoredRecord;
 use crate::message::now_ms;
 use crate::producer::embedded::journal::Journal;
-use crate::producer::embedded::{Log, LogError, blocking};
+use crate::producer::embedded::{LogError, blocking};
+use crate::producer::{Backend, BackendError};
 
 /// How often new keys and the checkpoint are written to the journal.
 const JOURNAL_EVERY: Duration = Duration::from_secs(1);
@@ -100,9 +101,9 @@ enum Slot {
 
 pub struct IdempotencyStore {
     retention: Duration,
-    /// The namespace's embedded log, whose records carry their keys; none on a shared
-    /// backend.
-    log: Option<Log>,
+    /// The namespace's log, whose records carry their keys: read back where the
+    /// backend numbers its log (the embedded log), else not.
+    backend: Arc<dyn Backend>,
     inner: Mutex<Inner>,
     /// Wakes writes waiting for a key in progress.
     settled: Notify,
@@ -124,15 +125,18 @@ struct Inner {
 }
 
 impl IdempotencyStore {
-    /// Opens the keys at `path`, reading `log` (the namespace's embedded log, if that
-    /// is its backend) from the last checkpoint on for the keys after it, and starts
-    /// writing the journal in the background (blocking I/O).
-    pub fn open(
+    /// Opens the keys at `path`, reading the namespace's log (where `backend` can read
+    /// it back) from the last checkpoint on for the keys after it, and starts writing
+    /// the journal in the background.
+    pub async fn open(
         path: &Path,
         retention: Duration,
-        log: Option<Log>,
+        backend: Arc<dyn Backend>,
         health: Component,
-    ) -> Result<Arc<Self>, LogError> {
+    ) -> Result<Arc<Self>, IdempotencyError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| LogError::io("creating", dir, e))?;
+        }
         let oldest = now_ms().saturating_sub(retention.as_millis() as u64);
         let mut slots = HashMap::new();
         let (mut entries, mut checkpoint) = (0, 0);
@@ -150,8 +154,8 @@ impl IdempotencyStore {
         })?;
         // The keys of the records after the checkpoint: into the journal with the next
         // checkpoint.
-        let unjournaled = match &log {
-            Some(log) => keys_in_log(log, checkpoint, oldest)?,
+        let unjournaled = match backend.log_position() {
+            Some(_) => keys_in_log(backend.as_ref(), checkpoint, oldest).await?,
             None => Vec::new(),
         };
         for key in &unjournaled {
@@ -168,11 +172,11 @@ impl IdempotencyStore {
             }),
             settled: Notify::new(),
             health,
-            log,
+            backend,
             writer: Mutex::new(None),
         });
         store.write_journal(true)?;
-        if store.log.is_some() {
+        if store.reads_back() {
             let writer = tokio::spawn(write_periodically(Arc::downgrade(&store)));
             *store.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
         }
@@ -224,7 +228,7 @@ impl IdempotencyStore {
             }
             _ => {
                 // Read under the lock: see the module docs.
-                let log_end = self.log.as_ref().map_or(0, |l| l.committed().next_offset);
+                let log_end = self.backend.log_position().map_or(0, |p| p.next_offset);
                 inner
                     .slots
                     .insert(key.to_string(), Slot::Reserved { log_end });
@@ -261,7 +265,7 @@ impl IdempotencyStore {
             inner.unjournaled.extend(entries);
         }
         self.settled.notify_waiters();
-        if self.log.is_none() {
+        if !self.reads_back() {
             let store = self.clone();
             // The message is durable whatever happens here: a key not kept only means
             // that a retry appends its message again.
@@ -273,7 +277,7 @@ impl IdempotencyStore {
     /// (blocking I/O). `compact`: rewrite the file if most of it expired.
     fn write_journal(&self, compact: bool) -> Result<(), LogError> {
         let mut inner = self.lock();
-        let checkpoint = self.log.as_ref().map(|log| {
+        let checkpoint = self.backend.log_position().map(|log| {
             inner
                 .slots
                 .values()
@@ -281,7 +285,7 @@ impl IdempotencyStore {
                     Slot::Reserved { log_end } => Some(*log_end),
                     Slot::Done(_) => None,
                 })
-                .fold(log.committed().next_offset, u64::min)
+                .fold(log.next_offset, u64::min)
         });
         let moved = checkpoint.is_some_and(|c| c > inner.checkpoint);
         let live = inner
@@ -350,6 +354,12 @@ impl IdempotencyStore {
         let _ = blocking(move || store.write_journal(false)).await;
     }
 
+    /// Whether the keys are read back from the log after a crash (the embedded log),
+    /// so that the journal may lag behind it.
+    fn reads_back(&self) -> bool {
+        self.backend.log_position().is_some()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -403,13 +413,17 @@ async fn write_periodically(store: Weak<IdempotencyStore>) {
     }
 }
 
-/// The keys of the keyed records of `log` from `from` on, written since `oldest`.
-fn keys_in_log(log: &Log, from: u64, oldest: u64) -> Result<Vec<Remembered>, LogError> {
-    let end = log.committed().next_offset;
+/// The keys of the keyed records of the log from `from` on, written since `oldest`.
+async fn keys_in_log(
+    backend: &dyn Backend,
+    from: u64,
+    oldest: u64,
+) -> Result<Vec<Remembered>, BackendError> {
+    let end = backend.log_position().map_or(0, |p| p.next_offset);
     let mut keys = Vec::new();
-    let mut next = from.max(log.first_offset());
+    let mut next = from;
     while next < end {
-        let records = log.read(next, SCAN_BATCH, usize::MAX)?;
+        let records = backend.read(next, SCAN_BATCH).await?;
         let Some(last) = records.last() else { break };
         next = last.offset + 1;
         keys.extend(
@@ -436,6 +450,15 @@ fn remembered_of(record: &StoredRecord) -> Option<Remembered> {
         transaction_id: text(HEADER_TRANSACTION_ID)?,
         at_ms: record.timestamp_ms,
     })
+}
+
+/// Why the keys could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    #[error(transparent)]
+    Journal(#[from] LogError),
+    #[error("reading the log back for its keys: {0}")]
+    Log(#[from] BackendError),
 }
 
 fn encode(entry: &Entry) -> Vec<u8> {
@@ -474,13 +497,19 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
     const NO_WAIT: Duration = Duration::ZERO;
 
-    fn store(path: &Path) -> Result<Arc<IdempotencyStore>, LogError> {
-        IdempotencyStore::open(
-            path,
-            HOUR,
-            None,
-            Component::new(None, "idempotency_journal"),
-        )
+    /// The embedded log of a namespace in `dir`, as its backend.
+    fn log_in(dir: &Path) -> Result<Arc<dyn Backend>, LogError> {
+        use crate::producer::embedded::{Embedded, NamespaceStore};
+        let store = NamespaceStore::open(dir, "keys", &Default::default())?;
+        Ok(Arc::new(Embedded(Arc::new(store))))
+    }
+
+    async fn store(
+        path: &Path,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<Arc<IdempotencyStore>, IdempotencyError> {
+        let health = Component::new(None, "idempotency_journal");
+        IdempotencyStore::open(path, HOUR, backend.clone(), health).await
     }
 
     #[tokio::test]
@@ -488,7 +517,8 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("idempotency.log");
-        let keys = store(&path)?;
+        let log = log_in(dir.path())?;
+        let keys = store(&path, &log).await?;
         let (check, reservation) = keys.reserve("a", "h1", NO_WAIT).await;
         assert_eq!(check, Check::New);
         assert_eq!(keys.reserve("a", "h1", NO_WAIT).await.0, Check::InProgress);
@@ -499,12 +529,12 @@ mod tests {
         let (check, reservation) = keys.reserve("b", "h2", NO_WAIT).await;
         assert_eq!(check, Check::New);
         drop(reservation);
-        drop(keys);
+        keys.close().await;
         let mut bytes = std::fs::read(&path)?;
         bytes.extend_from_slice(&[7, 7, 7]);
         std::fs::write(&path, bytes)?;
 
-        let keys = store(&path)?;
+        let keys = store(&path, &log).await?;
         match keys.reserve("a", "h1", NO_WAIT).await.0 {
             Check::Repeat(e) => assert_eq!(
                 (e.message_id.as_str(), e.transaction_id.as_str()),
@@ -521,7 +551,8 @@ mod tests {
     async fn a_retry_waits_for_the_write_in_progress_and_gets_its_ids()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let keys = store(&dir.path().join("idempotency.log"))?;
+        let log = log_in(dir.path())?;
+        let keys = store(&dir.path().join("idempotency.log"), &log).await?;
         let (_, first) = keys.reserve("k", "h", NO_WAIT).await;
         let first = first.ok_or("reserved")?;
         let retry = {
@@ -543,19 +574,11 @@ mod tests {
             HEADER_TRANSACTION_ID,
         };
         let dir = tempfile::tempdir()?;
-        let log = Log::open(&dir.path().join("log"), Default::default())?;
+        let log = log_in(dir.path())?;
         let path = dir.path().join("idempotency.log");
-        let open = || {
-            IdempotencyStore::open(
-                &path,
-                HOUR,
-                Some(log.clone()),
-                Component::new(None, "idempotency_journal"),
-            )
-        };
         // A journal checkpoint, then keyed records it does not cover (as after a crash
         // before the journal was written).
-        drop(open()?);
+        store(&path, &log).await?.close().await;
         let keyed = |key: &str| Record {
             key: None,
             headers: [
@@ -570,7 +593,7 @@ mod tests {
         };
         log.append(vec![keyed("a"), keyed("b")]).await?;
         for round in 0..2 {
-            let keys = open()?;
+            let keys = store(&path, &log).await?;
             for key in ["a", "b"] {
                 match keys.reserve(key, "h", NO_WAIT).await.0 {
                     Check::Repeat(e) => assert_eq!(e.message_id, format!("m-{key}")),

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod namespace;
 pub mod retry;
 pub mod supervisor;
+pub mod tailer;
 pub mod watcher;
 
 pub use namespace::Namespace;

@@ -12,25 +12,21 @@ use tokio::sync::watch;
 
 use crate::component::Components;
 use crate::pipeline::LoadedPipeline;
-use crate::producer::embedded::{Embedded, NamespaceStore, namespace_dir};
-use crate::producer::redis_streams::RedisStreams;
-use crate::producer::{Backend, BackendConfig};
+use crate::producer::Backend;
+use crate::producer::embedded::namespace_dir;
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
 use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::idempotency::IdempotencyStore;
 use crate::runtime::limits::Admission;
+use crate::runtime::tailer::Tailer;
 use crate::service::ServiceConfig;
 use crate::status::StatusStore;
-use crate::status::tailer::Tailer;
 
 /// A namespace as the server runs it.
 pub struct Namespace {
     pub pipeline: LoadedPipeline,
-    /// Its log, when the backend opened.
+    /// Its log, when the backend opened: the only road to it.
     pub backend: Option<Arc<dyn Backend>>,
-    /// Its storage, when its backend is the embedded log and the log opened: what
-    /// only the embedded log serves (DLQ listing and replay, recent messages, offsets).
-    pub store: Option<Arc<NamespaceStore>>,
     /// Why it does not run, if it does not.
     pub failure: Option<String>,
     /// SHA-256 of each API key allowed to write, decoded once for constant-time checks.
@@ -62,11 +58,11 @@ impl Namespace {
         status: &Arc<StatusStore>,
     ) -> Self {
         let targets = Targets::build(&pipeline.config).await;
-        Self::open_with(pipeline, targets, service, status)
+        Self::open_with(pipeline, targets, service, status).await
     }
 
     /// [`Namespace::open`] with targets built already.
-    pub fn open_with(
+    pub async fn open_with(
         pipeline: LoadedPipeline,
         targets: Result<Targets, String>,
         service: &ServiceConfig,
@@ -74,33 +70,34 @@ impl Namespace {
     ) -> Self {
         let data_dir = &service.data_dir;
         let config = &pipeline.config;
-        let opened = open_backend(config, data_dir);
-        let (backend, store, failure) = match opened {
-            Ok((backend, store)) => (Some(backend), store, None),
+        let (backend, failure) = match crate::producer::open(
+            &config.namespace,
+            &config.producer,
+            data_dir,
+        ) {
+            Ok(backend) => (Some(backend), None),
             Err(e) => {
                 error!(namespace = %config.namespace, error = %e, "Namespace failed to open its log.");
-                (None, None, Some(e))
+                (None, Some(e))
             }
         };
         let components = Arc::new(Components::new(Some(&config.namespace)));
-        let idempotency = backend.as_ref().and_then(|_| {
-            let dir = namespace_dir(data_dir, &config.namespace);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| crate::producer::embedded::LogError::io("creating", &dir, e))
-                .and_then(|()| {
-                    IdempotencyStore::open(
-                        &dir.join("idempotency.log"),
-                        service.status_store.retention.get(),
-                        store.as_ref().map(|s| s.log.clone()),
-                        components.get("idempotency_journal"),
-                    )
-                })
-                .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Idempotency keys unavailable."))
-                .ok()
-        });
-        let tailer = store
+        let idempotency = match &backend {
+            Some(backend) => IdempotencyStore::open(
+                &namespace_dir(data_dir, &config.namespace).join("idempotency.log"),
+                service.status_store.retention.get(),
+                backend.clone(),
+                components.get("idempotency_journal"),
+            )
+            .await
+            .inspect_err(|e| error!(namespace = %config.namespace, error = %e, "Idempotency keys unavailable."))
+            .ok(),
+            None => None,
+        };
+        let tailer = backend
             .as_ref()
-            .and_then(|store| start_tailer(config, store, status, &components));
+            .filter(|_| config.producer.is_embedded())
+            .map(|backend| start_tailer(config, backend, status, &components));
         let deliveries = Arc::new(DeliveryCounters::default());
         let delivery = backend.as_ref().map(|backend| {
             Delivery::start(
@@ -122,7 +119,6 @@ impl Namespace {
             delivery: Mutex::new(delivery),
             pipeline,
             backend,
-            store,
             failure,
             counters: Arc::default(),
             deliveries,
@@ -139,8 +135,8 @@ impl Namespace {
     /// is left without tailer or delivery, to be dropped.
     pub fn reconfigure(&self, pipeline: LoadedPipeline, service: &ServiceConfig) -> Self {
         let config = &pipeline.config;
-        if let (Some(store), BackendConfig::Embedded(embedded)) = (&self.store, &config.producer) {
-            store.reconfigure(embedded);
+        if let Some(backend) = &self.backend {
+            backend.reconfigure(&config.producer);
         }
         Self {
             key_hashes: key_hashes(config),
@@ -151,7 +147,6 @@ impl Namespace {
             delivery: Mutex::new(take(&self.delivery)),
             tailer: Mutex::new(take(&self.tailer)),
             backend: self.backend.clone(),
-            store: self.store.clone(),
             failure: self.failure.clone(),
             counters: self.counters.clone(),
             deliveries: self.deliveries.clone(),
@@ -177,13 +172,13 @@ impl Namespace {
         if let Some(old) = take(&self.delivery) {
             old.stop().await;
         }
-        if let (true, Some(store)) = (targets_changed, &self.store) {
+        if targets_changed && config.producer.is_embedded() {
             if let Some(old) = take(&self.tailer) {
                 old.stop().await;
             }
-            let tailer = start_tailer(config, store, status, &self.components);
+            let tailer = start_tailer(config, backend, status, &self.components);
             if let Ok(mut slot) = self.tailer.lock() {
-                *slot = tailer;
+                *slot = Some(tailer);
             }
         }
         let delivery = Delivery::start(
@@ -242,11 +237,15 @@ impl Namespace {
     pub fn health(&self) -> serde_json::Value {
         let backend_error = self.backend.as_ref().and_then(|b| b.unavailable());
         let failing = self.components.failing();
-        let state = match (&self.failure, &backend_error, &self.store) {
-            (Some(_), _, _) | (None, Some(_), Some(_)) => "failed",
-            (None, Some(_), None) => "backend_unavailable",
-            (None, None, _) if !failing.is_empty() => "degraded",
-            (None, None, _) => "running",
+        // A failed embedded log stays failed until an operator steps in; a shared
+        // backend that cannot be reached comes back by itself.
+        let local = self.pipeline.config.producer.is_embedded();
+        let state = match (&self.failure, &backend_error) {
+            (Some(_), _) => "failed",
+            (None, Some(_)) if local => "failed",
+            (None, Some(_)) => "backend_unavailable",
+            (None, None) if !failing.is_empty() => "degraded",
+            (None, None) => "running",
         };
         let mut health = json!({
             "namespace": self.name(),
@@ -260,11 +259,11 @@ impl Namespace {
             health["delivery_error"] = json!(error);
         }
         health["components"] = json!(self.components.statuses());
-        if let Some(store) = &self.store {
+        if let Some(log) = self.backend.as_ref().and_then(|b| b.log_position()) {
             health["log"] = json!({
-                "first_offset": store.log.first_offset(),
-                "next_offset": store.log.committed().next_offset,
-                "segments": store.log.segment_paths().len(),
+                "first_offset": log.first_offset,
+                "next_offset": log.next_offset,
+                "segments": log.segments,
             });
         }
         health
@@ -282,49 +281,9 @@ impl Namespace {
         if let Some(keys) = &self.idempotency {
             keys.close().await;
         }
-        if let Some(store) = &self.store {
-            store.log.clone().close().await;
-            store.dlq.clone().close().await;
+        if let Some(backend) = &self.backend {
+            backend.close().await;
         }
-    }
-}
-
-/// A namespace's backend, and its embedded storage when that is the backend.
-type Opened = (Arc<dyn Backend>, Option<Arc<NamespaceStore>>);
-
-/// Opens the namespace's backend, and its embedded storage when that is the backend.
-fn open_backend(
-    config: &crate::pipeline::config::PipelineConfig,
-    data_dir: &std::path::Path,
-) -> Result<Opened, String> {
-    match &config.producer {
-        BackendConfig::Embedded(embedded) => {
-            let store = NamespaceStore::open(data_dir, &config.namespace, embedded)
-                .map_err(|e| e.to_string())?;
-            let store = Arc::new(store);
-            Ok((Arc::new(Embedded(store.clone())), Some(store)))
-        }
-        BackendConfig::RedisStreams(redis) => {
-            let stream = RedisStreams::open(&config.namespace, redis).map_err(|e| e.to_string())?;
-            Ok((Arc::new(stream), None))
-        }
-        #[cfg(feature = "kafka")]
-        BackendConfig::Kafka(kafka) => {
-            let topic = crate::producer::kafka::KafkaTopic::open(&config.namespace, kafka)
-                .map_err(|e| e.to_string())?;
-            Ok((Arc::new(topic), None))
-        }
-        #[cfg(feature = "sqs")]
-        BackendConfig::Sqs(sqs) => {
-            let queue = crate::producer::sqs::SqsQueue::open(&config.namespace, sqs)
-                .map_err(|e| e.to_string())?;
-            Ok((Arc::new(queue), None))
-        }
-        #[allow(unreachable_patterns)]
-        other => Err(format!(
-            "the {} backend is not available in this version",
-            other.kind()
-        )),
     }
 }
 
@@ -348,20 +307,16 @@ fn key_hashes(config: &crate::pipeline::config::PipelineConfig) -> Vec<[u8; 32]>
 /// its targets.
 fn start_tailer(
     config: &crate::pipeline::config::PipelineConfig,
-    store: &NamespaceStore,
+    backend: &Arc<dyn Backend>,
     status: &Arc<StatusStore>,
     components: &Components,
-) -> Option<Tailer> {
+) -> Tailer {
     let targets = config.targets.iter().map(|t| t.name.clone()).collect();
     Tailer::start(
-        store.log.clone(),
+        backend.clone(),
         config.namespace.clone(),
         targets,
         status.clone(),
         components.get("status_tailer"),
     )
-    .inspect_err(
-        |e| error!(namespace = %config.namespace, error = %e, "Transaction status unavailable."),
-    )
-    .ok()
 }

@@ -330,7 +330,7 @@ impl Supervisor {
             let targets = Targets::build(&pipeline.config).await?;
             now.close().await;
             let namespace =
-                Namespace::open_with(pipeline, Ok(targets), &self.service, &self.status);
+                Namespace::open_with(pipeline, Ok(targets), &self.service, &self.status).await;
             return Ok((Arc::new(namespace), None));
         }
         let restart = match change.restarts_consumer {

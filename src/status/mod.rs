@@ -24,7 +24,6 @@ pub mod embedded;
 pub mod model;
 pub mod postgres;
 pub mod redis;
-pub mod tailer;
 
 use std::time::Duration;
 

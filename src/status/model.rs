@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID, StoredRecord, header};
+use crate::message::{
+    HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID, StoredRecord, header,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {

@@ -56,8 +56,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::backend::{Backend, BackendError};
-use crate::message::{DELIVERY_GROUP, Durability, Record, StoredRecord};
+use super::backend::{
+    Backend, BackendError, DeadLetter, Durable, LogPosition, LogStats, Positions,
+};
+use super::config::BackendConfig;
+use crate::message::{DELIVERY_GROUP, Record, StoredRecord};
 
 pub use config::{Config, SyncMode};
 pub use delay::DelayIndex;
@@ -122,8 +125,12 @@ pub struct Embedded(pub Arc<NamespaceStore>);
 
 #[async_trait]
 impl Backend for Embedded {
-    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError> {
-        Ok(self.0.log.append(records).await?.durability)
+    async fn append(&self, records: Vec<Record>) -> Result<Durable, BackendError> {
+        let appended = self.0.log.append(records).await?;
+        Ok(Durable {
+            durability: appended.durability,
+            first_offset: Some(appended.first_offset),
+        })
     }
 
     async fn subscribe(
@@ -142,9 +149,29 @@ impl Backend for Embedded {
         Ok(())
     }
 
-    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
-        let dlq = self.0.dlq.clone();
-        Ok(blocking(move || dlq.read(dlq.first_offset(), max, usize::MAX)).await?)
+    async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        let store = self.0.clone();
+        let records = blocking(move || {
+            let from = from.max(store.dlq.first_offset());
+            store.dlq.read(from, max, READ_BYTES)
+        })
+        .await?;
+        Ok(records
+            .into_iter()
+            .map(|record| DeadLetter {
+                replayed: self.0.replayed.contains(record.offset),
+                record,
+            })
+            .collect())
+    }
+
+    fn replays_dead_letters(&self) -> bool {
+        true
+    }
+
+    async fn mark_replayed(&self, dlq_offsets: &[u64]) -> Result<(), BackendError> {
+        let (store, offsets) = (self.0.clone(), dlq_offsets.to_vec());
+        Ok(blocking(move || store.replayed.insert(&offsets)).await?)
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
@@ -187,7 +214,59 @@ impl Backend for Embedded {
     fn unavailable(&self) -> Option<String> {
         self.0.log.failure()
     }
+
+    fn reconfigure(&self, config: &BackendConfig) {
+        if let BackendConfig::Embedded(config) = config {
+            self.0.reconfigure(config);
+        }
+    }
+
+    fn log_position(&self) -> Option<LogPosition> {
+        let log = &self.0.log;
+        Some(LogPosition {
+            first_offset: log.first_offset(),
+            next_offset: log.committed().next_offset,
+            segments: log.segment_paths().len(),
+        })
+    }
+
+    async fn read(&self, from: u64, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let log = self.0.log.clone();
+        Ok(blocking(move || log.read(from.max(log.first_offset()), max, READ_BYTES)).await?)
+    }
+
+    async fn positions(&self) -> Result<Option<Positions>, BackendError> {
+        let store = self.0.clone();
+        let groups = blocking(move || store.log.cursors()).await?;
+        let dlq = &self.0.dlq;
+        // Parked entries: those kept and not replayed.
+        let dlq_depth = (dlq.committed().next_offset - dlq.first_offset())
+            .saturating_sub(self.0.replayed.len() as u64);
+        Ok(Some(Positions {
+            groups,
+            dlq_depth,
+            delayed_pending: self.0.delays.pending() as u64,
+        }))
+    }
+
+    fn stats(&self) -> Option<LogStats> {
+        let (appends, records, syncs, bytes) = self.0.log.stats();
+        Some(LogStats {
+            appends,
+            records,
+            syncs,
+            bytes,
+        })
+    }
+
+    async fn close(&self) {
+        self.0.log.clone().close().await;
+        self.0.dlq.clone().close().await;
+    }
 }
+
+/// Most bytes one read of the log or the DLQ returns (at least one record).
+const READ_BYTES: usize = 16 * 1024 * 1024;
 
 /// A consumer group's reader of the embedded log; commits move the group's cursor.
 struct GroupReader {

@@ -34,7 +34,10 @@ use tracing::{info, warn};
 
 use super::config::{Compression, Config};
 use crate::message::{Durability, Record, StoredRecord};
-use crate::producer::backend::{Backend, BackendError, Handed, LastError, Subscription, poisoned};
+use crate::producer::backend::{
+    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Subscription, dead_letters,
+    poisoned,
+};
 
 /// Messages handed over per batch at most.
 const BATCH: usize = 512;
@@ -206,9 +209,9 @@ impl KafkaTopic {
 
 #[async_trait]
 impl Backend for KafkaTopic {
-    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError> {
+    async fn append(&self, records: Vec<Record>) -> Result<Durable, BackendError> {
         self.produce(&self.topic, &records).await?;
-        Ok(Durability::Durable)
+        Ok(Durability::Durable.into())
     }
 
     async fn subscribe(&self, group: &str) -> Result<Box<dyn Subscription>, BackendError> {
@@ -242,7 +245,9 @@ impl Backend for KafkaTopic {
         self.produce(&self.dlq_topic, &records).await
     }
 
-    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+    async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        // Offsets number the entries in the order read; the first `from` are skipped.
+        let max = from as usize + max;
         // A reader of its own that commits nothing: reads the DLQ topic from its start.
         let reader: StreamConsumer = self
             .consumer_config
@@ -269,7 +274,7 @@ impl Backend for KafkaTopic {
                 Err(_) => break,
             }
         }
-        Ok(records)
+        Ok(dead_letters(records, from))
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {

@@ -29,7 +29,9 @@ use tracing::{info, warn};
 
 use super::config::Config;
 use crate::message::{Durability, Record, StoredRecord};
-use crate::producer::backend::{Backend, BackendError, Handed, LastError, Subscription};
+use crate::producer::backend::{
+    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Subscription, dead_letters,
+};
 use crate::producer::envelope;
 
 /// Entries read per `XREADGROUP` or `XAUTOCLAIM`.
@@ -110,7 +112,7 @@ impl RedisStreams {
 
 #[async_trait]
 impl Backend for RedisStreams {
-    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError> {
+    async fn append(&self, records: Vec<Record>) -> Result<Durable, BackendError> {
         let atomic = records.len() > 1;
         let _: Value = self
             .request(|pipe| {
@@ -137,7 +139,7 @@ impl Backend for RedisStreams {
                 )));
             }
         }
-        Ok(Durability::Durable)
+        Ok(Durability::Durable.into())
     }
 
     async fn subscribe(&self, group: &str) -> Result<Box<dyn Subscription>, BackendError> {
@@ -177,7 +179,9 @@ impl Backend for RedisStreams {
         .await
     }
 
-    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+    async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        // Offsets number the entries in the order read; the first `from` are skipped.
+        let max = from as usize + max;
         let (list,): (Value,) = self
             .request(|pipe| {
                 pipe.cmd("XRANGE")
@@ -188,14 +192,15 @@ impl Backend for RedisStreams {
                     .arg(max);
             })
             .await?;
-        Ok(entries(list)
+        let records = entries(list)
             .into_iter()
             .enumerate()
             .map(|(i, (_, mut record))| {
                 record.offset = i as u64;
                 record
             })
-            .collect())
+            .collect();
+        Ok(dead_letters(records, from))
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {

@@ -38,7 +38,10 @@ use crate::message::header;
 use crate::message::now_ms;
 use crate::message::{Durability, Record, StoredRecord};
 use crate::message::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID};
-use crate::producer::backend::{Backend, BackendError, Handed, LastError, Subscription, poisoned};
+use crate::producer::backend::{
+    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Subscription, dead_letters,
+    poisoned,
+};
 use crate::producer::envelope;
 
 /// SQS's most entries per batch request.
@@ -175,9 +178,9 @@ async fn build_client(config: &Config) -> Client {
 
 #[async_trait]
 impl Backend for SqsQueue {
-    async fn append(&self, records: Vec<Record>) -> Result<Durability, BackendError> {
+    async fn append(&self, records: Vec<Record>) -> Result<Durable, BackendError> {
         self.send(&self.config.queue_url, &records).await?;
-        Ok(Durability::Durable)
+        Ok(Durability::Durable.into())
     }
 
     async fn subscribe(&self, _group: &str) -> Result<Box<dyn Subscription>, BackendError> {
@@ -217,7 +220,9 @@ impl Backend for SqsQueue {
     }
 
     /// Peeks at the DLQ (receives with no visibility timeout, so nothing is taken).
-    async fn dead_letters(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+    async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        // Offsets number the entries in the order read; the first `from` are skipped.
+        let max = from as usize + max;
         let client = self.client().await;
         let mut seen = HashSet::new();
         let mut records = Vec::new();
@@ -246,7 +251,10 @@ impl Backend for SqsQueue {
         }
         records.sort_by_key(|r| r.timestamp_ms);
         records.truncate(max);
-        Ok(records)
+        for (i, record) in records.iter_mut().enumerate() {
+            record.offset = i as u64;
+        }
+        Ok(dead_letters(records, from))
     }
 
     /// Makes each message invisible until it is due (12 hours at most), and keeps the

@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use super::{MessageStatus, StatusStore};
 use crate::component::{Backoff, Component, Stopped, retry, sleep_unless_stopped};
 use crate::message::TAILER_GROUP;
-use crate::producer::embedded::{Log, LogError, blocking};
+use crate::producer::{Backend, BackendError, Subscription};
 use crate::shutdown::{Shutdown, Stopping};
+use crate::status::{MessageStatus, StatusStore};
 
 /// Records read from the log per store write.
 const BATCH: usize = 1024;
@@ -35,22 +35,21 @@ pub struct Tailer {
 }
 
 impl Tailer {
-    /// Starts tailing `log` of `namespace`, whose messages go to `targets` unless a
-    /// message names its own; it reports its failures to `health`.
+    /// Starts tailing the log of `namespace` on `backend`, whose messages go to
+    /// `targets` unless a message names its own; it reports its failures to `health`.
     pub fn start(
-        log: Log,
+        backend: Arc<dyn Backend>,
         namespace: String,
         targets: Vec<String>,
         store: Arc<StatusStore>,
         health: Component,
-    ) -> Result<Self, LogError> {
-        let subscription = log.subscribe(TAILER_GROUP)?;
-        let (indexed_tx, indexed) = watch::channel(subscription.position());
+    ) -> Self {
+        // Nothing is indexed until the tailer has subscribed and knows its cursor.
+        let (indexed_tx, indexed) = watch::channel(0);
         let stop = Shutdown::new();
         let stopped = stop.stopping();
         let task = tokio::spawn(run(Run {
-            log,
-            subscription,
+            backend,
             namespace,
             targets,
             store,
@@ -58,11 +57,11 @@ impl Tailer {
             stopped,
             health,
         }));
-        Ok(Self {
+        Self {
             indexed,
             stop,
             task,
-        })
+        }
     }
 
     /// Stops after the batch in hand is recorded and committed.
@@ -74,8 +73,7 @@ impl Tailer {
 
 /// What one tailer works with.
 struct Run {
-    log: Log,
-    subscription: crate::producer::embedded::Subscription,
+    backend: Arc<dyn Backend>,
     namespace: String,
     targets: Vec<String>,
     store: Arc<StatusStore>,
@@ -86,34 +84,40 @@ struct Run {
 
 /// Tails the log until stopped. A read that fails (a corrupt frame, an I/O error) is
 /// tried again with backoff from the tailer's cursor, the failure shown meanwhile.
-async fn run(mut run: Run) {
+async fn run(run: Run) {
     let mut backoff = Backoff::default();
     loop {
-        let Err(e) = run.tail(&mut backoff).await else {
-            return;
+        let subscribed = tokio::select! {
+            subscribed = run.backend.subscribe(TAILER_GROUP) => subscribed,
+            () = run.stopped.wait() => return,
         };
-        run.health.stalled(&format!("reading the log: {e}"));
-        loop {
-            if sleep_unless_stopped(backoff.wait(), &run.stopped)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            match run.log.subscribe(TAILER_GROUP) {
-                Ok(subscription) => {
-                    run.subscription = subscription;
-                    break;
+        let failed = match subscribed {
+            Ok(mut subscription) => {
+                run.indexed.send_replace(subscription.position());
+                match run.tail(subscription.as_mut(), &mut backoff).await {
+                    Ok(()) => return,
+                    Err(e) => e,
                 }
-                Err(e) => run.health.stalled(&format!("reading the log: {e}")),
             }
+            Err(e) => e,
+        };
+        run.health.stalled(&format!("reading the log: {failed}"));
+        if sleep_unless_stopped(backoff.wait(), &run.stopped)
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
 
 impl Run {
     /// Reads, records and commits until stopped (`Ok`) or a read fails.
-    async fn tail(&mut self, backoff: &mut Backoff) -> Result<(), LogError> {
+    async fn tail(
+        &self,
+        subscription: &mut dyn Subscription,
+        backoff: &mut Backoff,
+    ) -> Result<(), BackendError> {
         let mut last_write = tokio::time::Instant::now();
         let mut behind = false;
         loop {
@@ -124,7 +128,7 @@ impl Run {
                 }
             }
             let records = tokio::select! {
-                records = self.subscription.next_batch(BATCH) => records?,
+                records = subscription.next_batch(BATCH) => records?,
                 () = self.stopped.wait() => return Ok(()),
             };
             behind = records.len() == BATCH;
@@ -140,8 +144,7 @@ impl Run {
             if !messages.is_empty() && self.record(&messages).await.is_err() {
                 return Ok(());
             }
-            let log = self.log.clone();
-            match blocking(move || log.commit(TAILER_GROUP, next)).await {
+            match subscription.commit(next).await {
                 // The messages are in the store: a cursor left behind only means
                 // indexing them again after a restart.
                 Err(e) => self.health.degraded(&format!("committing its cursor: {e}")),
