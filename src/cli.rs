@@ -460,7 +460,10 @@ fn validate(
     if connect && report.errors() == 0 {
         let service = service.clone().unwrap_or_default();
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-        let found = runtime.block_on(crate::connect::check_all(&service, &report.pipelines));
+        let found = runtime.block_on(crate::pipeline::connect::check_all(
+            &service,
+            &report.pipelines,
+        ));
         report.diagnostics.extend(found);
     }
 

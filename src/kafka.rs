@@ -86,3 +86,52 @@ pub fn check_options(
         }
     }
 }
+
+/// How long fetching a cluster's metadata may take.
+#[cfg(feature = "kafka")]
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fetches the cluster's metadata (all topics, so that no topic is auto-created) and
+/// looks for `topic`.
+#[cfg(feature = "kafka")]
+pub async fn probe(
+    brokers: &str,
+    options: &std::collections::BTreeMap<String, String>,
+    topic: &str,
+) -> Result<(), String> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let mut config = ClientConfig::new();
+    for (key, value) in options {
+        config.set(key, value);
+    }
+    config
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| format!("invalid client settings: {e}"))?;
+        let metadata = consumer
+            .fetch_metadata(None, PROBE_TIMEOUT)
+            .map_err(|e| format!("cannot fetch metadata: {e}"))?;
+        if metadata.topics().iter().any(|t| t.name() == topic) {
+            Ok(())
+        } else {
+            Err(format!("topic `{topic}` does not exist"))
+        }
+    })
+    .await
+    .map_err(|e| format!("the check failed: {e}"))?
+}
+
+#[cfg(not(feature = "kafka"))]
+pub async fn probe(
+    _brokers: &str,
+    _options: &std::collections::BTreeMap<String, String>,
+    _topic: &str,
+) -> Result<(), String> {
+    Err("this build of wald has no Kafka support (cargo feature `kafka`)".into())
+}

@@ -26,12 +26,12 @@
 pub mod cli;
 pub mod component;
 pub mod config;
-pub mod connect;
 pub mod consumer;
 pub mod http;
 pub mod kafka;
 pub mod message;
 pub mod pipeline;
+pub mod probe;
 pub mod producer;
 pub mod runtime;
 pub mod service;

@@ -251,7 +251,8 @@ fn paths_named(
                 .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
                 .collect();
             i += path.len().max(1);
-            if path.contains("::") {
+            // `super::{...}` is a use tree, read whole above.
+            if path.contains("::") && !path.ends_with("::") {
                 paths.push(path);
             }
         } else {

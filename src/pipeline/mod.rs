@@ -8,6 +8,7 @@
 //! (the runtime connects and opens files; `validate --connect` runs its checks alone).
 
 pub mod config;
+pub mod connect;
 pub mod diff;
 pub mod validate;
 

@@ -6,7 +6,11 @@ use serde::Serialize;
 use toml::Spanned;
 use toml::de::DeTable;
 
-use super::{embedded, kafka, redis_streams, sqs};
+// Each backend's table, not the backend: the tables depend on nothing of the backends.
+use super::embedded::config as embedded;
+use super::kafka::config as kafka;
+use super::redis_streams::config as redis_streams;
+use super::sqs::config as sqs;
 use crate::config::checks::Checks;
 use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;

@@ -58,3 +58,14 @@ pub fn open(
         )),
     }
 }
+
+/// Reaches the backend `config` names for `namespace` the way [`open`] would, and
+/// writes nothing: `wald validate --connect`.
+pub async fn probe(config: &BackendConfig, namespace: &str, data_dir: &Path) -> Result<(), String> {
+    match config {
+        BackendConfig::Embedded(_) => crate::probe::writable_dir(&data_dir.join(namespace)),
+        BackendConfig::Kafka(c) => crate::kafka::probe(&c.brokers, &c.options, &c.topic).await,
+        BackendConfig::Sqs(c) => sqs::probe(c).await,
+        BackendConfig::RedisStreams(c) => crate::probe::redis(c.url.expose()).await,
+    }
+}

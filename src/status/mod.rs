@@ -194,6 +194,16 @@ impl StatusStore {
     }
 }
 
+/// Reaches the store `config` names the way [`StatusStore::open`] would, and writes
+/// nothing: `wald validate --connect`.
+pub async fn probe(config: &StatusStoreConfig, data_dir: &std::path::Path) -> Result<(), String> {
+    match (config.kind, &config.url) {
+        (StatusStoreKind::Embedded, _) | (_, None) => crate::probe::writable_dir(data_dir),
+        (StatusStoreKind::Postgres, Some(url)) => crate::probe::postgres(url.expose()).await,
+        (StatusStoreKind::Redis, Some(url)) => crate::probe::redis(url.expose()).await,
+    }
+}
+
 /// How often expired entries are deleted.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
 

@@ -91,6 +91,23 @@ impl TargetKind {
         }
     }
 
+    /// Reaches the target the way delivery would, and writes nothing:
+    /// `wald validate --connect`.
+    pub async fn probe(&self) -> Result<(), String> {
+        match self {
+            Self::Postgres(c) => postgres::probe(c).await,
+            Self::Redis(c) => crate::probe::redis(c.url.expose()).await,
+            Self::Http(c) => crate::probe::tcp(&c.url).await,
+            Self::Kafka(c) => crate::kafka::probe(&c.brokers, &c.options, &c.topic).await,
+            Self::File(c) => match c.path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => {
+                    crate::probe::writable_dir(parent)
+                }
+                _ => crate::probe::writable_dir(std::path::Path::new(".")),
+            },
+        }
+    }
+
     pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {
         match self {
             Self::Postgres(c) => c.validate(checks, at),

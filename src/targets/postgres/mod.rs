@@ -16,39 +16,15 @@ pub use config::*;
 pub async fn probe(config: &Config) -> Result<(), String> {
     use sqlx::{Executor, SqlSafeStr};
 
-    let mut conn = connect(config.url.expose()).await?;
+    let mut conn = crate::probe::postgres_connection(config.url.expose()).await?;
     let sql = config.positional_statement();
     conn.prepare(sqlx::AssertSqlSafe(sql).into_sql_str())
         .await
         .map(|_| ())
-        .map_err(|e| format!("the statement does not prepare: {}", database_message(&e)))
-}
-
-/// The server's own words for a database error, without sqlx's decoration.
-fn database_message(e: &sqlx::Error) -> String {
-    match e.as_database_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
-    }
-}
-
-/// Connects and runs `SELECT 1`.
-pub async fn probe_url(url: &str) -> Result<(), String> {
-    use sqlx::Executor;
-
-    let mut conn = connect(url).await?;
-    conn.execute("SELECT 1")
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("SELECT 1 failed: {}", database_message(&e)))
-}
-
-async fn connect(url: &str) -> Result<sqlx::PgConnection, String> {
-    use sqlx::Connection;
-
-    sqlx::PgConnection::connect(url)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))
+        .map_err(|e| {
+            let why = crate::probe::postgres_message(&e);
+            format!("the statement does not prepare: {why}")
+        })
 }
 
 /// A Postgres target ready to deliver: a pool that connects when first needed, so that
