@@ -320,7 +320,7 @@ async fn sqs_conforms() -> Result {
             }
             let config: wald::producer::sqs::Config = toml::from_str(&format!(
                 "queue_url = \"{}\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"test\"\n\
-                 secret_access_key = \"test\"\nwait_time = \"1s\"\nvisibility_timeout = \"2s\"\n",
+                 secret_access_key = \"test\"\nwait_time = \"1s\"\nvisibility_timeout = \"4s\"\n",
                 urls[0]
             ))?;
             Ok(Arc::new(wald::producer::sqs::SqsQueue::open(name, &config)?) as Arc<dyn Backend>)

@@ -329,7 +329,6 @@ fn layer_of(module: &str) -> Option<(usize, &'static str)> {
 }
 
 #[test]
-#[ignore = "work in progress: the last circles are being taken apart"]
 fn modules_form_layers_without_circles() -> Result {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let modules = modules(&src)?;

@@ -12,9 +12,9 @@ use axum::http::HeaderMap;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
 use super::auth::authorize_admin;
 use super::error::{ApiError, ErrorResponse};
+use super::state::AppState;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::env;
 use crate::pipeline::diff::{Plan, Quarantined, config_hash};

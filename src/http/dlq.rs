@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use tracing::{error, info};
 
-use super::AppState;
 use super::error::{ApiError, ErrorResponse};
+use super::state::AppState;
 use crate::producer::{Backend, BackendError};
 use crate::runtime::Namespace;
 use crate::runtime::dlq::{self, DlqPage, ListQuery, ReplayOutcome, ReplayRequest};

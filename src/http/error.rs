@@ -7,7 +7,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::ingest::BatchResult;
 use super::request_id::current_request_id;
 
 /// Every error answer: `{"error": {"code", "message", "request_id"}}`; a timed-out
@@ -31,6 +30,25 @@ pub struct ErrorDetail {
     pub message: String,
     /// The request's `X-Request-Id`, also on every log line of the request.
     pub request_id: Option<String>,
+}
+
+/// One message of a batch: 202 with its id, or its error.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchResult {
+    pub index: usize,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// For a message repeated with its idempotency key: the transaction of its first
+    /// write, which holds it (the batch's transaction does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    /// True when the message was written before with the same idempotency key and
+    /// body; nothing was appended for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub repeated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 /// The documentation of an error answer, shared by every route.

@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::json;
 
-use super::AppState;
 use super::error::{ApiError, ErrorResponse};
+use super::state::AppState;
 use crate::runtime::Namespace;
 
 /// Every namespace's state, and the files quarantined for errors.

@@ -18,8 +18,8 @@ use sha2::Digest;
 use tracing::warn;
 
 use super::auth::authorize;
-use super::error::{ApiError, ErrorDetail, ErrorResponse};
-use super::{AppState, WriteProgress};
+use super::error::{ApiError, BatchResult, ErrorResponse};
+use super::state::AppState;
 use crate::message::{
     Durability, HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_IDEMPOTENCY_HASH,
     HEADER_IDEMPOTENCY_KEY, HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID,
@@ -29,6 +29,7 @@ use crate::producer::BackendError;
 use crate::runtime::Namespace;
 use crate::runtime::idempotency::{Check, Remembered, Reservation};
 use crate::runtime::limits::Refusal;
+use crate::source::WriteProgress;
 use crate::status::{MessageStatus, StatusStore};
 
 /// Most headers one message may carry.
@@ -105,25 +106,6 @@ pub struct BatchAccepted {
     /// How durable the accepted messages are.
     pub durability: Durability,
     pub results: Vec<BatchResult>,
-}
-
-/// One message of a batch: 202 with its id, or its error.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct BatchResult {
-    pub index: usize,
-    pub status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
-    /// For a message repeated with its idempotency key: the transaction of its first
-    /// write, which holds it (the batch's transaction does not).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    /// True when the message was written before with the same idempotency key and
-    /// body; nothing was appended for it.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub repeated: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorDetail>,
 }
 
 /// Ids a message was given.

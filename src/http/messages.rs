@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
 use super::error::{ApiError, ErrorResponse};
+use super::state::AppState;
 use crate::message::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
 
 /// Most messages one request lists.

@@ -2,9 +2,8 @@
 //! (Prometheus text format), both read from the namespaces' counters and logs. Metric
 //! names are in [`crate::telemetry::metric`].
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Path, Request, State};
@@ -13,18 +12,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
 use super::error::{ApiError, ErrorResponse};
+use super::state::AppState;
 use crate::component::Component;
 use crate::producer::LogStats;
 use crate::runtime::Namespace;
 use crate::runtime::counters::LATENCY_BUCKETS;
 use crate::runtime::supervisor::ReloadResult;
 use crate::telemetry::metric;
-
-/// Requests answered, by route and status.
-#[derive(Default)]
-pub struct HttpCounters(Mutex<BTreeMap<(String, u16), u64>>);
 
 /// Middleware: counts each request by its route (the pattern, not the path) and status.
 pub async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {

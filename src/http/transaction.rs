@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use tracing::error;
 
-use super::AppState;
 use super::error::{ApiError, ErrorResponse};
+use super::state::AppState;
 use crate::status::{CatchUp, TransactionStatus};
 
 #[utoipa::path(get, path = "/api/v1/wal/transaction/{id}/status", tag = "status",

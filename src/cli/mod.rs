@@ -1,6 +1,8 @@
 //! The `wald` subcommands. Each parses its arguments here and calls into the library;
 //! exit codes are part of the interface (documented in `docs/operations.md`).
 
+pub mod serve;
+
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -577,7 +579,7 @@ fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode
         service.data_dir = data_dir;
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(crate::http::serve(service))?;
+    runtime.block_on(serve::run(service))?;
     Ok(ExitCode::SUCCESS)
 }
 
