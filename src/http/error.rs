@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::request_id::current_request_id;
+use crate::source::WriteError;
 
 /// Every error answer: `{"error": {"code", "message", "request_id"}}`; a timed-out
 /// write also says `"durability": "unknown"`.
@@ -206,6 +207,33 @@ impl ApiError {
                 ApiError::InvalidBatch(results) => Some(results.clone()),
                 _ => None,
             },
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Malformed(message) => ApiError::Malformed(message),
+            WriteError::Invalid(message) => ApiError::InvalidMessage(message),
+            WriteError::TooLarge(limit) => ApiError::MessageTooLarge(limit),
+            WriteError::KeyConflict(key) => ApiError::IdempotencyConflict(key),
+            WriteError::KeyInProgress(key) => ApiError::IdempotencyInProgress(key),
+            WriteError::Overloaded(namespace) => ApiError::Overloaded(namespace),
+            WriteError::RateLimited {
+                namespace,
+                retry_after,
+            } => ApiError::RateLimited {
+                namespace,
+                retry_after,
+            },
+            WriteError::Unavailable(namespace) => ApiError::Unavailable(namespace),
+            WriteError::BackendUnavailable { namespace, reason } => {
+                ApiError::BackendUnavailable { namespace, reason }
+            }
+            WriteError::StorageFull(namespace) => ApiError::StorageFull(namespace),
+            WriteError::DurabilityUnknown(reason) => ApiError::DurabilityUnknown(reason),
+            WriteError::Internal => ApiError::Internal,
         }
     }
 }

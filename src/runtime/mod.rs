@@ -4,8 +4,6 @@
 pub mod counters;
 pub mod delivery;
 pub mod dlq;
-pub mod idempotency;
-pub mod limits;
 pub mod namespace;
 pub mod retry;
 pub mod supervisor;

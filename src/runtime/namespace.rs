@@ -16,10 +16,10 @@ use crate::producer::Backend;
 use crate::producer::embedded::namespace_dir;
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
 use crate::runtime::delivery::{Delivery, Targets};
-use crate::runtime::idempotency::IdempotencyStore;
-use crate::runtime::limits::Admission;
 use crate::runtime::tailer::Tailer;
 use crate::service::ServiceConfig;
+use crate::source::idempotency::IdempotencyStore;
+use crate::source::limits::Admission;
 use crate::status::StatusStore;
 
 /// A namespace as the server runs it.

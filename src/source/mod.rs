@@ -1,20 +1,15 @@
-//! `[source]`: how messages arrive, and the write use case that keeps its promises.
+//! `[source]`: how messages arrive, and the write use case that keeps its promises:
+//! the table ([`config`]), a message as written and the rules that make it a record
+//! ([`record`]), why a write is refused ([`error`]), idempotency keys ([`idempotency`]), the rate limit and the bound on
+//! writes waiting ([`limits`]), and the write itself ([`write`]).
 
 pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod limits;
+pub mod record;
+pub mod write;
 
-use std::sync::Arc;
-
-/// Whether a write request has begun its append: a request that times out before
-/// that wrote nothing, one that times out after may or may not be durable.
-#[derive(Clone, Default)]
-pub struct WriteProgress(Arc<std::sync::atomic::AtomicBool>);
-
-impl WriteProgress {
-    pub fn appending(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    pub fn appended(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
+pub use error::WriteError;
+pub use record::{BatchIn, MAX_BATCH, MessageIn};
+pub use write::{Accepted, BatchWritten, WriteProgress, write, write_batch};
