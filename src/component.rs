@@ -240,7 +240,7 @@ pub struct Stopped;
 /// Runs `step` until it succeeds: each failure is reported to `part` (`stalled` or
 /// degraded, its error after `what`) and tried again after a backoff; the success
 /// marks `part` running. `Stopped` once the task is asked to stop, even while waiting.
-pub async fn retry<T, E, Fut>(
+pub async fn keep_trying<T, E, Fut>(
     part: &Component,
     stalled: bool,
     what: &str,

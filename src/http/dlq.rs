@@ -12,9 +12,9 @@ use tracing::{error, info};
 
 use super::error::{ApiError, ErrorResponse};
 use super::state::AppState;
+use crate::consumer::replay::{self as dlq, DlqPage, ListQuery, ReplayOutcome, ReplayRequest};
 use crate::producer::{Backend, BackendError};
 use crate::runtime::Namespace;
-use crate::runtime::dlq::{self, DlqPage, ListQuery, ReplayOutcome, ReplayRequest};
 
 #[utoipa::path(get, path = "/api/v1/wal/namespace/{namespace}/dlq", tag = "dlq",
     params(("namespace" = String, Path, description = "The namespace's name", example = "demo"), ListQuery),

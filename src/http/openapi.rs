@@ -30,7 +30,7 @@ use super::{admin, dlq, error, health, ingest, messages, metrics, transaction};
         admin::plan,
     ),
     components(
-        schemas(error::ErrorBody, crate::runtime::dlq::EntryState),
+        schemas(error::ErrorBody, crate::consumer::replay::EntryState),
         responses(error::ErrorResponse)
     ),
     modifiers(&Security),

@@ -2,10 +2,7 @@
 //! them, each namespace with its storage, and delivery (lanes, retries, the DLQ).
 
 pub mod counters;
-pub mod delivery;
-pub mod dlq;
 pub mod namespace;
-pub mod retry;
 pub mod supervisor;
 pub mod tailer;
 pub mod watcher;

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::component::Components;
+use crate::consumer::{Delivery, Targets};
 use crate::pipeline::LoadedPipeline;
 use crate::producer::Backend;
 use crate::producer::embedded::namespace_dir;
 use crate::runtime::counters::{DeliveryCounters, WriteCounters};
-use crate::runtime::delivery::{Delivery, Targets};
 use crate::runtime::tailer::Tailer;
 use crate::service::ServiceConfig;
 use crate::source::idempotency::IdempotencyStore;

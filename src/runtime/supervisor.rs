@@ -31,10 +31,10 @@ use tracing::{debug, error, info, warn};
 use crate::component::Components;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
 use crate::config::env;
+use crate::consumer::Targets;
 use crate::pipeline::diff::{Changed, Current, Plan, Quarantined, diff};
 use crate::pipeline::{LoadReport, load_pipelines};
 use crate::runtime::Namespace;
-use crate::runtime::delivery::Targets;
 use crate::service::ServiceConfig;
 use crate::status::StatusStore;
 

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::component::{Backoff, Component, Stopped, retry, sleep_unless_stopped};
+use crate::component::{Backoff, Component, Stopped, keep_trying, sleep_unless_stopped};
 use crate::message::TAILER_GROUP;
 use crate::producer::{Backend, BackendError, Subscription};
 use crate::shutdown::{Shutdown, Stopping};
@@ -160,7 +160,7 @@ impl Run {
     /// Records `messages`, trying again with backoff while the store fails.
     async fn record(&self, messages: &[MessageStatus]) -> Result<(), Stopped> {
         let what = "recording messages in the status store";
-        retry(&self.health, true, what, &self.stopped, || {
+        keep_trying(&self.health, true, what, &self.stopped, || {
             self.store.record_accepted(messages)
         })
         .await

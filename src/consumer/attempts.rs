@@ -1,0 +1,199 @@
+//! One pass of a run over the targets: each target gets its messages as one batch; a
+//! failure is retried after its backoff or, permanent or the last attempt, parked in
+//! the DLQ.
+
+use std::collections::{HashMap, HashSet};
+
+use tracing::{error, warn};
+
+use super::Consumer;
+use super::lane::{InFlight, LaneKey};
+use super::retry;
+use crate::component::{Stopped, keep_trying};
+use crate::message::now_ms;
+use crate::message::{
+    HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR, HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR,
+    HEADER_DLQ_LAST_FAILED_MS, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, Record, StoredRecord,
+};
+use crate::runtime::counters::Outcome;
+use crate::status::{DeliveryState, TargetStatus, TargetUpdate};
+use crate::targets::{DeliveryError, Message};
+
+impl Consumer {
+    /// One pass over a run: each target gets its pending messages as one batch, in log
+    /// order. A message the target refuses for good, or that used its last attempt,
+    /// goes to the DLQ; one that will be retried holds back the rest of its key for
+    /// that target, and the batch goes on without them. Returns when each held key may
+    /// be tried again.
+    pub(super) async fn deliver(
+        &self,
+        run: &mut [InFlight],
+    ) -> Result<HashMap<LaneKey, tokio::time::Instant>, Stopped> {
+        let mut retry_at: HashMap<LaneKey, tokio::time::Instant> = HashMap::new();
+        for (name, (target, policy)) in &self.targets {
+            let mut blocked: HashSet<LaneKey> = HashSet::new();
+            loop {
+                let chosen: Vec<usize> = (0..run.len())
+                    .filter(|&i| run[i].pending.contains_key(name))
+                    .filter(|&i| !blocked.contains(&self.lane_key(&run[i].record)))
+                    .collect();
+                if chosen.is_empty() {
+                    break;
+                }
+                let batch: Vec<Message> = chosen
+                    .iter()
+                    .map(|&i| Message::of_record(&self.namespace, &run[i].record))
+                    .collect();
+                let result = target.deliver_batch(&batch).await;
+                let reached = match &result {
+                    Ok(()) => batch.len(),
+                    Err(failed) => failed.delivered,
+                };
+                if reached > 0 {
+                    self.counters
+                        .record(name, Outcome::Delivered(reached as u64));
+                }
+                for (&i, message) in chosen[..reached].iter().zip(&batch) {
+                    let tries = run[i].pending.remove(name).map_or(0, |t| t.attempts);
+                    let update =
+                        self.update(message, name, DeliveryState::Delivered, tries + 1, None);
+                    run[i].updates.push(update);
+                }
+                let Err(failed) = result else {
+                    break;
+                };
+                let (i, message, e) = (chosen[reached], &batch[reached], &failed.error);
+                let failed_at = now_ms();
+                let Some(tries) = run[i].pending.get_mut(name) else {
+                    break;
+                };
+                tries.attempts += 1;
+                let attempts = tries.attempts;
+                let first = tries
+                    .first_error
+                    .get_or_insert_with(|| (e.message.clone(), failed_at))
+                    .clone();
+                let (error, at_ms) = (e.message.as_str(), failed_at);
+                if !e.retriable || attempts >= policy.max_attempts {
+                    self.counters
+                        .record(name, Outcome::DeadLettered { error, at_ms });
+                    self.dead_letter(&run[i].record, name, attempts, &first, e, failed_at)
+                        .await?;
+                    run[i].pending.remove(name);
+                    let update = self.update(
+                        message,
+                        name,
+                        DeliveryState::DeadLettered,
+                        attempts,
+                        Some(e),
+                    );
+                    run[i].updates.push(update);
+                    continue;
+                }
+                warn!(namespace = %self.namespace, target = %name, message_id = %message.message_id, attempt = attempts, error = %e, "Delivery failed; retrying.");
+                self.counters
+                    .record(name, Outcome::Retried { error, at_ms });
+                let update = self.update(message, name, DeliveryState::Retrying, attempts, Some(e));
+                let accepted = self.accepted(&run[i].record);
+                // What a retry shows is not kept at any cost: the final state is.
+                let _ = self
+                    .record_status(&[update], message.offset, &accepted)
+                    .await;
+                let key = self.lane_key(&run[i].record);
+                let due =
+                    tokio::time::Instant::now() + retry::next_wait(policy, attempts, e.retry_after);
+                retry_at
+                    .entry(key.clone())
+                    .and_modify(|at| *at = (*at).max(due))
+                    .or_insert(due);
+                blocked.insert(key);
+                // A target that is down fails every key in turn: stopping does not
+                // wait for the rest of the pass.
+                if self.stopped.is_stopping() {
+                    return Err(Stopped);
+                }
+            }
+        }
+        Ok(retry_at)
+    }
+
+    /// Appends the message to the dead-letter log with why it is there. Keeps trying
+    /// while the DLQ fails: the message must not be lost.
+    pub(super) async fn dead_letter(
+        &self,
+        record: &StoredRecord,
+        target: &str,
+        attempts: u32,
+        first: &(String, u64),
+        last: &DeliveryError,
+        last_ms: u64,
+    ) -> Result<(), Stopped> {
+        if !self.dlq_enabled {
+            error!(namespace = %self.namespace, target, offset = record.offset, error = %last, "Message dropped after its last attempt: the DLQ is disabled.");
+            return Ok(());
+        }
+        error!(namespace = %self.namespace, target, offset = record.offset, attempts, error = %last, "Message sent to the DLQ.");
+        let mut headers = record.headers.clone();
+        headers.extend([
+            (HEADER_DLQ_TARGET.to_string(), target.as_bytes().to_vec()),
+            (
+                HEADER_DLQ_ATTEMPTS.to_string(),
+                attempts.to_string().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_FIRST_ERROR.to_string(),
+                first.0.clone().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_FIRST_FAILED_MS.to_string(),
+                first.1.to_string().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_LAST_ERROR.to_string(),
+                last.message.clone().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_LAST_FAILED_MS.to_string(),
+                last_ms.to_string().into_bytes(),
+            ),
+            (
+                HEADER_DLQ_SOURCE_OFFSET.to_string(),
+                record.offset.to_string().into_bytes(),
+            ),
+        ]);
+        let entry = Record {
+            key: record.key.clone(),
+            headers,
+            payload: record.payload.clone(),
+        };
+        keep_trying(
+            &self.health.dlq,
+            true,
+            "appending to the DLQ",
+            &self.stopped,
+            || self.backend.dead_letter(vec![entry.clone()]),
+        )
+        .await
+    }
+
+    pub(super) fn update(
+        &self,
+        message: &Message,
+        target: &str,
+        state: DeliveryState,
+        attempts: u32,
+        error: Option<&DeliveryError>,
+    ) -> TargetUpdate {
+        TargetUpdate {
+            transaction_id: message.transaction_id.clone(),
+            message_id: message.message_id.clone(),
+            target: target.to_string(),
+            status: TargetStatus {
+                state,
+                attempts,
+                last_error: error.map(|e| e.message.clone()),
+                updated_at_ms: now_ms(),
+            },
+        }
+    }
+}
