@@ -1,7 +1,5 @@
 //! How the subcommands print: a plan, a validation summary, diagnostics.
 
-
-
 use crate::config::diagnostic::{Diagnostic, Severity};
 use crate::pipeline::LoadReport;
 

@@ -66,6 +66,19 @@ const BUILD_DEADLINE: Duration = Duration::from_secs(30);
 /// failure is retried after the shortest backoff again.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
+/// Why the targets of a namespace could not be built.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("target `{target}`: {error}")]
+    Failed {
+        target: String,
+        #[source]
+        error: crate::targets::DeliveryError,
+    },
+    #[error("target `{target}`: building it took longer than {} s", BUILD_DEADLINE.as_secs())]
+    TimedOut { target: String },
+}
+
 /// A namespace's running delivery.
 pub struct Delivery {
     /// Why delivery does not run (a target could not be built), if it does not;
@@ -133,7 +146,7 @@ pub struct Targets(BTreeMap<String, (Target, RetryPolicy)>);
 impl Targets {
     /// Builds every target of `config` (clients, pools, files); the first that cannot
     /// be built is the error. Nothing is delivered yet.
-    pub async fn build(config: &PipelineConfig) -> Result<Self, String> {
+    pub async fn build(config: &PipelineConfig) -> Result<Self, BuildError> {
         let mut targets = BTreeMap::new();
         for t in &config.targets {
             let policy = t.retry.as_ref().map_or_else(
@@ -141,13 +154,14 @@ impl Targets {
                 |o| o.apply(&config.consumer.retry),
             );
             let target = match tokio::time::timeout(BUILD_DEADLINE, Target::build(t)).await {
-                Ok(built) => built.map_err(|e| format!("target `{}`: {e}", t.name))?,
+                Ok(built) => built.map_err(|error| BuildError::Failed {
+                    target: t.name.clone(),
+                    error,
+                })?,
                 Err(_) => {
-                    return Err(format!(
-                        "target `{}`: building it took longer than {} s",
-                        t.name,
-                        BUILD_DEADLINE.as_secs()
-                    ));
+                    return Err(BuildError::TimedOut {
+                        target: t.name.clone(),
+                    });
                 }
             };
             targets.insert(t.name.clone(), (target, policy));
@@ -164,7 +178,7 @@ impl Delivery {
     /// the group's cursor, its parts reporting to `components` meanwhile.
     pub fn start(
         config: &PipelineConfig,
-        targets: Result<Targets, String>,
+        targets: Result<Targets, BuildError>,
         backend: Arc<dyn Backend>,
         status: Arc<StatusStore>,
         status_indexed: Option<watch::Receiver<u64>>,
@@ -248,7 +262,7 @@ impl Delivery {
 /// namespace stops first.
 async fn build_until_done(
     config: &PipelineConfig,
-    built: Result<Targets, String>,
+    built: Result<Targets, BuildError>,
     failure: &Mutex<Option<String>>,
     health: &DeliveryHealth,
     stopped: &Stopping,
@@ -263,11 +277,11 @@ async fn build_until_done(
         Err(e) => {
             let what = "building the targets (messages wait in the log)";
             health.reading.stalled(&format!("{what}: {e}"));
-            set(Some(e));
+            set(Some(e.to_string()));
             keep_trying(&health.reading, true, what, stopped, || async {
                 Targets::build(config)
                     .await
-                    .inspect_err(|e| set(Some(e.clone())))
+                    .inspect_err(|e| set(Some(e.to_string())))
             })
             .await
             .ok()?

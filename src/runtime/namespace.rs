@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::component::Components;
-use crate::consumer::{Delivery, Targets};
+use crate::consumer::{BuildError, Delivery, Targets};
 use crate::pipeline::LoadedPipeline;
 use crate::producer::Backend;
 use crate::producer::embedded::namespace_dir;
@@ -64,7 +64,7 @@ impl Namespace {
     /// [`Namespace::open`] with targets built already.
     pub async fn open_with(
         pipeline: LoadedPipeline,
-        targets: Result<Targets, String>,
+        targets: Result<Targets, BuildError>,
         service: &ServiceConfig,
         status: &Arc<StatusStore>,
     ) -> Self {

@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use crate::component::Components;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
 use crate::config::env;
-use crate::consumer::Targets;
+use crate::consumer::{BuildError, Targets};
 use crate::pipeline::diff::{Changed, Current, Plan, Quarantined, diff};
 use crate::pipeline::{LoadReport, load_pipelines};
 use crate::runtime::Namespace;
@@ -241,7 +241,7 @@ impl Supervisor {
                         error!(namespace = %name, error = %error, "Changed namespace not applied: it could not be built; it runs as it did.");
                         failed.push(FailedChange {
                             namespace: name,
-                            error,
+                            error: error.to_string(),
                         });
                     }
                 }
@@ -324,7 +324,7 @@ impl Supervisor {
     /// namespace on the same storage, with its delivery to restart once it serves
     /// requests; for a new backend, or a namespace whose backend had failed to open, a
     /// namespace opened anew once the old one has stopped.
-    async fn rebuild(&self, now: &Namespace, change: &Changed) -> Result<Rebuilt, String> {
+    async fn rebuild(&self, now: &Namespace, change: &Changed) -> Result<Rebuilt, BuildError> {
         let pipeline = change.pipeline.clone();
         if change.replaces_backend || now.backend.is_none() {
             let targets = Targets::build(&pipeline.config).await?;
