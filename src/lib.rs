@@ -4,24 +4,43 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the `wald` subcommands (`serve`, `validate`, `plan`, `hash-key`, ...).
-//! - [`config`]: `wald.toml` and pipeline files: parsing with places, `${VAR}`
-//!   expansion, pure validation that reports every error, diagnostics, and the diff
-//!   of a reload.
-//! - [`backend`]: log backends, one file each (`embedded`, `kafka`, `sqs`,
-//!   `redis_streams`) with its configuration and checks.
-//! - [`target`]: delivery targets, one file each (`postgres`, `redis`, `http`, `kafka`,
-//!   `file`) with its configuration, checks and delivery; `template` fills
-//!   placeholders.
-//! - [`connect`]: the build stage's reachability checks behind `validate --connect`.
-//! - [`runtime`]: the supervisor (the running namespaces, the generation, reload on a
-//!   change, SIGHUP or the admin API), each namespace with its storage; delivery
-//!   (lanes, retries, the DLQ, delays) and DLQ replay.
-//! - [`status`]: transaction status: the store (embedded, Postgres or Redis) and the
-//!   tailer that records every logged message in it.
-//! - [`http`]: the HTTP API server: ingest, status, DLQ, admin (pipelines, reload,
-//!   plan), probes, OpenAPI, errors, auth, request ids.
-//! - [`telemetry`]: logging set-up.
+//! A pipeline file's tables each have their code under the same word: `[source]` in
+//! [`source`], `[producer]` in [`producer`], `[consumer]` in [`consumer`],
+//! `[[target]]` in [`targets`]. The modules form five layers; a module imports only from
+//! its own layer and the ones below, and no two files import each other, even through
+//! others (`tests/layout.rs` checks both on every `cargo test`).
+//!
+//! 1. **Ground**, what every layer shares:
+//!    - [`message`]: the message model: records as appended and stored, durability,
+//!      the `wald-*` header names, consumer group names, ids, the clock.
+//!    - [`config`]: the configuration toolkit: TOML with places, `${VAR}`, units,
+//!      secrets, diagnostics at `file:line:column`, checks, the retry and rate-limit
+//!      policies several tables share.
+//!    - [`component`]: the health of the background parts and how they retry.
+//!    - [`shutdown`]: asking tasks to stop. [`telemetry`]: logging and metric names.
+//! 2. **Plugins**, each a folder of its kind, each with its table and checks in a
+//!    `config.rs` beside its implementation and its `--connect` probe:
+//!    - [`producer`]: the log backends (`embedded`, `kafka`, `sqs`, `redis_streams`)
+//!      behind the [`producer::Backend`] trait, the only road to a namespace's log.
+//!    - [`targets`]: where messages are delivered (`postgres`, `redis`, `http`,
+//!      `kafka`, `file`); `template` fills placeholders.
+//!    - [`status`]: transaction status: its model and its stores (embedded, Postgres,
+//!      Redis).
+//!    - [`kafka`]: what the Kafka backend and target share; [`probe`]: the reachability
+//!      checks several plugins share.
+//! 3. **Runtime**, what runs:
+//!    - [`source`]: the write use case (a message made a record, idempotency keys,
+//!      admission, the append), with its own error.
+//!    - [`consumer`]: delivery (the read loop, lanes, attempts, retries, the DLQ and its
+//!      replay, delayed messages, outcomes recorded).
+//!    - [`pipeline`]: a pipeline file as a whole: put together, validated (pure), loaded
+//!      as a set, compared with what runs (`plan`, reload), its `--connect` checks.
+//!    - [`service`]: `wald.toml`.
+//!    - [`runtime`]: the supervisor (the running namespaces, reload), each namespace,
+//!      the status tailer, the watcher, counters.
+//! 4. **HTTP** ([`http`]): handlers that map requests to the runtime and its errors to
+//!    JSON answers with stable codes; the router and its layers; the accept loop.
+//! 5. **CLI** ([`cli`]): the `wald` subcommands, and `serve`, the service's whole life.
 
 pub mod cli;
 pub mod component;
