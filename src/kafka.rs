@@ -98,7 +98,7 @@ pub async fn probe(
     brokers: &str,
     options: &std::collections::BTreeMap<String, String>,
     topic: &str,
-) -> Result<(), String> {
+) -> Result<(), crate::probe::Unreachable> {
     use rdkafka::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -120,11 +120,11 @@ pub async fn probe(
         if metadata.topics().iter().any(|t| t.name() == topic) {
             Ok(())
         } else {
-            Err(format!("topic `{topic}` does not exist"))
+            Err(format!("topic `{topic}` does not exist").into())
         }
     })
     .await
-    .map_err(|e| format!("the check failed: {e}"))?
+    .map_err(|e| crate::probe::Unreachable(format!("the check failed: {e}")))?
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -132,6 +132,6 @@ pub async fn probe(
     _brokers: &str,
     _options: &std::collections::BTreeMap<String, String>,
     _topic: &str,
-) -> Result<(), String> {
+) -> Result<(), crate::probe::Unreachable> {
     Err("this build of wald has no Kafka support (cargo feature `kafka`)".into())
 }

@@ -35,7 +35,7 @@
 //!      replay, delayed messages, outcomes recorded).
 //!    - [`pipeline`]: a pipeline file as a whole: put together, validated (pure), loaded
 //!      as a set, compared with what runs (`plan`, reload), its `--connect` checks.
-//!    - [`service`]: `wald.toml`.
+//!    - [`service`]: `wald.toml`, the service settings.
 //!    - [`runtime`]: the supervisor (the running namespaces, reload), each namespace,
 //!      the status tailer, the watcher, counters.
 //! 4. **HTTP** ([`http`]): handlers that map requests to the runtime and its errors to

@@ -11,6 +11,7 @@ use futures::future::join_all;
 
 use crate::config::diagnostic::{Code, Diagnostic, Finding, KeyPath, Location};
 use crate::pipeline::LoadedPipeline;
+use crate::probe::Unreachable;
 use crate::service::ServiceConfig;
 
 /// How long one check may take before it counts as unreachable.
@@ -91,10 +92,10 @@ async fn check_pipeline(service: &ServiceConfig, pipeline: &LoadedPipeline) -> V
 }
 
 /// Runs a check with [`CHECK_TIMEOUT`]; `Some(error)` when it failed.
-async fn within(check: impl Future<Output = Result<(), String>>) -> Option<String> {
+async fn within(check: impl Future<Output = Result<(), Unreachable>>) -> Option<String> {
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
         Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(error),
+        Ok(Err(Unreachable(error))) => Some(error),
         Err(_) => Some(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
     }
 }

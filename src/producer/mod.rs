@@ -22,6 +22,8 @@ pub mod sqs;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::probe::Unreachable;
+
 pub use backend::{
     Backend, BackendError, DeadLetter, Durable, LogPosition, LogStats, Positions, Subscription,
 };
@@ -33,35 +35,34 @@ pub fn open(
     namespace: &str,
     config: &BackendConfig,
     data_dir: &Path,
-) -> Result<Arc<dyn Backend>, String> {
+) -> Result<Arc<dyn Backend>, BackendError> {
     match config {
         BackendConfig::Embedded(embedded) => {
-            let store = embedded::NamespaceStore::open(data_dir, namespace, embedded)
-                .map_err(|e| e.to_string())?;
+            let store = embedded::NamespaceStore::open(data_dir, namespace, embedded)?;
             Ok(Arc::new(embedded::Embedded(Arc::new(store))))
         }
-        BackendConfig::RedisStreams(redis) => Ok(Arc::new(
-            redis_streams::RedisStreams::open(namespace, redis).map_err(|e| e.to_string())?,
-        )),
+        BackendConfig::RedisStreams(redis) => Ok(Arc::new(redis_streams::RedisStreams::open(
+            namespace, redis,
+        )?)),
         #[cfg(feature = "kafka")]
-        BackendConfig::Kafka(kafka) => Ok(Arc::new(
-            kafka::KafkaTopic::open(namespace, kafka).map_err(|e| e.to_string())?,
-        )),
+        BackendConfig::Kafka(kafka) => Ok(Arc::new(kafka::KafkaTopic::open(namespace, kafka)?)),
         #[cfg(feature = "sqs")]
-        BackendConfig::Sqs(sqs) => Ok(Arc::new(
-            sqs::SqsQueue::open(namespace, sqs).map_err(|e| e.to_string())?,
-        )),
+        BackendConfig::Sqs(sqs) => Ok(Arc::new(sqs::SqsQueue::open(namespace, sqs)?)),
         #[allow(unreachable_patterns)]
-        other => Err(format!(
+        other => Err(BackendError::Invalid(format!(
             "the {} backend is not available in this version",
             other.kind()
-        )),
+        ))),
     }
 }
 
 /// Reaches the backend `config` names for `namespace` the way [`open`] would, and
 /// writes nothing: `wald validate --connect`.
-pub async fn probe(config: &BackendConfig, namespace: &str, data_dir: &Path) -> Result<(), String> {
+pub async fn probe(
+    config: &BackendConfig,
+    namespace: &str,
+    data_dir: &Path,
+) -> Result<(), Unreachable> {
     match config {
         BackendConfig::Embedded(_) => crate::probe::writable_dir(&data_dir.join(namespace)),
         BackendConfig::Kafka(c) => crate::kafka::probe(&c.brokers, &c.options, &c.topic).await,

@@ -78,7 +78,7 @@ impl Namespace {
             Ok(backend) => (Some(backend), None),
             Err(e) => {
                 error!(namespace = %config.namespace, error = %e, "Namespace failed to open its log.");
-                (None, Some(e))
+                (None, Some(e.to_string()))
             }
         };
         let components = Arc::new(Components::new(Some(&config.namespace)));

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::component::Component;
+use crate::probe::Unreachable;
 use config::{StatusStoreConfig, StatusStoreKind};
 pub use model::{
     DeliveryState, MessageStatus, StatusError, TargetStatus, TargetUpdate, TransactionState,
@@ -196,7 +197,10 @@ impl StatusStore {
 
 /// Reaches the store `config` names the way [`StatusStore::open`] would, and writes
 /// nothing: `wald validate --connect`.
-pub async fn probe(config: &StatusStoreConfig, data_dir: &std::path::Path) -> Result<(), String> {
+pub async fn probe(
+    config: &StatusStoreConfig,
+    data_dir: &std::path::Path,
+) -> Result<(), Unreachable> {
     match (config.kind, &config.url) {
         (StatusStoreKind::Embedded, _) | (_, None) => crate::probe::writable_dir(data_dir),
         (StatusStoreKind::Postgres, Some(url)) => crate::probe::postgres(url.expose()).await,

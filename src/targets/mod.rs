@@ -19,6 +19,7 @@ use crate::config::checks::Checks;
 use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
 use crate::config::policy::RetryOverride;
+use crate::probe::Unreachable;
 pub use delivery::{BatchError, DeliveryError, Message, ValueShape};
 
 /// One `[[target]]`.
@@ -93,7 +94,7 @@ impl TargetKind {
 
     /// Reaches the target the way delivery would, and writes nothing:
     /// `wald validate --connect`.
-    pub async fn probe(&self) -> Result<(), String> {
+    pub async fn probe(&self) -> Result<(), Unreachable> {
         match self {
             Self::Postgres(c) => postgres::probe(c).await,
             Self::Redis(c) => crate::probe::redis(c.url.expose()).await,

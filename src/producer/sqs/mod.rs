@@ -7,12 +7,14 @@ pub mod config;
 mod queue;
 
 pub use config::{Config, MAX_MESSAGE};
+
+use crate::probe::Unreachable;
 #[cfg(feature = "sqs")]
 pub use queue::SqsQueue;
 
 /// Asks for the queue's attributes (and the DLQ's): reachable, authorised, existing.
 #[cfg(feature = "sqs")]
-pub async fn probe(config: &Config) -> Result<(), String> {
+pub async fn probe(config: &Config) -> Result<(), Unreachable> {
     let client = client(config).await;
     for url in std::iter::once(&config.queue_url).chain(config.dlq_queue_url.as_ref()) {
         client
@@ -32,7 +34,7 @@ pub async fn probe(config: &Config) -> Result<(), String> {
 }
 
 #[cfg(not(feature = "sqs"))]
-pub async fn probe(_config: &Config) -> Result<(), String> {
+pub async fn probe(_config: &Config) -> Result<(), Unreachable> {
     Err("this build of wald has no SQS support (cargo feature `sqs`)".into())
 }
 

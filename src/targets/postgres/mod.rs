@@ -6,6 +6,7 @@ mod sql;
 
 use sql::MultiRow;
 
+use crate::probe::Unreachable;
 use crate::targets::delivery::{DeliveryError, Message};
 use crate::targets::template::Field;
 
@@ -13,7 +14,7 @@ pub use config::*;
 
 /// Connects and prepares the statement without running it: the server checks that the
 /// table and columns exist and that the parameters fit.
-pub async fn probe(config: &Config) -> Result<(), String> {
+pub async fn probe(config: &Config) -> Result<(), Unreachable> {
     use sqlx::{Executor, SqlSafeStr};
 
     let mut conn = crate::probe::postgres_connection(config.url.expose()).await?;
@@ -23,7 +24,7 @@ pub async fn probe(config: &Config) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| {
             let why = crate::probe::postgres_message(&e);
-            format!("the statement does not prepare: {why}")
+            format!("the statement does not prepare: {why}").into()
         })
 }
 
