@@ -42,6 +42,24 @@ pub const DELIVERY_GROUP: &str = "wald";
 /// like any group, but a log that only it has read is not consumed.
 pub const TAILER_GROUP: &str = "wald-status";
 
+/// Where each target keeps its own position (the embedded log), the consumer group one
+/// target reads the log as is `wald.target.<target>`, and delayed messages are read as
+/// [`DELAYS_GROUP`]; the delivery group's cursor then stands at the lowest of them.
+pub fn target_group(target: &str) -> String {
+    format!("{TARGET_GROUP_PREFIX}{target}")
+}
+
+/// The target whose own consumer group `group` is, if it is one.
+pub fn target_of_group(group: &str) -> Option<&str> {
+    group.strip_prefix(TARGET_GROUP_PREFIX)
+}
+
+const TARGET_GROUP_PREFIX: &str = "wald.target.";
+
+/// The consumer group of the reader that holds delayed messages until they are due,
+/// where each target reads the log as a group of its own.
+pub const DELAYS_GROUP: &str = "wald.delays";
+
 /// A message as a backend stores it: the log adds an offset and a timestamp.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {

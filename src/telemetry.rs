@@ -43,6 +43,8 @@ pub mod metric {
     pub const LOG_NEXT_OFFSET: &str = "wald_log_next_offset";
     pub const HTTP_REQUESTS: &str = "wald_http_requests_total";
     pub const DELIVERIES: &str = "wald_deliveries_total";
+    pub const CIRCUIT_STATE: &str = "wald_target_circuit_state";
+    pub const CIRCUIT_OPENED: &str = "wald_target_circuit_opened_total";
     pub const RELOADS: &str = "wald_reloads_total";
     pub const RELOAD_DURATION: &str = "wald_reload_duration_seconds";
     pub const CONFIG_GENERATION: &str = "wald_config_generation";

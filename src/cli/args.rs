@@ -107,6 +107,16 @@ pub enum Command {
         #[arg(long, env = "WALD_ADMIN_KEY", hide_env_values = true, global = true)]
         admin_key: Option<String>,
     },
+    /// Pause a namespace's delivery, or one target's, on a running server (needs the
+    /// admin key). Ingest goes on and messages wait in the log; the pause survives
+    /// restarts and reloads until `wald resume`.
+    ///
+    /// Exit codes: 0 done, 1 refused by the server, 2 no answer.
+    Pause(PauseArgs),
+    /// Resume what `wald pause` paused: what waited is delivered in order.
+    ///
+    /// Exit codes: 0 done, 1 refused by the server, 2 no answer.
+    Resume(PauseArgs),
     /// Print the SHA-256 of an API key, as `api_keys_sha256` and `admin_key_sha256` take.
     ///
     /// The key is read from standard input when not given, so that it stays out of the
@@ -118,6 +128,20 @@ pub enum Command {
         #[arg(long, conflicts_with = "key")]
         generate: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PauseArgs {
+    pub namespace: String,
+    /// Only this target; without it, the namespace's whole delivery.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// The server's base URL.
+    #[arg(long, env = "WALD_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The admin key.
+    #[arg(long, env = "WALD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

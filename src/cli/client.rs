@@ -1,5 +1,5 @@
 //! The subcommands that talk to a running server over HTTP: `plan`, `write`, `status`,
-//! `tx` and `dlq`.
+//! `tx`, `dlq`, `pause` and `resume`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -232,6 +232,26 @@ pub(super) fn dlq(
         }
     };
     let request = match admin_key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    };
+    send_and_show(request, |_| true)
+}
+
+/// `wald pause` (`paused`) and `wald resume`.
+pub(super) fn pause(args: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
+    let verb = if paused { "pause" } else { "resume" };
+    let mut url = url::Url::parse(&format!(
+        "{}/api/v1/admin/namespaces/{}/{verb}",
+        args.server.trim_end_matches('/'),
+        args.namespace
+    ))
+    .context("the server URL is not valid")?;
+    if let Some(target) = &args.target {
+        url.query_pairs_mut().append_pair("target", target);
+    }
+    let request = reqwest::Client::new().post(url);
+    let request = match &args.admin_key {
         Some(key) => request.bearer_auth(key),
         None => request,
     };

@@ -12,7 +12,7 @@ pub mod serve;
 
 use args::service_config_path;
 pub use args::{Cli, Command, DlqAction, Format, ServeArgs, WriteArgs};
-use client::{dlq, plan, status, transaction, write};
+use client::{dlq, pause, plan, status, transaction, write};
 pub use local::validate_exit_code;
 use local::{hash_key, validate};
 use render::print_diagnostics;
@@ -55,6 +55,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
             admin_key,
         } => dlq(action, &server, admin_key.as_deref()),
+        Command::Pause(args) => pause(args, true),
+        Command::Resume(args) => pause(args, false),
     }
 }
 

@@ -164,3 +164,63 @@ impl RetryOverride {
         );
     }
 }
+
+/// A target's `circuit_breaker = { ... }`: when a target fails this many times in a
+/// row, no message is tried there for a cool-down, then one probe delivery decides
+/// whether it is back.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerPolicy {
+    /// Whether the breaker opens at all. Default: true.
+    pub enabled: bool,
+    /// Retriable failures in a row (of any messages) that open the breaker. Default: 5.
+    /// Range: 1..=1000.
+    pub failures: u32,
+    /// The first cool-down; each failed probe doubles it. Default: 1s.
+    pub cool_down: HumanDuration,
+    /// The longest cool-down. Default: 1m. At least `cool_down`.
+    pub max_cool_down: HumanDuration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failures: 5,
+            cool_down: HumanDuration::from_secs(1),
+            max_cool_down: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+impl BreakerPolicy {
+    /// Checks the policy at `at` (`target[i].circuit_breaker`).
+    pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {
+        checks.range(
+            Code::InvalidValue,
+            &at.key("failures"),
+            self.failures,
+            1,
+            1000,
+        );
+        if self.cool_down.get().is_zero() {
+            checks.error(
+                Code::InvalidValue,
+                &at.key("cool_down"),
+                "`cool_down` is zero: a target that is down would be probed in a tight loop",
+                "set `cool_down` to at least \"10ms\"; \"1s\" is a good start",
+            );
+        }
+        if self.max_cool_down < self.cool_down {
+            checks.error(
+                Code::InvalidValue,
+                &at.key("max_cool_down"),
+                format!(
+                    "`max_cool_down` ({}) is shorter than `cool_down` ({})",
+                    self.max_cool_down, self.cool_down
+                ),
+                "raise `max_cool_down` or lower `cool_down`",
+            );
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use tracing::{error, warn};
 
 use super::Consumer;
+use super::breaker::Permit;
 use super::lane::{InFlight, LaneKey};
 use super::retry;
 use crate::component::{Stopped, keep_trying};
@@ -19,6 +20,9 @@ use crate::runtime::counters::Outcome;
 use crate::status::{DeliveryState, TargetStatus, TargetUpdate};
 use crate::targets::{DeliveryError, Message};
 
+/// How often a paused target's lanes look whether it was resumed.
+const PAUSE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Consumer {
     /// One pass over a run: each target gets its pending messages as one batch, in log
     /// order. A message the target refuses for good, or that used its last attempt,
@@ -30,26 +34,62 @@ impl Consumer {
         run: &mut [InFlight],
     ) -> Result<HashMap<LaneKey, tokio::time::Instant>, Stopped> {
         let mut retry_at: HashMap<LaneKey, tokio::time::Instant> = HashMap::new();
-        for (name, (target, policy)) in &self.targets {
+        let mut hold = |key: LaneKey, due: tokio::time::Instant| {
+            retry_at
+                .entry(key)
+                .and_modify(|at| *at = (*at).max(due))
+                .or_insert(due);
+        };
+        for (name, route) in &self.targets {
             let mut blocked: HashSet<LaneKey> = HashSet::new();
             loop {
-                let chosen: Vec<usize> = (0..run.len())
+                let mut chosen: Vec<usize> = (0..run.len())
                     .filter(|&i| run[i].pending.contains_key(name))
                     .filter(|&i| !blocked.contains(&self.lane_key(&run[i].record)))
                     .collect();
                 if chosen.is_empty() {
                     break;
                 }
+                // Paused, or an open circuit: nothing is tried, and what waits is no
+                // attempt.
+                if self.pauses.holds(name) {
+                    let until = tokio::time::Instant::now() + PAUSE_POLL;
+                    for &i in &chosen {
+                        hold(self.lane_key(&run[i].record), until);
+                    }
+                    break;
+                }
+                let probe = match route.breaker.permit() {
+                    Permit::Deliver => false,
+                    Permit::Probe => {
+                        chosen.truncate(1);
+                        true
+                    }
+                    Permit::Wait(until) => {
+                        for &i in &chosen {
+                            hold(self.lane_key(&run[i].record), until);
+                        }
+                        break;
+                    }
+                };
                 let batch: Vec<Message> = chosen
                     .iter()
                     .map(|&i| Message::of_record(&self.namespace, &run[i].record))
                     .collect();
-                let result = target.deliver_batch(&batch).await;
+                let result = tokio::select! {
+                    result = route.target.deliver_batch(&batch) => result,
+                    // A probe that cannot end lets another lane probe.
+                    () = self.stopped.wait(), if probe => {
+                        route.breaker.abandoned();
+                        return Err(Stopped);
+                    }
+                };
                 let reached = match &result {
                     Ok(()) => batch.len(),
                     Err(failed) => failed.delivered,
                 };
                 if reached > 0 {
+                    route.breaker.succeeded();
                     self.counters
                         .record(name, Outcome::Delivered(reached as u64));
                 }
@@ -60,9 +100,27 @@ impl Consumer {
                     run[i].updates.push(update);
                 }
                 let Err(failed) = result else {
+                    route.breaker.succeeded();
                     break;
                 };
                 let (i, message, e) = (chosen[reached], &batch[reached], &failed.error);
+                let key = self.lane_key(&run[i].record);
+                // A retriable failure is the target's as much as the message's: the
+                // breaker counts it; one while the target is known to be down (a
+                // probe) is not the message's attempt.
+                if e.retriable && !route.breaker.failed(&e.message, e.retry_after) {
+                    let (error, at_ms) = (e.message.as_str(), now_ms());
+                    self.counters
+                        .record(name, Outcome::Retried { error, at_ms });
+                    if let Permit::Wait(until) = route.breaker.permit() {
+                        hold(key.clone(), until);
+                    }
+                    blocked.insert(key);
+                    continue;
+                }
+                if !e.retriable {
+                    route.breaker.succeeded();
+                }
                 let failed_at = now_ms();
                 let Some(tries) = run[i].pending.get_mut(name) else {
                     break;
@@ -74,6 +132,7 @@ impl Consumer {
                     .get_or_insert_with(|| (e.message.clone(), failed_at))
                     .clone();
                 let (error, at_ms) = (e.message.as_str(), failed_at);
+                let policy = &route.policy;
                 if !e.retriable || attempts >= policy.max_attempts {
                     self.counters
                         .record(name, Outcome::DeadLettered { error, at_ms });
@@ -99,13 +158,9 @@ impl Consumer {
                 let _ = self
                     .record_status(&[update], message.offset, &accepted)
                     .await;
-                let key = self.lane_key(&run[i].record);
                 let due =
                     tokio::time::Instant::now() + retry::next_wait(policy, attempts, e.retry_after);
-                retry_at
-                    .entry(key.clone())
-                    .and_modify(|at| *at = (*at).max(due))
-                    .or_insert(due);
+                hold(key.clone(), due);
                 blocked.insert(key);
                 // A target that is down fails every key in turn: stopping does not
                 // wait for the rest of the pass.

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use super::Consumer;
 use super::reader::LANE_DEPTH;
 use super::recorder::Outcomes;
-use crate::config::policy::RetryPolicy;
+use super::{Consumer, Route};
 use crate::consumer::config::Order;
 use crate::message::{HEADER_TARGETS, StoredRecord};
 use crate::status::TargetUpdate;
-use crate::targets::Target;
 
 /// Messages a lane holds back behind keys being retried; once it holds that many it
 /// takes nothing new until a retry is done, so that memory stays bounded.
@@ -37,10 +35,7 @@ pub(super) struct Tries {
 }
 
 impl InFlight {
-    pub(super) fn new(
-        record: StoredRecord,
-        targets: &BTreeMap<String, (Target, RetryPolicy)>,
-    ) -> Self {
+    pub(super) fn new(record: StoredRecord, targets: &BTreeMap<String, Arc<Route>>) -> Self {
         let pending = targets
             .keys()
             .filter(|name| goes_to(&record, name))
@@ -237,7 +232,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::policy::Jitter;
+    use crate::config::policy::{Jitter, RetryPolicy};
     use crate::config::units::HumanDuration;
     use crate::consumer::retry;
     use tokio::time::Instant;

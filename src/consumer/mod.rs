@@ -35,9 +35,11 @@
 //!   the DLQ.
 
 mod attempts;
+pub mod breaker;
 pub mod config;
 mod delayed;
 mod lane;
+pub mod pause;
 mod reader;
 mod recorder;
 pub mod replay;
@@ -53,12 +55,15 @@ use tokio::task::JoinHandle;
 use crate::component::{Backoff, Component, Components, keep_trying};
 use crate::config::policy::RetryPolicy;
 use crate::consumer::config::Order;
+use crate::message::{DELAYS_GROUP, DELIVERY_GROUP, target_group, target_of_group};
 use crate::pipeline::config::PipelineConfig;
-use crate::producer::Backend;
+use crate::producer::{Backend, BackendError};
 use crate::runtime::counters::DeliveryCounters;
 use crate::shutdown::{Shutdown, Stopping};
 use crate::status::StatusStore;
 use crate::targets::Target;
+use breaker::{Breaker, CircuitStatus};
+use pause::Pauses;
 
 /// Longest time a target may take to be built (a reload or a start waits for it).
 const BUILD_DEADLINE: Duration = Duration::from_secs(30);
@@ -79,6 +84,14 @@ pub enum BuildError {
     TimedOut { target: String },
 }
 
+/// What delivery shares with its namespace, kept across its restarts: the outcome
+/// counters, the pauses, the health of its parts.
+pub struct Kept {
+    pub counters: Arc<DeliveryCounters>,
+    pub pauses: Arc<Pauses>,
+    pub components: Arc<Components>,
+}
+
 /// A namespace's running delivery.
 pub struct Delivery {
     /// Why delivery does not run (a target could not be built), if it does not;
@@ -86,24 +99,44 @@ pub struct Delivery {
     failure: Arc<Mutex<Option<String>>>,
     /// Set by the delivery task once the targets are built and it reads the log.
     started: Arc<std::sync::atomic::AtomicBool>,
+    /// The targets, once built: their breakers are shown in status.
+    routes: Arc<Mutex<BTreeMap<String, Arc<Route>>>>,
     stop: Shutdown,
     task: JoinHandle<()>,
 }
 
-/// What the delivery task works with.
+/// What one consumer of a namespace reads the log for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Every message for every target: one reader for the namespace (the shared
+    /// backends).
+    Everything,
+    /// One target's messages, as that target's own consumer group: a slow or failing
+    /// target holds back no other. Delayed messages are the [`Role::Delays`] reader's.
+    Target,
+    /// Delayed messages: holds them until due and delivers them to every target.
+    Delays,
+}
+
+/// What one consumer task works with.
 struct Consumer {
     namespace: String,
     backend: Arc<dyn Backend>,
     /// The consumer group it reads as.
     group: String,
-    /// Each target by name, with the retry policy that applies to it.
-    targets: BTreeMap<String, (Target, RetryPolicy)>,
+    role: Role,
+    /// The targets it delivers to, by name.
+    targets: BTreeMap<String, Arc<Route>>,
+    /// Every target of the namespace, for a message's status as accepted.
+    all_targets: Vec<String>,
     status: Arc<StatusStore>,
     /// How far the status tailer has recorded the log: an update waits for it.
     /// Without a tailer, delivery records each message itself before its update.
     status_indexed: Option<watch::Receiver<u64>>,
     /// Outcomes per target, shared with the namespace.
     counters: Arc<DeliveryCounters>,
+    /// What an operator paused.
+    pauses: Arc<Pauses>,
     batch_size: usize,
     /// Messages delivered at once (`[consumer] concurrency`).
     lanes: usize,
@@ -111,8 +144,19 @@ struct Consumer {
     linger: Duration,
     order: Order,
     dlq_enabled: bool,
+    /// Where its group's cursor stands, once committed: the delivery group's cursor
+    /// follows the lowest of the per-target consumers'.
+    committed: watch::Sender<u64>,
     stopped: Stopping,
     health: DeliveryHealth,
+}
+
+/// A target as delivery drives it: the built target, the retry policy that applies to
+/// it, and its circuit breaker.
+pub struct Route {
+    pub target: Target,
+    pub policy: RetryPolicy,
+    pub breaker: Breaker,
 }
 
 /// The parts of delivery that report their health on their own.
@@ -140,8 +184,8 @@ impl DeliveryHealth {
 }
 
 /// A namespace's targets, built and ready, each by name with the retry policy that
-/// applies to it.
-pub struct Targets(BTreeMap<String, (Target, RetryPolicy)>);
+/// applies to it and its breaker.
+pub struct Targets(BTreeMap<String, Arc<Route>>);
 
 impl Targets {
     /// Builds every target of `config` (clients, pools, files); the first that cannot
@@ -164,7 +208,15 @@ impl Targets {
                     });
                 }
             };
-            targets.insert(t.name.clone(), (target, policy));
+            let breaker = Breaker::new(&config.namespace, &t.name, t.circuit_breaker.clone());
+            targets.insert(
+                t.name.clone(),
+                Arc::new(Route {
+                    target,
+                    policy,
+                    breaker,
+                }),
+            );
         }
         Ok(Self(targets))
     }
@@ -182,16 +234,18 @@ impl Delivery {
         backend: Arc<dyn Backend>,
         status: Arc<StatusStore>,
         status_indexed: Option<watch::Receiver<u64>>,
-        counters: Arc<DeliveryCounters>,
-        components: &Components,
+        kept: &Kept,
     ) -> Self {
         let failure = Arc::new(Mutex::new(None));
         let stop = Shutdown::new();
         let stopped = stop.stopping();
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let health = DeliveryHealth::of(components);
+        let health = DeliveryHealth::of(&kept.components);
+        let (counters, pauses) = (kept.counters.clone(), kept.pauses.clone());
         let config = config.clone();
         let (running, failed) = (started.clone(), failure.clone());
+        let routes = Arc::new(Mutex::new(BTreeMap::new()));
+        let shown = routes.clone();
         let task = tokio::spawn(async move {
             // Targets that could not be built (a file whose directory cannot be made,
             // a client that cannot be set up) are built again with backoff.
@@ -200,43 +254,70 @@ impl Delivery {
             else {
                 return;
             };
-            let consumer = Arc::new(Consumer {
+            if let Ok(mut shown) = shown.lock() {
+                shown.clone_from(&targets);
+            }
+            let base = Consumer {
                 namespace: config.namespace.clone(),
                 backend,
                 group: config.producer.consumer_group(&config.namespace),
+                role: Role::Everything,
+                all_targets: targets.keys().cloned().collect(),
                 targets,
                 status,
                 status_indexed,
                 counters,
+                pauses,
                 batch_size: config.consumer.batch_size as usize,
                 lanes: config.consumer.concurrency.max(1) as usize,
                 linger: config.consumer.linger.get(),
                 order: config.consumer.order,
                 dlq_enabled: config.consumer.dlq.enabled,
+                committed: watch::channel(0).0,
                 stopped,
                 health,
+            };
+            let Some(consumers) = base.split_per_target().await else {
+                return;
+            };
+            let cursor = (consumers.len() > 1).then(|| {
+                let positions = consumers.iter().map(|c| c.committed.subscribe()).collect();
+                let first = &consumers[0];
+                let (backend, health) = (first.backend.clone(), first.health.cursor.clone());
+                follow_lowest(backend, health, positions, first.stopped.clone())
             });
-            let mut backoff = Backoff::default();
-            loop {
-                let began = tokio::time::Instant::now();
-                let Err(e) = consumer.clone().run(&running).await else {
-                    return;
-                };
-                consumer.health.reading.stalled(&e);
-                if began.elapsed() >= HEALTHY_RUN {
-                    backoff.reset();
+            let runs = consumers
+                .into_iter()
+                .map(|consumer| Arc::new(consumer).run_until_stopped(&running));
+            match cursor {
+                Some(cursor) => {
+                    tokio::join!(futures::future::join_all(runs), cursor);
                 }
-                if consumer.sleep(backoff.wait()).await.is_err() {
-                    return;
+                None => {
+                    futures::future::join_all(runs).await;
                 }
             }
         });
         Self {
             failure,
             started,
+            routes,
             stop,
             task,
         }
+    }
+
+    /// Each target's circuit breaker, once the targets are built.
+    pub fn circuits(&self) -> BTreeMap<String, CircuitStatus> {
+        self.routes
+            .lock()
+            .map(|routes| {
+                routes
+                    .iter()
+                    .map(|(name, route)| (name.clone(), route.breaker.status()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Why delivery does not run, if it does not.
@@ -289,4 +370,148 @@ async fn build_until_done(
     };
     set(None);
     Some(targets)
+}
+
+impl Consumer {
+    /// The consumers that deliver what `self` would: itself, or, where the backend
+    /// gives each target a consumer group of its own, one per target and one for
+    /// delayed messages. A new group starts where the delivery group stands; the groups
+    /// of targets no longer there are forgotten. None if the namespace stops first.
+    async fn split_per_target(self) -> Option<Vec<Consumer>> {
+        if !self.backend.reads_per_target() {
+            return Some(vec![self]);
+        }
+        let what = "making each target's consumer group";
+        let groups = keep_trying(&self.health.reading, true, what, &self.stopped, || async {
+            let groups = self.targets.keys().map(|name| target_group(name));
+            for group in groups.chain([DELAYS_GROUP.to_string()]) {
+                self.backend.branch_group(&group, &self.group).await?;
+            }
+            let stale = self.backend.positions().await?.map(|p| p.groups);
+            for (group, _) in stale.unwrap_or_default() {
+                if target_of_group(&group).is_some_and(|t| !self.targets.contains_key(t)) {
+                    self.backend.forget_group(&group).await?;
+                }
+            }
+            Ok::<_, BackendError>(())
+        })
+        .await;
+        groups.ok()?;
+        let mut consumers = Vec::with_capacity(self.targets.len() + 1);
+        for (name, route) in &self.targets {
+            consumers.push(Consumer {
+                group: target_group(name),
+                role: Role::Target,
+                targets: BTreeMap::from([(name.clone(), route.clone())]),
+                ..self.clone_settings()
+            });
+        }
+        consumers.push(Consumer {
+            group: DELAYS_GROUP.to_string(),
+            role: Role::Delays,
+            ..self
+        });
+        Some(consumers)
+    }
+
+    /// A copy of what every consumer of the namespace shares, to build another from.
+    fn clone_settings(&self) -> Consumer {
+        Consumer {
+            namespace: self.namespace.clone(),
+            backend: self.backend.clone(),
+            group: self.group.clone(),
+            role: self.role,
+            targets: self.targets.clone(),
+            all_targets: self.all_targets.clone(),
+            status: self.status.clone(),
+            status_indexed: self.status_indexed.clone(),
+            counters: self.counters.clone(),
+            pauses: self.pauses.clone(),
+            batch_size: self.batch_size,
+            lanes: self.lanes,
+            linger: self.linger,
+            order: self.order,
+            dlq_enabled: self.dlq_enabled,
+            committed: watch::channel(0).0,
+            stopped: self.stopped.clone(),
+            health: self.health.clone(),
+        }
+    }
+
+    /// Runs the consumer; a run that fails (the log cannot be read) starts again with
+    /// backoff from the group's cursor, until the namespace stops.
+    async fn run_until_stopped(self: Arc<Self>, running: &std::sync::atomic::AtomicBool) {
+        let mut backoff = Backoff::default();
+        loop {
+            let began = tokio::time::Instant::now();
+            let Err(e) = self.clone().run(running).await else {
+                return;
+            };
+            self.health.reading.stalled(&e);
+            if began.elapsed() >= HEALTHY_RUN {
+                backoff.reset();
+            }
+            if self.sleep(backoff.wait()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps the delivery group's cursor at the lowest of the per-target consumers' (and
+/// the delayed messages' reader's), so that retention and status see the namespace's
+/// delivery as far as its slowest target; until every consumer has stopped, with
+/// their last positions committed.
+async fn follow_lowest(
+    backend: Arc<dyn Backend>,
+    health: Component,
+    mut positions: Vec<watch::Receiver<u64>>,
+    stopped: Stopping,
+) {
+    let what = "reading the delivery cursor";
+    let Ok(mut cursor) = keep_trying(&health, true, what, &stopped, || {
+        backend.subscribe(DELIVERY_GROUP)
+    })
+    .await
+    else {
+        return;
+    };
+    // The consumers' groups start at or past it: it never moves back.
+    let mut committed = cursor.position();
+    let mut backoff = Backoff::default();
+    loop {
+        let all_stopped = positions.iter().all(|p| p.has_changed().is_err());
+        let lowest = positions.iter().map(|p| *p.borrow()).min().unwrap_or(0);
+        let mut retry = None;
+        if lowest > committed {
+            match cursor.commit(lowest).await {
+                Ok(()) => {
+                    committed = lowest;
+                    backoff.reset();
+                    health.recovered();
+                }
+                Err(e) => {
+                    health.degraded(&format!("committing the delivery cursor: {e}"));
+                    retry = Some(backoff.wait());
+                }
+            }
+        }
+        if all_stopped {
+            return;
+        }
+        let changes: Vec<_> = positions
+            .iter_mut()
+            .filter(|p| p.has_changed().is_ok())
+            .map(|p| Box::pin(p.changed()))
+            .collect();
+        if changes.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            _ = futures::future::select_all(changes) => {}
+            () = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
+        }
+        // Commits cost syncs: one at most every so often.
+        tokio::time::sleep(reader::COMMIT_EVERY).await;
+    }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::Consumer;
 use super::recorder::Outcomes;
+use super::{Consumer, Role};
 use crate::component::{Backoff, Stopped, keep_trying, sleep_unless_stopped};
 use crate::consumer::config::Order;
 use crate::message::now_ms;
@@ -21,7 +21,7 @@ use crate::producer::BackendError;
 pub(super) const LANE_DEPTH: usize = 256;
 /// Longest time completed deliveries wait for their cursor commit while others are
 /// still in flight (each commit costs two syncs).
-const COMMIT_EVERY: Duration = Duration::from_millis(50);
+pub(super) const COMMIT_EVERY: Duration = Duration::from_millis(50);
 
 impl Consumer {
     /// Reads the log and hands each message to a lane; commits the cursor up to the
@@ -39,7 +39,10 @@ impl Consumer {
         info!(namespace = %self.namespace, from = subscription.position(), lanes = self.lanes, "Delivery started.");
         // Dropped (the tasks aborted) when the run fails.
         let mut helpers = tokio::task::JoinSet::new();
-        helpers.spawn(self.clone().deliver_delayed());
+        self.committed.send_replace(subscription.position());
+        if self.role != Role::Target {
+            helpers.spawn(self.clone().deliver_delayed());
+        }
         let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
         // Lanes hand what they delivered to the recorder, which records it in the
         // status store and only then reports the offsets done: a lane goes on with its
@@ -79,6 +82,7 @@ impl Consumer {
                 match subscription.commit(watermark).await {
                     Ok(()) => {
                         committed = watermark;
+                        self.committed.send_replace(committed);
                         last_commit = tokio::time::Instant::now();
                         next_commit = last_commit;
                         commit_backoff.reset();
@@ -120,9 +124,17 @@ impl Consumer {
                     // lane's run is the whole read: a full batch for the targets.
                     next_lane = (next_lane + 1) % self.lanes;
                     for record in records {
-                        if let Some(due) = due_ms(&record).filter(|due| *due > now) {
-                            delayed.push((record, due));
-                            continue;
+                        let due = due_ms(&record).filter(|due| *due > now);
+                        match (self.role, due) {
+                            // The delayed messages' reader holds them and delivers them
+                            // to every target; a target's own reader passes them, and
+                            // that reader passes every other message.
+                            (Role::Target, Some(_)) | (Role::Delays, None) => continue,
+                            (_, Some(due)) => {
+                                delayed.push((record, due));
+                                continue;
+                            }
+                            (_, None) => {}
                         }
                         let lane = self.lane_of(&record, next_lane);
                         in_flight.insert(record.offset);
@@ -157,12 +169,16 @@ impl Consumer {
             in_flight.remove(&offset);
         }
         let watermark = in_flight.first().copied().unwrap_or(read_up_to);
-        if watermark > committed
-            && let Err(e) = subscription.commit(watermark).await
-        {
-            self.health
-                .cursor
-                .degraded(&format!("committing the cursor at stop: {e}"));
+        if watermark > committed {
+            match subscription.commit(watermark).await {
+                Ok(()) => {
+                    self.committed.send_replace(watermark);
+                }
+                Err(e) => self
+                    .health
+                    .cursor
+                    .degraded(&format!("committing the cursor at stop: {e}")),
+            }
         }
         Ok(())
     }

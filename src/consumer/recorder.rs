@@ -81,7 +81,7 @@ impl Consumer {
         if self.status_indexed.is_some() {
             return Vec::new();
         }
-        MessageStatus::of_record(record, &self.namespace, self.targets.keys())
+        MessageStatus::of_record(record, &self.namespace, &self.all_targets)
             .into_iter()
             .collect()
     }

@@ -1,22 +1,26 @@
 //! The admin routes, behind the admin key: `GET /api/v1/admin/pipelines` (what runs,
 //! from which file, and every file's errors), `POST /api/v1/admin/reload` (reload now
 //! and answer what it did) and `POST /api/v1/admin/plan` (what a reload of the files
-//! sent would do, changing nothing).
+//! sent would do, changing nothing), and `POST /api/v1/admin/namespaces/{ns}/pause` and
+//! `.../resume` (a namespace's delivery, or one target's).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+
+use tracing::{error, info, warn};
 
 use super::auth::authorize_admin;
 use super::error::{ApiError, ErrorResponse};
 use super::state::AppState;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::env;
+use crate::consumer::pause::Paused;
 use crate::pipeline::diff::{Plan, Quarantined, config_hash};
 use crate::pipeline::load_pipeline_set;
 use crate::runtime::supervisor::{ReloadOutcome, ReloadResult};
@@ -196,4 +200,89 @@ pub async fn plan(
         generation,
         plan: state.supervisor.plan(report),
     }))
+}
+
+/// Which target to pause or resume: none for the namespace's whole delivery.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PauseQuery {
+    /// A target of the namespace; without it, the namespace's whole delivery.
+    pub target: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/namespaces/{namespace}/pause", tag = "admin",
+    params(("namespace" = String, Path, description = "The namespace's name", example = "demo"), PauseQuery),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "What is paused now, kept durably: ingest goes on, messages wait in the log", body = Paused),
+        (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse),
+        (status = 503, response = ErrorResponse),
+    ))]
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(namespace): Path<String>,
+    query: Result<Query<PauseQuery>, QueryRejection>,
+) -> Result<Json<Paused>, ApiError> {
+    set_paused(&state, &headers, &namespace, query, true).await
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/namespaces/{namespace}/resume", tag = "admin",
+    params(("namespace" = String, Path, description = "The namespace's name", example = "demo"), PauseQuery),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "What is paused now: what waited is delivered in order", body = Paused),
+        (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse),
+        (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse),
+        (status = 503, response = ErrorResponse),
+    ))]
+pub async fn resume(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(namespace): Path<String>,
+    query: Result<Query<PauseQuery>, QueryRejection>,
+) -> Result<Json<Paused>, ApiError> {
+    set_paused(&state, &headers, &namespace, query, false).await
+}
+
+async fn set_paused(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    query: Result<Query<PauseQuery>, QueryRejection>,
+    paused: bool,
+) -> Result<Json<Paused>, ApiError> {
+    authorize_admin(headers, &state.service)?;
+    let Query(PauseQuery { target }) = query.map_err(|e| ApiError::Malformed(e.body_text()))?;
+    let namespace = state.namespace(name)?;
+    if let Some(target) = &target
+        && !namespace
+            .pipeline
+            .config
+            .targets
+            .iter()
+            .any(|t| &t.name == target)
+    {
+        return Err(ApiError::TargetNotFound {
+            namespace: name.to_string(),
+            target: target.clone(),
+        });
+    }
+    let pauses = namespace.kept.pauses.clone();
+    let which = target.clone();
+    let now = tokio::task::spawn_blocking(move || pauses.set(which.as_deref(), paused))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| {
+            error!(namespace = %name, error = %e, "Keeping a pause failed.");
+            ApiError::Unavailable(name.to_string())
+        })?;
+    let target = target.as_deref().unwrap_or("*");
+    if paused {
+        warn!(namespace = %name, target, "Delivery paused.");
+    } else {
+        info!(namespace = %name, target, "Delivery resumed.");
+    }
+    Ok(Json(now))
 }

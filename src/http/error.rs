@@ -80,6 +80,8 @@ pub enum ApiError {
     InvalidAdminKey,
     #[error("namespace `{0}` does not exist")]
     NamespaceNotFound(String),
+    #[error("namespace `{namespace}` has no target `{target}`")]
+    TargetNotFound { namespace: String, target: String },
     #[error("the request body is larger than the limit of {0} bytes")]
     BodyTooLarge(u64),
     #[error("a message payload is larger than the namespace's limit of {0} bytes")]
@@ -139,6 +141,7 @@ impl ApiError {
             ApiError::AdminDisabled => "admin_disabled",
             ApiError::InvalidAdminKey => "invalid_api_key",
             ApiError::NamespaceNotFound(_) => "namespace_not_found",
+            ApiError::TargetNotFound { .. } => "target_not_found",
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::MessageTooLarge(_) => "message_too_large",
             ApiError::Unavailable(_) => "namespace_unavailable",
@@ -170,6 +173,7 @@ impl ApiError {
             }
             ApiError::Forbidden(_) | ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::NamespaceNotFound(_)
+            | ApiError::TargetNotFound { .. }
             | ApiError::TransactionNotFound(_)
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,

@@ -87,7 +87,7 @@ pub async fn readiness(
     };
     let mut degraded = failing(None, &state.supervisor.components);
     for n in running.namespaces.values() {
-        degraded.extend(failing(Some(n.name()), &n.components));
+        degraded.extend(failing(Some(n.name()), &n.kept.components));
     }
     if starting.is_empty() {
         state.ready.store(true, Ordering::Release);
@@ -173,7 +173,10 @@ async fn status_of(namespace: &Namespace) -> serde_json::Value {
     let config = &namespace.pipeline.config;
     status["description"] = json!(config.description);
     status["file"] = json!(namespace.pipeline.source.path.display().to_string());
-    let deliveries = namespace.deliveries.snapshot();
+    let deliveries = namespace.kept.counters.snapshot();
+    let circuits = namespace.circuits();
+    let pauses = &namespace.kept.pauses;
+    status["paused"] = json!(pauses.get());
     status["targets"] = json!(
         config
             .targets
@@ -182,6 +185,8 @@ async fn status_of(namespace: &Namespace) -> serde_json::Value {
                 "name": t.name,
                 "type": t.kind.kind(),
                 "delivery": deliveries.get(&t.name).cloned().unwrap_or_default(),
+                "circuit": circuits.get(&t.name).cloned().unwrap_or_default(),
+                "paused": pauses.holds(&t.name),
             }))
             .collect::<Vec<_>>()
     );
@@ -195,12 +200,32 @@ async fn status_of(namespace: &Namespace) -> serde_json::Value {
     // What the backend cannot tell (yet) is left out; a read that fails shows as
     // the namespace's error elsewhere.
     if let Ok(Some(positions)) = backend.positions().await {
-        let groups: Vec<_> = positions
-            .groups
-            .into_iter()
-            .filter(|(group, _)| group != crate::message::TAILER_GROUP)
-            .map(|(group, cursor)| json!({ "group": group, "next_offset": cursor, "lag": next.saturating_sub(cursor) }))
-            .collect();
+        let lag =
+            |cursor: u64| json!({ "next_offset": cursor, "lag": next.saturating_sub(cursor) });
+        let mut groups = Vec::new();
+        for (group, cursor) in positions.groups {
+            // A target's own group shows as that target's position; the delayed
+            // messages' reader and the status index as themselves.
+            match crate::message::target_of_group(&group) {
+                Some(target) => {
+                    if let Some(shown) = status["targets"]
+                        .as_array_mut()
+                        .and_then(|ts| ts.iter_mut().find(|t| t["name"] == target))
+                    {
+                        shown["position"] = lag(cursor);
+                    }
+                }
+                None if group == crate::message::TAILER_GROUP => {}
+                None if group == crate::message::DELAYS_GROUP => {
+                    status["delays_reader"] = lag(cursor);
+                }
+                None => {
+                    let mut shown = lag(cursor);
+                    shown["group"] = json!(group);
+                    groups.push(shown);
+                }
+            }
+        }
         status["consumer_groups"] = json!(groups);
         if let Some(indexed) = namespace.status_indexed() {
             let indexed = *indexed.borrow();

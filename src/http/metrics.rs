@@ -15,6 +15,7 @@ use serde_json::json;
 use super::error::{ApiError, ErrorResponse};
 use super::state::AppState;
 use crate::component::Component;
+use crate::consumer::breaker::CircuitState;
 use crate::producer::LogStats;
 use crate::runtime::Namespace;
 use crate::runtime::counters::LATENCY_BUCKETS;
@@ -196,7 +197,8 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         "Delivery outcomes, by target: delivered, retried (a failed attempt followed by another), dead_lettered.",
         &state,
         |n| {
-            n.deliveries
+            n.kept
+                .counters
                 .snapshot()
                 .into_iter()
                 .flat_map(|(target, c)| {
@@ -209,6 +211,43 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
                         (format!(",target=\"{target}\",outcome=\"{outcome}\""), count)
                     })
                 })
+                .collect()
+        },
+    );
+
+    counter_family(
+        &mut out,
+        metric::CIRCUIT_STATE,
+        "gauge",
+        "A target's circuit breaker: 1 for the state it is in (closed, open, half_open), 0 for the others.",
+        &state,
+        |n| {
+            n.circuits()
+                .into_iter()
+                .flat_map(|(target, c)| {
+                    [
+                        ("closed", CircuitState::Closed),
+                        ("open", CircuitState::Open),
+                        ("half_open", CircuitState::HalfOpen),
+                    ]
+                    .map(|(name, state)| {
+                        let labels = format!(",target=\"{target}\",state=\"{name}\"");
+                        (labels, u64::from(c.state == state))
+                    })
+                })
+                .collect()
+        },
+    );
+    counter_family(
+        &mut out,
+        metric::CIRCUIT_OPENED,
+        "counter",
+        "Times a target's circuit breaker opened since start.",
+        &state,
+        |n| {
+            n.circuits()
+                .into_iter()
+                .map(|(target, c)| (format!(",target=\"{target}\""), c.opened))
                 .collect()
         },
     );
@@ -319,7 +358,7 @@ fn component_metrics(out: &mut String, state: &AppState) {
         .map(|c| ("", c))
         .collect();
     for n in running.namespaces.values() {
-        parts.extend(n.components.all().into_iter().map(|c| (n.name(), c)));
+        parts.extend(n.kept.components.all().into_iter().map(|c| (n.name(), c)));
     }
     let mut family = |name: &str, kind: &str, help: &str, value: fn(&Component) -> u64| {
         let _ = writeln!(out, "# HELP {name} {help}");

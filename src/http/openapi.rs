@@ -28,6 +28,8 @@ use super::{admin, dlq, error, health, ingest, messages, metrics, transaction};
         admin::pipelines,
         admin::reload,
         admin::plan,
+        admin::pause,
+        admin::resume,
     ),
     components(
         schemas(error::ErrorBody, crate::consumer::replay::EntryState),

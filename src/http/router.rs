@@ -44,6 +44,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/admin/pipelines", get(admin::pipelines))
         .route("/api/v1/admin/reload", post(admin::reload))
         .route("/api/v1/admin/plan", post(admin::plan))
+        .route(
+            "/api/v1/admin/namespaces/{namespace}/pause",
+            post(admin::pause),
+        )
+        .route(
+            "/api/v1/admin/namespaces/{namespace}/resume",
+            post(admin::resume),
+        )
         .route("/metrics", get(metrics::prometheus))
         .route("/api/v1/health", get(health::health))
         .route("/api/v1/health/liveness", get(health::liveness))

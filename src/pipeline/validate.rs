@@ -69,6 +69,9 @@ pub fn validate_pipeline(config: &PipelineConfig) -> Vec<Finding> {
                 ),
             );
         }
+        target
+            .circuit_breaker
+            .validate(&mut checks, &at.key("circuit_breaker"));
         if let Some(retry) = &target.retry {
             retry.validate(&mut checks, &at.key("retry"), &config.consumer.retry);
         }

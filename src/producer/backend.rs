@@ -55,6 +55,26 @@ pub trait Backend: Send + Sync {
     /// again, by this member or another.
     async fn subscribe(&self, group: &str) -> Result<Box<dyn Subscription>, BackendError>;
 
+    /// Whether each target can read the log as a consumer group of its own
+    /// ([`crate::message::target_group`]), so that a slow or failing target never holds
+    /// back another: the groups are made with [`Backend::branch_group`] and forgotten
+    /// with [`Backend::forget_group`]. Otherwise one reader delivers to every target.
+    fn reads_per_target(&self) -> bool {
+        false
+    }
+
+    /// Gives consumer group `group` a cursor where group `from` stands, unless it has
+    /// one already.
+    async fn branch_group(&self, _group: &str, _from: &str) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("a consumer group per target"))
+    }
+
+    /// Forgets consumer group `group` (a target that was removed), so that it holds
+    /// nothing back.
+    async fn forget_group(&self, _group: &str) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("a consumer group per target"))
+    }
+
     /// Parks `records` in the namespace's dead-letter log.
     async fn dead_letter(&self, records: Vec<Record>) -> Result<(), BackendError>;
 

@@ -81,7 +81,8 @@ pub struct DeliveryCounters(Mutex<BTreeMap<String, TargetCounters>>);
 pub struct TargetCounters {
     /// Messages delivered.
     pub delivered: u64,
-    /// Failed attempts followed by another attempt.
+    /// Failed attempts followed by another attempt (a failed probe of an open circuit
+    /// among them).
     pub retried: u64,
     /// Messages sent to the DLQ (or dropped, with the DLQ disabled).
     pub dead_lettered: u64,

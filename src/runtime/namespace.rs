@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::component::Components;
-use crate::consumer::{BuildError, Delivery, Targets};
+use crate::consumer::breaker::CircuitStatus;
+use crate::consumer::pause::Pauses;
+use crate::consumer::{BuildError, Delivery, Kept, Targets};
 use crate::pipeline::LoadedPipeline;
 use crate::producer::Backend;
 use crate::producer::embedded::namespace_dir;
@@ -35,13 +37,12 @@ pub struct Namespace {
     pub admission: Admission,
     /// Writes accepted and refused, append latency; kept across reloads.
     pub counters: Arc<WriteCounters>,
-    /// Delivery outcomes per target; kept across reloads.
-    pub deliveries: Arc<DeliveryCounters>,
+    /// Delivery outcomes per target, what is paused, the health of its background
+    /// parts (delivery, its cursor, the delay runner, the DLQ, the status tailer);
+    /// kept across reloads.
+    pub kept: Kept,
     /// Idempotency keys of its writes, when its storage opened.
     pub idempotency: Option<Arc<IdempotencyStore>>,
-    /// The health of its background parts (delivery, its cursor, the delay runner,
-    /// the DLQ, the status tailer); kept across reloads.
-    pub components: Arc<Components>,
     /// The status tailer, taken when the namespace closes.
     tailer: Mutex<Option<Tailer>>,
     /// Delivery to the targets, taken when the namespace closes.
@@ -98,7 +99,17 @@ impl Namespace {
             .as_ref()
             .filter(|_| config.producer.is_embedded())
             .map(|backend| start_tailer(config, backend, status, &components));
-        let deliveries = Arc::new(DeliveryCounters::default());
+        let pauses_at = namespace_dir(data_dir, &config.namespace).join("paused.json");
+        let pauses = Pauses::open(&pauses_at).unwrap_or_else(|e| {
+            // What an operator paused is not delivered on a guess: all of it waits.
+            error!(namespace = %config.namespace, error = %e, "Pauses unreadable: the namespace's delivery is paused until resumed.");
+            Pauses::paused_at(&pauses_at)
+        });
+        let kept = Kept {
+            counters: Arc::new(DeliveryCounters::default()),
+            pauses: Arc::new(pauses),
+            components,
+        };
         let delivery = backend.as_ref().map(|backend| {
             Delivery::start(
                 config,
@@ -106,8 +117,7 @@ impl Namespace {
                 backend.clone(),
                 status.clone(),
                 tailer.as_ref().map(|t| t.indexed.clone()),
-                deliveries.clone(),
-                &components,
+                &kept,
             )
         });
         Self {
@@ -121,9 +131,8 @@ impl Namespace {
             backend,
             failure,
             counters: Arc::default(),
-            deliveries,
             idempotency,
-            components,
+            kept,
             tailer: Mutex::new(tailer),
         }
     }
@@ -149,9 +158,12 @@ impl Namespace {
             backend: self.backend.clone(),
             failure: self.failure.clone(),
             counters: self.counters.clone(),
-            deliveries: self.deliveries.clone(),
+            kept: Kept {
+                counters: self.kept.counters.clone(),
+                pauses: self.kept.pauses.clone(),
+                components: self.kept.components.clone(),
+            },
             idempotency: self.idempotency.clone(),
-            components: self.components.clone(),
             pipeline,
         }
     }
@@ -176,7 +188,7 @@ impl Namespace {
             if let Some(old) = take(&self.tailer) {
                 old.stop().await;
             }
-            let tailer = start_tailer(config, backend, status, &self.components);
+            let tailer = start_tailer(config, backend, status, &self.kept.components);
             if let Ok(mut slot) = self.tailer.lock() {
                 *slot = Some(tailer);
             }
@@ -187,8 +199,7 @@ impl Namespace {
             backend.clone(),
             status.clone(),
             self.status_indexed(),
-            self.deliveries.clone(),
-            &self.components,
+            &self.kept,
         );
         if let Ok(mut slot) = self.delivery.lock() {
             *slot = Some(delivery);
@@ -226,6 +237,11 @@ impl Namespace {
         self.with_delivery(Delivery::failure).flatten()
     }
 
+    /// Each target's circuit breaker, once delivery built the targets.
+    pub fn circuits(&self) -> std::collections::BTreeMap<String, CircuitStatus> {
+        self.with_delivery(Delivery::circuits).unwrap_or_default()
+    }
+
     /// `f` of the namespace's delivery, while it has one.
     fn with_delivery<T>(&self, f: impl FnOnce(&Delivery) -> T) -> Option<T> {
         self.delivery.lock().ok()?.as_ref().map(f)
@@ -236,7 +252,7 @@ impl Namespace {
     /// reached (writes get 503 and everything resumes when it is back), else `running`.
     pub fn health(&self) -> serde_json::Value {
         let backend_error = self.backend.as_ref().and_then(|b| b.unavailable());
-        let failing = self.components.failing();
+        let failing = self.kept.components.failing();
         // A failed embedded log stays failed until an operator steps in; a shared
         // backend that cannot be reached comes back by itself.
         let local = self.pipeline.config.producer.is_embedded();
@@ -258,7 +274,7 @@ impl Namespace {
         if let Some(error) = self.delivery_failure() {
             health["delivery_error"] = json!(error);
         }
-        health["components"] = json!(self.components.statuses());
+        health["components"] = json!(self.kept.components.statuses());
         if let Some(log) = self.backend.as_ref().and_then(|b| b.log_position()) {
             health["log"] = json!({
                 "first_offset": log.first_offset,

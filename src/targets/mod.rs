@@ -18,7 +18,7 @@ use toml::de::DeTable;
 use crate::config::checks::Checks;
 use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
-use crate::config::policy::RetryOverride;
+use crate::config::policy::{BreakerPolicy, RetryOverride};
 use crate::probe::Unreachable;
 pub use delivery::{BatchError, DeliveryError, Message, ValueShape};
 
@@ -30,6 +30,9 @@ pub struct TargetConfig {
     /// Replaces keys of the namespace's `[consumer.retry]` for this target.
     /// Default: none.
     pub retry: Option<RetryOverride>,
+    /// When this target stops being tried for a while (`circuit_breaker = {...}`).
+    /// Default: on, 5 failures in a row, 1s cool-down doubling up to 1m.
+    pub circuit_breaker: BreakerPolicy,
     #[serde(flatten)]
     pub kind: TargetKind,
 }
@@ -41,6 +44,8 @@ struct TargetCommon {
     pub name: String,
     #[serde(default)]
     pub retry: Option<RetryOverride>,
+    #[serde(default)]
+    pub circuit_breaker: BreakerPolicy,
 }
 
 /// A target's own keys, by `type`.
@@ -63,8 +68,10 @@ impl TargetConfig {
         mut table: Spanned<DeTable<'i>>,
     ) -> Option<Self> {
         let kind = doc.take_type(&mut table, "target", KINDS);
-        let common: Option<TargetCommon> =
-            doc.section(Document::split(&mut table, &["name", "retry"]));
+        let common: Option<TargetCommon> = doc.section(Document::split(
+            &mut table,
+            &["name", "retry", "circuit_breaker"],
+        ));
         let kind = match kind?.as_str() {
             "postgres" => TargetKind::Postgres(doc.section(table)?),
             "redis" => TargetKind::Redis(doc.section(table)?),
@@ -76,6 +83,7 @@ impl TargetConfig {
         Some(Self {
             name: common.name,
             retry: common.retry,
+            circuit_breaker: common.circuit_breaker,
             kind,
         })
     }

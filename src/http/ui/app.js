@@ -172,13 +172,16 @@ function renderNamespace(data, name) {
   if (!ns) return [el("p", {}, `No namespace “${name}” runs now. `, el("a", { href: "#/" }, "All namespaces"))];
   const card = (label, value, field) => el("div", { class: "card" }, el("b", { "data-field": field }, value), el("span", {}, label));
   const targets = el("div", { class: "table-wrap" }, el("table", { "aria-labelledby": "targets-title" },
-    el("thead", {}, el("tr", {}, ["Target", "Type", "Delivered", "Retried", "Dead-lettered", "Last error"].map((h, i) =>
+    el("thead", {}, el("tr", {}, ["Target", "Type", "Delivered", "Retried", "Dead-lettered", "Last error", "State", ""].map((h, i) =>
       el("th", { scope: "col", class: i >= 2 && i <= 4 ? "num" : null }, h)))),
     el("tbody", {}, ns.targets.map((t) => el("tr", { "data-target": t.name },
       el("th", { scope: "row" }, t.name), el("td", {}, t.type),
       el("td", { class: "num" }, t.delivery.delivered), el("td", { class: "num" }, t.delivery.retried),
       el("td", { class: "num" }, t.delivery.dead_lettered),
-      el("td", { class: "error-text" }, t.delivery.last_error ? `${when(t.delivery.last_error_at_ms)} ${t.delivery.last_error}` : ""))))));
+      el("td", { class: "error-text" }, t.delivery.last_error ? `${when(t.delivery.last_error_at_ms)} ${t.delivery.last_error}` : ""),
+      el("td", { "data-field": "target-state", class: targetState(t) === "delivering" ? null : "error-text" }, targetState(t)),
+      el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": `${t.paused ? "Resume" : "Pause"} ${t.name}`,
+        onclick: () => setPaused(name, t.name, !t.paused) }, t.paused ? "Resume" : "Pause")))))));
   return [
     el("p", {}, el("a", { href: "#/" }, "← All namespaces")),
     el("h2", {}, name, " ", badge(ns.state)),
@@ -266,6 +269,25 @@ async function loadAdmin(name) {
   }
   view.name = name;
   renderAdmin();
+}
+
+// A target's state: paused by an operator, its circuit open or half-open, or delivering.
+function targetState(t) {
+  if (t.paused) return "paused";
+  const circuit = t.circuit || {};
+  if (circuit.state === "open") return `circuit open since ${when(circuit.since_ms)}`;
+  if (circuit.state === "half_open") return "circuit half-open: probing";
+  return "delivering";
+}
+
+async function setPaused(name, target, paused) {
+  const verb = paused ? "pause" : "resume";
+  try {
+    await api(`/api/v1/admin/namespaces/${encodeURIComponent(name)}/${verb}?target=${encodeURIComponent(target)}`, { method: "POST", admin: true });
+  } catch (e) {
+    view.outcome = `${paused ? "Pause" : "Resume"} refused: ${e.message}`;
+  }
+  await poll();
 }
 
 async function replay(name, request) {

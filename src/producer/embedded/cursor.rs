@@ -68,6 +68,20 @@ impl CursorStore {
     }
 }
 
+impl CursorStore {
+    /// Forgets the group's cursor, so that it holds nothing back; a group without one
+    /// is left as it is.
+    pub fn remove(&self, group: &str) -> Result<(), LogError> {
+        check_group(group)?;
+        let path = self.path(group);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir).map_err(|e| LogError::io("syncing", &self.dir, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LogError::io("removing a cursor", &path, e)),
+        }
+    }
+}
+
 /// Group names become file names: `[a-z0-9][a-z0-9_.-]{0,127}`.
 fn check_group(group: &str) -> Result<(), LogError> {
     let valid = !group.is_empty()

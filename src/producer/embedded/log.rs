@@ -309,6 +309,19 @@ impl Log {
         self.shared.cursors.store(group, next_offset)
     }
 
+    /// Gives `group` a cursor where `from` stands, unless it has one (blocking I/O).
+    pub fn branch(&self, group: &str, from: &str) -> Result<(), LogError> {
+        if self.shared.cursors.load(group)?.is_none() {
+            self.commit(group, self.cursor(from)?)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a group's cursor, so that retention no longer waits for it (blocking I/O).
+    pub fn forget(&self, group: &str) -> Result<(), LogError> {
+        self.shared.cursors.remove(group)
+    }
+
     /// Moves a group's cursor, for replay (blocking I/O).
     pub fn seek(&self, group: &str, position: Position) -> Result<u64, LogError> {
         let offset = match position {

@@ -144,6 +144,20 @@ impl Backend for Embedded {
         }))
     }
 
+    fn reads_per_target(&self) -> bool {
+        true
+    }
+
+    async fn branch_group(&self, group: &str, from: &str) -> Result<(), BackendError> {
+        let (log, group, from) = (self.0.log.clone(), group.to_string(), from.to_string());
+        Ok(blocking(move || log.branch(&group, &from)).await?)
+    }
+
+    async fn forget_group(&self, group: &str) -> Result<(), BackendError> {
+        let (log, group) = (self.0.log.clone(), group.to_string());
+        Ok(blocking(move || log.forget(&group)).await?)
+    }
+
     async fn dead_letter(&self, records: Vec<Record>) -> Result<(), BackendError> {
         self.0.dlq.append(records).await?;
         Ok(())

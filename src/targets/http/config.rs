@@ -34,9 +34,25 @@ pub struct Config {
     /// Default: [408, 425, 429, 500, 502, 503, 504].
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<u16>,
-    /// Signs each body with HMAC-SHA256 in `X-Wald-Signature`. Default: none.
+    /// Signs each request the Standard Webhooks way (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`), once with each secret (`whsec_` and base64), so that a
+    /// receiver can rotate: list the new secret beside the old until it switched.
+    /// Default: none.
+    #[serde(default)]
+    pub signing_secrets: Vec<Secret<String>>,
+    /// Legacy: signs each body with HMAC-SHA256 in `X-Wald-Signature`. Default: none.
     #[serde(default)]
     pub hmac_secret: Option<Secret<String>>,
+}
+
+/// The key of a Standard Webhooks secret (`whsec_<base64>`), if it is one.
+pub fn webhook_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let encoded = secret.strip_prefix("whsec_")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .filter(|key| key.len() >= 16)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -66,6 +82,9 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "idempotency-key",
     "x-wald-signature",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
     "transfer-encoding",
 ];
 
@@ -110,6 +129,16 @@ impl Config {
                     &path,
                     format!("`{name}` is set by wald on every request"),
                     "remove it from `headers`",
+                );
+            }
+        }
+        for (i, secret) in self.signing_secrets.iter().enumerate() {
+            if webhook_key(secret.expose()).is_none() {
+                checks.error(
+                    Code::InvalidValue,
+                    &at.key("signing_secrets").index(i),
+                    "a signing secret is `whsec_` followed by at least 16 bytes in base64",
+                    "make one with `echo whsec_$(head -c 32 /dev/urandom | base64)` and pass it from an environment variable",
                 );
             }
         }

@@ -1,5 +1,6 @@
 //! The HTTP target: a webhook called once per message, with an `Idempotency-Key` header
-//! and an optional HMAC-SHA256 signature of the body.
+//! and Standard Webhooks signatures (<https://www.standardwebhooks.com>), or the legacy
+//! HMAC-SHA256 of the body in `X-Wald-Signature`.
 //! Its table and checks are in `config.rs`.
 
 pub mod config;
@@ -15,6 +16,8 @@ const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600
 pub struct HttpTarget {
     client: reqwest::Client,
     config: Config,
+    /// The keys of `signing_secrets`, decoded once.
+    signing_keys: Vec<Vec<u8>>,
 }
 
 impl HttpTarget {
@@ -23,9 +26,18 @@ impl HttpTarget {
             .timeout(config.timeout.get())
             .build()
             .map_err(|e| DeliveryError::permanent(format!("building the HTTP client: {e}")))?;
+        let signing_keys = config
+            .signing_secrets
+            .iter()
+            .map(|s| {
+                webhook_key(s.expose())
+                    .ok_or_else(|| DeliveryError::permanent("a signing secret is not `whsec_...`"))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             client,
             config: config.clone(),
+            signing_keys,
         })
     }
 
@@ -54,6 +66,15 @@ impl HttpTarget {
             .header("idempotency-key", &message.message_id);
         for (name, value) in &self.config.headers {
             request = request.header(name, value.expose());
+        }
+        if !self.signing_keys.is_empty() {
+            let timestamp = crate::message::now_ms() / 1000;
+            let signatures =
+                webhook_signatures(&self.signing_keys, &message.message_id, timestamp, &body);
+            request = request
+                .header("webhook-id", &message.message_id)
+                .header("webhook-timestamp", timestamp)
+                .header("webhook-signature", signatures);
         }
         if let Some(secret) = &self.config.hmac_secret {
             request = request.header("x-wald-signature", sign(secret.expose(), &body));
@@ -97,6 +118,27 @@ fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` under each key, separated by
+/// spaces: the Standard Webhooks `webhook-signature` header.
+fn webhook_signatures(keys: &[Vec<u8>], id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    keys.iter()
+        .map(|key| {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key)
+                .expect("HMAC takes keys of any length");
+            mac.update(format!("{id}.{timestamp}.").as_bytes());
+            mac.update(body);
+            let signature = mac.finalize().into_bytes();
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(signature)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The URL without credentials or query, for errors and logs.
 fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
@@ -112,6 +154,22 @@ fn redacted(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn standard_webhooks_signatures_match_the_specification_example() {
+        // The example of the Standard Webhooks specification's reference libraries.
+        let key = super::webhook_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("key");
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            super::webhook_signatures(
+                &[key.clone(), key],
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                body
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
     #[test]
     fn the_signature_is_hmac_sha256_of_the_body() {
         // RFC 4231, test case 2.
