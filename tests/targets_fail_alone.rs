@@ -409,3 +409,43 @@ async fn wait_for(done: impl Fn() -> Result<bool>) -> Result {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rate_limited_target_never_exceeds_its_rate() -> Result {
+    let hook = Hook::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let at = listener.local_addr()?;
+    tokio::spawn(serve_hook(hook.clone(), listener));
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    std::fs::write(
+        pipes.join("shop.toml"),
+        format!(
+            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [consumer]\nconcurrency = 4\n\
+             [[target]]\nname = \"partner\"\ntype = \"http\"\nurl = \"http://{at}/hook\"\n\
+             body = \"payload\"\nrate_limit = {{ per_second = 20, burst = 5 }}\nmax_in_flight = 2\n"
+        ),
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    write(&server, 0, 100).await?;
+    let took = received(&hook, 100, Duration::from_secs(30)).await?;
+    eprintln!("100 messages at 20/s (burst 5) in {took:?}");
+    // Counted at the receiver: in any second, at most the rate plus the burst (and one
+    // message of tolerance for the clocks of two processes).
+    let times: Vec<Instant> = hook.received().iter().map(|(_, _, t)| *t).collect();
+    for (i, start) in times.iter().enumerate() {
+        let within = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+            .count();
+        assert!(within <= 20 + 5 + 1, "{within} messages within a second");
+    }
+    assert!(
+        took >= Duration::from_millis(4000),
+        "95 messages past the burst at 20/s take 4.75 s, not {took:?}"
+    );
+    stop(server.child).await?;
+    Ok(())
+}

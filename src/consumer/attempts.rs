@@ -72,6 +72,29 @@ impl Consumer {
                         break;
                     }
                 };
+                // The target's own bounds: at most `max_in_flight` messages at once
+                // over its lanes, at most `rate_limit` a second.
+                let _in_flight = match &route.in_flight {
+                    Some(bound) => {
+                        chosen.truncate(bound.available_permits().max(1));
+                        let permits = chosen.len() as u32;
+                        Some(
+                            bound
+                                .clone()
+                                .acquire_many_owned(permits)
+                                .await
+                                .map_err(|_| Stopped)?,
+                        )
+                    }
+                    None => None,
+                };
+                if let Some(rate) = &route.rate {
+                    chosen.truncate(rate.burst().max(1) as usize);
+                    while let Err(wait) = rate.take(chosen.len() as u32, std::time::Instant::now())
+                    {
+                        self.sleep(wait).await?;
+                    }
+                }
                 let batch: Vec<Message> = chosen
                     .iter()
                     .map(|&i| Message::of_record(&self.namespace, &run[i].record))
@@ -108,7 +131,16 @@ impl Consumer {
                 // A retriable failure is the target's as much as the message's: the
                 // breaker counts it; one while the target is known to be down (a
                 // probe) is not the message's attempt.
-                if e.retriable && !route.breaker.failed(&e.message, e.retry_after) {
+                if let (true, Some(wait)) = (e.retriable, e.retry_after) {
+                    route.breaker.asked_to_wait(wait);
+                }
+                // The message's last attempt is its own failure, not the target's: it
+                // goes to the DLQ and counts toward no opening.
+                let last = run[i]
+                    .pending
+                    .get(name)
+                    .is_some_and(|t| t.attempts + 1 >= route.policy.max_attempts);
+                if e.retriable && !route.breaker.failed(&e.message, e.retry_after, last) {
                     let (error, at_ms) = (e.message.as_str(), now_ms());
                     self.counters
                         .record(name, Outcome::Retried { error, at_ms });

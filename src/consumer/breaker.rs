@@ -72,6 +72,8 @@ struct State {
     probing: bool,
     /// The cool-down the next opening waits.
     cool_down: Duration,
+    /// Nothing is tried before then: the target answered `Retry-After`.
+    not_before: Option<Instant>,
     status: CircuitStatus,
 }
 
@@ -85,6 +87,7 @@ impl Breaker {
                 open_until: None,
                 probing: false,
                 cool_down: policy.cool_down.get(),
+                not_before: None,
                 status: CircuitStatus::default(),
             }),
             policy,
@@ -103,7 +106,10 @@ impl Breaker {
             return Permit::Wait(now + PROBE_POLL);
         }
         match s.open_until {
-            None => Permit::Deliver,
+            None => match s.not_before {
+                Some(at) if now < at => Permit::Wait(at),
+                _ => Permit::Deliver,
+            },
             Some(until) if now < until => Permit::Wait(until),
             Some(_) => {
                 s.probing = true;
@@ -131,11 +137,17 @@ impl Breaker {
 
     /// A retriable failure, with the wait the target asked for. Whether the failure
     /// counts against the message: not when it was a probe (the target is down, not
-    /// the message wrong).
-    pub fn failed(&self, error: &str, retry_after: Option<Duration>) -> bool {
+    /// the message wrong). A message's `last_attempt` sends it to the DLQ: a message
+    /// that fails alone, again and again, says nothing of the target, so the run of
+    /// failures starts over.
+    pub fn failed(&self, error: &str, retry_after: Option<Duration>, last_attempt: bool) -> bool {
         let mut s = self.state();
         let was_probe = std::mem::take(&mut s.probing);
         if !self.policy.enabled {
+            return true;
+        }
+        if last_attempt && !was_probe {
+            s.failures = 0;
             return true;
         }
         if !was_probe {
@@ -160,6 +172,14 @@ impl Breaker {
             warn!(namespace = %self.namespace, target = %self.target, cool_down_ms = cool_down.as_millis() as u64, error, "Target keeps failing: circuit opened.");
         }
         !was_probe
+    }
+
+    /// The target asked not to be called for `wait` (`Retry-After`): no lane tries it
+    /// before then, whatever the message.
+    pub fn asked_to_wait(&self, wait: Duration) {
+        let mut s = self.state();
+        let until = Instant::now() + wait;
+        s.not_before = Some(s.not_before.map_or(until, |at| at.max(until)));
     }
 
     /// A probe that ended without an answer (the lane stopped): another lane probes.
@@ -193,13 +213,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_failures_in_a_row_and_a_success_resets_the_count() {
         let b = breaker();
-        assert!(b.failed("e", None));
-        assert!(b.failed("e", None));
+        assert!(b.failed("e", None, false));
+        assert!(b.failed("e", None, false));
         b.succeeded();
-        assert!(b.failed("e", None));
-        assert!(b.failed("e", None));
+        assert!(b.failed("e", None, false));
+        assert!(b.failed("e", None, false));
         assert_eq!(b.permit(), Permit::Deliver);
-        assert!(b.failed("e", None), "the failure that opens it counts");
+        assert!(
+            b.failed("e", None, false),
+            "the failure that opens it counts"
+        );
         assert_eq!(b.status().state, CircuitState::Open);
         assert_eq!(
             b.permit(),
@@ -211,7 +234,7 @@ mod tests {
     async fn one_probe_after_the_cool_down_which_doubles_up_to_its_cap() -> Result<(), String> {
         let b = breaker();
         for _ in 0..3 {
-            b.failed("down", None);
+            b.failed("down", None, false);
         }
         for expected in [1, 2, 4, 4] {
             let Permit::Wait(until) = b.permit() else {
@@ -224,7 +247,7 @@ mod tests {
             assert_eq!(b.status().state, CircuitState::HalfOpen);
             assert!(matches!(b.permit(), Permit::Wait(_)), "one probe at a time");
             assert!(
-                !b.failed("still down", None),
+                !b.failed("still down", None, false),
                 "a probe is not the message's attempt"
             );
         }
@@ -239,7 +262,7 @@ mod tests {
         assert_eq!(b.permit(), Permit::Deliver);
         // Closed again, the cool-down starts over.
         for _ in 0..3 {
-            b.failed("down", None);
+            b.failed("down", None, false);
         }
         assert_eq!(
             b.permit(),
@@ -249,15 +272,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_message_dead_lettered_after_its_attempts_starts_the_run_over() {
+        let b = breaker();
+        assert!(b.failed("e", None, false));
+        assert!(b.failed("e", None, false));
+        assert!(b.failed("e", None, true), "its last attempt: to the DLQ");
+        assert!(b.failed("e", None, false));
+        assert!(b.failed("e", None, false));
+        assert_eq!(b.permit(), Permit::Deliver);
+        assert!(b.failed("e", None, false));
+        assert_eq!(b.status().state, CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_longer_retry_after_is_waited_out() {
         let b = breaker();
         for _ in 0..3 {
-            b.failed("429", Some(Duration::from_secs(30)));
+            b.failed("429", Some(Duration::from_secs(30)), false);
         }
         assert_eq!(
             b.permit(),
             Permit::Wait(Instant::now() + Duration::from_secs(30))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_holds_the_whole_target_while_closed() {
+        let b = breaker();
+        b.asked_to_wait(Duration::from_secs(2));
+        assert_eq!(
+            b.permit(),
+            Permit::Wait(Instant::now() + Duration::from_secs(2))
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(b.permit(), Permit::Deliver);
+        assert_eq!(b.status().state, CircuitState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -271,7 +320,7 @@ mod tests {
             },
         );
         for _ in 0..100 {
-            assert!(b.failed("e", None));
+            assert!(b.failed("e", None, false));
         }
         assert_eq!(b.permit(), Permit::Deliver);
     }

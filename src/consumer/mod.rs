@@ -60,6 +60,7 @@ use crate::pipeline::config::PipelineConfig;
 use crate::producer::{Backend, BackendError};
 use crate::runtime::counters::DeliveryCounters;
 use crate::shutdown::{Shutdown, Stopping};
+use crate::source::limits::TokenBucket;
 use crate::status::StatusStore;
 use crate::targets::Target;
 use breaker::{Breaker, CircuitStatus};
@@ -157,6 +158,10 @@ pub struct Route {
     pub target: Target,
     pub policy: RetryPolicy,
     pub breaker: Breaker,
+    /// `rate_limit`: the most messages a second, over all lanes.
+    pub rate: Option<TokenBucket>,
+    /// `max_in_flight`: the most messages in delivery at once, over all lanes.
+    pub in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The parts of delivery that report their health on their own.
@@ -215,6 +220,10 @@ impl Targets {
                     target,
                     policy,
                     breaker,
+                    rate: t.rate_limit.map(TokenBucket::new),
+                    in_flight: t
+                        .max_in_flight
+                        .map(|max| Arc::new(tokio::sync::Semaphore::new(max as usize))),
                 }),
             );
         }

@@ -72,6 +72,18 @@ pub fn validate_pipeline(config: &PipelineConfig) -> Vec<Finding> {
         target
             .circuit_breaker
             .validate(&mut checks, &at.key("circuit_breaker"));
+        if let Some(limit) = &target.rate_limit {
+            limit.validate(&mut checks, &at.key("rate_limit"));
+        }
+        if let Some(max) = target.max_in_flight {
+            checks.range(
+                Code::InvalidValue,
+                &at.key("max_in_flight"),
+                max,
+                1,
+                100_000,
+            );
+        }
         if let Some(retry) = &target.retry {
             retry.validate(&mut checks, &at.key("retry"), &config.consumer.retry);
         }

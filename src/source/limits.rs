@@ -26,6 +26,11 @@ impl TokenBucket {
         }
     }
 
+    /// The most tokens it keeps: more are never there at once.
+    pub fn burst(&self) -> u32 {
+        self.burst as u32
+    }
+
     /// Takes `n` tokens, or says how long until they would be there.
     pub fn take(&self, n: u32, now: Instant) -> Result<(), Duration> {
         let n = f64::from(n);

@@ -18,7 +18,7 @@ use toml::de::DeTable;
 use crate::config::checks::Checks;
 use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
-use crate::config::policy::{BreakerPolicy, RetryOverride};
+use crate::config::policy::{BreakerPolicy, RateLimit, RetryOverride};
 use crate::probe::Unreachable;
 pub use delivery::{BatchError, DeliveryError, Message, ValueShape};
 
@@ -33,6 +33,12 @@ pub struct TargetConfig {
     /// When this target stops being tried for a while (`circuit_breaker = {...}`).
     /// Default: on, 5 failures in a row, 1s cool-down doubling up to 1m.
     pub circuit_breaker: BreakerPolicy,
+    /// The most messages a second delivered to this target (`rate_limit = {
+    /// per_second, burst }`). Default: none.
+    pub rate_limit: Option<RateLimit>,
+    /// The most messages in delivery to this target at once, over all lanes.
+    /// Default: none (each lane's run). Range: 1..=100000.
+    pub max_in_flight: Option<u32>,
     #[serde(flatten)]
     pub kind: TargetKind,
 }
@@ -46,6 +52,10 @@ struct TargetCommon {
     pub retry: Option<RetryOverride>,
     #[serde(default)]
     pub circuit_breaker: BreakerPolicy,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 /// A target's own keys, by `type`.
@@ -70,7 +80,13 @@ impl TargetConfig {
         let kind = doc.take_type(&mut table, "target", KINDS);
         let common: Option<TargetCommon> = doc.section(Document::split(
             &mut table,
-            &["name", "retry", "circuit_breaker"],
+            &[
+                "name",
+                "retry",
+                "circuit_breaker",
+                "rate_limit",
+                "max_in_flight",
+            ],
         ));
         let kind = match kind?.as_str() {
             "postgres" => TargetKind::Postgres(doc.section(table)?),
@@ -84,6 +100,8 @@ impl TargetConfig {
             name: common.name,
             retry: common.retry,
             circuit_breaker: common.circuit_breaker,
+            rate_limit: common.rate_limit,
+            max_in_flight: common.max_in_flight,
             kind,
         })
     }
