@@ -66,6 +66,9 @@ use crate::targets::Target;
 use breaker::{Breaker, CircuitStatus};
 use pause::Pauses;
 
+/// Longest time completed deliveries wait for their cursor commit while others are
+/// still in flight (each commit costs two syncs).
+const COMMIT_EVERY: Duration = Duration::from_millis(50);
 /// Longest time a target may take to be built (a reload or a start waits for it).
 const BUILD_DEADLINE: Duration = Duration::from_secs(30);
 /// A run of the consumer that lasted this long before it failed was healthy: the next
@@ -521,6 +524,6 @@ async fn follow_lowest(
             () = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {}
         }
         // Commits cost syncs: one at most every so often.
-        tokio::time::sleep(reader::COMMIT_EVERY).await;
+        tokio::time::sleep(COMMIT_EVERY).await;
     }
 }

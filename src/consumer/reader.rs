@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use super::recorder::Outcomes;
-use super::{Consumer, Role};
+use super::{COMMIT_EVERY, Consumer, Role};
 use crate::component::{Backoff, Stopped, keep_trying, sleep_unless_stopped};
 use crate::consumer::config::Order;
 use crate::message::now_ms;
@@ -19,9 +19,6 @@ use crate::producer::BackendError;
 
 /// Messages waiting per lane; with the lanes, bounds what delivery holds in memory.
 pub(super) const LANE_DEPTH: usize = 256;
-/// Longest time completed deliveries wait for their cursor commit while others are
-/// still in flight (each commit costs two syncs).
-pub(super) const COMMIT_EVERY: Duration = Duration::from_millis(50);
 
 impl Consumer {
     /// Reads the log and hands each message to a lane; commits the cursor up to the
