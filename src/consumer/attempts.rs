@@ -52,14 +52,12 @@ impl Consumer {
                 }
                 // Paused, or an open circuit: nothing is tried, and what waits is no
                 // attempt.
-                if self.pauses.holds(name) {
-                    let until = tokio::time::Instant::now() + PAUSE_POLL;
-                    for &i in &chosen {
-                        hold(self.lane_key(&run[i].record), until);
-                    }
-                    break;
-                }
-                let probe = match route.breaker.permit() {
+                let permit = if self.pauses.holds(name) {
+                    Permit::Wait(tokio::time::Instant::now() + PAUSE_POLL)
+                } else {
+                    route.breaker.permit()
+                };
+                let probe = match permit {
                     Permit::Deliver => false,
                     Permit::Probe => {
                         chosen.truncate(1);
@@ -123,19 +121,17 @@ impl Consumer {
                     run[i].updates.push(update);
                 }
                 let Err(failed) = result else {
-                    route.breaker.succeeded();
                     break;
                 };
                 let (i, message, e) = (chosen[reached], &batch[reached], &failed.error);
                 let key = self.lane_key(&run[i].record);
-                // A retriable failure is the target's as much as the message's: the
-                // breaker counts it; one while the target is known to be down (a
-                // probe) is not the message's attempt.
                 if let (true, Some(wait)) = (e.retriable, e.retry_after) {
                     route.breaker.asked_to_wait(wait);
                 }
-                // The message's last attempt is its own failure, not the target's: it
-                // goes to the DLQ and counts toward no opening.
+                // A retriable failure is the target's as much as the message's: the
+                // breaker counts it; one while the target is known to be down (a
+                // probe) is not the message's attempt. The message's last attempt is
+                // its own failure: it goes to the DLQ and counts toward no opening.
                 let last = run[i]
                     .pending
                     .get(name)
@@ -164,8 +160,7 @@ impl Consumer {
                     .get_or_insert_with(|| (e.message.clone(), failed_at))
                     .clone();
                 let (error, at_ms) = (e.message.as_str(), failed_at);
-                let policy = &route.policy;
-                if !e.retriable || attempts >= policy.max_attempts {
+                if !e.retriable || last {
                     self.counters
                         .record(name, Outcome::DeadLettered { error, at_ms });
                     self.dead_letter(&run[i].record, name, attempts, &first, e, failed_at)
@@ -190,8 +185,8 @@ impl Consumer {
                 let _ = self
                     .record_status(&[update], message.offset, &accepted)
                     .await;
-                let due =
-                    tokio::time::Instant::now() + retry::next_wait(policy, attempts, e.retry_after);
+                let due = tokio::time::Instant::now()
+                    + retry::next_wait(&route.policy, attempts, e.retry_after);
                 hold(key.clone(), due);
                 blocked.insert(key);
                 // A target that is down fails every key in turn: stopping does not

@@ -301,14 +301,11 @@ impl Delivery {
             let runs = consumers
                 .into_iter()
                 .map(|consumer| Arc::new(consumer).run_until_stopped(&running));
-            match cursor {
-                Some(cursor) => {
-                    tokio::join!(futures::future::join_all(runs), cursor);
+            tokio::join!(futures::future::join_all(runs), async {
+                if let Some(cursor) = cursor {
+                    cursor.await;
                 }
-                None => {
-                    futures::future::join_all(runs).await;
-                }
-            }
+            });
         });
         Self {
             failure,

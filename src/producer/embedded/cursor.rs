@@ -66,9 +66,7 @@ impl CursorStore {
         let path = self.path(group);
         write_atomically(&path, &format::encode_cursor(next_offset))
     }
-}
 
-impl CursorStore {
     /// Forgets the group's cursor, so that it holds nothing back; a group without one
     /// is left as it is.
     pub fn remove(&self, group: &str) -> Result<(), LogError> {
