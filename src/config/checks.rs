@@ -59,6 +59,27 @@ impl Checks {
         }
     }
 
+    /// The duration at `path` must not be shorter than the one at key `lower_key` of
+    /// the same table (a cap below its start).
+    pub fn not_shorter<T: PartialOrd + Display>(
+        &mut self,
+        code: Code,
+        path: &KeyPath,
+        value: T,
+        lower_key: &str,
+        lower: T,
+    ) {
+        if value < lower {
+            let key = last_key(path);
+            self.error(
+                code,
+                path,
+                format!("`{key}` ({value}) is shorter than `{lower_key}` ({lower})"),
+                format!("raise `{key}` or lower `{lower_key}`"),
+            );
+        }
+    }
+
     /// `raw` must be a URL with one of `schemes`. Returns it when it is.
     pub fn url(&mut self, path: &KeyPath, raw: &str, schemes: &[&str]) -> Option<url::Url> {
         let key = last_key(path);

@@ -124,17 +124,13 @@ impl RetryPolicy {
                 "set `initial_backoff` to at least \"1ms\"; \"200ms\" is a good start",
             );
         }
-        if retry.max_backoff < retry.initial_backoff {
-            checks.error(
-                Code::InvalidRetry,
-                &at.key("max_backoff"),
-                format!(
-                    "`max_backoff` ({}) is shorter than `initial_backoff` ({})",
-                    retry.max_backoff, retry.initial_backoff
-                ),
-                "raise `max_backoff` or lower `initial_backoff`",
-            );
-        }
+        checks.not_shorter(
+            Code::InvalidRetry,
+            &at.key("max_backoff"),
+            retry.max_backoff,
+            "initial_backoff",
+            retry.initial_backoff,
+        );
         if retry.max_backoff.get() > std::time::Duration::from_secs(24 * 3600) {
             checks.error(
                 Code::InvalidRetry,
@@ -211,16 +207,12 @@ impl BreakerPolicy {
                 "set `cool_down` to at least \"10ms\"; \"1s\" is a good start",
             );
         }
-        if self.max_cool_down < self.cool_down {
-            checks.error(
-                Code::InvalidValue,
-                &at.key("max_cool_down"),
-                format!(
-                    "`max_cool_down` ({}) is shorter than `cool_down` ({})",
-                    self.max_cool_down, self.cool_down
-                ),
-                "raise `max_cool_down` or lower `cool_down`",
-            );
-        }
+        checks.not_shorter(
+            Code::InvalidValue,
+            &at.key("max_cool_down"),
+            self.max_cool_down,
+            "cool_down",
+            self.cool_down,
+        );
     }
 }
