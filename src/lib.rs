@@ -28,6 +28,8 @@
 //!      Redis).
 //!    - [`kafka`]: what the Kafka backend and target share; [`probe`]: the reachability
 //!      checks several plugins share.
+//!    - [`alerts`]: `[alerts]` of `wald.toml`: signed events to an operator's endpoint
+//!      (a message dead-lettered, a circuit opened or closed, a file quarantined).
 //! 3. **Runtime**, what runs:
 //!    - [`source`]: the write use case (a message made a record, idempotency keys,
 //!      admission, the append), with its own error.
@@ -42,6 +44,7 @@
 //!    JSON answers with stable codes; the router and its layers; the accept loop.
 //! 5. **CLI** ([`cli`]): the `wald` subcommands, and `serve`, the service's whole life.
 
+pub mod alerts;
 pub mod cli;
 pub mod component;
 pub mod config;

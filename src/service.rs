@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::config::AlertsConfig;
 use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, Diagnostic, KeyPath, Severity};
 use crate::config::env::Lookup;
@@ -41,6 +42,8 @@ pub struct ServiceConfig {
     pub http: HttpLimits,
     /// `[status_store]`: where transaction status is kept.
     pub status_store: StatusStoreConfig,
+    /// `[alerts]`: where alerts are posted. Default: none (no alerts).
+    pub alerts: Option<AlertsConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -56,6 +59,7 @@ impl Default for ServiceConfig {
             shutdown_timeout: HumanDuration::from_secs(30),
             http: HttpLimits::default(),
             status_store: StatusStoreConfig::default(),
+            alerts: None,
         }
     }
 }
@@ -166,6 +170,9 @@ impl ServiceConfig {
         }
         self.status_store
             .validate(&mut checks, &root.key("status_store"));
+        if let Some(alerts) = &self.alerts {
+            alerts.validate(&mut checks, &root.key("alerts"));
+        }
         checks.findings
     }
 }

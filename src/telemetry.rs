@@ -51,4 +51,5 @@ pub mod metric {
     pub const QUARANTINED_FILES: &str = "wald_quarantined_files";
     pub const COMPONENT_UP: &str = "wald_component_up";
     pub const COMPONENT_FAILURES: &str = "wald_component_failures_total";
+    pub const ALERTS: &str = "wald_alerts_total";
 }

@@ -17,7 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "plugins",
-        &["producer", "targets", "status", "kafka", "probe"],
+        &["producer", "targets", "status", "kafka", "probe", "alerts"],
     ),
     (
         "runtime",

@@ -10,11 +10,13 @@ use super::Consumer;
 use super::breaker::Permit;
 use super::lane::{InFlight, LaneKey};
 use super::retry;
+use crate::alerts::Alert;
 use crate::component::{Stopped, keep_trying};
 use crate::message::now_ms;
 use crate::message::{
     HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR, HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR,
-    HEADER_DLQ_LAST_FAILED_MS, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, Record, StoredRecord,
+    HEADER_DLQ_LAST_FAILED_MS, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID,
+    HEADER_TRANSACTION_ID, Record, StoredRecord,
 };
 use crate::runtime::counters::Outcome;
 use crate::status::{DeliveryState, TargetStatus, TargetUpdate};
@@ -210,6 +212,16 @@ impl Consumer {
         last: &DeliveryError,
         last_ms: u64,
     ) -> Result<(), Stopped> {
+        let text = |name| record.header(name).unwrap_or_default().to_string();
+        self.alerts.send(Alert::DeadLettered {
+            namespace: self.namespace.clone(),
+            target: target.to_string(),
+            message_id: text(HEADER_MESSAGE_ID),
+            transaction_id: text(HEADER_TRANSACTION_ID),
+            attempts,
+            error: last.message.clone(),
+            kept: self.dlq_enabled,
+        });
         if !self.dlq_enabled {
             error!(namespace = %self.namespace, target, offset = record.offset, error = %last, "Message dropped after its last attempt: the DLQ is disabled.");
             return Ok(());

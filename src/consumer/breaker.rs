@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::alerts::{Alert, Alerts};
 use crate::config::policy::BreakerPolicy;
 use crate::message::now_ms;
 
@@ -60,6 +61,8 @@ pub struct Breaker {
     namespace: String,
     target: String,
     policy: BreakerPolicy,
+    /// Told when the circuit opens and closes.
+    alerts: Alerts,
     state: Mutex<State>,
 }
 
@@ -74,20 +77,24 @@ struct State {
     cool_down: Duration,
     /// Nothing is tried before then: the target answered `Retry-After`.
     not_before: Option<Instant>,
+    /// When it last opened (milliseconds since the epoch), for how long it was open.
+    opened_at_ms: u64,
     status: CircuitStatus,
 }
 
 impl Breaker {
-    pub fn new(namespace: &str, target: &str, policy: BreakerPolicy) -> Self {
+    pub fn new(namespace: &str, target: &str, policy: BreakerPolicy, alerts: Alerts) -> Self {
         Self {
             namespace: namespace.to_string(),
             target: target.to_string(),
+            alerts,
             state: Mutex::new(State {
                 failures: 0,
                 open_until: None,
                 probing: false,
                 cool_down: policy.cool_down.get(),
                 not_before: None,
+                opened_at_ms: 0,
                 status: CircuitStatus::default(),
             }),
             policy,
@@ -130,8 +137,15 @@ impl Breaker {
             s.probing = false;
             s.cool_down = self.policy.cool_down.get();
             s.status.state = CircuitState::Closed;
-            s.status.since_ms = now_ms();
-            info!(namespace = %self.namespace, target = %self.target, "Target is back: circuit closed.");
+            let now = now_ms();
+            let open_ms = now.saturating_sub(std::mem::replace(&mut s.opened_at_ms, 0));
+            s.status.since_ms = now;
+            info!(namespace = %self.namespace, target = %self.target, open_ms, "Target is back: circuit closed.");
+            self.alerts.send(Alert::CircuitClosed {
+                namespace: self.namespace.clone(),
+                target: self.target.clone(),
+                open_ms,
+            });
         }
     }
 
@@ -163,13 +177,19 @@ impl Breaker {
         s.status.last_error = Some(error.to_string());
         s.status.state = CircuitState::Open;
         s.status.since_ms = now_ms();
-        if !was_probe {
-            s.status.opened += 1;
-        }
+        let cool_down_ms = cool_down.as_millis() as u64;
         if was_probe {
-            info!(namespace = %self.namespace, target = %self.target, cool_down_ms = cool_down.as_millis() as u64, error, "Probe failed: circuit stays open.");
+            info!(namespace = %self.namespace, target = %self.target, cool_down_ms, error, "Probe failed: circuit stays open.");
         } else {
-            warn!(namespace = %self.namespace, target = %self.target, cool_down_ms = cool_down.as_millis() as u64, error, "Target keeps failing: circuit opened.");
+            s.status.opened += 1;
+            s.opened_at_ms = s.status.since_ms;
+            warn!(namespace = %self.namespace, target = %self.target, cool_down_ms, error, "Target keeps failing: circuit opened.");
+            self.alerts.send(Alert::CircuitOpened {
+                namespace: self.namespace.clone(),
+                target: self.target.clone(),
+                error: error.to_string(),
+                cool_down_ms,
+            });
         }
         !was_probe
     }
@@ -207,6 +227,7 @@ mod tests {
                 cool_down: HumanDuration::from_secs(1),
                 max_cool_down: HumanDuration::from_secs(4),
             },
+            Alerts::default(),
         )
     }
 
@@ -318,6 +339,7 @@ mod tests {
                 enabled: false,
                 ..BreakerPolicy::default()
             },
+            Alerts::default(),
         );
         for _ in 0..100 {
             assert!(b.failed("e", None, false));

@@ -52,6 +52,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::alerts::Alerts;
 use crate::component::{Backoff, Component, Components, keep_trying};
 use crate::config::policy::RetryPolicy;
 use crate::consumer::config::Order;
@@ -89,11 +90,13 @@ pub enum BuildError {
 }
 
 /// What delivery shares with its namespace, kept across its restarts: the outcome
-/// counters, the pauses, the health of its parts.
+/// counters, the pauses, the health of its parts, where alerts go.
+#[derive(Clone)]
 pub struct Kept {
     pub counters: Arc<DeliveryCounters>,
     pub pauses: Arc<Pauses>,
     pub components: Arc<Components>,
+    pub alerts: Alerts,
 }
 
 /// A namespace's running delivery.
@@ -141,6 +144,8 @@ struct Consumer {
     counters: Arc<DeliveryCounters>,
     /// What an operator paused.
     pauses: Arc<Pauses>,
+    /// Where a dead-lettered message is told of.
+    alerts: Alerts,
     batch_size: usize,
     /// Messages delivered at once (`[consumer] concurrency`).
     lanes: usize,
@@ -196,9 +201,10 @@ impl DeliveryHealth {
 pub struct Targets(BTreeMap<String, Arc<Route>>);
 
 impl Targets {
-    /// Builds every target of `config` (clients, pools, files); the first that cannot
-    /// be built is the error. Nothing is delivered yet.
-    pub async fn build(config: &PipelineConfig) -> Result<Self, BuildError> {
+    /// Builds every target of `config` (clients, pools, files), each breaker telling
+    /// `alerts` when it opens and closes; the first target that cannot be built is the
+    /// error. Nothing is delivered yet.
+    pub async fn build(config: &PipelineConfig, alerts: &Alerts) -> Result<Self, BuildError> {
         let mut targets = BTreeMap::new();
         for t in &config.targets {
             let policy = t.retry.as_ref().map_or_else(
@@ -216,7 +222,12 @@ impl Targets {
                     });
                 }
             };
-            let breaker = Breaker::new(&config.namespace, &t.name, t.circuit_breaker.clone());
+            let breaker = Breaker::new(
+                &config.namespace,
+                &t.name,
+                t.circuit_breaker.clone(),
+                alerts.clone(),
+            );
             targets.insert(
                 t.name.clone(),
                 Arc::new(Route {
@@ -253,7 +264,11 @@ impl Delivery {
         let stopped = stop.stopping();
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let health = DeliveryHealth::of(&kept.components);
-        let (counters, pauses) = (kept.counters.clone(), kept.pauses.clone());
+        let (counters, pauses, alerts) = (
+            kept.counters.clone(),
+            kept.pauses.clone(),
+            kept.alerts.clone(),
+        );
         let config = config.clone();
         let (running, failed) = (started.clone(), failure.clone());
         let routes = Arc::new(Mutex::new(BTreeMap::new()));
@@ -262,7 +277,7 @@ impl Delivery {
             // Targets that could not be built (a file whose directory cannot be made,
             // a client that cannot be set up) are built again with backoff.
             let Some(Targets(targets)) =
-                build_until_done(&config, targets, &failed, &health, &stopped).await
+                build_until_done(&config, targets, &alerts, &failed, &health, &stopped).await
             else {
                 return;
             };
@@ -280,6 +295,7 @@ impl Delivery {
                 status_indexed,
                 counters,
                 pauses,
+                alerts,
                 batch_size: config.consumer.batch_size as usize,
                 lanes: config.consumer.concurrency.max(1) as usize,
                 linger: config.consumer.linger.get(),
@@ -353,6 +369,7 @@ impl Delivery {
 async fn build_until_done(
     config: &PipelineConfig,
     built: Result<Targets, BuildError>,
+    alerts: &Alerts,
     failure: &Mutex<Option<String>>,
     health: &DeliveryHealth,
     stopped: &Stopping,
@@ -369,7 +386,7 @@ async fn build_until_done(
             health.reading.stalled(&format!("{what}: {e}"));
             set(Some(e.to_string()));
             keep_trying(&health.reading, true, what, stopped, || async {
-                Targets::build(config)
+                Targets::build(config, alerts)
                     .await
                     .inspect_err(|e| set(Some(e.to_string())))
             })
@@ -436,6 +453,7 @@ impl Consumer {
             status_indexed: self.status_indexed.clone(),
             counters: self.counters.clone(),
             pauses: self.pauses.clone(),
+            alerts: self.alerts.clone(),
             batch_size: self.batch_size,
             lanes: self.lanes,
             linger: self.linger,

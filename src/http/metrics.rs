@@ -298,6 +298,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
     }
     reload_metrics(&mut out, &state);
     component_metrics(&mut out, &state);
+    alert_metrics(&mut out, &state);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -384,6 +385,26 @@ fn component_metrics(out: &mut String, state: &AppState) {
         "Failures of a background part since start (each is retried).",
         |c| c.status().failures,
     );
+}
+
+/// Alerts by what became of them.
+fn alert_metrics(out: &mut String, state: &AppState) {
+    let counts = &state.supervisor.alerts.counts;
+    let name = metric::ALERTS;
+    let _ = writeln!(
+        out,
+        "# HELP {name} Alerts posted, held for a summary, failed (after their last try) and dropped (queue full)."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (outcome, count) in [
+        ("posted", &counts.posted),
+        ("held", &counts.held),
+        ("failed", &counts.failed),
+        ("dropped", &counts.dropped),
+    ] {
+        let count = count.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {count}");
+    }
 }
 
 /// Writes one metric family with a sample per namespace (and per extra label set).

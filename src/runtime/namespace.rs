@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use crate::alerts::Alerts;
 use crate::component::Components;
 use crate::consumer::breaker::CircuitStatus;
 use crate::consumer::pause::Pauses;
@@ -57,9 +58,10 @@ impl Namespace {
         pipeline: LoadedPipeline,
         service: &ServiceConfig,
         status: &Arc<StatusStore>,
+        alerts: &Alerts,
     ) -> Self {
-        let targets = Targets::build(&pipeline.config).await;
-        Self::open_with(pipeline, targets, service, status).await
+        let targets = Targets::build(&pipeline.config, alerts).await;
+        Self::open_with(pipeline, targets, service, status, alerts).await
     }
 
     /// [`Namespace::open`] with targets built already.
@@ -68,6 +70,7 @@ impl Namespace {
         targets: Result<Targets, BuildError>,
         service: &ServiceConfig,
         status: &Arc<StatusStore>,
+        alerts: &Alerts,
     ) -> Self {
         let data_dir = &service.data_dir;
         let config = &pipeline.config;
@@ -109,6 +112,7 @@ impl Namespace {
             counters: Arc::new(DeliveryCounters::default()),
             pauses: Arc::new(pauses),
             components,
+            alerts: alerts.clone(),
         };
         let delivery = backend.as_ref().map(|backend| {
             Delivery::start(
@@ -158,11 +162,7 @@ impl Namespace {
             backend: self.backend.clone(),
             failure: self.failure.clone(),
             counters: self.counters.clone(),
-            kept: Kept {
-                counters: self.kept.counters.clone(),
-                pauses: self.kept.pauses.clone(),
-                components: self.kept.components.clone(),
-            },
+            kept: self.kept.clone(),
             idempotency: self.idempotency.clone(),
             pipeline,
         }

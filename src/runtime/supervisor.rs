@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
+use crate::alerts::{Alert, Alerts};
 use crate::component::Components;
 use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
 use crate::config::env;
@@ -127,8 +128,10 @@ pub struct Supervisor {
     reloading: tokio::sync::Mutex<()>,
     history: Mutex<ReloadHistory>,
     /// The health of the service's own background parts: the status store, the
-    /// watcher, reloads.
+    /// watcher, reloads, alerts.
     pub components: Components,
+    /// Where alerts go: quarantined files from here, the rest from delivery.
+    pub alerts: Alerts,
 }
 
 impl Supervisor {
@@ -136,6 +139,16 @@ impl Supervisor {
     pub fn new(service: ServiceConfig, status: Arc<StatusStore>) -> Self {
         let components = Components::new(None);
         components.add(status.health().clone());
+        let alerts = match &service.alerts {
+            Some(config) => {
+                let health = components.get("alerts");
+                Alerts::start(config, health.clone()).unwrap_or_else(|e| {
+                    health.stalled(&format!("alerts cannot be posted: {e}"));
+                    Alerts::default()
+                })
+            }
+            None => Alerts::default(),
+        };
         Self {
             service,
             status,
@@ -143,6 +156,7 @@ impl Supervisor {
             reloading: tokio::sync::Mutex::new(()),
             history: Mutex::default(),
             components,
+            alerts,
         }
     }
 
@@ -247,8 +261,13 @@ impl Supervisor {
                 }
             }
             for added in &plan.added {
-                let namespace =
-                    Namespace::open(added.pipeline.clone(), &self.service, &self.status).await;
+                let namespace = Namespace::open(
+                    added.pipeline.clone(),
+                    &self.service,
+                    &self.status,
+                    &self.alerts,
+                )
+                .await;
                 namespaces.insert(added.namespace.clone(), Arc::new(namespace));
             }
             for name in &plan.removed {
@@ -259,6 +278,7 @@ impl Supervisor {
         let applied = plan.blocked_by.is_empty() && (!plan.is_empty() || old.generation == 0);
         let generation = old.generation + u64::from(applied);
         if plan.blocked_by.is_empty() {
+            self.alert_quarantined(&old.quarantined, &plan.quarantined);
             let next = Arc::new(Running {
                 generation,
                 namespaces,
@@ -319,6 +339,27 @@ impl Supervisor {
         outcome
     }
 
+    /// Sends an alert for each file `now` quarantines that `before` did not, or did
+    /// for other errors.
+    fn alert_quarantined(&self, before: &[Quarantined], now: &[Quarantined]) {
+        let same = |a: &Quarantined, b: &Quarantined| {
+            a.file == b.file
+                && a.errors.len() == b.errors.len()
+                && a.errors
+                    .iter()
+                    .zip(&b.errors)
+                    .all(|(x, y)| (x.line, x.column, &x.message) == (y.line, y.column, &y.message))
+        };
+        for q in now.iter().filter(|q| !before.iter().any(|b| same(b, q))) {
+            self.alerts.send(Alert::Quarantined {
+                file: q.file.display().to_string(),
+                namespace: q.namespace.clone(),
+                keeps_running: q.keeps_running,
+                errors: q.errors.clone(),
+            });
+        }
+    }
+
     /// The new form of a changed namespace, built before anything of the old one
     /// stops: its targets first (an error leaves the old one running), then the
     /// namespace on the same storage, with its delivery to restart once it serves
@@ -327,14 +368,20 @@ impl Supervisor {
     async fn rebuild(&self, now: &Namespace, change: &Changed) -> Result<Rebuilt, BuildError> {
         let pipeline = change.pipeline.clone();
         if change.replaces_backend || now.backend.is_none() {
-            let targets = Targets::build(&pipeline.config).await?;
+            let targets = Targets::build(&pipeline.config, &self.alerts).await?;
             now.close().await;
-            let namespace =
-                Namespace::open_with(pipeline, Ok(targets), &self.service, &self.status).await;
+            let namespace = Namespace::open_with(
+                pipeline,
+                Ok(targets),
+                &self.service,
+                &self.status,
+                &self.alerts,
+            )
+            .await;
             return Ok((Arc::new(namespace), None));
         }
         let restart = match change.restarts_consumer {
-            true => Some(Targets::build(&pipeline.config).await?),
+            true => Some(Targets::build(&pipeline.config, &self.alerts).await?),
             false => None,
         };
         let targets_changed = change.keys.iter().any(|k| k.key.starts_with("target"));

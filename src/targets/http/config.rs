@@ -72,7 +72,7 @@ fn default_body() -> ValueShape {
     ValueShape::Envelope
 }
 
-fn default_retry_on() -> Vec<u16> {
+pub fn default_retry_on() -> Vec<u16> {
     vec![408, 425, 429, 500, 502, 503, 504]
 }
 
