@@ -10,7 +10,8 @@
 //!
 //! Scenarios: 1 HTTP writes, 2 the log engine alone, 3 the batch route, 4 end to end to
 //! Postgres, 5 the shared backends (Redis Streams against redis-benchmark; Kafka and SQS
-//! functional figures), 6 reloads, 7 memory, 8 start-up and recovery.
+//! functional figures), 6 reloads, 7 memory, 8 start-up and recovery, 9 a target's
+//! health (healing after an outage with and without the breaker; rate limiting).
 //! A scenario whose service is missing (Postgres, redis-server) says so and the others
 //! go on. Results, with how to read them, are in `docs/benchmarks.md`.
 
@@ -25,6 +26,7 @@ mod reload;
 mod report;
 mod servers;
 mod startup;
+mod targets;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -50,6 +52,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("6-reload", reload::run),
     ("7-memory", memory::run),
     ("8-startup", startup::run),
+    ("9-heal 9-rate-limit", targets::run),
 ];
 
 fn main() -> Result {
