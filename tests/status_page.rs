@@ -1,8 +1,8 @@
 //! The status page in a real headless browser (Debian's Chromium, driven by
 //! playwright-core from `tests/browser/drive.mjs`) against the real binary: the
 //! namespace appears, its counts change after writes, a dead-lettered message shows
-//! up and is replayed from the page with the admin key, and the page fits a phone's
-//! width. `.ci/run` installs Chromium and playwright-core; without them this test is
+//! up and is replayed from the page with the admin key, a target is paused and resumed
+//! from the page, and the page fits a phone's width. `.ci/run` installs Chromium and playwright-core; without them this test is
 //! skipped with a reason, or fails under CI.
 
 mod common;
@@ -53,7 +53,7 @@ fn browser_available() -> bool {
 async fn hook() -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
     let healed = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(Mutex::new(Vec::new()));
-    let (heal, kept) = (healed.clone(), accepted.clone());
+    let (heal, kept, counted) = (healed.clone(), accepted.clone(), accepted.clone());
     let app = axum::Router::new()
         .route(
             "/hook",
@@ -65,6 +65,16 @@ async fn hook() -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
                     }
                     kept.lock().map(|mut k| k.push(body.0)).ok();
                     axum::http::StatusCode::OK
+                }
+            }),
+        )
+        .route(
+            "/count",
+            axum::routing::get(move || {
+                let counted = counted.clone();
+                async move {
+                    let n = counted.lock().map_or(0, |k| k.len());
+                    axum::Json(serde_json::json!(n))
                 }
             }),
         )
@@ -146,6 +156,27 @@ async fn the_status_page_shows_namespaces_live_and_replays_a_dead_letter() -> Re
         .filter(|b| b["payload"]["kind"] == "poison")
         .count();
     assert_eq!(poisons, 1);
+    // Paused from the page: shown paused, nothing delivered meanwhile; resumed from
+    // the page: the message that waited arrives.
+    assert_eq!(seen["pausedInStatus"], true, "{seen}");
+    assert_eq!(
+        seen["whilePaused"], 6,
+        "5 writes and the replayed one: {seen}"
+    );
+    assert_eq!(seen["stateAfter"], "delivering", "{seen}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !accepted
+        .lock()
+        .map_err(|_| "lock")?
+        .iter()
+        .any(|b| b["payload"]["n"] == "while-paused")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resumed message never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(stop(server.child).await?.success());
     Ok(())
 }

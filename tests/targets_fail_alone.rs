@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,11 @@ struct Hook {
     requests: Arc<Mutex<u64>>,
     /// Hangs every request while set.
     hanging: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds each answer takes.
+    slow_ms: Arc<AtomicU64>,
+    /// Requests being answered now, and the most at once.
+    in_flight: Arc<AtomicU64>,
+    most_in_flight: Arc<AtomicU64>,
 }
 
 impl Hook {
@@ -49,9 +55,13 @@ impl Hook {
 
 async fn hook(State(hook): State<Hook>, body: axum::body::Bytes) -> StatusCode {
     *hook.requests.lock().expect("lock") += 1;
-    if hook.hanging.load(std::sync::atomic::Ordering::SeqCst) {
+    if hook.hanging.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;
     }
+    let now = hook.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    hook.most_in_flight.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(hook.slow_ms.load(Ordering::SeqCst))).await;
+    hook.in_flight.fetch_sub(1, Ordering::SeqCst);
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let key = body["key"].as_str().unwrap_or("").to_string();
     let i = body["i"].as_u64().unwrap_or(u64::MAX);
@@ -154,9 +164,7 @@ async fn a_broken_target_fails_alone(fault: Fault) -> Result {
     let mut broken_listener = Some(broken_listener);
     match fault {
         Fault::Hang => {
-            broken
-                .hanging
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            broken.hanging.store(true, Ordering::SeqCst);
             let listener = broken_listener.take().ok_or("listener")?;
             tokio::spawn(serve_hook(broken.clone(), listener));
         }
@@ -230,9 +238,7 @@ async fn a_broken_target_fails_alone(fault: Fault) -> Result {
     // Healed: every message arrives within a few seconds of the next probe, in order
     // per key, none dead-lettered.
     match fault {
-        Fault::Hang => broken
-            .hanging
-            .store(false, std::sync::atomic::Ordering::SeqCst),
+        Fault::Hang => broken.hanging.store(false, Ordering::SeqCst),
         Fault::Refuse => {
             let listener = tokio::net::TcpListener::bind(broken_at).await?;
             tokio::spawn(serve_hook(broken.clone(), listener));
@@ -447,6 +453,46 @@ async fn a_rate_limited_target_never_exceeds_its_rate() -> Result {
         "95 messages past the burst at 20/s take 4.75 s, not {took:?}"
     );
     stop(server.child).await?;
+    Ok(())
+}
+
+/// Delivers 60 messages through eight lanes to a webhook that takes 50 ms per request,
+/// with `keys` on the target; the most requests it had open at once.
+async fn most_in_flight(keys: &str) -> Result<u64> {
+    let hook = Hook::default();
+    hook.slow_ms.store(50, Ordering::SeqCst);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let at = listener.local_addr()?;
+    tokio::spawn(serve_hook(hook.clone(), listener));
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    std::fs::write(
+        pipes.join("shop.toml"),
+        format!(
+            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [consumer]\nconcurrency = 8\n\
+             [[target]]\nname = \"partner\"\ntype = \"http\"\nurl = \"http://{at}/hook\"\n\
+             body = \"payload\"\n{keys}\n"
+        ),
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    write(&server, 0, 60).await?;
+    received(&hook, 60, Duration::from_secs(30)).await?;
+    stop(server.child).await?;
+    Ok(hook.most_in_flight.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn max_in_flight_bounds_the_requests_a_target_has_open_at_once() -> Result {
+    let bounded = most_in_flight("max_in_flight = 3").await?;
+    assert_eq!(
+        bounded, 3,
+        "at most 3 requests at once, and the bound is reached"
+    );
+    // The same without the bound opens more at once: the bound is what held it.
+    let unbounded = most_in_flight("").await?;
+    assert!(unbounded > 3, "without max_in_flight {unbounded} at once");
     Ok(())
 }
 

@@ -54,9 +54,23 @@ try {
   await page.waitForFunction(() => document.querySelector('[data-field="dlq"]')?.textContent === "0", null, { timeout: 20000 });
   await page.screenshot({ path: `${shots}/status-page-namespace.png`, fullPage: true });
 
+  // Pause the target from the page: it shows as paused, a write waits, and a resume
+  // from the page delivers it.
+  const state = page.locator('tr[data-target="hook"] [data-field="target-state"]');
+  await page.getByRole("button", { name: "Pause hook" }).click();
+  await page.locator('tr[data-target="hook"] [data-field="target-state"]', { hasText: "paused" }).waitFor();
+  const shown = await (await fetch(`${base}/api/v1/wal/namespace/shop/status`)).json();
+  const pausedInStatus = shown.targets.find((t) => t.name === "hook")?.paused === true;
+  await write({ kind: "ok", n: "while-paused" });
+  await page.waitForTimeout(1000);
+  const whilePaused = await (await fetch(`${hook}/count`)).json();
+  await page.getByRole("button", { name: "Resume hook" }).click();
+  await page.locator('tr[data-target="hook"] [data-field="target-state"]', { hasText: "delivering" }).waitFor();
+  const stateAfter = await state.textContent();
+
   await page.setViewportSize({ width: 390, height: 800 });
   const overflows = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
-  console.log(JSON.stringify({ before, after, parked, overflows, errors }));
+  console.log(JSON.stringify({ before, after, parked, overflows, errors, pausedInStatus, whilePaused, stateAfter }));
 } catch (e) {
   // What the page showed, to tell why.
   const pages = browser.contexts().flatMap((c) => c.pages());
