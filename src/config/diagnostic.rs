@@ -77,6 +77,10 @@ pub enum Code {
     InlineSecret,
     /// `validate --connect`: a backend, target or store could not be reached.
     Unreachable,
+    /// `[source] schema` names a file that cannot be read or is not a JSON Schema.
+    InvalidSchema,
+    /// A `filter` or `transform` that does not compile.
+    InvalidExpression,
 }
 
 impl Code {
@@ -108,6 +112,8 @@ impl Code {
             Code::NotIdempotent => "not_idempotent",
             Code::InlineSecret => "inline_secret",
             Code::Unreachable => "unreachable",
+            Code::InvalidSchema => "invalid_schema",
+            Code::InvalidExpression => "invalid_expression",
         }
     }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::request_id::current_request_id;
 use crate::source::WriteError;
+use crate::source::schema::Violation;
 
 /// Every error answer: `{"error": {"code", "message", "request_id"}}`; a timed-out
 /// write also says `"durability": "unknown"`.
@@ -31,6 +32,10 @@ pub struct ErrorDetail {
     pub message: String,
     /// The request's `X-Request-Id`, also on every log line of the request.
     pub request_id: Option<String>,
+    /// `schema_violation`: each way the payload breaks the namespace's schema (at most
+    /// 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<Violation>>,
 }
 
 /// One message of a batch: 202 with its id, or its error.
@@ -86,6 +91,8 @@ pub enum ApiError {
     BodyTooLarge(u64),
     #[error("a message payload is larger than the namespace's limit of {0} bytes")]
     MessageTooLarge(u64),
+    #[error("the payload does not satisfy the namespace's schema; see `violations`")]
+    SchemaViolation(Vec<Violation>),
     #[error("namespace `{0}` cannot take writes now; retry later")]
     Unavailable(String),
     #[error("the backend of namespace `{namespace}` is unreachable; retry later ({reason})")]
@@ -144,6 +151,7 @@ impl ApiError {
             ApiError::TargetNotFound { .. } => "target_not_found",
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::MessageTooLarge(_) => "message_too_large",
+            ApiError::SchemaViolation(_) => "schema_violation",
             ApiError::Unavailable(_) => "namespace_unavailable",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::BackendUnavailable { .. } => "backend_unavailable",
@@ -177,6 +185,7 @@ impl ApiError {
             | ApiError::TransactionNotFound(_)
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Http(status, _) => *status,
             ApiError::BodyTooLarge(_) | ApiError::MessageTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -204,6 +213,10 @@ impl ApiError {
                 code: self.code().to_string(),
                 message: self.to_string(),
                 request_id: current_request_id(),
+                violations: match self {
+                    ApiError::SchemaViolation(violations) => Some(violations.clone()),
+                    _ => None,
+                },
             },
             durability: matches!(self, ApiError::TimedOut(_) | ApiError::DurabilityUnknown(_))
                 .then(|| "unknown".to_string()),
@@ -221,6 +234,7 @@ impl From<WriteError> for ApiError {
             WriteError::Malformed(message) => ApiError::Malformed(message),
             WriteError::Invalid(message) => ApiError::InvalidMessage(message),
             WriteError::TooLarge(limit) => ApiError::MessageTooLarge(limit),
+            WriteError::SchemaViolation(violations) => ApiError::SchemaViolation(violations),
             WriteError::KeyConflict(key) => ApiError::IdempotencyConflict(key),
             WriteError::KeyInProgress(key) => ApiError::IdempotencyInProgress(key),
             WriteError::Overloaded(namespace) => ApiError::Overloaded(namespace),

@@ -51,6 +51,7 @@ pub struct BatchAccepted {
         (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse),
         (status = 408, response = ErrorResponse),
         (status = 409, response = ErrorResponse), (status = 413, response = ErrorResponse),
+        (status = 422, response = ErrorResponse),
         (status = 429, response = ErrorResponse), (status = 503, response = ErrorResponse),
         (status = 504, response = ErrorResponse),
     ))]

@@ -14,7 +14,7 @@ pub mod validate;
 
 use std::path::{Path, PathBuf};
 
-use crate::config::diagnostic::{Code, Diagnostic, Finding, Location, Severity};
+use crate::config::diagnostic::{Code, Diagnostic, Finding, KeyPath, Location, Severity};
 use crate::config::env::Lookup;
 use crate::config::file::{self, Document, SourceText};
 use config::PipelineConfig;
@@ -193,8 +193,18 @@ pub fn load_pipeline_text(
             .with_hint("a pipeline file needs at least `namespace`, `[source]` and one `[[target]]`; see docs/configuration.md");
         return (doc.source, None, vec![finding]);
     }
-    let config = config::parse_pipeline(&mut doc);
+    let mut config = config::parse_pipeline(&mut doc);
     let mut findings = std::mem::take(&mut doc.findings);
+    // The files a pipeline file names are read with it: a reload reads them again.
+    if let Some(schema) = config.as_mut().and_then(|c| c.source.schema.as_mut())
+        && let Err(e) = schema.load(path)
+    {
+        let at = KeyPath::root().key("source").key("schema");
+        findings.push(
+            Finding::error(Code::InvalidSchema, Location::Path { path: at, needle: None }, e)
+                .with_hint("`schema` is a JSON Schema file, its path relative to this pipeline file's directory"),
+        );
+    }
     debug_assert!(
         config.is_some() || findings.iter().any(|f| f.severity == Severity::Error),
         "a pipeline that did not parse must say why"

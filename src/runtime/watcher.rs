@@ -113,7 +113,7 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 /// changes to the directory's entry are still watched, and the next one tries again.
 fn watch_dir(watcher: &mut notify::RecommendedWatcher, dir: &Path, health: &Component) {
     let _ = watcher.unwatch(dir);
-    match watcher.watch(dir, RecursiveMode::NonRecursive) {
+    match watcher.watch(dir, RecursiveMode::Recursive) {
         Ok(()) => health.recovered(),
         Err(e) => health.degraded(&format!("watching {}: {e}", dir.display())),
     }

@@ -8,6 +8,7 @@ use crate::config::checks::Checks;
 use crate::config::diagnostic::{Code, KeyPath};
 use crate::config::policy::RateLimit;
 use crate::config::units::{ByteSize, HumanDuration};
+use crate::source::schema::SchemaFile;
 
 /// Largest `max_message_bytes` a namespace may accept whatever its backend.
 pub const MAX_MESSAGE_BYTES: ByteSize = ByteSize::mib(16);
@@ -37,6 +38,10 @@ pub struct SourceConfig {
     /// Longest `delay` a write may ask for. Default: 7d. Range: up to 365d.
     #[serde(default = "SourceConfig::default_max_delay")]
     pub max_delay: HumanDuration,
+    /// A JSON Schema file (relative to the pipeline file) every payload must satisfy,
+    /// checked before anything is appended. Default: none.
+    #[serde(default)]
+    pub schema: Option<SchemaFile>,
 }
 
 impl SourceConfig {

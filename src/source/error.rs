@@ -12,6 +12,8 @@ pub enum WriteError {
     Invalid(String),
     #[error("a message payload is larger than the namespace's limit of {0} bytes")]
     TooLarge(u64),
+    #[error("the payload does not satisfy the namespace's schema")]
+    SchemaViolation(Vec<super::schema::Violation>),
     #[error("idempotency key `{0}` was used with another body")]
     KeyConflict(String),
     #[error("a write with idempotency key `{0}` is in progress; retry later")]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod idempotency;
 pub mod limits;
 pub mod record;
+pub mod schema;
 pub mod write;
 
 pub use error::WriteError;

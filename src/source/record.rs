@@ -100,6 +100,16 @@ pub(super) fn to_record(
     if payload.len() as u64 > limit {
         return Err(WriteError::TooLarge(limit));
     }
+    if let Some(schema) = config
+        .source
+        .schema
+        .as_ref()
+        .and_then(|s| s.loaded.as_ref())
+    {
+        schema
+            .check(&payload)
+            .map_err(WriteError::SchemaViolation)?;
+    }
     if message.headers.len() > MAX_HEADERS {
         return Err(WriteError::Invalid(format!(
             "a message carries at most {MAX_HEADERS} headers"
