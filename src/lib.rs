@@ -28,6 +28,8 @@
 //!      Redis).
 //!    - [`kafka`]: what the Kafka backend and target share; [`probe`]: the reachability
 //!      checks several plugins share.
+//!    - [`processing`]: `[[processor]]` steps and a target's `filter` and `transform`:
+//!      jq programs compiled with the file, run on each message with bounded work.
 //!    - [`alerts`]: `[alerts]` of `wald.toml`: signed events to an operator's endpoint
 //!      (a message dead-lettered, a circuit opened or closed, a file quarantined).
 //! 3. **Runtime**, what runs:
@@ -54,6 +56,7 @@ pub mod kafka;
 pub mod message;
 pub mod pipeline;
 pub mod probe;
+pub mod processing;
 pub mod producer;
 pub mod runtime;
 pub mod service;

@@ -17,7 +17,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "plugins",
-        &["producer", "targets", "status", "kafka", "probe", "alerts"],
+        &[
+            "producer",
+            "targets",
+            "status",
+            "kafka",
+            "probe",
+            "alerts",
+            "processing",
+        ],
     ),
     (
         "runtime",

@@ -1,0 +1,315 @@
+//! jq programs, through jaq: compiled once, from the file's text; run on one message at
+//! a time with bounded work.
+//!
+//! Bounds, per run: at most [`MAX_STEPS`] evaluation steps (each term of the program
+//! evaluated counts one; `range` is defined in jq here so that each number it yields
+//! counts too), and recursion no deeper than the thread's stack allows with a
+//! [`STACK_RESERVE`] to spare. A run past either ends with an error, never a crash: the
+//! step is counted where jaq looks up the program, and a run out of bounds unwinds to
+//! [`Program::run`]. One operation that builds a huge value at once (`"x" * 1e9`,
+//! `.[1e9] = 1`) is bounded by memory only.
+//!
+//! Not available: `env` and `$ENV` (the service's environment holds secrets), `input`
+//! and `inputs`; `debug` and `stderr` pass their input on and log nothing.
+
+use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Compiler, Ctx, DataT, Vars, data::HasLut};
+use jaq_json::Val;
+
+/// Most evaluation steps of one run.
+pub const MAX_STEPS: u64 = 1_000_000;
+/// Stack kept free under a run's deepest recursion.
+const STACK_RESERVE: usize = 256 * 1024;
+
+/// `range/3` in jq, so that its every output is a step; jaq's own is native.
+const RANGE: &str = "def range($from; $upto; $by): \
+    def next: if ($by > 0 and . < $upto) or ($by < 0 and . > $upto) or ($by == 0 and . != $upto) \
+    then ., (. + $by | next) else ({}[]) end; $from | next;";
+
+/// Natives left out (see the module docs), and `range`, defined in jq instead.
+const LEFT_OUT: &[&str] = &["env", "input", "inputs", "range"];
+/// Natives that would log what they are given: they give nothing and log nothing.
+const SILENCED: &[&str] = &["debug_empty", "stderr_empty"];
+
+fn nothing(_: jaq_core::Cv<'_, Data>) -> jaq_core::ValXs<'_, <Data as DataT>::V<'_>> {
+    Box::new(std::iter::empty())
+}
+
+/// The data jaq runs over: the program, looked up at every step, which counts it.
+struct Data;
+
+impl DataT for Data {
+    type V<'a> = Val;
+    type Data<'a> = Counted<'a>;
+}
+
+#[derive(Clone)]
+struct Counted<'a>(&'a jaq_core::Lut<Data>);
+
+impl<'a> HasLut<'a, Data> for Counted<'a> {
+    fn lut(&self) -> &'a jaq_core::Lut<Data> {
+        step();
+        self.0
+    }
+}
+
+thread_local! {
+    /// Steps left to the run on this thread.
+    static STEPS_LEFT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Why a run was stopped.
+struct OutOfBounds(&'static str);
+
+fn step() {
+    let left = STEPS_LEFT.get();
+    if left == 0 {
+        std::panic::panic_any(OutOfBounds("it took more than 1000000 steps"));
+    }
+    STEPS_LEFT.set(left - 1);
+    if stacker::remaining_stack().is_some_and(|rest| rest < STACK_RESERVE) {
+        std::panic::panic_any(OutOfBounds("it recursed too deep"));
+    }
+}
+
+/// A run stopped for its bounds unwinds quietly: the default hook would print a panic.
+fn quiet_out_of_bounds() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<OutOfBounds>() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A compiled jq program.
+pub struct Program {
+    filter: jaq_core::Filter<Data>,
+}
+
+/// Where and why a program does not compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileError {
+    /// Byte offset in the program's text.
+    pub offset: usize,
+    pub message: String,
+    pub hint: &'static str,
+}
+
+impl Program {
+    pub fn compile(code: &str) -> Result<Self, Vec<CompileError>> {
+        let at = |s: &str| {
+            (s.as_ptr() as usize)
+                .checked_sub(code.as_ptr() as usize)
+                .filter(|o| *o <= code.len())
+                .unwrap_or(0)
+        };
+        let defs = jaq_core::load::parse(RANGE, |p| p.defs())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(jaq_core::defs())
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs::<Data>()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs())
+            .filter(|(name, _, _)| !LEFT_OUT.contains(name) && !SILENCED.contains(name))
+            .chain(SILENCED.iter().map(|name| {
+                let run: jaq_core::RunPtr<Data> = nothing;
+                jaq_core::native::run::<Data>((name, jaq_core::native::v(0), run))
+            }));
+        let arena = Arena::default();
+        let modules = Loader::new(defs)
+            .load(&arena, File { code, path: () })
+            .map_err(|errors| {
+                let mut found = Vec::new();
+                for (_, error) in errors {
+                    match error {
+                        jaq_core::load::Error::Io(io) => {
+                            found.extend(io.into_iter().map(|(s, e)| CompileError {
+                                offset: at(s),
+                                message: format!("cannot import: {e}"),
+                                hint: "a filter or transform cannot import modules",
+                            }))
+                        }
+                        jaq_core::load::Error::Lex(lex) => {
+                            found.extend(lex.into_iter().map(|(expected, s)| CompileError {
+                                offset: at(s),
+                                message: format!("expected {}", expected.as_str()),
+                                hint: "check the brackets and quotes of the expression",
+                            }))
+                        }
+                        jaq_core::load::Error::Parse(parse) => {
+                            found.extend(parse.into_iter().map(|(expected, s)| CompileError {
+                                offset: at(s),
+                                message: if s.is_empty() {
+                                    format!("expected {} before the end", expected.as_str())
+                                } else {
+                                    format!("expected {}", expected.as_str())
+                                },
+                                hint: "the expression is jq; see https://jqlang.org/manual/",
+                            }))
+                        }
+                    }
+                }
+                found
+            })?;
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errors| {
+                errors
+                    .into_iter()
+                    .flat_map(|(_, undefined)| undefined)
+                    .map(|(name, kind)| CompileError {
+                        offset: at(name),
+                        message: format!("unknown {} `{name}`", undefined_kind(&kind)),
+                        hint: "jq's builtins are available except env, $ENV, input and inputs; the message is `.`: .payload, .key, .headers, .message_id, .namespace",
+                    })
+                    .collect::<Vec<_>>()
+            })?;
+        Ok(Self { filter })
+    }
+
+    /// Runs the program on `input` (JSON text): its first output, or none, as JSON
+    /// text. An error, the bounds, or an output that is not JSON are an `Err`.
+    pub fn run(&self, input: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let input = jaq_json::read::parse_single(input).map_err(|e| format!("{e}"))?;
+        quiet_out_of_bounds();
+        STEPS_LEFT.set(MAX_STEPS);
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            let ctx = Ctx::<Data>::new(Counted(&self.filter.lut), Vars::new([]));
+            let first = self.filter.id.run((ctx, input)).next();
+            match first {
+                None => Ok(None),
+                Some(Ok(value)) => Ok(Some(value.to_string())),
+                Some(Err(e)) => Err(match e.get_err() {
+                    Ok(error) => error.to_string(),
+                    Err(_) => "it called `halt`".to_string(),
+                }),
+            }
+        }));
+        STEPS_LEFT.set(0);
+        let out = match ran {
+            Ok(out) => out?,
+            Err(panic) => {
+                return Err(match panic.downcast_ref::<OutOfBounds>() {
+                    Some(OutOfBounds(why)) => format!("stopped: {why}"),
+                    None => "the expression failed inside jq".to_string(),
+                });
+            }
+        };
+        let Some(text) = out else {
+            return Ok(None);
+        };
+        // jaq prints values JSON cannot hold (NaN, byte strings) its own way.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|_| format!("its result is not JSON: {}", clip(&text)))?;
+        Ok(Some(text.into_bytes()))
+    }
+}
+
+fn undefined_kind(kind: &jaq_core::compile::Undefined) -> &'static str {
+    use jaq_core::compile::Undefined;
+    match kind {
+        Undefined::Var => "variable",
+        Undefined::Label => "label",
+        Undefined::Mod => "module",
+        _ => "filter",
+    }
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(code: &str, input: &str) -> Result<Option<String>, String> {
+        let program = Program::compile(code).map_err(|e| format!("{e:?}"))?;
+        program
+            .run(input.as_bytes())
+            .map(|out| out.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    #[test]
+    fn runs_jq() {
+        assert_eq!(
+            run(
+                ".payload.kind == \"refund\"",
+                r#"{"payload": {"kind": "refund"}}"#
+            ),
+            Ok(Some("true".into()))
+        );
+        assert_eq!(
+            run(
+                ".payload |= del(.ssn)",
+                r#"{"payload": {"ssn": 1, "a": 2}}"#
+            ),
+            Ok(Some(r#"{"payload":{"a":2}}"#.into()))
+        );
+        assert_eq!(run("[range(3)]", "null"), Ok(Some("[0,1,2]".into())));
+        assert_eq!(run("[range(0; 10; 4)]", "null"), Ok(Some("[0,4,8]".into())));
+        assert_eq!(
+            run("[limit(3; repeat(1))]", "null"),
+            Ok(Some("[1,1,1]".into()))
+        );
+        assert_eq!(run("empty", "null"), Ok(None));
+        assert_eq!(run(".a + 1", r#"{"a": 1}"#), Ok(Some("2".into())));
+    }
+
+    #[test]
+    fn errors_at_run_time_are_errors() {
+        let e = run(".a + 1", r#"{"a": "x"}"#).expect_err("a type error");
+        assert!(e.contains("cannot"), "{e}");
+        let e = run("error(\"no\")", "null").expect_err("error/1");
+        assert!(e.contains("no"), "{e}");
+        assert!(run("halt", "null").is_err());
+        let e = run("nan", "null").expect_err("not JSON");
+        assert!(e.contains("not JSON"), "{e}");
+    }
+
+    #[test]
+    fn runs_are_bounded() {
+        for code in [
+            "def f: f; f",
+            "repeat(1) | select(false)",
+            "[range(1e12)]",
+            "last(range(1e15))",
+            "def f: 1 + f; f",
+            "[recurse(. + 1)] | length",
+        ] {
+            let e = run(code, "0").expect_err(code);
+            assert!(e.starts_with("stopped:"), "{code}: {e}");
+        }
+        // The thread is fine afterwards.
+        assert_eq!(run("1 + 1", "null"), Ok(Some("2".into())));
+    }
+
+    #[test]
+    fn compile_errors_say_where() {
+        let errors = Program::compile(".payload | nosuchfn(1)")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].offset, 11);
+        assert!(errors[0].message.contains("nosuchfn"), "{errors:?}");
+        let errors = Program::compile(".a | if . then 1")
+            .err()
+            .unwrap_or_default();
+        assert!(!errors.is_empty());
+        assert!(errors[0].message.starts_with("expected"), "{errors:?}");
+        let errors = Program::compile("env.HOME").err().unwrap_or_default();
+        assert!(errors[0].message.contains("env"), "{errors:?}");
+        let errors = Program::compile("$ENV.HOME").err().unwrap_or_default();
+        assert!(!errors.is_empty(), "$ENV is not available");
+    }
+}

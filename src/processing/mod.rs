@@ -1,0 +1,259 @@
+//! Processing: what a message becomes on its way from the log to one target, and
+//! whether it goes there at all. The namespace's `[[processor]]` steps run first, in
+//! order, then the target's `filter` and `transform`. Each is a jq program over the
+//! message as its envelope (`{"payload", "key", "headers", "message_id",
+//! "transaction_id", "namespace", "offset", "timestamp_ms"}`).
+//!
+//! - A filter keeps the message when it gives `true`; `false`, `null` or no output
+//!   skip it for this target. Any other value is an error.
+//! - A transform gives the message anew: `payload`, `key` and `headers` it gives
+//!   replace the message's (those it leaves out stay); the ids, the namespace, the
+//!   offset and the timestamp cannot change. No output skips the message.
+//! - An expression that fails on a message (a type error, `error(...)`, its bounds in
+//!   [`jq`]) fails that message for that target for good: it goes to the DLQ with the
+//!   error.
+//!
+//! Processing runs at delivery: the log keeps what was acknowledged, and a replay from
+//! the DLQ runs the processing configured then.
+
+pub mod config;
+pub mod jq;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::targets::Message;
+use config::{Expression, ProcessorConfig};
+use jq::Program;
+
+/// What processing made of a message for one target.
+#[derive(Debug, PartialEq)]
+pub enum Processed {
+    /// Deliver this.
+    Deliver(Message),
+    /// The step named kept it from the target.
+    Skipped(String),
+    /// A step failed on it; for good.
+    Failed(String),
+}
+
+/// One target's processing: the namespace's steps, then its own.
+#[derive(Clone, Default)]
+pub struct Processing {
+    steps: Vec<Step>,
+}
+
+#[derive(Clone)]
+struct Step {
+    /// `processor[0]`, `processor "enrich"`, `filter`, `transform`.
+    name: String,
+    filter: bool,
+    program: Arc<Program>,
+}
+
+impl Processing {
+    /// The steps of `processors`, then `filter` and `transform` (expressions that did
+    /// not compile are left out: a pipeline with one does not run).
+    pub fn new(
+        processors: &[ProcessorConfig],
+        filter: Option<&Expression>,
+        transform: Option<&Expression>,
+    ) -> Self {
+        let mut steps = Vec::new();
+        let mut add = |name: String, filter: bool, expression: Option<&Expression>| {
+            if let Some(program) = expression.and_then(Expression::program) {
+                steps.push(Step {
+                    name,
+                    filter,
+                    program: program.clone(),
+                });
+            }
+        };
+        for (i, p) in processors.iter().enumerate() {
+            let name = match &p.name {
+                Some(name) => format!("processor `{name}`"),
+                None => format!("processor[{i}]"),
+            };
+            add(name.clone(), true, p.filter.as_ref());
+            add(name, false, p.transform.as_ref());
+        }
+        add("filter".into(), true, filter);
+        add("transform".into(), false, transform);
+        Self { steps }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Runs every step on `message`.
+    pub fn apply(&self, mut message: Message) -> Processed {
+        for step in &self.steps {
+            let out = match step.program.run(&message.envelope()) {
+                Ok(out) => out,
+                Err(e) => return Processed::Failed(format!("{}: {e}", step.name)),
+            };
+            match (step.filter, out.as_deref()) {
+                (true, Some(b"true")) => {}
+                (true, Some(b"false" | b"null") | None) | (false, None) => {
+                    return Processed::Skipped(step.name.clone());
+                }
+                (true, Some(other)) => {
+                    return Processed::Failed(format!(
+                        "{}: a filter gives true or false, not {}",
+                        step.name,
+                        String::from_utf8_lossy(&other[..other.len().min(80)])
+                    ));
+                }
+                (false, Some(out)) => match reshape(message, out) {
+                    Ok(reshaped) => message = reshaped,
+                    Err(e) => return Processed::Failed(format!("{}: {e}", step.name)),
+                },
+            }
+        }
+        Processed::Deliver(message)
+    }
+}
+
+/// `message` as a transform's output (JSON) gives it.
+fn reshape(mut message: Message, out: &[u8]) -> Result<Message, String> {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(out) else {
+        return Err(
+            "a transform gives the message as an object: `.payload |= ...`, or `{payload: ...}`"
+                .into(),
+        );
+    };
+    for (field, value) in fields {
+        match field.as_str() {
+            "payload" => {
+                message.payload = serde_json::to_vec(&value).unwrap_or_default();
+                message.payload_is_json = true;
+            }
+            "key" => {
+                message.key = match value {
+                    Value::Null => None,
+                    Value::String(key) => Some(key),
+                    _ => return Err("`key` is a string or null".into()),
+                }
+            }
+            "headers" => {
+                let Value::Object(headers) = value else {
+                    return Err("`headers` is an object of strings".into());
+                };
+                message.headers = headers
+                    .into_iter()
+                    .map(|(name, value)| match value {
+                        Value::String(value) => Ok((name, value)),
+                        _ => Err(format!("header `{name}` is not a string")),
+                    })
+                    .collect::<Result<BTreeMap<_, _>, _>>()?;
+            }
+            "message_id" | "transaction_id" | "namespace" | "offset" | "timestamp_ms" => {
+                let now = match field.as_str() {
+                    "message_id" => Value::from(message.message_id.as_str()),
+                    "transaction_id" => Value::from(message.transaction_id.as_str()),
+                    "namespace" => Value::from(message.namespace.as_str()),
+                    "offset" => Value::from(message.offset),
+                    _ => Value::from(message.timestamp_ms),
+                };
+                if value != now {
+                    return Err(format!("`{field}` cannot be changed"));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "`{other}` is not part of a message: a transform gives the message (`.payload |= ...`, `{{payload: ...}}`), not its payload"
+                ));
+            }
+        }
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        Message {
+            namespace: "shop".into(),
+            offset: 7,
+            message_id: "m1".into(),
+            transaction_id: "t1".into(),
+            key: Some("k".into()),
+            timestamp_ms: 1000,
+            headers: BTreeMap::from([("source".into(), "web".into())]),
+            payload: br#"{"kind":"refund","amount":5,"ssn":"123"}"#.to_vec(),
+            payload_is_json: true,
+        }
+    }
+
+    fn expression(code: &str) -> Expression {
+        Expression::from(code.to_string())
+    }
+
+    fn processor(filter: Option<&str>, transform: Option<&str>) -> ProcessorConfig {
+        ProcessorConfig {
+            name: None,
+            filter: filter.map(expression),
+            transform: transform.map(expression),
+        }
+    }
+
+    #[test]
+    fn steps_run_in_order_then_the_targets_own() {
+        let processing = Processing::new(
+            &[processor(None, Some(".payload |= del(.ssn)"))],
+            Some(&expression(".payload.kind == \"refund\"")),
+            Some(&expression(
+                "{payload: {refund: .payload.amount}, key: .message_id, headers: (.headers + {\"x\": \"1\"})}",
+            )),
+        );
+        let Processed::Deliver(out) = processing.apply(message()) else {
+            panic!("delivered");
+        };
+        assert_eq!(out.payload, br#"{"refund":5}"#);
+        assert_eq!(out.key.as_deref(), Some("m1"));
+        assert_eq!(out.headers.get("x").map(String::as_str), Some("1"));
+        assert_eq!(out.message_id, "m1");
+
+        let not_a_refund =
+            Processing::new(&[], Some(&expression(".payload.kind == \"sale\"")), None);
+        assert_eq!(
+            not_a_refund.apply(message()),
+            Processed::Skipped("filter".into())
+        );
+        let empty = Processing::new(&[processor(None, Some("empty"))], None, None);
+        assert_eq!(
+            empty.apply(message()),
+            Processed::Skipped("processor[0]".into())
+        );
+    }
+
+    #[test]
+    fn what_a_transform_cannot_do_fails_the_message() {
+        for (code, says) in [
+            (".message_id = \"other\"", "`message_id` cannot be changed"),
+            (".payload", "not its payload"),
+            ("[.payload]", "as an object"),
+            ("{payload: 1, extra: 2}", "`extra` is not part of a message"),
+            (
+                "{payload: 1, headers: {a: 1}}",
+                "header `a` is not a string",
+            ),
+            ("{payload: (.payload.kind + 1)}", "transform:"),
+        ] {
+            let processing = Processing::new(&[], None, Some(&expression(code)));
+            match processing.apply(message()) {
+                Processed::Failed(e) => assert!(e.contains(says), "{code}: {e}"),
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        let processing = Processing::new(&[], Some(&expression(".payload.amount")), None);
+        assert!(
+            matches!(processing.apply(message()), Processed::Failed(e) if e.contains("true or false"))
+        );
+    }
+}
