@@ -18,6 +18,7 @@ use crate::message::{
     HEADER_DLQ_LAST_FAILED_MS, HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID,
     HEADER_TRANSACTION_ID, Record, StoredRecord,
 };
+use crate::processing::Processed;
 use crate::runtime::counters::Outcome;
 use crate::status::{DeliveryState, TargetStatus, TargetUpdate};
 use crate::targets::{DeliveryError, Message};
@@ -45,12 +46,43 @@ impl Consumer {
         for (name, route) in &self.targets {
             let mut blocked: HashSet<LaneKey> = HashSet::new();
             loop {
-                let mut chosen: Vec<usize> = (0..run.len())
+                let ready: Vec<usize> = (0..run.len())
                     .filter(|&i| run[i].pending.contains_key(name))
                     .filter(|&i| !blocked.contains(&self.lane_key(&run[i].record)))
                     .collect();
-                if chosen.is_empty() {
+                if ready.is_empty() {
                     break;
+                }
+                // What the target receives, if anything: a message filtered out is
+                // done with; one its processing fails on goes to the DLQ.
+                let mut chosen = Vec::with_capacity(ready.len());
+                for i in ready {
+                    let message = Message::of_record(&self.namespace, &run[i].record);
+                    match route.processing.apply(message.clone()) {
+                        Processed::Deliver(processed) => chosen.push((i, processed)),
+                        Processed::Skipped(by) => {
+                            self.counters.record(name, Outcome::Skipped);
+                            run[i].pending.remove(name);
+                            let mut update =
+                                self.update(&message, name, DeliveryState::Skipped, 0, None);
+                            update.status.last_error = Some(format!("skipped by {by}"));
+                            run[i].updates.push(update);
+                        }
+                        Processed::Failed(error) => {
+                            let e = DeliveryError::permanent(error);
+                            let at_ms = now_ms();
+                            let tries = run[i].pending.get(name);
+                            let attempts = tries.map_or(0, |t| t.attempts);
+                            let first = tries
+                                .and_then(|t| t.first_error.clone())
+                                .unwrap_or_else(|| (e.message.clone(), at_ms));
+                            self.give_up(&mut run[i], name, &message, attempts, &first, &e, at_ms)
+                                .await?;
+                        }
+                    }
+                }
+                if chosen.is_empty() {
+                    continue;
                 }
                 // Paused, or an open circuit: nothing is tried, and what waits is no
                 // attempt.
@@ -66,8 +98,8 @@ impl Consumer {
                         true
                     }
                     Permit::Wait(until) => {
-                        for &i in &chosen {
-                            hold(self.lane_key(&run[i].record), until);
+                        for (i, _) in &chosen {
+                            hold(self.lane_key(&run[*i].record), until);
                         }
                         break;
                     }
@@ -95,10 +127,7 @@ impl Consumer {
                         self.sleep(wait).await?;
                     }
                 }
-                let batch: Vec<Message> = chosen
-                    .iter()
-                    .map(|&i| Message::of_record(&self.namespace, &run[i].record))
-                    .collect();
+                let (chosen, batch): (Vec<usize>, Vec<Message>) = chosen.into_iter().unzip();
                 let result = tokio::select! {
                     result = route.target.deliver_batch(&batch) => result,
                     // A probe that cannot end lets another lane probe.
@@ -163,19 +192,8 @@ impl Consumer {
                     .clone();
                 let (error, at_ms) = (e.message.as_str(), failed_at);
                 if !e.retriable || last {
-                    self.counters
-                        .record(name, Outcome::DeadLettered { error, at_ms });
-                    self.dead_letter(&run[i].record, name, attempts, &first, e, failed_at)
+                    self.give_up(&mut run[i], name, message, attempts, &first, e, failed_at)
                         .await?;
-                    run[i].pending.remove(name);
-                    let update = self.update(
-                        message,
-                        name,
-                        DeliveryState::DeadLettered,
-                        attempts,
-                        Some(e),
-                    );
-                    run[i].updates.push(update);
                     continue;
                 }
                 warn!(namespace = %self.namespace, target = %name, message_id = %message.message_id, attempt = attempts, error = %e, "Delivery failed; retrying.");
@@ -199,6 +217,36 @@ impl Consumer {
             }
         }
         Ok(retry_at)
+    }
+
+    /// Gives up on `flight` at target `name`: it goes to the DLQ with `e`, and its
+    /// final state is recorded.
+    #[allow(clippy::too_many_arguments)]
+    async fn give_up(
+        &self,
+        flight: &mut InFlight,
+        name: &str,
+        message: &Message,
+        attempts: u32,
+        first: &(String, u64),
+        e: &DeliveryError,
+        at_ms: u64,
+    ) -> Result<(), Stopped> {
+        let error = e.message.as_str();
+        self.counters
+            .record(name, Outcome::DeadLettered { error, at_ms });
+        self.dead_letter(&flight.record, name, attempts, first, e, at_ms)
+            .await?;
+        flight.pending.remove(name);
+        let update = self.update(
+            message,
+            name,
+            DeliveryState::DeadLettered,
+            attempts,
+            Some(e),
+        );
+        flight.updates.push(update);
+        Ok(())
     }
 
     /// Appends the message to the dead-letter log with why it is there. Keeps trying

@@ -58,6 +58,7 @@ use crate::config::policy::RetryPolicy;
 use crate::consumer::config::Order;
 use crate::message::{DELAYS_GROUP, DELIVERY_GROUP, target_group, target_of_group};
 use crate::pipeline::config::PipelineConfig;
+use crate::processing::Processing;
 use crate::producer::{Backend, BackendError};
 use crate::runtime::counters::DeliveryCounters;
 use crate::shutdown::{Shutdown, Stopping};
@@ -170,6 +171,9 @@ pub struct Route {
     pub rate: Option<TokenBucket>,
     /// `max_in_flight`: the most messages in delivery at once, over all lanes.
     pub in_flight: Option<Arc<tokio::sync::Semaphore>>,
+    /// The namespace's `[[processor]]` steps, then the target's `filter` and
+    /// `transform`.
+    pub processing: Processing,
 }
 
 /// The parts of delivery that report their health on their own.
@@ -238,6 +242,11 @@ impl Targets {
                     in_flight: t
                         .max_in_flight
                         .map(|max| Arc::new(tokio::sync::Semaphore::new(max as usize))),
+                    processing: Processing::new(
+                        &config.processors,
+                        t.filter.as_ref(),
+                        t.transform.as_ref(),
+                    ),
                 }),
             );
         }

@@ -194,7 +194,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         &mut out,
         metric::DELIVERIES,
         "counter",
-        "Delivery outcomes, by target: delivered, retried (a failed attempt followed by another), dead_lettered.",
+        "Delivery outcomes, by target: delivered, retried (a failed attempt followed by another), dead_lettered, skipped (by a filter).",
         &state,
         |n| {
             n.kept
@@ -206,6 +206,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
                         ("delivered", c.delivered),
                         ("retried", c.retried),
                         ("dead_lettered", c.dead_lettered),
+                        ("skipped", c.skipped),
                     ]
                     .map(|(outcome, count)| {
                         (format!(",target=\"{target}\",outcome=\"{outcome}\""), count)

@@ -12,6 +12,7 @@ use crate::config::file::Document;
 use crate::config::policy::RetryPolicy;
 use crate::config::units::ByteSize;
 use crate::consumer::config::{ConsumerConfig, DlqConfig};
+use crate::processing::config::ProcessorConfig;
 use crate::producer::BackendConfig;
 use crate::source::config::SourceConfig;
 use crate::targets::TargetConfig;
@@ -29,6 +30,9 @@ pub struct PipelineConfig {
     pub producer: BackendConfig,
     /// How the consumer delivers to the targets.
     pub consumer: ConsumerConfig,
+    /// Steps every message goes through on its way to each target, in
+    /// `[[processor]]` order. Default: none.
+    pub processors: Vec<ProcessorConfig>,
     /// Where messages are delivered, in `[[target]]` order.
     pub targets: Vec<TargetConfig>,
 }
@@ -65,6 +69,7 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
     let consumer = Document::take(&mut root, "consumer");
     let producer = Document::take(&mut root, "producer");
     let targets = Document::take(&mut root, "target");
+    let processors = Document::take(&mut root, "processor");
     let head: Option<Head> = doc.section(Spanned::new(root_span.clone(), root));
 
     let source = match source {
@@ -91,6 +96,10 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
         None => Some(Vec::new()),
         Some(value) => parse_targets(doc, value),
     };
+    let processors = match processors {
+        None => Some(Vec::new()),
+        Some(value) => parse_processors(doc, value),
+    };
 
     let head = head?;
     Some(PipelineConfig {
@@ -99,8 +108,39 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
         source: source?,
         producer: producer?,
         consumer: consumer?,
+        processors: processors?,
         targets: targets?,
     })
+}
+
+fn parse_processors<'i>(
+    doc: &mut Document<'i>,
+    value: Spanned<DeValue<'i>>,
+) -> Option<Vec<ProcessorConfig>> {
+    let span = value.span();
+    let DeValue::Array(items) = value.into_inner() else {
+        doc.findings.push(
+            Finding::error(
+                Code::InvalidType,
+                Location::Span(span),
+                "`processor` must be an array of tables",
+            )
+            .with_hint("declare each step with its own `[[processor]]` header"),
+        );
+        return None;
+    };
+    let mut processors = Vec::new();
+    let mut complete = true;
+    for item in items {
+        let parsed = doc
+            .expect_table(item, "processor")
+            .and_then(|table| doc.section::<ProcessorConfig>(table));
+        match parsed {
+            Some(processor) => processors.push(processor),
+            None => complete = false,
+        }
+    }
+    complete.then_some(processors)
 }
 
 fn parse_consumer<'i>(

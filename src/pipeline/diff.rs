@@ -228,10 +228,10 @@ pub fn config_hash(config: &PipelineConfig) -> String {
 fn compare(path: &str, old: &Value, new: &Value, out: &mut Vec<KeyChange>) {
     let join = |key: &str| {
         // The configuration's `targets` is `[[target]]` in the file.
-        let key = if path.is_empty() && key == "targets" {
-            "target"
-        } else {
-            key
+        let key = match key {
+            "targets" if path.is_empty() => "target",
+            "processors" if path.is_empty() => "processor",
+            _ => key,
         };
         if path.is_empty() {
             key.to_string()

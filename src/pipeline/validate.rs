@@ -87,7 +87,16 @@ pub fn validate_pipeline(config: &PipelineConfig) -> Vec<Finding> {
         if let Some(retry) = &target.retry {
             retry.validate(&mut checks, &at.key("retry"), &config.consumer.retry);
         }
+        if let Some(filter) = &target.filter {
+            filter.validate(&mut checks, &at.key("filter"));
+        }
+        if let Some(transform) = &target.transform {
+            transform.validate(&mut checks, &at.key("transform"));
+        }
         target.kind.validate(&mut checks, &at);
+    }
+    for (i, processor) in config.processors.iter().enumerate() {
+        processor.validate(&mut checks, &root.key("processor").index(i));
     }
     checks.findings
 }

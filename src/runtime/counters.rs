@@ -86,6 +86,8 @@ pub struct TargetCounters {
     pub retried: u64,
     /// Messages sent to the DLQ (or dropped, with the DLQ disabled).
     pub dead_lettered: u64,
+    /// Messages kept from the target by a filter.
+    pub skipped: u64,
     /// The last error, and when it happened (milliseconds since the epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -96,8 +98,16 @@ pub struct TargetCounters {
 /// An outcome of delivery to a target.
 pub enum Outcome<'a> {
     Delivered(u64),
-    Retried { error: &'a str, at_ms: u64 },
-    DeadLettered { error: &'a str, at_ms: u64 },
+    Retried {
+        error: &'a str,
+        at_ms: u64,
+    },
+    DeadLettered {
+        error: &'a str,
+        at_ms: u64,
+    },
+    /// Kept from the target by processing.
+    Skipped,
 }
 
 impl DeliveryCounters {
@@ -110,6 +120,10 @@ impl DeliveryCounters {
         let (error, at_ms) = match outcome {
             Outcome::Delivered(n) => {
                 counters.delivered += n;
+                return;
+            }
+            Outcome::Skipped => {
+                counters.skipped += 1;
                 return;
             }
             Outcome::Retried { error, at_ms } => {

@@ -40,6 +40,8 @@ pub enum DeliveryState {
     Delivered,
     /// Given up on: the message is in the namespace's dead-letter queue.
     DeadLettered,
+    /// Kept from this target by a filter (`last_error` says which): done with.
+    Skipped,
 }
 
 /// One target's state for one message.

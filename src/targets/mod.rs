@@ -20,6 +20,7 @@ use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
 use crate::config::policy::{BreakerPolicy, RateLimit, RetryOverride};
 use crate::probe::Unreachable;
+use crate::processing::config::Expression;
 pub use delivery::{BatchError, DeliveryError, Message, ValueShape};
 
 /// One `[[target]]`.
@@ -39,6 +40,11 @@ pub struct TargetConfig {
     /// The most messages in delivery to this target at once, over all lanes.
     /// Default: none (each lane's run). Range: 1..=100000.
     pub max_in_flight: Option<u32>,
+    /// A jq expression: the message goes to this target when it gives true.
+    /// Default: none (every message).
+    pub filter: Option<Expression>,
+    /// A jq program: what this target receives. Default: none (the message as is).
+    pub transform: Option<Expression>,
     #[serde(flatten)]
     pub kind: TargetKind,
 }
@@ -56,6 +62,10 @@ struct TargetCommon {
     pub rate_limit: Option<RateLimit>,
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    #[serde(default)]
+    pub filter: Option<Expression>,
+    #[serde(default)]
+    pub transform: Option<Expression>,
 }
 
 /// A target's own keys, by `type`.
@@ -86,6 +96,8 @@ impl TargetConfig {
                 "circuit_breaker",
                 "rate_limit",
                 "max_in_flight",
+                "filter",
+                "transform",
             ],
         ));
         let kind = match kind?.as_str() {
@@ -102,6 +114,8 @@ impl TargetConfig {
             circuit_breaker: common.circuit_breaker,
             rate_limit: common.rate_limit,
             max_in_flight: common.max_in_flight,
+            filter: common.filter,
+            transform: common.transform,
             kind,
         })
     }

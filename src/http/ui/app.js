@@ -172,12 +172,13 @@ function renderNamespace(data, name) {
   if (!ns) return [el("p", {}, `No namespace “${name}” runs now. `, el("a", { href: "#/" }, "All namespaces"))];
   const card = (label, value, field) => el("div", { class: "card" }, el("b", { "data-field": field }, value), el("span", {}, label));
   const targets = el("div", { class: "table-wrap" }, el("table", { "aria-labelledby": "targets-title" },
-    el("thead", {}, el("tr", {}, ["Target", "Type", "Delivered", "Retried", "Dead-lettered", "Last error", "State", ""].map((h, i) =>
-      el("th", { scope: "col", class: i >= 2 && i <= 4 ? "num" : null }, h)))),
+    el("thead", {}, el("tr", {}, ["Target", "Type", "Delivered", "Retried", "Dead-lettered", "Filtered out", "Last error", "State", ""].map((h, i) =>
+      el("th", { scope: "col", class: i >= 2 && i <= 5 ? "num" : null }, h)))),
     el("tbody", {}, ns.targets.map((t) => el("tr", { "data-target": t.name },
       el("th", { scope: "row" }, t.name), el("td", {}, t.type),
       el("td", { class: "num" }, t.delivery.delivered), el("td", { class: "num" }, t.delivery.retried),
       el("td", { class: "num" }, t.delivery.dead_lettered),
+      el("td", { class: "num", "data-field": "skipped" }, t.delivery.skipped ?? 0),
       el("td", { class: "error-text" }, t.delivery.last_error ? `${when(t.delivery.last_error_at_ms)} ${t.delivery.last_error}` : ""),
       el("td", { "data-field": "target-state", class: targetState(t) === "delivering" ? null : "error-text" }, targetState(t)),
       el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": `${t.paused ? "Resume" : "Pause"} ${t.name}`,
