@@ -319,3 +319,120 @@ fn validate_places_a_bad_expression_inside_its_string() -> Result {
     );
     Ok(())
 }
+
+/// A namespace with one target of each type, a schema, a namespace step, filters and
+/// transforms, for the dry run.
+const DRY_RUN: &str = r#"namespace = "shop"
+[source]
+type = "http"
+public = true
+schema = "order.schema.json"
+
+[[processor]]
+name = "drop cards"
+transform = ".payload |= del(.card)"
+
+[[target]]
+name = "archive"
+type = "file"
+path = "/var/lib/wald/out/shop.jsonl"
+
+[[target]]
+name = "partner"
+type = "http"
+url = "https://user:secret@partner.example/hooks?token=abc"
+body = "payload"
+headers = { Authorization = "Bearer ${PARTNER_TOKEN:-t}" }
+signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+filter = ".payload.total > 100"
+transform = "{payload: {event: (\"order.\" + .payload.status), id: .message_id}}"
+
+[[target]]
+name = "refunds"
+type = "postgres"
+url = "postgres://wald@db.invalid/shop"
+statement = "INSERT INTO refunds (id, cents) VALUES ($message_id, $payload.cents) ON CONFLICT (id) DO NOTHING"
+filter = '.payload.status == "refunded"'
+transform = ".payload |= {cents: (.total * 100 | floor)}"
+
+[[target]]
+name = "cache"
+type = "redis"
+url = "redis://cache.invalid:6379"
+command = "SET"
+key = "order:{payload.id}"
+value = "payload"
+
+[[target]]
+name = "events"
+type = "kafka"
+brokers = "kafka.invalid:9092"
+topic = "orders"
+key = "{payload.id}"
+value = "payload"
+"#;
+
+const DRY_RUN_SAMPLES: &str = r#"{"namespace": "shop", "key": "o-1", "payload": {"id": "o-1", "status": "paid", "total": 150, "card": "4111"}}
+{"namespace": "shop", "payload": {"id": "o-2", "status": "refunded", "total": 2.5}}
+{"namespace": "shop", "payload": {"id": 3, "status": "paid"}}
+{"namespace": "shop", "payload": {"id": "o-4", "status": 7, "total": 500}, "targets": ["partner", "archive"]}
+not json
+"#;
+
+#[test]
+fn the_dry_run_shows_what_each_target_would_be_sent() -> Result {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("order.schema.json"),
+        r#"{"type": "object", "required": ["id", "status"], "properties": {"id": {"type": "string"}, "total": {"type": "number"}}}"#,
+    )?;
+    let file = dir.path().join("shop.toml");
+    std::fs::write(&file, DRY_RUN)?;
+    let samples = dir.path().join("samples.jsonl");
+    std::fs::write(&samples, DRY_RUN_SAMPLES)?;
+    let output = common::wald()
+        .arg("validate")
+        .arg("--sample")
+        .arg(&samples)
+        .arg(&file)
+        .output()?;
+    let text = common::stdout(&output)
+        .replace(&samples.display().to_string(), "samples.jsonl")
+        .replace(&dir.path().display().to_string(), "<dir>");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "line 5 is not a write request\n{text}"
+    );
+    let expected = std::fs::read_to_string(common::root().join("tests/fixtures/dry-run.txt"))?;
+    assert_eq!(text, expected, "\n--- got ---\n{text}");
+
+    let output = common::wald()
+        .args(["validate", "--format", "json", "--sample"])
+        .arg(&samples)
+        .arg(&file)
+        .output()?;
+    let lines: Vec<Value> = common::stdout(&output)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let samples: Vec<&Value> = lines.iter().filter(|l| l.get("sample").is_some()).collect();
+    let outcomes: Vec<&str> = samples
+        .iter()
+        .filter_map(|l| l["outcome"].as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["accepted", "accepted", "refused", "accepted", "unreadable"]
+    );
+    let results: Vec<&str> = samples[0]["targets"]
+        .as_array()
+        .map(|ts| ts.iter().filter_map(|t| t["result"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(results, ["send", "send", "skipped", "send", "send"]);
+    assert_eq!(
+        samples[1]["targets"][2]["sends"]["parameters"],
+        json!(["sample-2", 250])
+    );
+    Ok(())
+}

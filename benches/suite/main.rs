@@ -11,7 +11,8 @@
 //! Scenarios: 1 HTTP writes, 2 the log engine alone, 3 the batch route, 4 end to end to
 //! Postgres, 5 the shared backends (Redis Streams against redis-benchmark; Kafka and SQS
 //! functional figures), 6 reloads, 7 memory, 8 start-up and recovery, 9 a target's
-//! health (healing after an outage with and without the breaker; rate limiting).
+//! health (healing after an outage with and without the breaker; rate limiting), 10
+//! processing (filter and transform at delivery; a schema at ingest).
 //! A scenario whose service is missing (Postgres, redis-server) says so and the others
 //! go on. Results, with how to read them, are in `docs/benchmarks.md`.
 
@@ -22,6 +23,7 @@ mod log;
 mod memory;
 mod postgres;
 mod process;
+mod processing;
 mod reload;
 mod report;
 mod servers;
@@ -53,6 +55,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("7-memory", memory::run),
     ("8-startup", startup::run),
     ("9-heal 9-rate-limit", targets::run),
+    ("10-processing 10-schema", processing::run),
 ];
 
 fn main() -> Result {

@@ -67,6 +67,15 @@ pub async fn wald_router(dir: &Path, pipelines: &[(&str, String)]) -> crate::Res
 /// (its delivery cursor and its status index at the log's end), so that a round starts
 /// with no work left over from the one before; how long that took.
 pub async fn settle(state: &AppState, name: &str) -> crate::Result<Duration> {
+    caught_up(state, name, true).await
+}
+
+/// Waits until namespace `name`'s status index is at its log's end (delivery aside).
+pub async fn indexed(state: &AppState, name: &str) -> crate::Result<Duration> {
+    caught_up(state, name, false).await
+}
+
+async fn caught_up(state: &AppState, name: &str, delivery: bool) -> crate::Result<Duration> {
     const LIMIT: Duration = Duration::from_secs(120);
     let started = Instant::now();
     let namespace = state
@@ -88,10 +97,11 @@ pub async fn settle(state: &AppState, name: &str) -> crate::Result<Duration> {
             .positions()
             .await?
             .ok_or("not on the embedded log")?;
-        let delivered = positions
-            .groups
-            .iter()
-            .any(|(group, next)| group == DELIVERY_GROUP && *next >= end);
+        let delivered = !delivery
+            || positions
+                .groups
+                .iter()
+                .any(|(group, next)| group == DELIVERY_GROUP && *next >= end);
         let indexed = namespace
             .status_indexed()
             .is_none_or(|indexed| *indexed.borrow() >= end);

@@ -40,6 +40,12 @@ pub enum Command {
         /// Also reach every backend, target and store (writes nothing to them).
         #[arg(long)]
         connect: bool,
+        /// A dry run: each line of FILE (a write request as `POST /api/v1/wal/write`
+        /// takes it) through its namespace: refused at ingest, or what each target
+        /// would be sent, skipped by a filter, or failed in processing. Writes and
+        /// reaches nothing.
+        #[arg(long, value_name = "FILE.jsonl")]
+        sample: Option<PathBuf>,
     },
     /// Show what a reload of pipeline files would change on a running server (needs the
     /// admin key): per namespace added, changed (which keys, secrets as fingerprints,

@@ -20,6 +20,7 @@ pub(super) fn validate(
     format: Format,
     deny_warnings: bool,
     connect: bool,
+    sample: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let service_path = service_config_path(config_path);
     let (service, mut service_diagnostics) =
@@ -54,7 +55,47 @@ pub(super) fn validate(
             }
         }
     }
-    Ok(ExitCode::from(validate_exit_code(&report, deny_warnings)))
+    let code = validate_exit_code(&report, deny_warnings);
+    match sample {
+        Some(sample) if code == 0 => run_samples(&report, sample, format, &mut out),
+        _ => Ok(ExitCode::from(code)),
+    }
+}
+
+/// `validate --sample`: each line of `file` through its namespace. 0 when every line
+/// ran, 1 when one could not (not a write request, no such namespace), 2 when the file
+/// cannot be read.
+fn run_samples(
+    report: &LoadReport,
+    file: &Path,
+    format: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let name = file.display().to_string();
+    let mut all_ran = true;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let sampled = crate::pipeline::sample::run(&report.pipelines, i + 1, line);
+        all_ran &= sampled.ran();
+        match format {
+            Format::Human => write!(out, "{}", sampled.render(&name))?,
+            Format::Json => {
+                let mut json = serde_json::to_value(&sampled)?;
+                json["sample"] = name.clone().into();
+                writeln!(out, "{json}")?;
+            }
+        }
+    }
+    Ok(ExitCode::from(if all_ran { 0 } else { 1 }))
 }
 
 /// 0 valid, 1 invalid, 2 could not run.

@@ -33,7 +33,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             deny_warnings,
             connect,
-        } => validate(cli.config.as_deref(), paths, format, deny_warnings, connect),
+            sample,
+        } => validate(
+            cli.config.as_deref(),
+            paths,
+            format,
+            deny_warnings,
+            connect,
+            sample.as_deref(),
+        ),
         Command::HashKey { key, generate } => hash_key(key, generate),
         Command::Plan {
             paths,

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod connect;
 pub mod diff;
+pub mod sample;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@ use crate::message::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_IDEMPOTENCY_HASH, HEADER_IDEMPOTENCY_KEY,
     HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, new_id,
 };
-use crate::runtime::Namespace;
+use crate::pipeline::config::PipelineConfig;
 
 /// Most headers one message may carry.
 const MAX_HEADERS: usize = 64;
@@ -70,18 +70,17 @@ pub struct BatchIn {
 }
 
 /// Ids a message was given.
-pub(super) struct Accepted {
-    pub(super) message_id: String,
+pub struct Accepted {
+    pub message_id: String,
 }
 
-/// Checks one message against its namespace and makes it a record.
-pub(super) fn to_record(
-    namespace: &Namespace,
+/// Checks one message against its namespace's configuration and makes it a record.
+pub fn to_record(
+    config: &PipelineConfig,
     message: MessageIn,
     transaction_id: &str,
     key: Option<(&str, &str)>,
 ) -> Result<(Record, Accepted), WriteError> {
-    let config = &namespace.pipeline.config;
     let (payload, content_type) = match (message.payload, message.payload_base64) {
         (Some(json), None) => (json.get().as_bytes().to_vec(), "application/json"),
         (None, Some(encoded)) => (

@@ -61,7 +61,7 @@ pub async fn write(
         KeyCheck::New(keyed) => keyed,
     };
     let (record, accepted) = to_record(
-        namespace,
+        &namespace.pipeline.config,
         message,
         &transaction_id,
         keyed.as_ref().map(Keyed::key),
@@ -127,7 +127,7 @@ pub async fn write_batch(
                 KeyCheck::New(keyed) => keyed,
             };
             let (record, accepted) = to_record(
-                namespace,
+                &namespace.pipeline.config,
                 message,
                 &transaction_id,
                 keyed.as_ref().map(Keyed::key),

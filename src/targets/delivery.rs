@@ -117,6 +117,12 @@ impl Message {
     }
 }
 
+/// Bytes a target sends, for people: JSON as itself, other bytes as text.
+pub fn shown(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned().into())
+}
+
 /// Why a delivery failed, and whether trying again may help.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

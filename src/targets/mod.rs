@@ -149,6 +149,19 @@ impl TargetKind {
         }
     }
 
+    /// What delivering `message` would send (the line, the request, the statement
+    /// and its parameters, the command, the record), worked out from the
+    /// configuration alone: nothing is reached. `wald validate --sample`.
+    pub fn preview(&self, message: &Message) -> serde_json::Value {
+        match self {
+            Self::Postgres(c) => postgres::preview(c, message),
+            Self::Redis(c) => redis::preview(c, message),
+            Self::Http(c) => http::preview(c, message),
+            Self::Kafka(c) => kafka::preview(c, message),
+            Self::File(c) => file::preview(c, message),
+        }
+    }
+
     pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {
         match self {
             Self::Postgres(c) => c.validate(checks, at),

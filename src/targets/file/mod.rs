@@ -67,6 +67,14 @@ impl FileTarget {
     }
 }
 
+/// The line delivering `message` would append.
+pub fn preview(config: &Config, message: &Message) -> serde_json::Value {
+    serde_json::json!({
+        "path": config.path.display().to_string(),
+        "line": crate::targets::delivery::shown(&message.envelope()),
+    })
+}
+
 /// Writes `lines`, the `i`th of which ends at `ends[i]`, at the end of `file`, and
 /// syncs them with `fsync`. On failure: how many lines were delivered, with the error.
 /// A line written in part is cut off again, so that its retry starts a line; a failed

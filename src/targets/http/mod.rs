@@ -44,21 +44,12 @@ impl HttpTarget {
     /// Calls the webhook with the message; a 2xx delivers it, a status in `retry_on`
     /// or a network error is retried, any other status is permanent.
     pub async fn deliver(&self, message: &Message) -> Result<(), DeliveryError> {
-        let body = match self.config.body {
-            ValueShape::Payload => message.payload.clone(),
-            ValueShape::Envelope => message.envelope(),
-        };
+        let (body, content_type) = body(&self.config, message);
         let method = match self.config.method {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
             Method::Patch => reqwest::Method::PATCH,
         };
-        let content_type =
-            if matches!(self.config.body, ValueShape::Payload) && !message.payload_is_json {
-                "application/octet-stream"
-            } else {
-                "application/json"
-            };
         let mut request = self
             .client
             .request(method, &self.config.url)
@@ -107,6 +98,42 @@ impl HttpTarget {
             Err(DeliveryError::permanent(message))
         }
     }
+}
+
+/// The body `message` is sent with, and its content type.
+fn body(config: &Config, message: &Message) -> (Vec<u8>, &'static str) {
+    match config.body {
+        ValueShape::Payload if !message.payload_is_json => {
+            (message.payload.clone(), "application/octet-stream")
+        }
+        ValueShape::Payload => (message.payload.clone(), "application/json"),
+        ValueShape::Envelope => (message.envelope(), "application/json"),
+    }
+}
+
+/// The request delivering `message` would make, secrets and signatures left out.
+pub fn preview(config: &Config, message: &Message) -> serde_json::Value {
+    let (body, content_type) = body(config, message);
+    let mut headers = serde_json::Map::new();
+    headers.insert("content-type".into(), content_type.into());
+    headers.insert("idempotency-key".into(), message.message_id.as_str().into());
+    for name in config.headers.keys() {
+        headers.insert(name.clone(), "(secret)".into());
+    }
+    if !config.signing_secrets.is_empty() {
+        headers.insert("webhook-id".into(), message.message_id.as_str().into());
+        headers.insert("webhook-timestamp".into(), "(time of sending)".into());
+        headers.insert("webhook-signature".into(), "(signed)".into());
+    }
+    if config.hmac_secret.is_some() {
+        headers.insert("x-wald-signature".into(), "(signed)".into());
+    }
+    serde_json::json!({
+        "method": format!("{:?}", config.method).to_uppercase(),
+        "url": redacted(&config.url),
+        "headers": headers,
+        "body": crate::targets::delivery::shown(&body),
+    })
 }
 
 /// `sha256=<hex>` of the body's HMAC-SHA256 under `secret`.

@@ -5,9 +5,38 @@ pub mod config;
 
 use crate::targets::template::Template;
 
-use crate::targets::delivery::ValueShape;
+use crate::targets::delivery::{Message, ValueShape, shown};
 
 pub use config::*;
+
+/// The key and value `message` is produced with.
+fn record(
+    key: Option<&Template>,
+    value: ValueShape,
+    message: &Message,
+) -> (Option<Vec<u8>>, Vec<u8>) {
+    let key = match key {
+        Some(template) => Some(template.render(message).into_bytes()),
+        None => message.key.clone().map(String::into_bytes),
+    };
+    let value = match value {
+        ValueShape::Payload => message.payload.clone(),
+        ValueShape::Envelope => message.envelope(),
+    };
+    (key, value)
+}
+
+/// The record delivering `message` would produce.
+pub fn preview(config: &Config, message: &Message) -> serde_json::Value {
+    let template = config.key.as_deref().and_then(|k| Template::parse(k).ok());
+    let (key, value) = record(template.as_ref(), config.value, message);
+    serde_json::json!({
+        "topic": config.topic,
+        "key": key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+        "headers": { "wald-message-id": message.message_id },
+        "value": shown(&value),
+    })
+}
 
 /// A Kafka target ready to deliver: an idempotent producer (`acks=all`).
 #[cfg(feature = "kafka")]
@@ -60,17 +89,7 @@ impl KafkaTarget {
         use rdkafka::message::{Header, OwnedHeaders};
         let rendered: Vec<(Option<Vec<u8>>, Vec<u8>)> = messages
             .iter()
-            .map(|m| {
-                let key = match &self.key {
-                    Some(template) => Some(template.render(m).into_bytes()),
-                    None => m.key.clone().map(String::into_bytes),
-                };
-                let value = match self.value {
-                    ValueShape::Payload => m.payload.clone(),
-                    ValueShape::Envelope => m.envelope(),
-                };
-                (key, value)
-            })
+            .map(|m| record(self.key.as_ref(), self.value, m))
             .collect();
         let sends = messages.iter().zip(&rendered).map(|(m, (key, value))| {
             let headers = OwnedHeaders::new().insert(Header {

@@ -152,6 +152,13 @@ impl PostgresTarget {
     }
 }
 
+/// The statement delivering `message` would run, with its parameters.
+pub fn preview(config: &Config, message: &Message) -> serde_json::Value {
+    let (statement, fields) = config.positional();
+    let parameters: Vec<serde_json::Value> = fields.iter().map(|f| f.value(message)).collect();
+    serde_json::json!({ "statement": statement, "parameters": parameters })
+}
+
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds `value` as Postgres's type for the parameter; a value that does not fit the

@@ -130,6 +130,22 @@ impl RedisTarget {
     }
 }
 
+/// The command delivering `message` would send, each argument as text.
+pub fn preview(config: &Config, message: &Message) -> serde_json::Value {
+    let Ok(target) = RedisTarget::new(config) else {
+        return serde_json::Value::Null;
+    };
+    let command: Vec<String> = target
+        .command(message)
+        .args_iter()
+        .map(|arg| match arg {
+            ::redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => "0".to_string(),
+        })
+        .collect();
+    serde_json::json!({ "command": command })
+}
+
 /// Connection trouble, timeouts and a busy or loading server are retried; an error
 /// the server gives for the command itself (wrong type, syntax) is permanent.
 fn classify(e: ::redis::RedisError) -> DeliveryError {
