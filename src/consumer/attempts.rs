@@ -57,10 +57,11 @@ impl Consumer {
                 // done with; one its processing fails on goes to the DLQ.
                 let mut chosen = Vec::with_capacity(ready.len());
                 for i in ready {
-                    let message = Message::of_record(&self.namespace, &run[i].record);
-                    match route.processing.apply(message.clone()) {
+                    let message = || Message::of_record(&self.namespace, &run[i].record);
+                    match route.processing.apply(message()) {
                         Processed::Deliver(processed) => chosen.push((i, processed)),
                         Processed::Skipped(by) => {
+                            let message = message();
                             self.counters.record(name, Outcome::Skipped);
                             run[i].pending.remove(name);
                             let mut update =
@@ -69,6 +70,7 @@ impl Consumer {
                             run[i].updates.push(update);
                         }
                         Processed::Failed(error) => {
+                            let message = message();
                             let e = DeliveryError::permanent(error);
                             let at_ms = now_ms();
                             let tries = run[i].pending.get(name);

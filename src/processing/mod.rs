@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::targets::Message;
 use config::{Expression, ProcessorConfig};
-use jq::Program;
+use jq::{Program, Val};
 
 /// What processing made of a message for one target.
 #[derive(Debug, PartialEq)]
@@ -88,38 +88,57 @@ impl Processing {
         self.steps.is_empty()
     }
 
-    /// Runs every step on `message`.
-    pub fn apply(&self, mut message: Message) -> Processed {
+    /// Runs every step on `message`: its envelope is made a jq value once, each step
+    /// runs on what the one before gave, and the message is rebuilt once at the end.
+    pub fn apply(&self, message: Message) -> Processed {
+        if self.steps.is_empty() {
+            return Processed::Deliver(message);
+        }
+        let mut value = match jq::envelope(&message) {
+            Ok(value) => value,
+            Err(e) => return Processed::Failed(format!("{}: {e}", self.steps[0].name)),
+        };
+        let mut transformed_by = None;
         for step in &self.steps {
-            let out = match step.program.run(&message.envelope()) {
+            let out = match step.program.run(value.clone()) {
                 Ok(out) => out,
                 Err(e) => return Processed::Failed(format!("{}: {e}", step.name)),
             };
-            match (step.filter, out.as_deref()) {
-                (true, Some(b"true")) => {}
-                (true, Some(b"false" | b"null") | None) | (false, None) => {
+            match (step.filter, out) {
+                (true, Some(Val::Bool(true))) => {}
+                (true, Some(Val::Bool(false) | Val::Null) | None) | (false, None) => {
                     return Processed::Skipped(step.name.clone());
                 }
                 (true, Some(other)) => {
+                    let shown: String = other.to_string().chars().take(80).collect();
                     return Processed::Failed(format!(
-                        "{}: a filter gives true or false, not {}",
-                        step.name,
-                        String::from_utf8_lossy(&other[..other.len().min(80)])
+                        "{}: a filter gives true or false, not {shown}",
+                        step.name
                     ));
                 }
-                (false, Some(out)) => match reshape(message, out) {
-                    Ok(reshaped) => message = reshaped,
-                    Err(e) => return Processed::Failed(format!("{}: {e}", step.name)),
-                },
+                (false, Some(out)) => {
+                    value = out;
+                    transformed_by = Some(&step.name);
+                }
             }
         }
-        Processed::Deliver(message)
+        let Some(step) = transformed_by else {
+            return Processed::Deliver(message);
+        };
+        // jaq prints values JSON cannot hold (NaN, byte strings) its own way.
+        let reshaped = serde_json::from_str::<Value>(&value.to_string())
+            .map_err(|_| "its result is not JSON".to_string())
+            .and_then(|out| reshape(message, out));
+        match reshaped {
+            Ok(message) => Processed::Deliver(message),
+            Err(e) => Processed::Failed(format!("{step}: {e}")),
+        }
     }
 }
 
-/// `message` as a transform's output (JSON) gives it.
-fn reshape(mut message: Message, out: &[u8]) -> Result<Message, String> {
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(out) else {
+/// `message` as a transform's output gives it.
+fn reshape(mut message: Message, out: Value) -> Result<Message, String> {
+    let Value::Object(fields) = out else {
         return Err(
             "a transform gives the message as an object: `.payload |= ...`, or `{payload: ...}`"
                 .into(),
