@@ -436,3 +436,76 @@ fn the_dry_run_shows_what_each_target_would_be_sent() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn test_cases_in_the_pipeline_file_pass_or_say_what_differs() -> Result {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("shop.toml");
+    let pipeline = r#"namespace = "shop"
+[source]
+type = "http"
+public = true
+
+[[target]]
+name = "partner"
+type = "http"
+url = "https://partner.example/hooks"
+body = "payload"
+filter = ".payload.total > 100"
+transform = "{payload: {event: (\"order.\" + .payload.status), id: .message_id}}"
+
+[[target]]
+name = "archive"
+type = "file"
+path = "out.jsonl"
+
+[[test]]
+name = "big orders reach the partner, reshaped"
+input = { payload = { status = "paid", total = 150 } }
+expect.partner = { method = "POST", body = { event = "order.paid", id = "sample-1" } }
+expect.archive = { line = { payload = { total = 150 } } }
+
+[[test]]
+name = "small orders do not"
+input = { payload = { status = "paid", total = 5 } }
+expect.partner = "skipped"
+
+[[test]]
+name = "a status that is not text fails the partner"
+input = { payload = { status = 7, total = 500 }, targets = ["partner"] }
+expect.partner = "failed"
+expect.archive = "not_addressed"
+"#;
+    std::fs::write(&file, pipeline)?;
+    let (code, found) = validate_json(&[&file]);
+    assert_eq!(code, Some(0), "every case holds: {found:?}");
+
+    let broken = format!(
+        "{pipeline}\n[[test]]\nname = \"wrong on purpose\"\n\
+         input = {{ payload = {{ status = \"paid\", total = 150 }} }}\n\
+         expect.partner = {{ body = {{ event = \"order.shipped\" }} }}\n\
+         expect.archive = \"skipped\"\n"
+    );
+    std::fs::write(&file, broken)?;
+    let output = common::wald().arg("validate").arg(&file).output()?;
+    let text = common::stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("error[test_failed]"), "{text}");
+    assert!(
+        text.contains("test `wrong on purpose` does not hold"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"partner.body.event: expected "order.shipped", got "order.paid""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("archive: expected \"skipped\", got {"),
+        "{text}"
+    );
+    assert!(
+        text.contains(":36:1"),
+        "at the failing case's header: {text}"
+    );
+    Ok(())
+}

@@ -29,6 +29,12 @@ pub(super) fn validate(
     let mut report = pipeline::load_pipelines(&paths, &env::process_env);
     service_diagnostics.append(&mut report.diagnostics);
     report.diagnostics = service_diagnostics;
+    for p in &report.pipelines {
+        let failed = pipeline::sample::run_tests(p);
+        report
+            .diagnostics
+            .extend(failed.into_iter().map(|f| p.source.place(f)));
+    }
 
     if connect && report.errors() == 0 {
         let service = service.clone().unwrap_or_default();

@@ -81,6 +81,8 @@ pub enum Code {
     InvalidSchema,
     /// A `filter` or `transform` that does not compile.
     InvalidExpression,
+    /// A `[[test]]` case that does not hold (`wald validate`).
+    TestFailed,
 }
 
 impl Code {
@@ -114,6 +116,7 @@ impl Code {
             Code::Unreachable => "unreachable",
             Code::InvalidSchema => "invalid_schema",
             Code::InvalidExpression => "invalid_expression",
+            Code::TestFailed => "test_failed",
         }
     }
 

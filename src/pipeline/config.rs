@@ -35,6 +35,27 @@ pub struct PipelineConfig {
     pub processors: Vec<ProcessorConfig>,
     /// Where messages are delivered, in `[[target]]` order.
     pub targets: Vec<TargetConfig>,
+    /// `[[test]]` cases `wald validate` runs; nothing runs them in the service.
+    #[serde(skip)]
+    pub tests: Vec<TestCase>,
+}
+
+/// `[[test]]`: a write request and what each target should make of it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    /// Shown when it fails. Required.
+    pub name: String,
+    /// The write request, as `POST /api/v1/wal/write` takes it (`namespace` may be
+    /// left out). Required.
+    pub input: serde_json::Value,
+    /// The code the write is refused with, when it should be refused.
+    #[serde(default)]
+    pub refused: Option<String>,
+    /// Per target: `"skipped"`, `"failed"`, `"not_addressed"`, or what it is sent
+    /// (keys left out are not compared). Targets not named are not checked.
+    #[serde(default)]
+    pub expect: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl PipelineConfig {
@@ -70,6 +91,7 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
     let producer = Document::take(&mut root, "producer");
     let targets = Document::take(&mut root, "target");
     let processors = Document::take(&mut root, "processor");
+    let tests = Document::take(&mut root, "test");
     let head: Option<Head> = doc.section(Spanned::new(root_span.clone(), root));
 
     let source = match source {
@@ -98,7 +120,11 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
     };
     let processors = match processors {
         None => Some(Vec::new()),
-        Some(value) => parse_processors(doc, value),
+        Some(value) => parse_tables(doc, value, "processor"),
+    };
+    let tests = match tests {
+        None => Some(Vec::new()),
+        Some(value) => parse_tables(doc, value, "test"),
     };
 
     let head = head?;
@@ -110,37 +136,40 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
         consumer: consumer?,
         processors: processors?,
         targets: targets?,
+        tests: tests?,
     })
 }
 
-fn parse_processors<'i>(
+/// `[[what]]`: each table read as a `T`.
+fn parse_tables<'i, T: serde::de::DeserializeOwned>(
     doc: &mut Document<'i>,
     value: Spanned<DeValue<'i>>,
-) -> Option<Vec<ProcessorConfig>> {
+    what: &str,
+) -> Option<Vec<T>> {
     let span = value.span();
     let DeValue::Array(items) = value.into_inner() else {
         doc.findings.push(
             Finding::error(
                 Code::InvalidType,
                 Location::Span(span),
-                "`processor` must be an array of tables",
+                format!("`{what}` must be an array of tables"),
             )
-            .with_hint("declare each step with its own `[[processor]]` header"),
+            .with_hint(format!("declare each with its own `[[{what}]]` header")),
         );
         return None;
     };
-    let mut processors = Vec::new();
+    let mut tables = Vec::new();
     let mut complete = true;
     for item in items {
-        let parsed = doc
-            .expect_table(item, "processor")
-            .and_then(|table| doc.section::<ProcessorConfig>(table));
-        match parsed {
-            Some(processor) => processors.push(processor),
+        match doc
+            .expect_table(item, what)
+            .and_then(|t| doc.section::<T>(t))
+        {
+            Some(table) => tables.push(table),
             None => complete = false,
         }
     }
-    complete.then_some(processors)
+    complete.then_some(tables)
 }
 
 fn parse_consumer<'i>(

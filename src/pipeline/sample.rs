@@ -1,4 +1,6 @@
-//! A dry run of sample messages (`wald validate --sample FILE.jsonl`): each line, a
+//! A dry run of sample messages (`wald validate --sample FILE.jsonl`), and the
+//! `[[test]]` cases of a pipeline file, which are samples with what each target
+//! should make of them. Each line, a
 //! write request as the API takes it, goes through its namespace as if written: the
 //! write rules and the schema at ingest, then, for each target it is for, the
 //! namespace's `[[processor]]` steps and the target's filter and transform, and what
@@ -9,6 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::LoadedPipeline;
+use super::config::TestCase;
+use crate::config::diagnostic::{Code, Finding, KeyPath, Location};
 use crate::message::{HEADER_MESSAGE_ID, HEADER_TARGETS, StoredRecord};
 use crate::processing::{Processed, Processing};
 use crate::source::WriteError;
@@ -215,5 +219,100 @@ impl Sampled {
     /// Whether the line could be run at all.
     pub fn ran(&self) -> bool {
         !matches!(self.outcome, SampleOutcome::Unreadable { .. })
+    }
+}
+
+/// Runs the `[[test]]` cases of `pipeline`: a finding at each case that does not hold,
+/// saying what differs. A case's ids are `sample-<n>`, `n` its place among the cases.
+pub fn run_tests(pipeline: &LoadedPipeline) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (i, case) in pipeline.config.tests.iter().enumerate() {
+        let sampled = run(
+            std::slice::from_ref(pipeline),
+            i + 1,
+            &case.input.to_string(),
+        );
+        let problems = check(case, &sampled);
+        if problems.is_empty() {
+            continue;
+        }
+        findings.push(
+            Finding::error(
+                Code::TestFailed,
+                Location::Key(KeyPath::root().key("test").index(i)),
+                format!(
+                    "test `{}` does not hold:\n  {}",
+                    case.name,
+                    problems.join("\n  ")
+                ),
+            )
+            .with_hint(
+                "`wald validate --sample` with the input on a line shows all that the targets get",
+            ),
+        );
+    }
+    findings
+}
+
+/// What differs between `case` and what its input came to.
+fn check(case: &TestCase, sampled: &Sampled) -> Vec<String> {
+    let targets = match (&sampled.outcome, &case.refused) {
+        (SampleOutcome::Unreadable { error }, _) => return vec![format!("the input: {error}")],
+        (SampleOutcome::Refused { code, .. }, Some(expected)) if code == expected => {
+            return Vec::new();
+        }
+        (SampleOutcome::Refused { code, error, .. }, _) => {
+            return vec![format!("refused ({code}): {error}")];
+        }
+        (SampleOutcome::Accepted { .. }, Some(expected)) => {
+            return vec![format!(
+                "expected a refusal ({expected}), the write was accepted"
+            )];
+        }
+        (SampleOutcome::Accepted { targets }, None) => targets,
+    };
+    let mut problems = Vec::new();
+    for (name, expected) in &case.expect {
+        let Some(part) = targets.iter().find(|t| &t.target == name) else {
+            problems.push(format!("the namespace has no target `{name}`"));
+            continue;
+        };
+        let got = match &part.part {
+            Part::Send { sends } => sends.clone(),
+            Part::Skipped { by } => Value::from(format!("skipped (by {by})")),
+            Part::Failed { error } => Value::from(format!("failed: {error}")),
+            Part::NotAddressed => Value::from("not_addressed"),
+        };
+        let outcome_holds = match (expected.as_str(), &part.part) {
+            (Some("skipped"), Part::Skipped { .. })
+            | (Some("failed"), Part::Failed { .. })
+            | (Some("not_addressed"), Part::NotAddressed) => true,
+            (Some(_), _) => false,
+            (None, Part::Send { sends }) => {
+                differences(name, expected, sends, &mut problems);
+                true
+            }
+            (None, _) => false,
+        };
+        if !outcome_holds {
+            problems.push(format!("{name}: expected {expected}, got {got}"));
+        }
+    }
+    problems
+}
+
+/// Each key of `expected` whose value differs in `got`, at its path.
+fn differences(path: &str, expected: &Value, got: &Value, out: &mut Vec<String>) {
+    match (expected, got) {
+        (Value::Object(expected), Value::Object(got)) => {
+            for (key, value) in expected {
+                match got.get(key) {
+                    Some(other) => differences(&format!("{path}.{key}"), value, other, out),
+                    None => out.push(format!("{path}.{key}: expected {value}, got nothing")),
+                }
+            }
+        }
+        _ if expected == got => {}
+        _ => out.push(format!("{path}: expected {expected}, got {got}")),
     }
 }
