@@ -22,8 +22,6 @@ pub mod jq;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::targets::Message;
 use config::{Expression, ProcessorConfig};
 use jq::{Program, Val};
@@ -94,10 +92,11 @@ impl Processing {
         if self.steps.is_empty() {
             return Processed::Deliver(message);
         }
-        let mut value = match jq::envelope(&message) {
+        let envelope = match jq::envelope(&message) {
             Ok(value) => value,
             Err(e) => return Processed::Failed(format!("{}: {e}", self.steps[0].name)),
         };
+        let mut value = envelope.clone();
         let mut transformed_by = None;
         for step in &self.steps {
             let out = match step.program.run(value.clone()) {
@@ -125,65 +124,66 @@ impl Processing {
         let Some(step) = transformed_by else {
             return Processed::Deliver(message);
         };
-        // jaq prints values JSON cannot hold (NaN, byte strings) its own way.
-        let reshaped = serde_json::from_str::<Value>(&value.to_string())
-            .map_err(|_| "its result is not JSON".to_string())
-            .and_then(|out| reshape(message, out));
-        match reshaped {
+        match reshape(message, &value, &envelope) {
             Ok(message) => Processed::Deliver(message),
             Err(e) => Processed::Failed(format!("{step}: {e}")),
         }
     }
 }
 
-/// `message` as a transform's output gives it.
-fn reshape(mut message: Message, out: Value) -> Result<Message, String> {
-    let Value::Object(fields) = out else {
+/// `message` as a transform's output `out` gives it; `envelope` is what the steps
+/// started from, which holds the fields that cannot change.
+fn reshape(mut message: Message, out: &Val, envelope: &Val) -> Result<Message, String> {
+    let text = |v: &Val| match v {
+        Val::TStr(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        _ => None,
+    };
+    let (Val::Obj(fields), Val::Obj(before)) = (out, envelope) else {
         return Err(
             "a transform gives the message as an object: `.payload |= ...`, or `{payload: ...}`"
                 .into(),
         );
     };
-    for (field, value) in fields {
+    for (name, value) in fields.iter() {
+        let field = text(name).unwrap_or_default();
         match field.as_str() {
             "payload" => {
-                message.payload = serde_json::to_vec(&value).unwrap_or_default();
+                // jaq prints values JSON cannot hold (NaN, byte strings) its own way.
+                let json = value.to_string();
+                serde_json::from_str::<serde::de::IgnoredAny>(&json)
+                    .map_err(|_| "its result is not JSON".to_string())?;
+                message.payload = json.into_bytes();
                 message.payload_is_json = true;
             }
             "key" => {
                 message.key = match value {
-                    Value::Null => None,
-                    Value::String(key) => Some(key),
-                    _ => return Err("`key` is a string or null".into()),
+                    Val::Null => None,
+                    other => Some(text(other).ok_or("`key` is a string or null")?),
                 }
             }
             "headers" => {
-                let Value::Object(headers) = value else {
+                let Val::Obj(headers) = value else {
                     return Err("`headers` is an object of strings".into());
                 };
                 message.headers = headers
-                    .into_iter()
-                    .map(|(name, value)| match value {
-                        Value::String(value) => Ok((name, value)),
-                        _ => Err(format!("header `{name}` is not a string")),
+                    .iter()
+                    .map(|(name, value)| {
+                        let name = text(name).unwrap_or_default();
+                        match text(value) {
+                            Some(value) => Ok((name, value)),
+                            None => Err(format!("header `{name}` is not a string")),
+                        }
                     })
                     .collect::<Result<BTreeMap<_, _>, _>>()?;
             }
             "message_id" | "transaction_id" | "namespace" | "offset" | "timestamp_ms" => {
-                let now = match field.as_str() {
-                    "message_id" => Value::from(message.message_id.as_str()),
-                    "transaction_id" => Value::from(message.transaction_id.as_str()),
-                    "namespace" => Value::from(message.namespace.as_str()),
-                    "offset" => Value::from(message.offset),
-                    _ => Value::from(message.timestamp_ms),
-                };
-                if value != now {
+                if before.get(name) != Some(value) {
                     return Err(format!("`{field}` cannot be changed"));
                 }
             }
-            other => {
+            _ => {
                 return Err(format!(
-                    "`{other}` is not part of a message: a transform gives the message (`.payload |= ...`, `{{payload: ...}}`), not its payload"
+                    "`{field}` is not part of a message: a transform gives the message (`.payload |= ...`, `{{payload: ...}}`), not its payload"
                 ));
             }
         }
