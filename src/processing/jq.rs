@@ -206,6 +206,21 @@ impl Program {
     }
 }
 
+/// Whether `value` is JSON: no byte string, no number JSON cannot write (NaN, an
+/// infinity), no key that is not a string.
+pub fn is_json(value: &Val) -> bool {
+    match value {
+        Val::Null | Val::Bool(_) | Val::TStr(_) => true,
+        Val::Num(jaq_json::Num::Float(f)) => f.is_finite(),
+        Val::Num(_) => true,
+        Val::BStr(_) => false,
+        Val::Arr(items) => items.iter().all(is_json),
+        Val::Obj(fields) => fields
+            .iter()
+            .all(|(k, v)| matches!(k, Val::TStr(_)) && is_json(v)),
+    }
+}
+
 /// `message` as jq sees it: its envelope, built as a value (the payload parsed, a
 /// binary one as a base64 string).
 pub fn envelope(message: &Message) -> Result<Val, String> {

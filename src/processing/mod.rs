@@ -92,14 +92,19 @@ impl Processing {
         if self.steps.is_empty() {
             return Processed::Deliver(message);
         }
-        let envelope = match jq::envelope(&message) {
+        let mut value = match jq::envelope(&message) {
             Ok(value) => value,
             Err(e) => return Processed::Failed(format!("{}: {e}", self.steps[0].name)),
         };
-        let mut value = envelope.clone();
         let mut transformed_by = None;
         for step in &self.steps {
-            let out = match step.program.run(value.clone()) {
+            // A transform takes the value (so that it updates it in place), a filter
+            // a share of it.
+            let input = match step.filter {
+                true => value.clone(),
+                false => std::mem::take(&mut value),
+            };
+            let out = match step.program.run(input) {
                 Ok(out) => out,
                 Err(e) => return Processed::Failed(format!("{}: {e}", step.name)),
             };
@@ -124,21 +129,20 @@ impl Processing {
         let Some(step) = transformed_by else {
             return Processed::Deliver(message);
         };
-        match reshape(message, &value, &envelope) {
+        match reshape(message, &value) {
             Ok(message) => Processed::Deliver(message),
             Err(e) => Processed::Failed(format!("{step}: {e}")),
         }
     }
 }
 
-/// `message` as a transform's output `out` gives it; `envelope` is what the steps
-/// started from, which holds the fields that cannot change.
-fn reshape(mut message: Message, out: &Val, envelope: &Val) -> Result<Message, String> {
+/// `message` as a transform's output `out` gives it.
+fn reshape(mut message: Message, out: &Val) -> Result<Message, String> {
     let text = |v: &Val| match v {
         Val::TStr(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
         _ => None,
     };
-    let (Val::Obj(fields), Val::Obj(before)) = (out, envelope) else {
+    let Val::Obj(fields) = out else {
         return Err(
             "a transform gives the message as an object: `.payload |= ...`, or `{payload: ...}`"
                 .into(),
@@ -149,10 +153,10 @@ fn reshape(mut message: Message, out: &Val, envelope: &Val) -> Result<Message, S
         match field.as_str() {
             "payload" => {
                 // jaq prints values JSON cannot hold (NaN, byte strings) its own way.
-                let json = value.to_string();
-                serde_json::from_str::<serde::de::IgnoredAny>(&json)
-                    .map_err(|_| "its result is not JSON".to_string())?;
-                message.payload = json.into_bytes();
+                if !jq::is_json(value) {
+                    return Err("its result is not JSON".into());
+                }
+                message.payload = value.to_string().into_bytes();
                 message.payload_is_json = true;
             }
             "key" => {
@@ -177,7 +181,14 @@ fn reshape(mut message: Message, out: &Val, envelope: &Val) -> Result<Message, S
                     .collect::<Result<BTreeMap<_, _>, _>>()?;
             }
             "message_id" | "transaction_id" | "namespace" | "offset" | "timestamp_ms" => {
-                if before.get(name) != Some(value) {
+                let now = match field.as_str() {
+                    "message_id" => Val::from(message.message_id.clone()),
+                    "transaction_id" => Val::from(message.transaction_id.clone()),
+                    "namespace" => Val::from(message.namespace.clone()),
+                    "offset" => Val::from(message.offset as isize),
+                    _ => Val::from(message.timestamp_ms as isize),
+                };
+                if *value != now {
                     return Err(format!("`{field}` cannot be changed"));
                 }
             }
