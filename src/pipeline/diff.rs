@@ -193,7 +193,8 @@ pub fn diff(current: &BTreeMap<String, Current<'_>>, report: LoadReport) -> Plan
             })
         };
         plan.changed.push(Changed {
-            restarts_consumer: under("consumer") || under("target"),
+            // Processing is built with the targets.
+            restarts_consumer: under("consumer") || under("target") || under("processor"),
             // The embedded log takes its other `[producer]` keys in place; a shared
             // backend is reopened for any of them.
             replaces_backend: under("producer.type")
@@ -274,6 +275,14 @@ fn compare(path: &str, old: &Value, new: &Value, out: &mut Vec<KeyChange>) {
                         to: y.cloned(),
                     }),
                 }
+            }
+        }
+        (Value::Array(a), Value::Array(b))
+            if a.len() == b.len() && a.iter().chain(b).all(Value::is_object) =>
+        {
+            // Steps in order (`[[processor]]`): told apart by place.
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                compare(&format!("{path}[{i}]"), x, y, out);
             }
         }
         (a, b) if a != b => out.push(KeyChange {
@@ -372,6 +381,32 @@ path = "out/orders.jsonl"
         let plan = diff(&current, report(&[("orders.toml", ORDERS)]));
         assert!(plan.is_empty());
         assert_eq!(plan.unchanged, ["orders"]);
+    }
+
+    #[test]
+    fn a_changed_filter_or_processor_is_named_and_restarts_the_consumer() {
+        let processed = ORDERS.replace(
+            "[[target]]",
+            "[[processor]]\ntransform = \".payload |= del(.card)\"\n[[target]]",
+        ) + "filter = \".payload.ok\"\n";
+        let before = report(&[("orders.toml", &processed)]);
+        let current = running(&before);
+        for (edited, key) in [
+            (
+                processed.replace("del(.card)", "del(.pan)"),
+                "processor[0].transform",
+            ),
+            (
+                processed.replace(".payload.ok", ".payload.fine"),
+                "target[audit].filter",
+            ),
+        ] {
+            let plan = diff(&current, report(&[("orders.toml", &edited)]));
+            let changed = &plan.changed[0];
+            assert_eq!(changed.keys.len(), 1, "{:?}", changed.keys);
+            assert_eq!(changed.keys[0].key, key);
+            assert!(changed.restarts_consumer, "{key}");
+        }
     }
 
     #[test]
