@@ -19,8 +19,6 @@ use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, DataT, Vars, data::HasLut};
 pub use jaq_json::Val;
 
-use crate::targets::Message;
-
 /// Most evaluation steps of one run.
 pub const MAX_STEPS: u64 = 1_000_000;
 /// Stack kept free under a run's deepest recursion.
@@ -219,42 +217,6 @@ pub fn is_json(value: &Val) -> bool {
             .iter()
             .all(|(k, v)| matches!(k, Val::TStr(_)) && is_json(v)),
     }
-}
-
-/// `message` as jq sees it: its envelope, built as a value (the payload parsed, a
-/// binary one as a base64 string).
-pub fn envelope(message: &Message) -> Result<Val, String> {
-    let payload = if message.payload_is_json {
-        jaq_json::read::parse_single(&message.payload)
-            .map_err(|e| format!("the payload is not JSON: {e}"))?
-    } else {
-        Val::from(
-            message
-                .payload_json()
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    };
-    let text = |s: &str| Val::from(s.to_string());
-    let headers = message
-        .headers
-        .iter()
-        .map(|(name, value)| (text(name), text(value)))
-        .collect();
-    let fields = [
-        ("headers", Val::obj(headers)),
-        ("key", message.key.as_deref().map_or(Val::Null, text)),
-        ("message_id", text(&message.message_id)),
-        ("namespace", text(&message.namespace)),
-        ("offset", Val::from(message.offset as isize)),
-        ("payload", payload),
-        ("timestamp_ms", Val::from(message.timestamp_ms as isize)),
-        ("transaction_id", text(&message.transaction_id)),
-    ];
-    Ok(Val::obj(
-        fields.into_iter().map(|(k, v)| (text(k), v)).collect(),
-    ))
 }
 
 fn undefined_kind(kind: &jaq_core::compile::Undefined) -> &'static str {

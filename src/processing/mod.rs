@@ -92,7 +92,7 @@ impl Processing {
         if self.steps.is_empty() {
             return Processed::Deliver(message);
         }
-        let mut value = match jq::envelope(&message) {
+        let mut value = match envelope(&message) {
             Ok(value) => value,
             Err(e) => return Processed::Failed(format!("{}: {e}", self.steps[0].name)),
         };
@@ -134,6 +134,42 @@ impl Processing {
             Err(e) => Processed::Failed(format!("{step}: {e}")),
         }
     }
+}
+
+/// `message` as jq sees it: its envelope, built as a value (the payload parsed, a
+/// binary one as a base64 string).
+fn envelope(message: &Message) -> Result<Val, String> {
+    let payload = if message.payload_is_json {
+        jaq_json::read::parse_single(&message.payload)
+            .map_err(|e| format!("the payload is not JSON: {e}"))?
+    } else {
+        Val::from(
+            message
+                .payload_json()
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let text = |s: &str| Val::from(s.to_string());
+    let headers = message
+        .headers
+        .iter()
+        .map(|(name, value)| (text(name), text(value)))
+        .collect();
+    let fields = [
+        ("headers", Val::obj(headers)),
+        ("key", message.key.as_deref().map_or(Val::Null, text)),
+        ("message_id", text(&message.message_id)),
+        ("namespace", text(&message.namespace)),
+        ("offset", Val::from(message.offset as isize)),
+        ("payload", payload),
+        ("timestamp_ms", Val::from(message.timestamp_ms as isize)),
+        ("transaction_id", text(&message.transaction_id)),
+    ];
+    Ok(Val::obj(
+        fields.into_iter().map(|(k, v)| (text(k), v)).collect(),
+    ))
 }
 
 /// `message` as a transform's output `out` gives it.
