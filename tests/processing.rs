@@ -454,15 +454,25 @@ body = "payload"
 filter = ".payload.total > 100"
 transform = "{payload: {event: (\"order.\" + .payload.status), id: .message_id}}"
 
+[[target.processor]]
+name = "no cancelled orders"
+filter = '.payload.status != "cancelled"'
+
 [[target]]
 name = "archive"
 type = "file"
 path = "out.jsonl"
 
 [[test]]
+name = "the partner's own step keeps cancelled orders from it"
+input = { payload = { status = "cancelled", total = 500 } }
+expect.partner = "skipped"
+expect.archive = { line = { payload = { status = "cancelled" } } }
+
+[[test]]
 name = "big orders reach the partner, reshaped"
 input = { payload = { status = "paid", total = 150 } }
-expect.partner = { method = "POST", body = { event = "order.paid", id = "sample-1" } }
+expect.partner = { method = "POST", body = { event = "order.paid", id = "sample-2" } }
 expect.archive = { line = { payload = { total = 150 } } }
 
 [[test]]
@@ -504,7 +514,7 @@ expect.archive = "not_addressed"
         "{text}"
     );
     assert!(
-        text.contains(":36:1"),
+        text.contains(":46:1"),
         "at the failing case's header: {text}"
     );
     Ok(())

@@ -242,11 +242,7 @@ impl Targets {
                     in_flight: t
                         .max_in_flight
                         .map(|max| Arc::new(tokio::sync::Semaphore::new(max as usize))),
-                    processing: Processing::new(
-                        &config.processors,
-                        t.filter.as_ref(),
-                        t.transform.as_ref(),
-                    ),
+                    processing: Processing::new(&config.processors, t),
                 }),
             );
         }

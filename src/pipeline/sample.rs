@@ -143,8 +143,7 @@ pub fn run(pipelines: &[LoadedPipeline], line: usize, text: &str) -> Sampled {
             {
                 Part::NotAddressed
             } else {
-                let processing =
-                    Processing::new(&config.processors, t.filter.as_ref(), t.transform.as_ref());
+                let processing = Processing::new(&config.processors, t);
                 match processing.apply(message.clone()) {
                     Processed::Deliver(m) => Part::Send {
                         sends: t.kind.preview(&m),

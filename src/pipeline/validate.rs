@@ -87,6 +87,9 @@ pub fn validate_pipeline(config: &PipelineConfig) -> Vec<Finding> {
         if let Some(retry) = &target.retry {
             retry.validate(&mut checks, &at.key("retry"), &config.consumer.retry);
         }
+        for (j, processor) in target.processor.iter().enumerate() {
+            processor.validate(&mut checks, &at.key("processor").index(j));
+        }
         if let Some(filter) = &target.filter {
             filter.validate(&mut checks, &at.key("filter"));
         }

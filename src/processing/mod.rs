@@ -22,7 +22,7 @@ pub mod jq;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::targets::Message;
+use crate::targets::{Message, TargetConfig};
 use config::{Expression, ProcessorConfig};
 use jq::{Program, Val};
 
@@ -52,10 +52,21 @@ struct Step {
 }
 
 impl Processing {
-    /// The steps of `processors`, then `filter` and `transform` (expressions that did
-    /// not compile are left out: a pipeline with one does not run).
-    pub fn new(
-        processors: &[ProcessorConfig],
+    /// The namespace's steps, then `target`'s own, its `filter` and its `transform`
+    /// (expressions that did not compile are left out: a pipeline with one does not
+    /// run).
+    pub fn new(namespace: &[ProcessorConfig], target: &TargetConfig) -> Self {
+        Self::of(
+            namespace,
+            &target.processor,
+            target.filter.as_ref(),
+            target.transform.as_ref(),
+        )
+    }
+
+    fn of(
+        namespace: &[ProcessorConfig],
+        own: &[ProcessorConfig],
         filter: Option<&Expression>,
         transform: Option<&Expression>,
     ) -> Self {
@@ -69,13 +80,17 @@ impl Processing {
                 });
             }
         };
-        for (i, p) in processors.iter().enumerate() {
-            let name = match &p.name {
-                Some(name) => format!("processor `{name}`"),
-                None => format!("processor[{i}]"),
-            };
-            add(name.clone(), true, p.filter.as_ref());
-            add(name, false, p.transform.as_ref());
+        let named = |i: usize, p: &ProcessorConfig, prefix: &str| match &p.name {
+            Some(name) => format!("{prefix}processor `{name}`"),
+            None => format!("{prefix}processor[{i}]"),
+        };
+        for (i, p) in namespace.iter().enumerate() {
+            add(named(i, p, ""), true, p.filter.as_ref());
+            add(named(i, p, ""), false, p.transform.as_ref());
+        }
+        for (i, p) in own.iter().enumerate() {
+            add(named(i, p, "target "), true, p.filter.as_ref());
+            add(named(i, p, "target "), false, p.transform.as_ref());
         }
         add("filter".into(), true, filter);
         add("transform".into(), false, transform);
@@ -270,8 +285,9 @@ mod tests {
 
     #[test]
     fn steps_run_in_order_then_the_targets_own() {
-        let processing = Processing::new(
+        let processing = Processing::of(
             &[processor(None, Some(".payload |= del(.ssn)"))],
+            &[processor(Some(".payload.amount > 1"), None)],
             Some(&expression(".payload.kind == \"refund\"")),
             Some(&expression(
                 "{payload: {refund: .payload.amount}, key: .message_id, headers: (.headers + {\"x\": \"1\"})}",
@@ -285,13 +301,17 @@ mod tests {
         assert_eq!(out.headers.get("x").map(String::as_str), Some("1"));
         assert_eq!(out.message_id, "m1");
 
-        let not_a_refund =
-            Processing::new(&[], Some(&expression(".payload.kind == \"sale\"")), None);
+        let not_a_refund = Processing::of(
+            &[],
+            &[],
+            Some(&expression(".payload.kind == \"sale\"")),
+            None,
+        );
         assert_eq!(
             not_a_refund.apply(message()),
             Processed::Skipped("filter".into())
         );
-        let empty = Processing::new(&[processor(None, Some("empty"))], None, None);
+        let empty = Processing::of(&[processor(None, Some("empty"))], &[], None, None);
         assert_eq!(
             empty.apply(message()),
             Processed::Skipped("processor[0]".into())
@@ -311,13 +331,13 @@ mod tests {
             ),
             ("{payload: (.payload.kind + 1)}", "transform:"),
         ] {
-            let processing = Processing::new(&[], None, Some(&expression(code)));
+            let processing = Processing::of(&[], &[], None, Some(&expression(code)));
             match processing.apply(message()) {
                 Processed::Failed(e) => assert!(e.contains(says), "{code}: {e}"),
                 other => panic!("{code}: {other:?}"),
             }
         }
-        let processing = Processing::new(&[], Some(&expression(".payload.amount")), None);
+        let processing = Processing::of(&[], &[], Some(&expression(".payload.amount")), None);
         assert!(
             matches!(processing.apply(message()), Processed::Failed(e) if e.contains("true or false"))
         );

@@ -20,7 +20,7 @@ use crate::config::diagnostic::KeyPath;
 use crate::config::file::Document;
 use crate::config::policy::{BreakerPolicy, RateLimit, RetryOverride};
 use crate::probe::Unreachable;
-use crate::processing::config::Expression;
+use crate::processing::config::{Expression, ProcessorConfig};
 pub use delivery::{BatchError, DeliveryError, Message, ValueShape};
 
 /// One `[[target]]`.
@@ -45,6 +45,9 @@ pub struct TargetConfig {
     pub filter: Option<Expression>,
     /// A jq program: what this target receives. Default: none (the message as is).
     pub transform: Option<Expression>,
+    /// `[[target.processor]]`: this target's own steps, after the namespace's and
+    /// before `filter` and `transform`. Default: none.
+    pub processor: Vec<ProcessorConfig>,
     #[serde(flatten)]
     pub kind: TargetKind,
 }
@@ -66,6 +69,8 @@ struct TargetCommon {
     pub filter: Option<Expression>,
     #[serde(default)]
     pub transform: Option<Expression>,
+    #[serde(default)]
+    pub processor: Vec<ProcessorConfig>,
 }
 
 /// A target's own keys, by `type`.
@@ -98,6 +103,7 @@ impl TargetConfig {
                 "max_in_flight",
                 "filter",
                 "transform",
+                "processor",
             ],
         ));
         let kind = match kind?.as_str() {
@@ -116,6 +122,7 @@ impl TargetConfig {
             max_in_flight: common.max_in_flight,
             filter: common.filter,
             transform: common.transform,
+            processor: common.processor,
             kind,
         })
     }
