@@ -313,3 +313,37 @@ async fn an_unreachable_endpoint_holds_up_nothing_and_shows_in_metrics() -> Resu
     stop(server.child).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_circuit_that_closes_again_is_alerted() -> Result {
+    let dir = tempfile::tempdir()?;
+    let (at, received) = endpoints().await?;
+    let down = refusing().await?;
+    let config = service_config(dir.path(), at, 10, "1m")?;
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    std::fs::write(
+        pipes.join("shop.toml"),
+        format!(
+            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [consumer.retry]\ninitial_backoff = \"50ms\"\n\
+             [[target]]\nname = \"flaky\"\ntype = \"http\"\nurl = \"http://{down}/hook\"\n\
+             circuit_breaker = {{ failures = 2, cool_down = \"200ms\", max_cool_down = \"400ms\" }}\n"
+        ),
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &["--config", &config]).await?;
+    write(&server, "shop", 1).await?;
+    wait_for(&received, "target.circuit_opened", |a| {
+        a["data"]["target"] == "flaky"
+    })
+    .await?;
+    // The target comes back on the same port: the next probe closes the circuit.
+    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { StatusCode::OK }));
+    let listener = tokio::net::TcpListener::bind(down).await?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let closed = wait_for(&received, "target.circuit_closed", |_| true).await?;
+    assert_eq!(closed["data"]["target"], "flaky");
+    assert!(closed["data"]["open_ms"].as_u64() > Some(0), "{closed}");
+    stop(server.child).await?;
+    Ok(())
+}
