@@ -9,7 +9,7 @@
 //! the [`StatusStore`]; only then does it commit its cursor. So the write path does no
 //! extra work, and a crash loses no acknowledged transaction: whatever the store missed
 //! is read again from the log on restart. The delivery runtime updates a target's state
-//! (`delivered`, `retrying`, `dead_lettered`) as it goes.
+//! (`delivered`, `retrying`, `dead_lettered`, `skipped` by a filter) as it goes.
 //!
 //! A lookup that finds nothing waits, briefly, for the tailers to reach the end of the
 //! log as it was when the lookup started: every write acknowledged before the lookup is
