@@ -22,6 +22,10 @@ fn shipped_pipelines_and_every_example_are_valid() -> Result {
     );
     let text = stdout(&output);
     assert!(text.starts_with("ok: "), "{text}");
+    assert!(
+        text.contains("3 test cases held"),
+        "the orders pipeline's cases: {text}"
+    );
     for kind in [
         "kafka",
         "sqs",

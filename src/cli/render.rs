@@ -116,10 +116,16 @@ pub(super) fn summary(report: &LoadReport, connected: bool) -> String {
             format!(" ({})", names.join(", "))
         }
     );
-    let reached = if connected && errors == 0 {
-        ", every backend and target reached"
-    } else {
-        ""
+    let cases: usize = report.pipelines.iter().map(|p| p.config.tests.len()).sum();
+    let reached = match (connected && errors == 0, cases) {
+        (true, 0) => ", every backend and target reached".to_string(),
+        (true, n) => format!(
+            ", every backend and target reached, {} held",
+            plural(n, "test case")
+        ),
+        (false, 0) => String::new(),
+        (false, n) if errors == 0 => format!(", {} held", plural(n, "test case")),
+        (false, _) => String::new(),
     };
     match (errors, warnings) {
         (0, 0) => format!("ok: {valid} in {files}{reached}"),
