@@ -287,6 +287,42 @@ async fn a_filter_changed_by_a_reload_applies_to_what_comes_after_and_loses_noth
         .filter_map(|l| l["payload"]["n"].as_u64())
         .collect();
     assert_eq!(late_big, [90, 91, 92, 93, 94, 95, 96, 97, 98, 99]);
+
+    // A filter that does not compile quarantines the file: the namespace runs on with
+    // the last good one.
+    std::fs::write(
+        pipes.join("nums.toml"),
+        file(90).replace(".payload.n >= 90", ".payload.n >= "),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: Value = reqwest::get(server.url("/api/v1/health"))
+            .await?
+            .json()
+            .await?;
+        if health["quarantined_files"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not quarantined: {health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = json!({"namespace": "nums", "payload": {"i": 1000, "n": 95}});
+    let status = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write"))
+        .json(&body)
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 202);
+    until("the message after the broken edit", || {
+        Ok(lines(&big)
+            .iter()
+            .any(|l| l["payload"]["i"].as_u64() == Some(1000)))
+    })
+    .await?;
     stop(server.child).await?;
     Ok(())
 }
