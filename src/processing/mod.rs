@@ -167,24 +167,40 @@ fn envelope(message: &Message) -> Result<Val, String> {
         )
     };
     let text = |s: &str| Val::from(s.to_string());
-    let headers = message
-        .headers
-        .iter()
-        .map(|(name, value)| (text(name), text(value)))
-        .collect();
-    let fields = [
-        ("headers", Val::obj(headers)),
-        ("key", message.key.as_deref().map_or(Val::Null, text)),
-        ("message_id", text(&message.message_id)),
-        ("namespace", text(&message.namespace)),
-        ("offset", Val::from(message.offset as isize)),
-        ("payload", payload),
-        ("timestamp_ms", Val::from(message.timestamp_ms as isize)),
-        ("transaction_id", text(&message.transaction_id)),
+    let mut headers = jaq_json::Map::default();
+    for (name, value) in &message.headers {
+        headers.insert(text(name), text(value));
+    }
+    let values = [
+        Val::obj(headers),
+        message.key.as_deref().map_or(Val::Null, text),
+        text(&message.message_id),
+        text(&message.namespace),
+        Val::from(message.offset as isize),
+        payload,
+        Val::from(message.timestamp_ms as isize),
+        text(&message.transaction_id),
     ];
-    Ok(Val::obj(
-        fields.into_iter().map(|(k, v)| (text(k), v)).collect(),
-    ))
+    let mut fields = jaq_json::Map::with_capacity_and_hasher(FIELDS.len(), Default::default());
+    ENVELOPE_KEYS.with(|keys| fields.extend(keys.iter().cloned().zip(values)));
+    Ok(Val::obj(fields))
+}
+
+/// The envelope's fields, in its order.
+const FIELDS: [&str; 8] = [
+    "headers",
+    "key",
+    "message_id",
+    "namespace",
+    "offset",
+    "payload",
+    "timestamp_ms",
+    "transaction_id",
+];
+
+thread_local! {
+    /// [`FIELDS`] as jq values, made once per thread.
+    static ENVELOPE_KEYS: [Val; 8] = FIELDS.map(|k| Val::from(k.to_string()));
 }
 
 /// `message` as a transform's output `out` gives it.
@@ -193,6 +209,7 @@ fn reshape(mut message: Message, out: &Val) -> Result<Message, String> {
         Val::TStr(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
         _ => None,
     };
+    let is = |v: &Val, s: &str| matches!(v, Val::TStr(bytes) if bytes[..] == *s.as_bytes());
     let Val::Obj(fields) = out else {
         return Err(
             "a transform gives the message as an object: `.payload |= ...`, or `{payload: ...}`"
@@ -200,23 +217,28 @@ fn reshape(mut message: Message, out: &Val) -> Result<Message, String> {
         );
     };
     for (name, value) in fields.iter() {
-        let field = text(name).unwrap_or_default();
-        match field.as_str() {
-            "payload" => {
+        let field = match name {
+            Val::TStr(bytes) => &bytes[..],
+            _ => &b""[..],
+        };
+        let unchanged = match field {
+            b"payload" => {
                 // jaq prints values JSON cannot hold (NaN, byte strings) its own way.
                 if !jq::is_json(value) {
                     return Err("its result is not JSON".into());
                 }
                 message.payload = value.to_string().into_bytes();
                 message.payload_is_json = true;
+                continue;
             }
-            "key" => {
+            b"key" => {
                 message.key = match value {
                     Val::Null => None,
                     other => Some(text(other).ok_or("`key` is a string or null")?),
-                }
+                };
+                continue;
             }
-            "headers" => {
+            b"headers" => {
                 let Val::Obj(headers) = value else {
                     return Err("`headers` is an object of strings".into());
                 };
@@ -230,24 +252,25 @@ fn reshape(mut message: Message, out: &Val) -> Result<Message, String> {
                         }
                     })
                     .collect::<Result<BTreeMap<_, _>, _>>()?;
+                continue;
             }
-            "message_id" | "transaction_id" | "namespace" | "offset" | "timestamp_ms" => {
-                let now = match field.as_str() {
-                    "message_id" => Val::from(message.message_id.clone()),
-                    "transaction_id" => Val::from(message.transaction_id.clone()),
-                    "namespace" => Val::from(message.namespace.clone()),
-                    "offset" => Val::from(message.offset as isize),
-                    _ => Val::from(message.timestamp_ms as isize),
-                };
-                if *value != now {
-                    return Err(format!("`{field}` cannot be changed"));
-                }
-            }
-            _ => {
+            b"message_id" => is(value, &message.message_id),
+            b"transaction_id" => is(value, &message.transaction_id),
+            b"namespace" => is(value, &message.namespace),
+            b"offset" => *value == Val::from(message.offset as isize),
+            b"timestamp_ms" => *value == Val::from(message.timestamp_ms as isize),
+            other => {
                 return Err(format!(
-                    "`{field}` is not part of a message: a transform gives the message (`.payload |= ...`, `{{payload: ...}}`), not its payload"
+                    "`{}` is not part of a message: a transform gives the message (`.payload |= ...`, `{{payload: ...}}`), not its payload",
+                    String::from_utf8_lossy(other)
                 ));
             }
+        };
+        if !unchanged {
+            return Err(format!(
+                "`{}` cannot be changed",
+                String::from_utf8_lossy(field)
+            ));
         }
     }
     Ok(message)
