@@ -116,15 +116,15 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
     };
     let targets = match targets {
         None => Some(Vec::new()),
-        Some(value) => parse_targets(doc, value),
+        Some(value) => parse_tables(doc, value, "target", TargetConfig::parse),
     };
     let processors = match processors {
         None => Some(Vec::new()),
-        Some(value) => parse_tables(doc, value, "processor"),
+        Some(value) => parse_tables(doc, value, "processor", Document::section),
     };
     let tests = match tests {
         None => Some(Vec::new()),
-        Some(value) => parse_tables(doc, value, "test"),
+        Some(value) => parse_tables(doc, value, "test", Document::section),
     };
 
     let head = head?;
@@ -140,11 +140,12 @@ pub fn parse_pipeline(doc: &mut Document<'_>) -> Option<PipelineConfig> {
     })
 }
 
-/// `[[what]]`: each table read as a `T`.
-fn parse_tables<'i, T: serde::de::DeserializeOwned>(
+/// `[[what]]` (`target`, `processor`, `test`): each table read by `read`.
+fn parse_tables<'i, T>(
     doc: &mut Document<'i>,
     value: Spanned<DeValue<'i>>,
     what: &str,
+    mut read: impl FnMut(&mut Document<'i>, Spanned<DeTable<'i>>) -> Option<T>,
 ) -> Option<Vec<T>> {
     let span = value.span();
     let DeValue::Array(items) = value.into_inner() else {
@@ -161,10 +162,8 @@ fn parse_tables<'i, T: serde::de::DeserializeOwned>(
     let mut tables = Vec::new();
     let mut complete = true;
     for item in items {
-        match doc
-            .expect_table(item, what)
-            .and_then(|t| doc.section::<T>(t))
-        {
+        let table = doc.expect_table(item, what);
+        match table.and_then(|t| read(doc, t)) {
             Some(table) => tables.push(table),
             None => complete = false,
         }
@@ -191,34 +190,4 @@ fn parse_consumer<'i>(
         dlq: dlq?,
         ..consumer?
     })
-}
-
-fn parse_targets<'i>(
-    doc: &mut Document<'i>,
-    value: Spanned<DeValue<'i>>,
-) -> Option<Vec<TargetConfig>> {
-    let span = value.span();
-    let DeValue::Array(items) = value.into_inner() else {
-        doc.findings.push(
-            Finding::error(
-                Code::InvalidType,
-                Location::Span(span),
-                "`target` must be an array of tables",
-            )
-            .with_hint("declare each target with its own `[[target]]` header"),
-        );
-        return None;
-    };
-    let mut targets = Vec::new();
-    let mut complete = true;
-    for item in items {
-        let parsed = doc
-            .expect_table(item, "target")
-            .and_then(|table: Spanned<DeTable<'i>>| TargetConfig::parse(doc, table));
-        match parsed {
-            Some(target) => targets.push(target),
-            None => complete = false,
-        }
-    }
-    complete.then_some(targets)
 }
