@@ -37,10 +37,6 @@ impl std::fmt::Debug for Expression {
 }
 
 impl Expression {
-    pub fn code(&self) -> &str {
-        &self.code
-    }
-
     /// The program, when it compiled (a pipeline that runs has only those).
     pub fn program(&self) -> Option<&Arc<Program>> {
         self.compiled.as_ref().ok()

@@ -97,10 +97,6 @@ impl Processing {
         Self { steps }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
-    }
-
     /// Runs every step on `message`: its envelope is made a jq value once, each step
     /// runs on what the one before gave, and the message is rebuilt once at the end.
     pub fn apply(&self, message: Message) -> Processed {
