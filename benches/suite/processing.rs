@@ -8,7 +8,6 @@
 //! - `10-schema`: single writes over HTTP of a 256-byte JSON payload to a namespace with
 //!   a `[source] schema` against one without (goal: at least 0.9).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -37,25 +36,6 @@ fn file_pipeline(namespace: &str, out: &Path, processing: &str) -> String {
 const PROCESSING: &str =
     "filter = '.payload.kind != \"test\"'\ntransform = \".payload |= del(.card)\"";
 
-async fn write_all(client: &reqwest::Client, address: SocketAddr, count: u64) -> Result {
-    let mut from = 0;
-    while from < count {
-        let to = (from + 1000).min(count);
-        let messages: Vec<Value> = (from..to).map(|i| json!({"payload": payload(i)})).collect();
-        let status = client
-            .post(format!("http://{address}/api/v1/wal/write/batch"))
-            .json(&json!({"namespace": "flow", "messages": messages}))
-            .send()
-            .await?
-            .status();
-        if status != 202 {
-            return Err(format!("a write was answered {status}").into());
-        }
-        from = to;
-    }
-    Ok(())
-}
-
 pub fn run(mode: &Mode) -> Result<Vec<Table>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -69,20 +49,12 @@ pub fn run(mode: &Mode) -> Result<Vec<Table>> {
             let scratch = tempfile::tempdir_in(".")?;
             let out = scratch.path().join("out.jsonl");
             let keys = [PROCESSING, ""][variant];
-            let state = servers::bench_state(
-                scratch.path(),
-                &[("flow.toml", file_pipeline("flow", &out, keys))],
-            )
-            .await?;
-            let address = servers::serve(router(state.clone())).await?;
-            let namespace = state
-                .running()
-                .namespaces
-                .get("flow")
-                .cloned()
-                .ok_or("no namespace")?;
+            let (state, address, namespace) =
+                servers::serve_pipeline(scratch.path(), "flow", file_pipeline("flow", &out, keys))
+                    .await?;
             namespace.kept.pauses.set(Some("out"), true)?;
-            write_all(&client, address, messages).await?;
+            let writes = (0..messages).map(|i| json!({"payload": payload(i)}));
+            servers::write_batches(&client, address, "flow", writes).await?;
             servers::indexed(&state, "flow").await?;
             let resumed = Instant::now();
             namespace.kept.pauses.set(Some("out"), false)?;

@@ -15,6 +15,7 @@ use axum::routing::post;
 use wald::http::{AppState, router};
 use wald::message::DELIVERY_GROUP;
 use wald::pipeline::load_pipeline_set;
+use wald::runtime::Namespace;
 use wald::service::ServiceConfig;
 use wald::status::Store;
 use wald::status::embedded::EmbeddedStore;
@@ -61,6 +62,43 @@ pub async fn bench_state(dir: &Path, pipelines: &[(&str, String)]) -> crate::Res
 /// The real API over `pipelines`, data in `dir`.
 pub async fn wald_router(dir: &Path, pipelines: &[(&str, String)]) -> crate::Result<Router> {
     Ok(router(bench_state(dir, pipelines).await?))
+}
+
+/// wald over the one pipeline `text` (namespace `namespace`), data in `dir`, served on
+/// a free port: its state, its address and the namespace.
+pub async fn serve_pipeline(
+    dir: &Path,
+    namespace: &str,
+    text: String,
+) -> crate::Result<(Arc<AppState>, SocketAddr, Arc<Namespace>)> {
+    let state = bench_state(dir, &[(&format!("{namespace}.toml"), text)]).await?;
+    let address = serve(router(state.clone())).await?;
+    let running = state.running().namespaces.get(namespace).cloned();
+    let running = running.ok_or("the namespace does not run")?;
+    Ok((state, address, running))
+}
+
+/// Writes `messages` (each as the batch route takes it) to `namespace` at `address`,
+/// 500 a request; a write not answered 202 is an error.
+pub async fn write_batches(
+    client: &reqwest::Client,
+    address: SocketAddr,
+    namespace: &str,
+    messages: impl Iterator<Item = serde_json::Value>,
+) -> crate::Result {
+    let messages: Vec<serde_json::Value> = messages.collect();
+    for chunk in messages.chunks(500) {
+        let status = client
+            .post(format!("http://{address}/api/v1/wal/write/batch"))
+            .json(&serde_json::json!({"namespace": namespace, "messages": chunk}))
+            .send()
+            .await?
+            .status();
+        if status != 202 {
+            return Err(format!("a write was answered {status}").into());
+        }
+    }
+    Ok(())
 }
 
 /// Waits until namespace `name` has delivered and indexed everything its log holds

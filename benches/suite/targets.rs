@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use wald::http::{AppState, router};
 
 use crate::Result;
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate};
@@ -99,33 +98,9 @@ fn pipeline(hook: SocketAddr, target_keys: &str) -> String {
     )
 }
 
-/// Writes messages `0..count`, each with its own key, in batches of 500.
-async fn write(client: &reqwest::Client, address: SocketAddr, count: u64) -> Result {
-    let mut from = 0;
-    while from < count {
-        let to = (from + 500).min(count);
-        let messages: Vec<Value> = (from..to)
-            .map(|i| json!({"key": format!("k{i}"), "payload": {"i": i}}))
-            .collect();
-        let status = client
-            .post(format!("http://{address}/api/v1/wal/write/batch"))
-            .json(&json!({"namespace": "hooks", "messages": messages}))
-            .send()
-            .await?
-            .status();
-        if status != 202 {
-            return Err(format!("a write was answered {status}").into());
-        }
-        from = to;
-    }
-    Ok(())
-}
-
-/// wald over one pipeline, in a fresh directory, and its address.
-async fn start(dir: &std::path::Path, text: String) -> Result<(Arc<AppState>, SocketAddr)> {
-    let state = servers::bench_state(dir, &[("hooks.toml", text)]).await?;
-    let address = servers::serve(router(state.clone())).await?;
-    Ok((state, address))
+/// Messages `0..count`, each with its own key.
+fn numbered(count: u64) -> impl Iterator<Item = Value> {
+    (0..count).map(|i| json!({"key": format!("k{i}"), "payload": {"i": i}}))
 }
 
 pub fn run(mode: &Mode) -> Result<Vec<Table>> {
@@ -144,15 +119,14 @@ pub fn run(mode: &Mode) -> Result<Vec<Table>> {
             hook.down.store(true, Ordering::Relaxed);
             let at = hook.serve().await?;
             let keys = ["", "circuit_breaker = { enabled = false }"][variant];
-            let (state, address) = start(scratch.path(), pipeline(at, keys)).await?;
-            write(&client, address, HEAL_MESSAGES).await?;
+            let (state, address, namespace) =
+                servers::serve_pipeline(scratch.path(), "hooks", pipeline(at, keys)).await?;
+            servers::write_batches(&client, address, "hooks", numbered(HEAL_MESSAGES)).await?;
             tokio::time::sleep(outage).await;
             attempts[variant].push(hook.requests.load(Ordering::Relaxed) as f64);
             let healed = Instant::now();
             hook.down.store(false, Ordering::Relaxed);
             // Every message delivered, or dead-lettered after its last attempt.
-            let namespace = state.running().namespaces.get("hooks").cloned();
-            let namespace = namespace.ok_or("no namespace")?;
             let dead = || -> u64 {
                 let counts = namespace.kept.counters.snapshot();
                 counts.values().map(|c| c.dead_lettered).sum()
@@ -209,15 +183,10 @@ pub fn run(mode: &Mode) -> Result<Vec<Table>> {
             let hook = Hook::default();
             let at = hook.serve().await?;
             let keys = ["rate_limit = { per_second = 1000000 }", ""][variant];
-            let (state, address) = start(scratch.path(), pipeline(at, keys)).await?;
-            let namespace = state
-                .running()
-                .namespaces
-                .get("hooks")
-                .cloned()
-                .ok_or("no namespace")?;
+            let (state, address, namespace) =
+                servers::serve_pipeline(scratch.path(), "hooks", pipeline(at, keys)).await?;
             namespace.kept.pauses.set(Some("out"), true)?;
-            write(&client, address, messages).await?;
+            servers::write_batches(&client, address, "hooks", numbered(messages)).await?;
             namespace.kept.pauses.set(Some("out"), false)?;
             let (first, last) = hook
                 .all(messages as usize, Duration::from_secs(300))
