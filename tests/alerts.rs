@@ -48,22 +48,36 @@ async fn refusing() -> Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// `wald.toml` posting alerts to `at`, with `burst` and `window`.
-fn service_config(
+/// `wald serve` posting alerts to `at` (with `burst` and `window`) and running the
+/// namespace `shop` with `targets` (its `[[target]]` tables) and fast retries; the
+/// server and its pipelines directory.
+async fn start(
     dir: &std::path::Path,
     at: SocketAddr,
     burst: u32,
     window: &str,
-) -> Result<String> {
-    let path = dir.join("wald.toml");
+    targets: &str,
+) -> Result<(Server, std::path::PathBuf)> {
+    let config = dir.join("wald.toml");
     std::fs::write(
-        &path,
+        &config,
         format!(
             "[alerts]\nurl = \"http://{at}/alerts\"\nsigning_secrets = [\"{SECRET}\"]\n\
              burst = {burst}\nwindow = \"{window}\"\n"
         ),
     )?;
-    Ok(path.display().to_string())
+    let pipes = dir.join("pipelines");
+    std::fs::create_dir_all(&pipes)?;
+    std::fs::write(
+        pipes.join("shop.toml"),
+        format!(
+            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [consumer.retry]\ninitial_backoff = \"50ms\"\n{targets}"
+        ),
+    )?;
+    let config = config.display().to_string();
+    let server = Server::start(&pipes, &dir.join("data"), &["--config", &config]).await?;
+    Ok((server, pipes))
 }
 
 /// Checks a Standard Webhooks signature: `v1,base64(HMAC-SHA256(key, "id.ts.body"))`.
@@ -137,20 +151,12 @@ async fn a_dead_letter_an_open_circuit_and_a_quarantined_file_are_alerted() -> R
     let dir = tempfile::tempdir()?;
     let (at, received) = endpoints().await?;
     let down = refusing().await?;
-    let config = service_config(dir.path(), at, 10, "1m")?;
-    let pipes = dir.path().join("pipelines");
-    std::fs::create_dir_all(&pipes)?;
-    std::fs::write(
-        pipes.join("shop.toml"),
-        format!(
-            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
-             [consumer.retry]\ninitial_backoff = \"50ms\"\n\
-             [[target]]\nname = \"picky\"\ntype = \"http\"\nurl = \"http://{at}/picky\"\n\
-             [[target]]\nname = \"down\"\ntype = \"http\"\nurl = \"http://{down}/hook\"\n\
-             circuit_breaker = {{ failures = 3, cool_down = \"5s\" }}\n"
-        ),
-    )?;
-    let server = Server::start(&pipes, &dir.path().join("data"), &["--config", &config]).await?;
+    let targets = format!(
+        "[[target]]\nname = \"picky\"\ntype = \"http\"\nurl = \"http://{at}/picky\"\n\
+         [[target]]\nname = \"down\"\ntype = \"http\"\nurl = \"http://{down}/hook\"\n\
+         circuit_breaker = {{ failures = 3, cool_down = \"5s\" }}\n"
+    );
+    let (server, pipes) = start(dir.path(), at, 10, "1m", &targets).await?;
 
     write(&server, "shop", 1).await?;
     let dead = wait_for(&received, "message.dead_lettered", |_| true).await?;
@@ -222,17 +228,9 @@ async fn a_dead_letter_an_open_circuit_and_a_quarantined_file_are_alerted() -> R
 async fn a_storm_posts_the_burst_then_one_summary() -> Result {
     let dir = tempfile::tempdir()?;
     let (at, received) = endpoints().await?;
-    let config = service_config(dir.path(), at, 2, "2s")?;
-    let pipes = dir.path().join("pipelines");
-    std::fs::create_dir_all(&pipes)?;
-    std::fs::write(
-        pipes.join("shop.toml"),
-        format!(
-            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
-             [[target]]\nname = \"picky\"\ntype = \"http\"\nurl = \"http://{at}/picky\"\n"
-        ),
-    )?;
-    let server = Server::start(&pipes, &dir.path().join("data"), &["--config", &config]).await?;
+    let picky =
+        format!("[[target]]\nname = \"picky\"\ntype = \"http\"\nurl = \"http://{at}/picky\"\n");
+    let (server, _) = start(dir.path(), at, 2, "2s", &picky).await?;
 
     write(&server, "shop", 30).await?;
     let summary = wait_for(&received, "alerts.summary", |_| true).await?;
@@ -266,17 +264,9 @@ async fn an_unreachable_endpoint_holds_up_nothing_and_shows_in_metrics() -> Resu
     let dir = tempfile::tempdir()?;
     let (at, received) = endpoints().await?;
     let nowhere = refusing().await?;
-    let config = service_config(dir.path(), nowhere, 10, "1m")?;
-    let pipes = dir.path().join("pipelines");
-    std::fs::create_dir_all(&pipes)?;
-    std::fs::write(
-        pipes.join("shop.toml"),
-        format!(
-            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
-             [[target]]\nname = \"picky\"\ntype = \"http\"\nurl = \"http://{at}/picky\"\n"
-        ),
-    )?;
-    let server = Server::start(&pipes, &dir.path().join("data"), &["--config", &config]).await?;
+    let picky =
+        format!("[[target]]\nname = \"picky\"\ntype = \"http\"\nurl = \"http://{at}/picky\"\n");
+    let (server, _) = start(dir.path(), nowhere, 10, "1m", &picky).await?;
     let began = Instant::now();
     write(&server, "shop", 5).await?;
     let deadline = began + Duration::from_secs(20);
@@ -319,19 +309,11 @@ async fn a_circuit_that_closes_again_is_alerted() -> Result {
     let dir = tempfile::tempdir()?;
     let (at, received) = endpoints().await?;
     let down = refusing().await?;
-    let config = service_config(dir.path(), at, 10, "1m")?;
-    let pipes = dir.path().join("pipelines");
-    std::fs::create_dir_all(&pipes)?;
-    std::fs::write(
-        pipes.join("shop.toml"),
-        format!(
-            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
-             [consumer.retry]\ninitial_backoff = \"50ms\"\n\
-             [[target]]\nname = \"flaky\"\ntype = \"http\"\nurl = \"http://{down}/hook\"\n\
-             circuit_breaker = {{ failures = 2, cool_down = \"200ms\", max_cool_down = \"400ms\" }}\n"
-        ),
-    )?;
-    let server = Server::start(&pipes, &dir.path().join("data"), &["--config", &config]).await?;
+    let targets = format!(
+        "[[target]]\nname = \"flaky\"\ntype = \"http\"\nurl = \"http://{down}/hook\"\n\
+         circuit_breaker = {{ failures = 2, cool_down = \"200ms\", max_cool_down = \"400ms\" }}\n"
+    );
+    let (server, _) = start(dir.path(), at, 10, "1m", &targets).await?;
     write(&server, "shop", 1).await?;
     wait_for(&received, "target.circuit_opened", |a| {
         a["data"]["target"] == "flaky"

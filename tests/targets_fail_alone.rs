@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -416,25 +417,32 @@ async fn wait_for(done: impl Fn() -> Result<bool>) -> Result {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_rate_limited_target_never_exceeds_its_rate() -> Result {
-    let hook = Hook::default();
+/// `hook` served on a free port, and `wald serve` over `dir` with namespace `shop`:
+/// `lanes` lanes delivering to one target `partner`, which calls it, with `keys`.
+async fn serve_partner(hook: &Hook, dir: &Path, lanes: u32, keys: &str) -> Result<Server> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let at = listener.local_addr()?;
     tokio::spawn(serve_hook(hook.clone(), listener));
-    let dir = tempfile::tempdir()?;
-    let pipes = dir.path().join("pipelines");
+    let pipes = dir.join("pipelines");
     std::fs::create_dir_all(&pipes)?;
     std::fs::write(
         pipes.join("shop.toml"),
         format!(
             "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
-             [consumer]\nconcurrency = 4\n\
+             [consumer]\nconcurrency = {lanes}\n\
              [[target]]\nname = \"partner\"\ntype = \"http\"\nurl = \"http://{at}/hook\"\n\
-             body = \"payload\"\nrate_limit = {{ per_second = 20, burst = 5 }}\nmax_in_flight = 2\n"
+             body = \"payload\"\n{keys}\n"
         ),
     )?;
-    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    Server::start(&pipes, &dir.join("data"), &[]).await
+}
+
+#[tokio::test]
+async fn a_rate_limited_target_never_exceeds_its_rate() -> Result {
+    let hook = Hook::default();
+    let dir = tempfile::tempdir()?;
+    let keys = "rate_limit = { per_second = 20, burst = 5 }\nmax_in_flight = 2";
+    let server = serve_partner(&hook, dir.path(), 4, keys).await?;
     write(&server, 0, 100).await?;
     let took = received(&hook, 100, Duration::from_secs(30)).await?;
     eprintln!("100 messages at 20/s (burst 5) in {took:?}");
@@ -461,22 +469,8 @@ async fn a_rate_limited_target_never_exceeds_its_rate() -> Result {
 async fn most_in_flight(keys: &str) -> Result<u64> {
     let hook = Hook::default();
     hook.slow_ms.store(50, Ordering::SeqCst);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let at = listener.local_addr()?;
-    tokio::spawn(serve_hook(hook.clone(), listener));
     let dir = tempfile::tempdir()?;
-    let pipes = dir.path().join("pipelines");
-    std::fs::create_dir_all(&pipes)?;
-    std::fs::write(
-        pipes.join("shop.toml"),
-        format!(
-            "namespace = \"shop\"\n[source]\ntype = \"http\"\npublic = true\n\
-             [consumer]\nconcurrency = 8\n\
-             [[target]]\nname = \"partner\"\ntype = \"http\"\nurl = \"http://{at}/hook\"\n\
-             body = \"payload\"\n{keys}\n"
-        ),
-    )?;
-    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let server = serve_partner(&hook, dir.path(), 8, keys).await?;
     write(&server, 0, 60).await?;
     received(&hook, 60, Duration::from_secs(30)).await?;
     stop(server.child).await?;
