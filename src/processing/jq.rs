@@ -204,19 +204,66 @@ impl Program {
     }
 }
 
-/// Whether `value` is JSON: no byte string, no number JSON cannot write (NaN, an
-/// infinity), no key that is not a string.
-pub fn is_json(value: &Val) -> bool {
+/// How deep a value written as JSON may nest: as deep as a payload may come in.
+const MAX_DEPTH: usize = 128;
+
+/// `value` as JSON text, or why it is not JSON: a byte string, a number JSON cannot
+/// write (NaN, an infinity), a key that is not a string, or nesting deeper than a
+/// payload may. Numbers are written as jq writes them (a decimal as it was read).
+pub fn to_json(value: &Val) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(256);
+    write_json(&mut out, value, 0)?;
+    Ok(out)
+}
+
+fn write_json(out: &mut Vec<u8>, value: &Val, depth: usize) -> Result<(), String> {
+    use jaq_json::Num;
+    // Writing to a `Vec` cannot fail.
+    let text = |out: &mut Vec<u8>, bytes: &[u8]| {
+        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes));
+    };
     match value {
-        Val::Null | Val::Bool(_) | Val::TStr(_) => true,
-        Val::Num(jaq_json::Num::Float(f)) => f.is_finite(),
-        Val::Num(_) => true,
-        Val::BStr(_) => false,
-        Val::Arr(items) => items.iter().all(is_json),
-        Val::Obj(fields) => fields
-            .iter()
-            .all(|(k, v)| matches!(k, Val::TStr(_)) && is_json(v)),
+        Val::Null => out.extend_from_slice(b"null"),
+        Val::Bool(true) => out.extend_from_slice(b"true"),
+        Val::Bool(false) => out.extend_from_slice(b"false"),
+        Val::TStr(bytes) => text(out, bytes),
+        Val::Num(Num::Int(i)) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+        Val::Num(Num::Float(f)) if f.is_finite() => {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(*f).as_bytes())
+        }
+        Val::Num(Num::Float(_)) => return Err("its result is not JSON: NaN or an infinity".into()),
+        Val::Num(number) => out.extend_from_slice(number.to_string().as_bytes()),
+        Val::BStr(_) => return Err("its result is not JSON: a byte string".into()),
+        Val::Arr(_) | Val::Obj(_) if depth == MAX_DEPTH => {
+            return Err(format!("its result nests deeper than {MAX_DEPTH} levels"));
+        }
+        Val::Arr(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(out, item, depth + 1)?;
+            }
+            out.push(b']');
+        }
+        Val::Obj(fields) => {
+            out.push(b'{');
+            for (i, (key, item)) in fields.iter().enumerate() {
+                let Val::TStr(key) = key else {
+                    return Err("its result is not JSON: a key that is not a string".into());
+                };
+                if i > 0 {
+                    out.push(b',');
+                }
+                text(out, key);
+                out.push(b':');
+                write_json(out, item, depth + 1)?;
+            }
+            out.push(b'}');
+        }
     }
+    Ok(())
 }
 
 fn undefined_kind(kind: &jaq_core::compile::Undefined) -> &'static str {
@@ -308,5 +355,41 @@ mod tests {
         assert!(errors[0].message.contains("env"), "{errors:?}");
         let errors = Program::compile("$ENV.HOME").err().unwrap_or_default();
         assert!(!errors.is_empty(), "$ENV is not available");
+    }
+
+    #[test]
+    fn json_is_written_as_jq_writes_it() {
+        for text in [
+            r#"{"a":[1,-2,12.5,1e100,0.1,null,true,false],"b":{"c":"quote \" back \\ nl \n tab \t ü"}}"#,
+            "123456789012345678901234567890",
+            "1.000",
+            "[]",
+            "{}",
+            r#""\u0001""#,
+        ] {
+            let value = jaq_json::read::parse_single(text.as_bytes()).expect(text);
+            let ours = String::from_utf8(to_json(&value).expect(text)).expect(text);
+            assert_eq!(ours, value.to_string(), "{text}");
+            let _: serde_json::Value = serde_json::from_str(&ours).expect(text);
+        }
+        let computed = |code: &str| {
+            let out = Program::compile(code)
+                .ok()
+                .and_then(|p| p.run(Val::Null).ok().flatten());
+            to_json(&out.expect(code))
+        };
+        assert_eq!(
+            computed("[1.5 * 2, 7 / 2]").as_deref(),
+            Ok(&b"[3.0,3.5]"[..])
+        );
+        for (code, says) in [
+            ("nan", "NaN"),
+            ("[infinite]", "infinity"),
+            ("\"a\" | tobytes", "byte string"),
+            ("reduce range(200) as $i (0; [.])", "deeper than 128"),
+        ] {
+            let e = computed(code).expect_err(code);
+            assert!(e.contains(says), "{code}: {e}");
+        }
     }
 }

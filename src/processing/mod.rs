@@ -219,11 +219,7 @@ fn reshape(mut message: Message, out: &Val) -> Result<Message, String> {
         };
         let unchanged = match field {
             b"payload" => {
-                // jaq prints values JSON cannot hold (NaN, byte strings) its own way.
-                if !jq::is_json(value) {
-                    return Err("its result is not JSON".into());
-                }
-                message.payload = value.to_string().into_bytes();
+                message.payload = jq::to_json(value)?;
                 message.payload_is_json = true;
                 continue;
             }
