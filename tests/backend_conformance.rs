@@ -1,15 +1,19 @@
 //! One suite, every backend: the same scenarios through the `Backend` trait on the
 //! embedded log, on Redis Streams (the local Redis), on Kafka (librdkafka's mock
 //! cluster, in process) and on SQS (moto's server, started here on a free port): append and acknowledge,
-//! redelivery of what a consumer that died did not commit, the DLQ, delays, and
-//! per-key order.
+//! redelivery of what a consumer that died did not commit, the DLQ (listing and
+//! replay, two replays at once on two instances), delays, and per-key order.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use wald::message::{Durability, Record, StoredRecord};
+use wald::consumer::replay::{self, EntryState, ListQuery, ReplayRequest};
+use wald::message::{
+    Durability, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_TARGET, HEADER_REPLAYS,
+    HEADER_TARGETS, Record, StoredRecord,
+};
 use wald::producer::embedded::{Embedded, NamespaceStore};
 use wald::producer::redis_streams::{self, RedisStreams};
 use wald::producer::{Backend, Subscription};
@@ -136,6 +140,113 @@ async fn dead_letter(backend: &dyn Backend) -> Result {
     Ok(())
 }
 
+/// The DLQ lists its entries a page at a time; a dry run appends nothing; a replay
+/// appends each parked entry to the log again, for its target alone, once, even when
+/// two replays run at once on two instances; an entry replayed `max_replays` times
+/// is not replayed again; a replayed entry is listed as such.
+async fn dlq_replay(one: Arc<dyn Backend>, other: Arc<dyn Backend>) -> Result {
+    const MAX_REPLAYS: u32 = 3;
+    if !one.replays_dead_letters() {
+        eprintln!("skipped: this backend does not replay its DLQ yet (SQS)");
+        return Ok(());
+    }
+    let parked = |id: &str, target: &str, replays: u32| {
+        let mut record = record(id, id);
+        for (name, value) in [
+            (HEADER_DLQ_TARGET, target.to_string()),
+            (HEADER_DLQ_ATTEMPTS, "5".into()),
+            (HEADER_DLQ_LAST_ERROR, "503 from the hook".into()),
+            (HEADER_REPLAYS, replays.to_string()),
+        ] {
+            record.headers.push((name.into(), value.into_bytes()));
+        }
+        record
+    };
+    let entries = [("a", "hook", 0), ("b", "db", 1), ("c", "hook", 0)];
+    one.dead_letter(entries.iter().map(|(i, t, r)| parked(i, t, *r)).collect())
+        .await?;
+    one.dead_letter(vec![parked("looping", "hook", MAX_REPLAYS)])
+        .await?;
+    let page = |from, state| ListQuery {
+        from: Some(from),
+        limit: Some(3),
+        state: Some(state),
+        target: None,
+    };
+    let ids = |entries: &[replay::DlqEntry]| -> Vec<String> {
+        entries.iter().map(|e| e.message_id.clone()).collect()
+    };
+    let first = replay::list("ns", &*other, &page(0, EntryState::Parked)).await?;
+    assert_eq!(ids(&first.entries), ["a", "b", "c"]);
+    assert_eq!(first.entries[0].target, "hook");
+    assert_eq!(first.entries[0].attempts, 5);
+    assert_eq!(first.entries[0].last_error, "503 from the hook");
+    let next = first.next_from.ok_or("a second page")?;
+    let second = replay::list("ns", &*other, &page(next, EntryState::Parked)).await?;
+    assert_eq!(
+        (ids(&second.entries), second.next_from),
+        (vec!["looping".to_string()], None)
+    );
+
+    let mut log = one.subscribe("replayed").await?;
+    let dry = ReplayRequest {
+        target: Some("hook".into()),
+        dry_run: true,
+        ..ReplayRequest::default()
+    };
+    let outcome = replay::replay("ns", &*one, &dry, MAX_REPLAYS).await?;
+    let replayed: Vec<&str> = outcome
+        .replayed
+        .iter()
+        .map(|r| r.message_id.as_str())
+        .collect();
+    assert_eq!(replayed, ["a", "c"]);
+    assert_eq!(outcome.skipped[0].message_id, "looping");
+    assert!(nothing_more(log.as_mut()).await?, "a dry run appended");
+
+    // Two replays at once, one on each instance.
+    let all = ReplayRequest {
+        rate_per_second: Some(100_000),
+        ..ReplayRequest::default()
+    };
+    let (a, b) = tokio::join!(
+        replay::replay("ns", &*one, &all, MAX_REPLAYS),
+        replay::replay("ns", &*other, &all, MAX_REPLAYS)
+    );
+    let (a, b) = (a?, b?);
+    let mut replayed: Vec<String> = a
+        .replayed
+        .iter()
+        .chain(&b.replayed)
+        .map(|r| r.message_id.clone())
+        .collect();
+    replayed.sort();
+    assert_eq!(replayed, ["a", "b", "c"], "each entry replayed once");
+    let appended = read(log.as_mut(), 3).await?;
+    assert_eq!(sorted(&appended), ["a", "b", "c"]);
+    for record in &appended {
+        let (_, target, replays) = entries
+            .iter()
+            .find(|(id, _, _)| record.payload == id.as_bytes())
+            .ok_or("an entry that was not parked")?;
+        assert_eq!(record.header(HEADER_TARGETS), Some(*target));
+        assert_eq!(
+            record.header(HEADER_REPLAYS),
+            Some(&*(replays + 1).to_string())
+        );
+        assert_eq!(record.header(HEADER_DLQ_TARGET), None);
+    }
+    assert!(nothing_more(log.as_mut()).await?, "an entry replayed twice");
+
+    let parked_now = replay::list("ns", &*one, &page(0, EntryState::Parked)).await?;
+    assert_eq!(ids(&parked_now.entries), ["looping"]);
+    let done = replay::list("ns", &*other, &page(0, EntryState::Replayed)).await?;
+    assert_eq!(ids(&done.entries), ["a", "b", "c"]);
+    let again = replay::replay("ns", &*other, &all, MAX_REPLAYS).await?;
+    assert!(again.replayed.is_empty(), "{:?}", again.replayed);
+    Ok(())
+}
+
 /// A message held until it is due comes back once due and not before: from the
 /// backend's `due` (the embedded log, Redis, Kafka hold it) or through the
 /// subscription again (SQS makes it invisible until then). Once delivered it is gone.
@@ -211,8 +322,10 @@ async fn per_key_order(backend: &dyn Backend) -> Result {
     Ok(())
 }
 
-/// Runs every scenario, each on a fresh backend from `open`.
-async fn conformance<F, Fut>(open: F) -> Result
+/// Runs every scenario, each on a fresh backend from `open`. A backend that several
+/// instances share is opened twice where a scenario wants two instances; the
+/// embedded log, one instance's own, is shared by the two.
+async fn conformance<F, Fut>(open: F, shared: bool) -> Result
 where
     F: Fn(&'static str) -> Fut,
     Fut: std::future::Future<Output = Result<Arc<dyn Backend>>>,
@@ -220,6 +333,13 @@ where
     append_and_acknowledge(&*open("ack").await?).await?;
     redelivery_after_a_consumer_dies(&*open("redelivery").await?).await?;
     dead_letter(&*open("dlq").await?).await?;
+    let one = open("replay").await?;
+    let other = if shared {
+        open("replay").await?
+    } else {
+        one.clone()
+    };
+    dlq_replay(one, other).await?;
     delay(&*open("delay").await?).await?;
     per_key_order(&*open("order").await?).await?;
     Ok(())
@@ -229,13 +349,16 @@ where
 async fn embedded_log_conforms() -> Result {
     let dir = tempfile::tempdir()?;
     let root = dir.path().to_path_buf();
-    conformance(|name| {
-        let root = root.clone();
-        async move {
-            let store = NamespaceStore::open(&root, name, &Default::default())?;
-            Ok(Arc::new(Embedded(Arc::new(store))) as Arc<dyn Backend>)
-        }
-    })
+    conformance(
+        |name| {
+            let root = root.clone();
+            async move {
+                let store = NamespaceStore::open(&root, name, &Default::default())?;
+                Ok(Arc::new(Embedded(Arc::new(store))) as Arc<dyn Backend>)
+            }
+        },
+        false,
+    )
     .await
 }
 
@@ -245,16 +368,19 @@ async fn redis_streams_conforms() -> Result {
         return Ok(());
     }
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let result = conformance(|name| {
-        let stream = format!("wal:conformance:{run}:{name}");
-        async move {
-            // A short claim time, so that a dead member's entries move on quickly.
-            let config: redis_streams::Config = toml::from_str(&format!(
-                "url = \"redis://127.0.0.1:6379\"\nstream = \"{stream}\"\nclaim_idle = \"1s\""
-            ))?;
-            Ok(Arc::new(RedisStreams::open(name, &config)?) as Arc<dyn Backend>)
-        }
-    })
+    let result = conformance(
+        |name| {
+            let stream = format!("wal:conformance:{run}:{name}");
+            async move {
+                // A short claim time, so that a dead member's entries move on quickly.
+                let config: redis_streams::Config = toml::from_str(&format!(
+                    "url = \"redis://127.0.0.1:6379\"\nstream = \"{stream}\"\nclaim_idle = \"1s\""
+                ))?;
+                Ok(Arc::new(RedisStreams::open(name, &config)?) as Arc<dyn Backend>)
+            }
+        },
+        true,
+    )
     .await;
     let client = redis::Client::open("redis://127.0.0.1:6379")?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -274,11 +400,17 @@ async fn kafka_conforms() -> Result {
     // librdkafka's in-process mock cluster: produce, consumer groups, commits.
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
+    // Opened twice for two instances, made once. The DLQ topic has partitions to
+    // spare: its entries go to the first.
+    let made = std::sync::Mutex::new(std::collections::HashSet::new());
     conformance(|name| {
         let topic = format!("conformance-{name}");
-        let created = cluster
-            .create_topic(&topic, 3, 1)
-            .and_then(|()| cluster.create_topic(&format!("{topic}.dlq"), 1, 1));
+        let created = match made.lock().map(|mut made| made.insert(name)) {
+            Ok(false) => Ok(()),
+            _ => cluster
+                .create_topic(&topic, 3, 1)
+                .and_then(|()| cluster.create_topic(&format!("{topic}.dlq"), 3, 1)),
+        };
         let brokers = brokers.clone();
         async move {
             created?;
@@ -288,7 +420,7 @@ async fn kafka_conforms() -> Result {
             ))?;
             Ok(Arc::new(wald::producer::kafka::KafkaTopic::open(name, &config)?) as Arc<dyn Backend>)
         }
-    })
+    }, true)
     .await
 }
 
@@ -301,31 +433,37 @@ async fn sqs_conforms() -> Result {
     };
     let client = moto.client();
     let endpoint = moto.endpoint.clone();
-    conformance(|name| {
-        let (client, endpoint) = (client.clone(), endpoint.clone());
-        async move {
-            // FIFO queues: per-key order is what they promise.
-            let mut urls = Vec::new();
-            for queue in [
-                format!("conformance-{name}.fifo"),
-                format!("conformance-{name}-dlq.fifo"),
-            ] {
-                let created = client
-                    .create_queue()
-                    .queue_name(queue)
-                    .attributes(QueueAttributeName::FifoQueue, "true")
-                    .send()
-                    .await?;
-                urls.push(created.queue_url().unwrap_or_default().to_string());
-            }
-            let config: wald::producer::sqs::Config = toml::from_str(&format!(
-                "queue_url = \"{}\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"test\"\n\
+    conformance(
+        |name| {
+            let (client, endpoint) = (client.clone(), endpoint.clone());
+            async move {
+                // FIFO queues: per-key order is what they promise.
+                let mut urls = Vec::new();
+                for queue in [
+                    format!("conformance-{name}.fifo"),
+                    format!("conformance-{name}-dlq.fifo"),
+                ] {
+                    let created = client
+                        .create_queue()
+                        .queue_name(queue)
+                        .attributes(QueueAttributeName::FifoQueue, "true")
+                        .send()
+                        .await?;
+                    urls.push(created.queue_url().unwrap_or_default().to_string());
+                }
+                let config: wald::producer::sqs::Config = toml::from_str(&format!(
+                    "queue_url = \"{}\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"test\"\n\
                  secret_access_key = \"test\"\nwait_time = \"1s\"\nvisibility_timeout = \"4s\"\n",
-                urls[0]
-            ))?;
-            Ok(Arc::new(wald::producer::sqs::SqsQueue::open(name, &config)?) as Arc<dyn Backend>)
-        }
-    })
+                    urls[0]
+                ))?;
+                Ok(
+                    Arc::new(wald::producer::sqs::SqsQueue::open(name, &config)?)
+                        as Arc<dyn Backend>,
+                )
+            }
+        },
+        true,
+    )
     .await
 }
 

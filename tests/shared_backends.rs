@@ -7,8 +7,11 @@
 //! - Kafka (librdkafka's mock cluster in this process, the servers connecting to it):
 //!   the same two instances and SIGKILL, delivering to a webhook and to a Kafka target;
 //!   a broker outage answered 503 and recovered from.
+//! - DLQ on Redis Streams and on Kafka: two instances, messages a webhook refused
+//!   dead-lettered, listed through one, replayed through both at once: each message
+//!   delivered once.
 //! - SQS (moto): writes, delivery, and a delayed message that arrives when due; the
-//!   DLQ routes answer 501 (they serve the embedded log only).
+//!   DLQ routes answer 501 (not served on SQS yet).
 
 mod common;
 
@@ -30,10 +33,15 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 struct Hook {
     received: Arc<Mutex<Vec<u64>>>,
     delay: Duration,
+    /// While set, every message is refused for good (400).
+    refuse: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn hook(State(hook): State<Hook>, body: axum::body::Bytes) -> StatusCode {
     tokio::time::sleep(hook.delay).await;
+    if hook.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+        return StatusCode::BAD_REQUEST;
+    }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if let (Some(n), Ok(mut received)) = (body["payload"]["n"].as_u64(), hook.received.lock()) {
         received.push(n);
@@ -236,6 +244,128 @@ async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> R
     Ok(())
 }
 
+/// Two instances on the pipeline in `pipes` (on a shared backend): 20 messages the
+/// webhook refuses are dead-lettered, listed through the first, and replayed through
+/// both at once once the webhook takes them: each is delivered once, and every entry
+/// is listed as replayed.
+async fn dlq_replayed_through_two_instances_once(dir: &Path, hook: &Hook) -> Result {
+    let pipes = dir.join("pipelines");
+    let config = common::admin_config(dir, "admin-secret")?;
+    let first = Server::start(&pipes, &dir.join("1"), &[&config[0], &config[1]]).await?;
+    let second = Server::start(&pipes, &dir.join("2"), &[&config[0], &config[1]]).await?;
+    let client = reqwest::Client::new();
+    hook.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    for n in 0..20u64 {
+        let response = write(&client, &first, "orders", n).await?;
+        assert_eq!(response.status(), 202, "{}", response.text().await?);
+    }
+    let list = |server: &Server, state: &str| {
+        client
+            .get(server.url(&format!(
+                "/api/v1/wal/namespace/orders/dlq?state={state}&limit=1000"
+            )))
+            .bearer_auth("admin-secret")
+            .send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page: Value = list(&first, "parked").await?.json().await?;
+        let parked = page["entries"].as_array().map_or(0, Vec::len);
+        if parked == 20 {
+            assert_eq!(page["entries"][0]["target"], "hook", "{page}");
+            assert!(
+                page["entries"][0]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("400")),
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{parked} of 20 dead-lettered: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    hook.refuse
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let replay = |server: &Server| {
+        client
+            .post(server.url("/api/v1/wal/namespace/orders/dlq/replay"))
+            .bearer_auth("admin-secret")
+            .json(&json!({"rate_per_second": 100000}))
+            .send()
+    };
+    let (one, other) = tokio::join!(replay(&first), replay(&second));
+    let (one, other): (Value, Value) = (one?.json().await?, other?.json().await?);
+    let replayed = |outcome: &Value| outcome["replayed"].as_array().map_or(0, Vec::len);
+    assert_eq!(replayed(&one) + replayed(&other), 20, "{one}\n{other}");
+    let expected: BTreeSet<u64> = (0..20).collect();
+    all_received(hook, &expected, Duration::from_secs(60)).await?;
+    // Nothing comes twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = hook.received.lock().map_err(|_| "lock")?.clone();
+    received.sort_unstable();
+    assert_eq!(received, expected.into_iter().collect::<Vec<_>>());
+    let page: Value = list(&second, "replayed").await?.json().await?;
+    assert_eq!(page["entries"].as_array().map_or(0, Vec::len), 20, "{page}");
+    let page: Value = list(&second, "parked").await?.json().await?;
+    assert_eq!(page["entries"], json!([]), "{page}");
+    assert!(stop(first.child).await?.success());
+    assert!(stop(second.child).await?.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_dlq_is_replayed_through_two_instances_once() -> Result {
+    if !common::service_available("Redis", "127.0.0.1:6379") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    let stream = format!("wal:dlq:{}", uuid::Uuid::now_v7().simple());
+    let pipes = dir.path().join("pipelines");
+    stream_pipeline(
+        &pipes,
+        "orders",
+        "redis://127.0.0.1:6379",
+        &stream,
+        &hook_url,
+    )?;
+    let result = dlq_replayed_through_two_instances_once(dir.path(), &hook).await;
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")?
+        .get_multiplexed_async_connection()
+        .await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{stream}*"))
+        .query_async(&mut redis)
+        .await?;
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
+    result
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_dlq_is_replayed_through_two_instances_once() -> Result {
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic("orders", 4, 1)?;
+    cluster.create_topic("orders.dlq", 2, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir()?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    let options = "[producer.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"";
+    pipeline(
+        &dir.path().join("pipelines"),
+        "orders",
+        &format!("type = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"orders\"\n{options}"),
+        &hook_url,
+        "",
+    )?;
+    dlq_replayed_through_two_instances_once(dir.path(), &hook).await
+}
+
 /// A namespace that writes only: what must go on while another one's backend is down.
 fn local_pipeline(dir: &Path) -> Result {
     std::fs::write(
@@ -389,7 +519,7 @@ async fn an_sqs_queue_delivers_everything_and_a_delayed_message_when_due() -> Re
     let config = common::admin_config(dir.path(), "admin-secret")?;
     let server = Server::start(&pipes, &dir.path().join("data"), &[&config[0], &config[1]]).await?;
     let client = reqwest::Client::new();
-    // The DLQ routes serve the embedded log only, and say so.
+    // The DLQ routes are not served on SQS yet, and say so.
     let dlq = client
         .get(server.url("/api/v1/wal/namespace/orders/dlq"))
         .bearer_auth("admin-secret")

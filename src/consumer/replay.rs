@@ -235,7 +235,7 @@ pub async fn replay(
                 .as_ref()
                 .is_none_or(|ids| ids.contains(&entry.message_id));
         if wanted {
-            selected.push((entry, dead.record.clone()));
+            selected.push((entry, dead.clone()));
         }
         true
     })
@@ -250,24 +250,31 @@ pub async fn replay(
         .unwrap_or(DEFAULT_RATE)
         .clamp(1, MAX_RATE);
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    for (entry, record) in selected {
+    for (entry, dead) in selected {
+        let skip = |reason: String| SkippedEntry {
+            dlq_offset: entry.dlq_offset,
+            message_id: entry.message_id.clone(),
+            reason,
+        };
         if entry.replays >= max_replays {
-            outcome.skipped.push(SkippedEntry {
-                dlq_offset: entry.dlq_offset,
-                message_id: entry.message_id,
-                reason: format!(
-                    "replayed {} times already, the namespace's `max_replays`",
-                    entry.replays
-                ),
-            });
+            outcome.skipped.push(skip(format!(
+                "replayed {} times already, the namespace's `max_replays`",
+                entry.replays
+            )));
             continue;
         }
         let offset = if request.dry_run {
             None
         } else {
             pace.tick().await;
-            let appended = backend.append(vec![again(&record, &entry)]).await?;
-            backend.mark_replayed(&[entry.dlq_offset]).await?;
+            if !backend.claim_replay(&dead).await? {
+                outcome.skipped.push(skip(
+                    "replayed meanwhile, or being replayed by another request".into(),
+                ));
+                continue;
+            }
+            let appended = backend.append(vec![again(&dead.record, &entry)]).await?;
+            backend.mark_replayed(&dead).await?;
             appended.first_offset
         };
         outcome.replayed.push(ReplayedEntry {

@@ -98,7 +98,7 @@ pub enum ApiError {
     #[error("the backend of namespace `{namespace}` is unreachable; retry later ({reason})")]
     BackendUnavailable { namespace: String, reason: String },
     #[error(
-        "namespace `{namespace}` is on the {backend} backend, which this route does not serve (the embedded log only); use the backend's own tools"
+        "namespace `{namespace}` is on the {backend} backend, which this route does not serve; use the backend's own tools (docs/operations.md)"
     )]
     UnsupportedByBackend {
         namespace: String,

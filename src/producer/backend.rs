@@ -83,13 +83,22 @@ pub trait Backend: Send + Sync {
     async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError>;
 
     /// Whether its dead letters can be listed by offset and replayed, with each replay
-    /// remembered ([`Backend::mark_replayed`]): the DLQ routes need it.
+    /// claimed ([`Backend::claim_replay`]) and remembered ([`Backend::mark_replayed`]):
+    /// the DLQ routes need it.
     fn replays_dead_letters(&self) -> bool {
         false
     }
 
-    /// Remembers, durably, that these dead-letter entries were replayed.
-    async fn mark_replayed(&self, _dlq_offsets: &[u64]) -> Result<(), BackendError> {
+    /// Takes the replay of `entry` for this instance: false when it was replayed
+    /// already or another instance is replaying it now. A backend shared by several
+    /// instances holds the claim for [`REPLAY_CLAIM`], so that the entry of an instance
+    /// that died mid-replay is left to the next replay; one instance alone holds none.
+    async fn claim_replay(&self, _entry: &DeadLetter) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+
+    /// Remembers, durably, that `entry` was replayed.
+    async fn mark_replayed(&self, _entry: &DeadLetter) -> Result<(), BackendError> {
         Err(BackendError::Unsupported("replaying the DLQ"))
     }
 
@@ -161,12 +170,19 @@ impl From<Durability> for Durable {
     }
 }
 
+/// How long a shared backend holds an instance's claim on the replay of a dead-letter
+/// entry ([`Backend::claim_replay`]): far longer than appending it again takes.
+pub const REPLAY_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One dead-letter entry, as the backend keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
     /// `offset` numbers it in the dead-letter log.
     pub record: StoredRecord,
     pub replayed: bool,
+    /// The backend's own name for the entry, where it has one besides the offset (a
+    /// Redis stream entry's id).
+    pub id: Option<String>,
 }
 
 /// `records` from offset `from` on, none of them replayed: the dead letters of a
@@ -178,6 +194,7 @@ pub(crate) fn dead_letters(records: Vec<StoredRecord>, from: u64) -> Vec<DeadLet
         .map(|record| DeadLetter {
             record,
             replayed: false,
+            id: None,
         })
         .collect()
 }

@@ -57,7 +57,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::backend::{
-    Backend, BackendError, DeadLetter, Durable, LogPosition, LogStats, Positions,
+    Backend, BackendError, DeadLetter, Durable, LogPosition, LogStats, Positions, REPLAY_CLAIM,
 };
 use super::config::BackendConfig;
 use crate::message::{DELIVERY_GROUP, Record, StoredRecord};
@@ -175,6 +175,7 @@ impl Backend for Embedded {
             .map(|record| DeadLetter {
                 replayed: self.0.replayed.contains(record.offset),
                 record,
+                id: None,
             })
             .collect())
     }
@@ -183,9 +184,13 @@ impl Backend for Embedded {
         true
     }
 
-    async fn mark_replayed(&self, dlq_offsets: &[u64]) -> Result<(), BackendError> {
-        let (store, offsets) = (self.0.clone(), dlq_offsets.to_vec());
-        Ok(blocking(move || store.replayed.insert(&offsets)).await?)
+    async fn claim_replay(&self, entry: &DeadLetter) -> Result<bool, BackendError> {
+        Ok(self.0.replayed.claim(entry.record.offset, REPLAY_CLAIM))
+    }
+
+    async fn mark_replayed(&self, entry: &DeadLetter) -> Result<(), BackendError> {
+        let (store, offset) = (self.0.clone(), entry.record.offset);
+        Ok(blocking(move || store.replayed.insert(&[offset])).await?)
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {

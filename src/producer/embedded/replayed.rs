@@ -3,9 +3,10 @@
 //! each entry is `crc32c u32 | offset u64`, synced before the call returns, rebuilt in
 //! memory on open (a torn last entry is cut off).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use super::error::LogError;
 use super::journal::Journal;
@@ -14,6 +15,8 @@ const ENTRY_LEN: usize = 12;
 
 pub struct ReplayedSet {
     inner: Mutex<(Journal, BTreeSet<u64>)>,
+    /// Entries being replayed now, since when: two replays at once take each entry once.
+    claimed: Mutex<HashMap<u64, Instant>>,
 }
 
 impl ReplayedSet {
@@ -28,7 +31,22 @@ impl ReplayedSet {
         })?;
         Ok(Self {
             inner: Mutex::new((file, offsets)),
+            claimed: Mutex::default(),
         })
+    }
+
+    /// Takes the replay of the entry at `offset`: false when it was replayed, or a
+    /// replay took it less than `lapse` ago (one that failed leaves it after that).
+    pub fn claim(&self, offset: u64, lapse: std::time::Duration) -> bool {
+        if self.contains(offset) {
+            return false;
+        }
+        let Ok(mut claimed) = self.claimed.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        claimed.retain(|_, at| now.duration_since(*at) < lapse);
+        claimed.insert(offset, now).is_none()
     }
 
     /// Whether the dead-letter entry at `offset` was replayed.
@@ -62,6 +80,12 @@ impl ReplayedSet {
         }
         inner.0.append(&bytes)?;
         inner.1.extend(offsets);
+        drop(inner);
+        if let Ok(mut claimed) = self.claimed.lock() {
+            for offset in offsets {
+                claimed.remove(offset);
+            }
+        }
         Ok(())
     }
 }

@@ -10,7 +10,8 @@
 //!   delayed message still held: the consumer holds delayed messages itself (in
 //!   memory), and after a crash they are read again from the committed offset and held
 //!   again. Undelayed messages are not blocked by them.
-//! - DLQ: the records go to the DLQ topic.
+//! - DLQ: the records go to partition 0 of the DLQ topic, where replays are claimed and
+//!   marked (`dlq.rs`).
 //! - Outage: the producer's statistics (every second) say which brokers are up; while
 //!   none is, writes are refused at once (503) instead of waiting `delivery_timeout`
 //!   in librdkafka's queue, and the namespace reports it; meanwhile a metadata request
@@ -33,10 +34,10 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::config::{Compression, Config};
+use super::dlq::{self, DeadLetters};
 use crate::message::{Durability, Record, StoredRecord};
 use crate::producer::backend::{
-    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Subscription, dead_letters,
-    poisoned,
+    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Subscription, poisoned,
 };
 
 /// Messages handed over per batch at most.
@@ -52,7 +53,7 @@ pub struct KafkaTopic {
     /// Base settings of every consumer (brokers and the pipeline's `options`).
     consumer_config: ClientConfig,
     topic: String,
-    dlq_topic: String,
+    dlq: DeadLetters,
     delivery_timeout: Duration,
     delayed: Arc<Mutex<Delayed>>,
     /// The last error, cleared by the next success.
@@ -70,7 +71,7 @@ impl Drop for KafkaTopic {
 }
 
 /// The producer's context: reads its statistics to know whether any broker is up.
-struct BrokerWatch {
+pub(super) struct BrokerWatch {
     no_broker: Arc<Mutex<Option<String>>>,
 }
 
@@ -149,6 +150,10 @@ impl KafkaTopic {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        let dlq_topic = config
+            .dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", config.topic));
         let reconnect = tokio::spawn(reconnect(
             producer.clone(),
             config.topic.clone(),
@@ -157,11 +162,8 @@ impl KafkaTopic {
         Ok(Self {
             producer,
             reconnect,
+            dlq: DeadLetters::new(dlq_topic, consumer_config.clone()),
             consumer_config,
-            dlq_topic: config
-                .dlq_topic
-                .clone()
-                .unwrap_or_else(|| format!("{}.dlq", config.topic)),
             topic: config.topic.clone(),
             delivery_timeout: config.delivery_timeout.get(),
             delayed: Arc::default(),
@@ -171,8 +173,14 @@ impl KafkaTopic {
         .inspect(|_| info!(namespace, topic = %config.topic, "Kafka producer created."))
     }
 
-    /// Produces `records` to `topic` and waits for every delivery report.
-    async fn produce(&self, topic: &str, records: &[Record]) -> Result<(), BackendError> {
+    /// Produces `records` to `topic` (to its `partition`, else by key) and waits for
+    /// every delivery report.
+    async fn produce(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        records: &[Record],
+    ) -> Result<(), BackendError> {
         if let Some(reason) = self.no_broker.lock().ok().and_then(|n| n.clone()) {
             return Err(BackendError::Unavailable(reason));
         }
@@ -189,6 +197,9 @@ impl KafkaTopic {
                 .headers(headers);
             if let Some(key) = &record.key {
                 message = message.key(key);
+            }
+            if let Some(partition) = partition {
+                message = message.partition(partition);
             }
             self.producer.send(message, self.delivery_timeout)
         });
@@ -210,7 +221,7 @@ impl KafkaTopic {
 #[async_trait]
 impl Backend for KafkaTopic {
     async fn append(&self, records: Vec<Record>) -> Result<Durable, BackendError> {
-        self.produce(&self.topic, &records).await?;
+        self.produce(&self.topic, None, &records).await?;
         Ok(Durability::Durable.into())
     }
 
@@ -242,39 +253,24 @@ impl Backend for KafkaTopic {
     }
 
     async fn dead_letter(&self, records: Vec<Record>) -> Result<(), BackendError> {
-        self.produce(&self.dlq_topic, &records).await
+        self.produce(self.dlq.topic(), Some(dlq::PARTITION), &records)
+            .await
     }
 
     async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError> {
-        // Offsets number the entries in the order read; the first `from` are skipped.
-        let max = from as usize + max;
-        // A reader of its own that commits nothing: reads the DLQ topic from its start.
-        let reader: StreamConsumer = self
-            .consumer_config
-            .clone()
-            .set(
-                "group.id",
-                format!("wald-dlq-reader-{}", uuid::Uuid::now_v7()),
-            )
-            .create()
-            .map_err(unavailable)?;
-        reader.subscribe(&[&self.dlq_topic]).map_err(unavailable)?;
-        let mut records = Vec::new();
-        let mut wait = Duration::from_secs(10);
-        while records.len() < max {
-            match tokio::time::timeout(wait, reader.recv()).await {
-                Ok(Ok(message)) => {
-                    let mut record = to_record(&message);
-                    record.offset = records.len() as u64;
-                    records.push(record);
-                    // Once the first came, the rest follows quickly.
-                    wait = Duration::from_secs(1);
-                }
-                Ok(Err(e)) => return Err(unavailable(e)),
-                Err(_) => break,
-            }
-        }
-        Ok(dead_letters(records, from))
+        self.dlq.list(from, max).await
+    }
+
+    fn replays_dead_letters(&self) -> bool {
+        true
+    }
+
+    async fn claim_replay(&self, entry: &DeadLetter) -> Result<bool, BackendError> {
+        self.dlq.claim(&self.producer, entry).await
+    }
+
+    async fn mark_replayed(&self, entry: &DeadLetter) -> Result<(), BackendError> {
+        self.dlq.mark_replayed(&self.producer, entry).await
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
@@ -530,7 +526,7 @@ fn place(record: &StoredRecord) -> Result<(i32, i64), BackendError> {
         })
 }
 
-fn to_record(message: &impl Message) -> StoredRecord {
+pub(super) fn to_record(message: &impl Message) -> StoredRecord {
     StoredRecord {
         offset: 0,
         timestamp_ms: message
@@ -566,6 +562,6 @@ fn is_timeout(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut)
 }
 
-fn unavailable(e: KafkaError) -> BackendError {
+pub(super) fn unavailable(e: KafkaError) -> BackendError {
     BackendError::Unavailable(format!("Kafka: {e}"))
 }

@@ -12,7 +12,11 @@
 //!   for three `claim_idle`). A commit is an `XACK`.
 //! - Trim: with `maxlen`, once the stream is longer, entries that every group has
 //!   acknowledged are trimmed (`XTRIM MINID`); unacknowledged entries never are.
-//! - DLQ: `XADD` to the DLQ stream. Delays: a sorted set `<stream>:delayed` by due time,
+//! - DLQ: `XADD` to the DLQ stream, which is never trimmed, so an entry's offset (its
+//!   place from the first) never changes. Replayed entries are remembered in the set
+//!   `<dlq stream>:replayed`; an instance replaying an entry first claims it with a
+//!   key `<dlq stream>:replayed:claim:<id>` that lapses after a minute, so two
+//!   instances replaying at once append each entry once. Delays: a sorted set `<stream>:delayed` by due time,
 //!   whose members are the records themselves (`envelope`); taking due members leases them for
 //!   `claim_idle`, so an instance that dies while delivering them leaves them to another.
 
@@ -30,7 +34,8 @@ use tracing::{info, warn};
 use super::config::Config;
 use crate::message::{Durability, Record, StoredRecord};
 use crate::producer::backend::{
-    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Subscription, dead_letters,
+    Backend, BackendError, DeadLetter, Durable, Handed, LastError, REPLAY_CLAIM, Subscription,
+    poisoned,
 };
 use crate::producer::envelope;
 
@@ -50,6 +55,11 @@ pub struct RedisStreams {
     connection: ConnectionManager,
     stream: String,
     dlq_stream: String,
+    /// The DLQ entries replayed: a set of their ids.
+    replayed: String,
+    /// Where some DLQ entries are, by offset: the id of each page's last entry, so that
+    /// the next page is read from there.
+    dlq_pages: Mutex<BTreeMap<u64, String>>,
     delayed: String,
     wait_replicas: u32,
     wait_timeout: Duration,
@@ -74,13 +84,16 @@ impl RedisStreams {
             )
             .map_err(unavailable)?;
         let stream = config.stream_key(namespace);
+        let dlq_stream = config
+            .dlq_stream
+            .clone()
+            .unwrap_or_else(|| format!("{stream}:dlq"));
         Ok(Self {
             client,
             connection,
-            dlq_stream: config
-                .dlq_stream
-                .clone()
-                .unwrap_or_else(|| format!("{stream}:dlq")),
+            replayed: format!("{dlq_stream}:replayed"),
+            dlq_pages: Mutex::default(),
+            dlq_stream,
             delayed: format!("{stream}:delayed"),
             stream,
             wait_replicas: config.wait_replicas,
@@ -179,28 +192,91 @@ impl Backend for RedisStreams {
         .await
     }
 
+    /// Offsets number the DLQ stream's entries from its first, which never changes:
+    /// the stream is only appended to. A page is read from the nearest entry before it
+    /// whose id an earlier page found.
     async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError> {
-        // Offsets number the entries in the order read; the first `from` are skipped.
-        let max = from as usize + max;
+        let known = self
+            .dlq_pages
+            .lock()
+            .map_err(|_| poisoned())?
+            .range(..from)
+            .next_back()
+            .map(|(offset, id)| (*offset, id.clone()));
+        let (start, first) = match known {
+            Some((offset, id)) => (format!("({id}"), offset + 1),
+            None => ("-".to_string(), 0),
+        };
+        let skip = (from - first) as usize;
         let (list,): (Value,) = self
             .request(|pipe| {
                 pipe.cmd("XRANGE")
                     .arg(&self.dlq_stream)
-                    .arg("-")
+                    .arg(&start)
                     .arg("+")
                     .arg("COUNT")
-                    .arg(max);
+                    .arg(skip + max);
             })
             .await?;
-        let records = entries(list)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (_, mut record))| {
-                record.offset = i as u64;
-                record
+        let page: Vec<(String, StoredRecord)> = entries(list).into_iter().skip(skip).collect();
+        let Some((last_id, _)) = page.last() else {
+            return Ok(Vec::new());
+        };
+        if let Ok(mut pages) = self.dlq_pages.lock()
+            && pages.len() < MAX_DLQ_PAGES
+        {
+            pages.insert(from + page.len() as u64 - 1, last_id.clone());
+        }
+        let (replayed,): (Vec<bool>,) = self
+            .request(|pipe| {
+                pipe.cmd("SMISMEMBER")
+                    .arg(&self.replayed)
+                    .arg(page.iter().map(|(id, _)| id).collect::<Vec<_>>());
             })
-            .collect();
-        Ok(dead_letters(records, from))
+            .await?;
+        Ok(page
+            .into_iter()
+            .zip(replayed)
+            .enumerate()
+            .map(|(i, ((id, mut record), replayed))| {
+                record.offset = from + i as u64;
+                DeadLetter {
+                    record,
+                    replayed,
+                    id: Some(id),
+                }
+            })
+            .collect())
+    }
+
+    fn replays_dead_letters(&self) -> bool {
+        true
+    }
+
+    /// A claim is a key of its own that lapses after [`REPLAY_CLAIM`]; taken only
+    /// while the entry is not in the replayed set.
+    async fn claim_replay(&self, entry: &DeadLetter) -> Result<bool, BackendError> {
+        let id = entry.id.as_deref().unwrap_or_default();
+        let (claimed,): (bool,) = self
+            .request(|pipe| {
+                pipe.cmd("EVAL")
+                    .arg(CLAIM_REPLAY)
+                    .arg(2)
+                    .arg(&self.replayed)
+                    .arg(format!("{}:claim:{id}", self.replayed))
+                    .arg(id)
+                    .arg(REPLAY_CLAIM.as_millis() as u64);
+            })
+            .await?;
+        Ok(claimed)
+    }
+
+    async fn mark_replayed(&self, entry: &DeadLetter) -> Result<(), BackendError> {
+        let id = entry.id.as_deref().unwrap_or_default();
+        self.request(|pipe| {
+            pipe.sadd(&self.replayed, id).ignore();
+        })
+        .await
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
@@ -254,6 +330,22 @@ impl Backend for RedisStreams {
         self.down.get()
     }
 }
+
+/// Most page starts of the DLQ stream remembered; past it, later pages are read from
+/// the nearest one known.
+const MAX_DLQ_PAGES: usize = 4096;
+
+/// Claims the replay of DLQ entry ARGV[1] (claim key KEYS[2], for ARGV[2] ms) unless
+/// it is in the replayed set KEYS[1] or claimed already.
+const CLAIM_REPLAY: &str = r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return 0
+end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+";
 
 /// Takes up to ARGV[2] members due at ARGV[1] and leases them until ARGV[3].
 const TAKE_DUE: &str = r"
