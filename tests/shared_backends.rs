@@ -7,11 +7,11 @@
 //! - Kafka (librdkafka's mock cluster in this process, the servers connecting to it):
 //!   the same two instances and SIGKILL, delivering to a webhook and to a Kafka target;
 //!   a broker outage answered 503 and recovered from.
-//! - DLQ on Redis Streams and on Kafka: two instances, messages a webhook refused
+//! - DLQ on Redis Streams, Kafka and SQS: two instances, messages a webhook refused
 //!   dead-lettered, listed through one, replayed through both at once: each message
 //!   delivered once.
 //! - SQS (moto): writes, delivery, and a delayed message that arrives when due; the
-//!   DLQ routes answer 501 (not served on SQS yet).
+//!   recent-messages route answers 501.
 
 mod common;
 
@@ -247,8 +247,12 @@ async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> R
 /// Two instances on the pipeline in `pipes` (on a shared backend): 20 messages the
 /// webhook refuses are dead-lettered, listed through the first, and replayed through
 /// both at once once the webhook takes them: each is delivered once, and every entry
-/// is listed as replayed.
-async fn dlq_replayed_through_two_instances_once(dir: &Path, hook: &Hook) -> Result {
+/// is listed as replayed (`keeps_replayed`; a queue lets them go).
+async fn dlq_replayed_through_two_instances_once(
+    dir: &Path,
+    hook: &Hook,
+    keeps_replayed: bool,
+) -> Result {
     let pipes = dir.join("pipelines");
     let config = common::admin_config(dir, "admin-secret")?;
     let first = Server::start(&pipes, &dir.join("1"), &[&config[0], &config[1]]).await?;
@@ -308,7 +312,12 @@ async fn dlq_replayed_through_two_instances_once(dir: &Path, hook: &Hook) -> Res
     received.sort_unstable();
     assert_eq!(received, expected.into_iter().collect::<Vec<_>>());
     let page: Value = list(&second, "replayed").await?.json().await?;
-    assert_eq!(page["entries"].as_array().map_or(0, Vec::len), 20, "{page}");
+    let kept = if keeps_replayed { 20 } else { 0 };
+    assert_eq!(
+        page["entries"].as_array().map_or(0, Vec::len),
+        kept,
+        "{page}"
+    );
     let page: Value = list(&second, "parked").await?.json().await?;
     assert_eq!(page["entries"], json!([]), "{page}");
     assert!(stop(first.child).await?.success());
@@ -333,7 +342,7 @@ async fn a_redis_dlq_is_replayed_through_two_instances_once() -> Result {
         &stream,
         &hook_url,
     )?;
-    let result = dlq_replayed_through_two_instances_once(dir.path(), &hook).await;
+    let result = dlq_replayed_through_two_instances_once(dir.path(), &hook, true).await;
     let mut redis = redis::Client::open("redis://127.0.0.1:6379")?
         .get_multiplexed_async_connection()
         .await?;
@@ -363,7 +372,35 @@ async fn a_kafka_dlq_is_replayed_through_two_instances_once() -> Result {
         &hook_url,
         "",
     )?;
-    dlq_replayed_through_two_instances_once(dir.path(), &hook).await
+    dlq_replayed_through_two_instances_once(dir.path(), &hook, true).await
+}
+
+#[cfg(feature = "sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_dlq_is_replayed_through_two_instances_once() -> Result {
+    let Some(moto) = common::Moto::start().await? else {
+        return Ok(());
+    };
+    let sqs = moto.client();
+    let queue = sqs.create_queue().queue_name("orders").send().await?;
+    let queue_url = queue.queue_url().ok_or("no queue url")?.to_string();
+    sqs.create_queue().queue_name("orders-dlq").send().await?;
+    let dir = tempfile::tempdir()?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    pipeline(
+        &dir.path().join("pipelines"),
+        "orders",
+        &format!(
+            "type = \"sqs\"\nqueue_url = \"{queue_url}\"\nendpoint = \"{}\"\n\
+             access_key_id = \"test\"\nsecret_access_key = \"test\"\nwait_time = \"1s\"\n\
+             visibility_timeout = \"5s\"",
+            moto.endpoint
+        ),
+        &hook_url,
+        "",
+    )?;
+    dlq_replayed_through_two_instances_once(dir.path(), &hook, false).await
 }
 
 /// A namespace that writes only: what must go on while another one's backend is down.
@@ -519,14 +556,14 @@ async fn an_sqs_queue_delivers_everything_and_a_delayed_message_when_due() -> Re
     let config = common::admin_config(dir.path(), "admin-secret")?;
     let server = Server::start(&pipes, &dir.path().join("data"), &[&config[0], &config[1]]).await?;
     let client = reqwest::Client::new();
-    // The DLQ routes are not served on SQS yet, and say so.
-    let dlq = client
-        .get(server.url("/api/v1/wal/namespace/orders/dlq"))
+    // Recent messages are not served on SQS (a queue cannot be read back), and say so.
+    let recent = client
+        .get(server.url("/api/v1/wal/namespace/orders/messages"))
         .bearer_auth("admin-secret")
         .send()
         .await?;
-    assert_eq!(dlq.status(), 501);
-    let body: Value = dlq.json().await?;
+    assert_eq!(recent.status(), 501);
+    let body: Value = recent.json().await?;
     assert_eq!(body["error"]["code"], "unsupported_by_backend", "{body}");
     let mut acknowledged = BTreeSet::new();
     for n in 0..20u64 {

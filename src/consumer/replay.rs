@@ -284,6 +284,7 @@ pub async fn replay(
             offset,
         });
     }
+    backend.end_replay().await;
     Ok(outcome)
 }
 

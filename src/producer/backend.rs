@@ -102,6 +102,10 @@ pub trait Backend: Send + Sync {
         Err(BackendError::Unsupported("replaying the DLQ"))
     }
 
+    /// A replay ended: lets go of what it took along with its entries and did not
+    /// replay.
+    async fn end_replay(&self) {}
+
     /// Holds read messages until they are due: (record, due in ms since the epoch).
     /// Once this returns, a commit may pass them.
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError>;

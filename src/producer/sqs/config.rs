@@ -76,12 +76,14 @@ impl Config {
         checks.url(&at.key("queue_url"), &self.queue_url, &["https", "http"]);
         if let Some(dlq) = &self.dlq_queue_url {
             checks.url(&at.key("dlq_queue_url"), dlq, &["https", "http"]);
-            if dlq.trim_end_matches('/').ends_with(".fifo") != self.is_fifo() {
+            // A FIFO DLQ hands a peek at most ten entries of a key at a time; a
+            // standard one serves any queue.
+            if dlq.trim_end_matches('/').ends_with(".fifo") && !self.is_fifo() {
                 checks.error(
                     Code::BackendLimit,
                     &at.key("dlq_queue_url"),
-                    "the DLQ of a FIFO queue must be FIFO too, and of a standard queue standard",
-                    "use a DLQ of the same kind as `queue_url` (a `.fifo` name for FIFO)",
+                    "the DLQ of a standard queue must be a standard queue",
+                    "use a standard queue (a name without `.fifo`); it suits a FIFO queue too",
                 );
             }
         }

@@ -15,9 +15,19 @@
 //!   (`ChangeMessageVisibility`, at most 12 hours at a time, so a longer delay is
 //!   re-delayed when it comes back) and is not deleted: SQS holds it, and it comes
 //!   back through the subscription when due.
-//! - DLQ: `SendMessageBatch` to the DLQ queue.
+//! - DLQ: `SendMessageBatch` to the DLQ queue. Listing peeks (receives every entry,
+//!   invisible to others for a few seconds, then makes them visible again), numbering
+//!   the entries it saw by the time they were dead-lettered: a snapshot of the first
+//!   10,000, renumbered when entries leave. A replay receives
+//!   entries with a visibility timeout of [`REPLAY_CLAIM`] (its claim: no other instance
+//!   receives them meanwhile), sends each it wants to the queue again and deletes it
+//!   from the DLQ; the rest are made visible again when the replay ends. A replayed
+//!   entry is gone from the DLQ: there is no `replayed` list on SQS. On FIFO queues a
+//!   message's deduplication id is its message id with its replay count and, in the
+//!   DLQ, its target, so that neither a replay nor a second target's dead letter is
+//!   taken for a duplicate.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,9 +47,9 @@ use super::config::Config;
 use crate::message::header;
 use crate::message::now_ms;
 use crate::message::{Durability, Record, StoredRecord};
-use crate::message::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID};
+use crate::message::{HEADER_DELIVER_AT, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID, HEADER_REPLAYS};
 use crate::producer::backend::{
-    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Subscription, dead_letters,
+    Backend, BackendError, DeadLetter, Durable, Handed, LastError, REPLAY_CLAIM, Subscription,
     poisoned,
 };
 use crate::producer::envelope;
@@ -52,6 +62,10 @@ const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 /// Longest wait between tries of a reader that fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a peek at the DLQ keeps the entries it saw from others, at most.
+const PEEK_HOLD: Duration = Duration::from_secs(5);
+/// Most DLQ entries a peek reads.
+const MAX_PEEK: usize = 10_000;
 /// A header each record read carries: the receipt handle of the message.
 const RECEIPT_HEADER: &str = "wald-sqs-receipt";
 
@@ -62,7 +76,20 @@ pub struct SqsQueue {
     client: Arc<OnceCell<Client>>,
     /// Receipt handles of messages made invisible until due: not deleted on commit.
     parked: Arc<Mutex<HashSet<String>>>,
+    /// What this instance's replays hold of the DLQ.
+    replays: Mutex<Replays>,
     down: LastError,
+}
+
+/// DLQ entries received by replays, by message id: their receipt handles.
+#[derive(Default)]
+struct Replays {
+    /// Received, not taken by a replay yet.
+    received: HashMap<String, String>,
+    /// Taken by a replay, to be deleted once replayed.
+    taken: HashMap<String, String>,
+    /// A receive found nothing more since the last replay ended.
+    exhausted: bool,
 }
 
 impl SqsQueue {
@@ -72,6 +99,7 @@ impl SqsQueue {
             config: config.clone(),
             client: Arc::default(),
             parked: Arc::default(),
+            replays: Mutex::default(),
             down: LastError::new("SQS"),
         })
     }
@@ -81,6 +109,31 @@ impl SqsQueue {
             .get_or_init(|| build_client(&self.config))
             .await
             .clone()
+    }
+
+    /// Makes the DLQ entries of `receipts` visible again at once. Not fatal when it
+    /// fails: they come back when their visibility timeout ends.
+    async fn make_visible(&self, receipts: &[String]) {
+        let client = self.client().await;
+        for chunk in receipts.chunks(BATCH) {
+            let entries = chunk.iter().enumerate().filter_map(|(i, receipt)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(0)
+                    .build()
+                    .ok()
+            });
+            let result = client
+                .change_message_visibility_batch()
+                .queue_url(self.config.dlq_url())
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await;
+            if let Err(e) = result {
+                warn!(error = %DisplayErrorContext(e), "Could not make DLQ entries visible again.");
+            }
+        }
     }
 
     /// Sends `records` to `queue`, ten at a time.
@@ -143,9 +196,18 @@ fn entry(
             || "wald".to_string(),
             |k| String::from_utf8_lossy(k).into_owned(),
         );
-        entry = entry.message_group_id(group).message_deduplication_id(
-            header(HEADER_MESSAGE_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        );
+        let mut deduplication =
+            header(HEADER_MESSAGE_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        for part in [HEADER_REPLAYS, HEADER_DLQ_TARGET]
+            .into_iter()
+            .filter_map(header)
+        {
+            deduplication.push(':');
+            deduplication.push_str(&part);
+        }
+        entry = entry
+            .message_group_id(group)
+            .message_deduplication_id(deduplication);
     } else if let Some(due) = header(HEADER_DELIVER_AT).and_then(|d| d.parse::<u64>().ok()) {
         let delay = Duration::from_millis(due.saturating_sub(now)).min(MAX_DELAY);
         entry = entry.delay_seconds(delay.as_secs_f64().ceil() as i32);
@@ -219,42 +281,136 @@ impl Backend for SqsQueue {
         self.send(&self.config.dlq_url(), &records).await
     }
 
-    /// Peeks at the DLQ (receives with no visibility timeout, so nothing is taken).
+    /// Peeks at the DLQ: receives its entries, each invisible to others for
+    /// [`PEEK_HOLD`], until a receive brings nothing, and makes them visible again.
     async fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<DeadLetter>, BackendError> {
-        // Offsets number the entries in the order read; the first `from` are skipped.
-        let max = from as usize + max;
+        // Offsets number the entries in the order they were dead-lettered; the first
+        // `from` are skipped.
+        let max = (from as usize + max).min(MAX_PEEK);
         let client = self.client().await;
-        let mut seen = HashSet::new();
-        let mut records = Vec::new();
-        while records.len() < max {
+        let mut entries = Vec::new();
+        let mut receipts = Vec::new();
+        let peeked = async {
+            while entries.len() < max {
+                let output = client
+                    .receive_message()
+                    .queue_url(self.config.dlq_url())
+                    .max_number_of_messages(BATCH as i32)
+                    .visibility_timeout(PEEK_HOLD.as_secs() as i32)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                if output.messages().is_empty() {
+                    break;
+                }
+                for message in output.messages() {
+                    receipts.extend(message.receipt_handle().map(str::to_string));
+                    let id = message.message_id().unwrap_or_default().to_string();
+                    entries.push((id, envelope::decode(message.body().unwrap_or_default())?));
+                }
+            }
+            Ok::<_, BackendError>(())
+        }
+        .await;
+        self.make_visible(&receipts).await;
+        peeked?;
+        entries.sort_by_key(|(_, record)| record.timestamp_ms);
+        entries.truncate(max);
+        Ok(entries
+            .into_iter()
+            .enumerate()
+            .skip(from as usize)
+            .map(|(i, (id, mut record))| {
+                record.offset = i as u64;
+                DeadLetter {
+                    record,
+                    replayed: false,
+                    id: Some(id),
+                }
+            })
+            .collect())
+    }
+
+    fn replays_dead_letters(&self) -> bool {
+        true
+    }
+
+    /// Receives DLQ entries, invisible to others for [`REPLAY_CLAIM`], until `entry`
+    /// is among them or the DLQ has nothing more to give.
+    async fn claim_replay(&self, entry: &DeadLetter) -> Result<bool, BackendError> {
+        let id = entry.id.clone().unwrap_or_default();
+        let client = self.client().await;
+        loop {
+            {
+                let mut replays = self.replays.lock().map_err(|_| poisoned())?;
+                if let Some(receipt) = replays.received.remove(&id) {
+                    replays.taken.insert(id, receipt);
+                    return Ok(true);
+                }
+                if replays.exhausted {
+                    return Ok(false);
+                }
+            }
             let output = client
                 .receive_message()
                 .queue_url(self.config.dlq_url())
                 .max_number_of_messages(BATCH as i32)
-                .visibility_timeout(0)
+                .visibility_timeout(REPLAY_CLAIM.as_secs() as i32)
                 .wait_time_seconds(1)
                 .send()
                 .await
                 .map_err(sdk_error)?;
-            let mut new = 0;
+            let mut replays = self.replays.lock().map_err(|_| poisoned())?;
+            replays.exhausted = output.messages().is_empty();
             for message in output.messages() {
-                if seen.insert(message.message_id().unwrap_or_default().to_string()) {
-                    let mut record = envelope::decode(message.body().unwrap_or_default())?;
-                    record.offset = records.len() as u64;
-                    records.push(record);
-                    new += 1;
+                if let (Some(id), Some(receipt)) = (message.message_id(), message.receipt_handle())
+                {
+                    replays.received.insert(id.to_string(), receipt.to_string());
                 }
             }
-            if new == 0 {
-                break;
+        }
+    }
+
+    /// Deletes the entry from the DLQ.
+    async fn mark_replayed(&self, entry: &DeadLetter) -> Result<(), BackendError> {
+        let id = entry.id.as_deref().unwrap_or_default();
+        let receipt = self
+            .replays
+            .lock()
+            .map_err(|_| poisoned())?
+            .taken
+            .remove(id);
+        let Some(receipt) = receipt else {
+            return Err(BackendError::Unavailable(format!(
+                "the DLQ entry {id} was not received for this replay"
+            )));
+        };
+        self.client()
+            .await
+            .delete_message()
+            .queue_url(self.config.dlq_url())
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(())
+    }
+
+    /// Makes what the replay received and did not replay visible again.
+    async fn end_replay(&self) {
+        let receipts: Vec<String> = match self.replays.lock() {
+            Ok(mut replays) => {
+                replays.exhausted = false;
+                replays
+                    .received
+                    .drain()
+                    .map(|(_, receipt)| receipt)
+                    .collect()
             }
-        }
-        records.sort_by_key(|r| r.timestamp_ms);
-        records.truncate(max);
-        for (i, record) in records.iter_mut().enumerate() {
-            record.offset = i as u64;
-        }
-        Ok(dead_letters(records, from))
+            Err(_) => return,
+        };
+        self.make_visible(&receipts).await;
     }
 
     /// Makes each message invisible until it is due (12 hours at most), and keeps the
