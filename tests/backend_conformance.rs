@@ -190,7 +190,17 @@ async fn dlq_replay(
         (vec!["looping".to_string()], None)
     );
 
+    // The messages were written and read before they failed: a replay is no
+    // duplicate of the original (a FIFO queue deduplicates by id for five minutes).
     let mut log = one.subscribe("replayed").await?;
+    one.append(entries.iter().map(|(id, _, _)| record("k", id)).collect())
+        .await?;
+    let mut originals = Vec::new();
+    while originals.len() < entries.len() {
+        let got = read(log.as_mut(), 1).await?;
+        log.commit(got[0].offset + 1).await?;
+        originals.extend(got);
+    }
     let dry = ReplayRequest {
         target: Some("hook".into()),
         dry_run: true,

@@ -189,20 +189,6 @@ pub struct DeadLetter {
     pub id: Option<String>,
 }
 
-/// `records` from offset `from` on, none of them replayed: the dead letters of a
-/// backend that does not remember replays.
-pub(crate) fn dead_letters(records: Vec<StoredRecord>, from: u64) -> Vec<DeadLetter> {
-    records
-        .into_iter()
-        .filter(|record| record.offset >= from)
-        .map(|record| DeadLetter {
-            record,
-            replayed: false,
-            id: None,
-        })
-        .collect()
-}
-
 /// Where a namespace's consumer groups, DLQ and delayed messages stand
 /// ([`Backend::positions`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -662,3 +662,37 @@ async fn keep_invisible(
 fn sdk_error(e: impl std::error::Error) -> BackendError {
     BackendError::Unavailable(format!("SQS: {}", DisplayErrorContext(e)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQS takes a FIFO message for a duplicate of any sent with the same
+    /// deduplication id in the five minutes before, even one deleted since.
+    #[test]
+    fn replays_and_dead_letters_are_no_duplicates_of_their_original() {
+        let record = |headers: &[(&str, &str)]| Record {
+            key: Some(b"k".to_vec()),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+                .collect(),
+            payload: b"{}".to_vec(),
+        };
+        let id = |record: &Record| {
+            entry(0, record, true, 0)
+                .ok()
+                .and_then(|e| e.message_deduplication_id().map(str::to_string))
+        };
+        let original = record(&[(HEADER_MESSAGE_ID, "m1")]);
+        let replayed = record(&[(HEADER_MESSAGE_ID, "m1"), (HEADER_REPLAYS, "1")]);
+        let for_hook = record(&[(HEADER_MESSAGE_ID, "m1"), (HEADER_DLQ_TARGET, "hook")]);
+        let for_db = record(&[(HEADER_MESSAGE_ID, "m1"), (HEADER_DLQ_TARGET, "db")]);
+        let ids: HashSet<_> = [&original, &replayed, &for_hook, &for_db]
+            .into_iter()
+            .map(id)
+            .collect();
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        assert_eq!(id(&original).as_deref(), Some("m1"));
+    }
+}
