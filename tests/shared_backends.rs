@@ -17,6 +17,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ struct Hook {
 
 async fn hook(State(hook): State<Hook>, body: axum::body::Bytes) -> StatusCode {
     tokio::time::sleep(hook.delay).await;
-    if hook.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+    if hook.refuse.load(Ordering::SeqCst) {
         return StatusCode::BAD_REQUEST;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -247,18 +248,16 @@ async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> R
 /// Two instances on the pipeline in `pipes` (on a shared backend): 20 messages the
 /// webhook refuses are dead-lettered, listed through the first, and replayed through
 /// both at once once the webhook takes them: each is delivered once, and every entry
-/// is listed as replayed (`keeps_replayed`; a queue lets them go).
-async fn dlq_replayed_through_two_instances_once(
-    dir: &Path,
-    hook: &Hook,
-    keeps_replayed: bool,
-) -> Result {
+/// is listed as replayed (but on SQS, a queue, which lets them go). The namespace's
+/// status shows what the backend `kind` can tell of the DLQ and the delivery group.
+async fn dlq_replayed_through_two_instances_once(dir: &Path, hook: &Hook, kind: &str) -> Result {
+    let keeps_replayed = kind != "sqs";
     let pipes = dir.join("pipelines");
     let config = common::admin_config(dir, "admin-secret")?;
     let first = Server::start(&pipes, &dir.join("1"), &[&config[0], &config[1]]).await?;
     let second = Server::start(&pipes, &dir.join("2"), &[&config[0], &config[1]]).await?;
     let client = reqwest::Client::new();
-    hook.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    hook.refuse.store(true, Ordering::SeqCst);
     for n in 0..20u64 {
         let response = write(&client, &first, "orders", n).await?;
         assert_eq!(response.status(), 202, "{}", response.text().await?);
@@ -291,8 +290,32 @@ async fn dlq_replayed_through_two_instances_once(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    hook.refuse
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let status = |server: &Server| {
+        let url = server.url("/api/v1/wal/namespace/orders/status");
+        async move { Ok::<Value, Box<dyn std::error::Error>>(reqwest::get(url).await?.json().await?) }
+    };
+    let shown = status(&first).await?;
+    let delivery_lag = |shown: &Value| {
+        shown["consumer_groups"]
+            .as_array()
+            // `wald` on Redis, `wald.<namespace>` on Kafka.
+            .and_then(|groups| {
+                groups
+                    .iter()
+                    .find(|g| g["group"].as_str().is_some_and(|g| g.starts_with("wald")))
+            })
+            .and_then(|g| g["lag"].as_u64())
+    };
+    match kind {
+        // Counting a Kafka DLQ would take reading it whole.
+        "kafka" => assert!(shown.get("dlq_depth").is_none(), "{shown}"),
+        _ => assert_eq!(shown["dlq_depth"], 20, "{shown}"),
+    }
+    match kind {
+        "sqs" => assert!(shown["queue"]["visible"].is_u64(), "{shown}"),
+        _ => assert!(delivery_lag(&shown).is_some(), "{shown}"),
+    }
+    hook.refuse.store(false, Ordering::SeqCst);
     let replay = |server: &Server| {
         client
             .post(server.url("/api/v1/wal/namespace/orders/dlq/replay"))
@@ -320,6 +343,21 @@ async fn dlq_replayed_through_two_instances_once(
     );
     let page: Value = list(&second, "parked").await?.json().await?;
     assert_eq!(page["entries"], json!([]), "{page}");
+    // Everything delivered and acknowledged: nothing left behind in the status.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = status(&second).await?;
+        let done = match kind {
+            "sqs" => shown["dlq_depth"] == 0 && shown["queue"]["visible"] == 0,
+            "kafka" => delivery_lag(&shown) == Some(0),
+            _ => shown["dlq_depth"] == 0 && delivery_lag(&shown) == Some(0),
+        };
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still behind: {shown}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(stop(first.child).await?.success());
     assert!(stop(second.child).await?.success());
     Ok(())
@@ -342,7 +380,7 @@ async fn a_redis_dlq_is_replayed_through_two_instances_once() -> Result {
         &stream,
         &hook_url,
     )?;
-    let result = dlq_replayed_through_two_instances_once(dir.path(), &hook, true).await;
+    let result = dlq_replayed_through_two_instances_once(dir.path(), &hook, "redis").await;
     let mut redis = redis::Client::open("redis://127.0.0.1:6379")?
         .get_multiplexed_async_connection()
         .await?;
@@ -372,7 +410,7 @@ async fn a_kafka_dlq_is_replayed_through_two_instances_once() -> Result {
         &hook_url,
         "",
     )?;
-    dlq_replayed_through_two_instances_once(dir.path(), &hook, true).await
+    dlq_replayed_through_two_instances_once(dir.path(), &hook, "kafka").await
 }
 
 #[cfg(feature = "sqs")]
@@ -400,7 +438,7 @@ async fn an_sqs_dlq_is_replayed_through_two_instances_once() -> Result {
         &hook_url,
         "",
     )?;
-    dlq_replayed_through_two_instances_once(dir.path(), &hook, false).await
+    dlq_replayed_through_two_instances_once(dir.path(), &hook, "sqs").await
 }
 
 /// A namespace that writes only: what must go on while another one's backend is down.

@@ -139,7 +139,7 @@ async fn caught_up(state: &AppState, name: &str, delivery: bool) -> crate::Resul
             || positions
                 .groups
                 .iter()
-                .any(|(group, next)| group == DELIVERY_GROUP && *next >= end);
+                .any(|g| g.group == DELIVERY_GROUP && g.next_offset >= end);
         let indexed = namespace
             .status_indexed()
             .is_none_or(|indexed| *indexed.borrow() >= end);

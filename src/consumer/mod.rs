@@ -419,7 +419,8 @@ impl Consumer {
                 self.backend.branch_group(&group, &self.group).await?;
             }
             let stale = self.backend.positions().await?.map(|p| p.groups);
-            for (group, _) in stale.unwrap_or_default() {
+            for stale in stale.unwrap_or_default() {
+                let group = stale.group;
                 if target_of_group(&group).is_some_and(|t| !self.targets.contains_key(t)) {
                     self.backend.forget_group(&group).await?;
                 }

@@ -250,6 +250,10 @@ pub async fn replay(
         .unwrap_or(DEFAULT_RATE)
         .clamp(1, MAX_RATE);
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    if !request.dry_run {
+        let entries: Vec<DeadLetter> = selected.iter().map(|(_, dead)| dead.clone()).collect();
+        backend.begin_replay(&entries).await;
+    }
     for (entry, dead) in selected {
         let skip = |reason: String| SkippedEntry {
             dlq_offset: entry.dlq_offset,
@@ -284,7 +288,9 @@ pub async fn replay(
             offset,
         });
     }
-    backend.end_replay().await;
+    if !request.dry_run {
+        backend.end_replay().await;
+    }
     Ok(outcome)
 }
 

@@ -196,44 +196,55 @@ async fn status_of(namespace: &Namespace) -> serde_json::Value {
     let Some(backend) = &namespace.backend else {
         return status;
     };
-    let next = backend.log_position().map_or(0, |l| l.next_offset);
+    let next = backend.log_position().map(|l| l.next_offset);
     // What the backend cannot tell (yet) is left out; a read that fails shows as
     // the namespace's error elsewhere.
     if let Ok(Some(positions)) = backend.positions().await {
-        let lag =
-            |cursor: u64| json!({ "next_offset": cursor, "lag": next.saturating_sub(cursor) });
         let mut groups = Vec::new();
-        for (group, cursor) in positions.groups {
+        for position in positions.groups {
+            let shown = json!({ "next_offset": position.next_offset, "lag": position.lag });
             // A target's own group shows as that target's position; the delayed
             // messages' reader and the status index as themselves.
-            match crate::message::target_of_group(&group) {
+            match crate::message::target_of_group(&position.group) {
                 Some(target) => {
-                    if let Some(shown) = status["targets"]
+                    if let Some(target) = status["targets"]
                         .as_array_mut()
                         .and_then(|ts| ts.iter_mut().find(|t| t["name"] == target))
                     {
-                        shown["position"] = lag(cursor);
+                        target["position"] = shown;
                     }
                 }
-                None if group == crate::message::TAILER_GROUP => {}
-                None if group == crate::message::DELAYS_GROUP => {
-                    status["delays_reader"] = lag(cursor);
+                None if position.group == crate::message::TAILER_GROUP => {}
+                None if position.group == crate::message::DELAYS_GROUP => {
+                    status["delays_reader"] = shown;
                 }
                 None => {
-                    let mut shown = lag(cursor);
-                    shown["group"] = json!(group);
+                    let mut shown = shown;
+                    shown["group"] = json!(position.group);
                     groups.push(shown);
                 }
             }
         }
         status["consumer_groups"] = json!(groups);
-        if let Some(indexed) = namespace.status_indexed() {
+        if let (Some(indexed), Some(next)) = (namespace.status_indexed(), next) {
             let indexed = *indexed.borrow();
             status["status_index"] =
                 json!({ "next_offset": indexed, "lag": next.saturating_sub(indexed) });
         }
-        status["dlq_depth"] = json!(positions.dlq_depth);
-        status["delayed_pending"] = json!(positions.delayed_pending);
+        if let Some(queue) = positions.queue {
+            status["queue"] = json!({
+                "approximate": true,
+                "visible": queue.visible,
+                "in_flight": queue.in_flight,
+                "delayed": queue.delayed,
+            });
+        }
+        if let Some(depth) = positions.dlq_depth {
+            status["dlq_depth"] = json!(depth);
+        }
+        if let Some(pending) = positions.delayed_pending {
+            status["delayed_pending"] = json!(pending);
+        }
     }
     status
 }

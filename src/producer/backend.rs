@@ -89,6 +89,9 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// A replay begins, of these entries (in this order) unless another takes them.
+    async fn begin_replay(&self, _selected: &[DeadLetter]) {}
+
     /// Takes the replay of `entry` for this instance: false when it was replayed
     /// already or another instance is replaying it now. A backend shared by several
     /// instances holds the claim for [`REPLAY_CLAIM`], so that the entry of an instance
@@ -190,15 +193,39 @@ pub struct DeadLetter {
 }
 
 /// Where a namespace's consumer groups, DLQ and delayed messages stand
-/// ([`Backend::positions`]).
+/// ([`Backend::positions`]), as far as the backend can tell: what it cannot is `None`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Positions {
-    /// Each consumer group's next offset (the status index's among them).
-    pub groups: Vec<(String, u64)>,
+    /// Each consumer group the backend knows of (the status index's among them).
+    pub groups: Vec<GroupPosition>,
     /// Dead-letter entries parked (not replayed).
-    pub dlq_depth: u64,
+    pub dlq_depth: Option<u64>,
     /// Delayed messages held until they are due.
-    pub delayed_pending: u64,
+    pub delayed_pending: Option<u64>,
+    /// A queue's approximate counts, where the backend is a queue and has no offsets.
+    pub queue: Option<QueueCounts>,
+}
+
+/// Where one consumer group stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupPosition {
+    pub group: String,
+    /// The offset it reads next: on a log with partitions, the sum over them; on a
+    /// Redis stream, the entries it read.
+    pub next_offset: u64,
+    /// Records written and not read by it yet, where the backend can tell.
+    pub lag: Option<u64>,
+}
+
+/// A queue's counts, approximate as the queue gives them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received and not deleted yet: being delivered, or held until due.
+    pub in_flight: u64,
+    /// Sent with a delay that has not run out.
+    pub delayed: u64,
 }
 
 /// The extent of a log.

@@ -69,10 +69,7 @@ impl BackendConfig {
     pub fn consumer_group(&self, namespace: &str) -> String {
         match self {
             Self::RedisStreams(c) => c.group.clone(),
-            Self::Kafka(c) => c
-                .group
-                .clone()
-                .unwrap_or_else(|| format!("wald.{namespace}")),
+            Self::Kafka(c) => c.group(namespace),
             _ => DELIVERY_GROUP.to_string(),
         }
     }

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use crate::probe::Unreachable;
 
 pub use backend::{
-    Backend, BackendError, DeadLetter, Durable, LogPosition, LogStats, Positions, REPLAY_CLAIM,
-    Subscription,
+    Backend, BackendError, DeadLetter, Durable, GroupPosition, LogPosition, LogStats, Positions,
+    QueueCounts, REPLAY_CLAIM, Subscription,
 };
 pub use config::{BackendConfig, KINDS};
 

@@ -237,7 +237,7 @@ function adminPart(name) {
         el("td", { class: "error-text" }, e.last_error), el("td", {}, when(e.last_failed_at_ms)),
         el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": `Replay ${e.message_id} to ${e.target}`, onclick: () => replay(name, { ids: [e.message_id], target: e.target }) }, "Replay"))))))) : null,
     el("h3", {}, "Recent messages"),
-    el("div", { class: "table-wrap" }, el("table", { id: "messages" },
+    admin.messages === null ? el("p", { class: "muted" }, "This namespace's backend cannot read its log back.") : el("div", { class: "table-wrap" }, el("table", { id: "messages" },
       el("thead", {}, el("tr", {}, ["Offset", "Logged at", "Message", "Key", "Bytes", "Status"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, admin.messages.map((m) => el("tr", {},
         el("td", { class: "num" }, m.offset), el("td", {}, when(m.timestamp_ms)), el("td", { class: "id" }, m.message_id || ""),
@@ -261,7 +261,9 @@ function forgetKey() {
 async function loadAdmin(name) {
   try {
     const [messages, dlq] = await Promise.all([
-      api(`/api/v1/wal/namespace/${encodeURIComponent(name)}/messages?limit=20`, { admin: true }),
+      // A shared backend cannot read its log back (501): its DLQ is shown all the same.
+      api(`/api/v1/wal/namespace/${encodeURIComponent(name)}/messages?limit=20`, { admin: true })
+        .catch((e) => (e.status === 501 ? null : Promise.reject(e))),
       api(`/api/v1/wal/namespace/${encodeURIComponent(name)}/dlq?state=parked&limit=100`, { admin: true }),
     ]);
     view.admin = { messages, dlq: dlq.entries };

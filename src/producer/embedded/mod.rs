@@ -57,7 +57,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::backend::{
-    Backend, BackendError, DeadLetter, Durable, LogPosition, LogStats, Positions, REPLAY_CLAIM,
+    Backend, BackendError, DeadLetter, Durable, GroupPosition, LogPosition, LogStats, Positions,
+    REPLAY_CLAIM,
 };
 use super::config::BackendConfig;
 use crate::message::{DELIVERY_GROUP, Record, StoredRecord};
@@ -256,15 +257,25 @@ impl Backend for Embedded {
 
     async fn positions(&self) -> Result<Option<Positions>, BackendError> {
         let store = self.0.clone();
-        let groups = blocking(move || store.log.cursors()).await?;
+        let cursors = blocking(move || store.log.cursors()).await?;
+        let next = self.0.log.committed().next_offset;
+        let groups = cursors
+            .into_iter()
+            .map(|(group, next_offset)| GroupPosition {
+                group,
+                next_offset,
+                lag: Some(next.saturating_sub(next_offset)),
+            })
+            .collect();
         let dlq = &self.0.dlq;
         // Parked entries: those kept and not replayed.
         let dlq_depth = (dlq.committed().next_offset - dlq.first_offset())
             .saturating_sub(self.0.replayed.len() as u64);
         Ok(Some(Positions {
             groups,
-            dlq_depth,
-            delayed_pending: self.0.delays.pending() as u64,
+            dlq_depth: Some(dlq_depth),
+            delayed_pending: Some(self.0.delays.pending() as u64),
+            queue: None,
         }))
     }
 

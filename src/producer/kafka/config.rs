@@ -59,6 +59,13 @@ pub enum Compression {
 pub const MAX_MESSAGE: ByteSize = ByteSize::kib(1000);
 
 impl Config {
+    /// The consumer group that delivers `namespace`: `group`, or `wald.<namespace>`.
+    pub fn group(&self, namespace: &str) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("wald.{namespace}"))
+    }
+
     pub fn validate(&self, checks: &mut Checks, at: &KeyPath) {
         check_brokers(checks, &at.key("brokers"), &self.brokers);
         check_topic(checks, &at.key("topic"), &self.topic);

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -37,7 +37,8 @@ use super::config::{Compression, Config};
 use super::dlq::{self, DeadLetters};
 use crate::message::{Durability, Record, StoredRecord};
 use crate::producer::backend::{
-    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Subscription, poisoned,
+    Backend, BackendError, DeadLetter, Durable, GroupPosition, Handed, LastError, Positions,
+    Subscription, poisoned,
 };
 
 /// Messages handed over per batch at most.
@@ -54,6 +55,10 @@ pub struct KafkaTopic {
     consumer_config: ClientConfig,
     topic: String,
     dlq: DeadLetters,
+    /// The delivery group.
+    group: String,
+    /// Reads the delivery group's offsets for the status; made at the first read.
+    watcher: Arc<Mutex<Option<BaseConsumer>>>,
     delivery_timeout: Duration,
     delayed: Arc<Mutex<Delayed>>,
     /// The last error, cleared by the next success.
@@ -163,6 +168,8 @@ impl KafkaTopic {
             producer,
             reconnect,
             dlq: DeadLetters::new(dlq_topic, consumer_config.clone()),
+            group: config.group(namespace),
+            watcher: Arc::default(),
             consumer_config,
             topic: config.topic.clone(),
             delivery_timeout: config.delivery_timeout.get(),
@@ -313,7 +320,73 @@ impl Backend for KafkaTopic {
         let no_broker = self.no_broker.lock().ok()?.clone();
         no_broker.or_else(|| self.down.get())
     }
+
+    /// The delivery group's committed offsets against the partitions' ends, summed
+    /// over the partitions. The DLQ's depth is not counted (it would take reading the
+    /// whole DLQ topic).
+    async fn positions(&self) -> Result<Option<Positions>, BackendError> {
+        let (watcher, config, topic, group) = (
+            self.watcher.clone(),
+            self.consumer_config.clone(),
+            self.topic.clone(),
+            self.group.clone(),
+        );
+        let delivery = tokio::task::spawn_blocking(move || {
+            let mut watcher = watcher.lock().map_err(|_| poisoned())?;
+            if watcher.is_none() {
+                // Of the delivery group, to read its commits; it never joins it.
+                let made: BaseConsumer = config
+                    .clone()
+                    .set("group.id", &group)
+                    .create()
+                    .map_err(unavailable)?;
+                *watcher = Some(made);
+            }
+            let watcher = watcher.as_ref().ok_or_else(poisoned)?;
+            let metadata = watcher
+                .fetch_metadata(Some(&topic), WATCH_TIMEOUT)
+                .map_err(unavailable)?;
+            let mut partitions = TopicPartitionList::new();
+            for topic in metadata.topics() {
+                for partition in topic.partitions() {
+                    partitions.add_partition(topic.name(), partition.id());
+                }
+            }
+            let committed = watcher
+                .committed_offsets(partitions, WATCH_TIMEOUT)
+                .map_err(unavailable)?;
+            let (mut next_offset, mut lag) = (0, 0);
+            for element in committed.elements() {
+                let (low, high) = watcher
+                    .fetch_watermarks(&topic, element.partition(), WATCH_TIMEOUT)
+                    .map_err(unavailable)?;
+                let at = match element.offset() {
+                    Offset::Offset(at) => at,
+                    _ => low,
+                };
+                next_offset += at.max(0) as u64;
+                lag += (high - at).max(0) as u64;
+            }
+            Ok::<_, BackendError>(GroupPosition {
+                group,
+                next_offset,
+                lag: Some(lag),
+            })
+        })
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("reading the group's offsets: {e}")))??;
+        let delayed = self.delayed.lock().map_err(|_| poisoned())?.by_due.len() as u64;
+        Ok(Some(Positions {
+            groups: vec![delivery],
+            dlq_depth: None,
+            delayed_pending: Some(delayed),
+            queue: None,
+        }))
+    }
 }
+
+/// How long a status read of the group's offsets may wait for the cluster.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// While no broker is up, asks for the topic's metadata every second, which makes the
 /// producer connect; the statistics then clear the state once a broker is up.

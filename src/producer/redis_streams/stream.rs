@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamInfoGroupsReply;
 use redis::{RedisError, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,8 +35,8 @@ use tracing::{info, warn};
 use super::config::Config;
 use crate::message::{Durability, Record, StoredRecord};
 use crate::producer::backend::{
-    Backend, BackendError, DeadLetter, Durable, Handed, LastError, REPLAY_CLAIM, Subscription,
-    poisoned,
+    Backend, BackendError, DeadLetter, Durable, GroupPosition, Handed, LastError, Positions,
+    REPLAY_CLAIM, Subscription, poisoned,
 };
 use crate::producer::envelope;
 
@@ -328,6 +329,42 @@ impl Backend for RedisStreams {
 
     fn unavailable(&self) -> Option<String> {
         self.down.get()
+    }
+
+    /// `XINFO GROUPS`: a group's lag is what it was not handed yet and what it was
+    /// handed and did not acknowledge; the DLQ's depth, its entries not replayed.
+    async fn positions(&self) -> Result<Option<Positions>, BackendError> {
+        let (exists, dlq, replayed, delayed): (bool, u64, u64, u64) = self
+            .request(|pipe| {
+                pipe.exists(&self.stream)
+                    .xlen(&self.dlq_stream)
+                    .scard(&self.replayed)
+                    .zcard(&self.delayed);
+            })
+            .await?;
+        let groups = if exists {
+            let (info,): (StreamInfoGroupsReply,) = self
+                .request(|pipe| {
+                    pipe.cmd("XINFO").arg("GROUPS").arg(&self.stream);
+                })
+                .await?;
+            info.groups
+                .into_iter()
+                .map(|g| GroupPosition {
+                    next_offset: g.entries_read.unwrap_or(0) as u64,
+                    lag: g.lag.map(|lag| (lag + g.pending) as u64),
+                    group: g.name,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Some(Positions {
+            groups,
+            dlq_depth: Some(dlq.saturating_sub(replayed)),
+            delayed_pending: Some(delayed),
+            queue: None,
+        }))
     }
 }
 

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -37,7 +37,7 @@ use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinHandle;
@@ -49,8 +49,8 @@ use crate::message::now_ms;
 use crate::message::{Durability, Record, StoredRecord};
 use crate::message::{HEADER_DELIVER_AT, HEADER_DLQ_TARGET, HEADER_MESSAGE_ID, HEADER_REPLAYS};
 use crate::producer::backend::{
-    Backend, BackendError, DeadLetter, Durable, Handed, LastError, REPLAY_CLAIM, Subscription,
-    poisoned,
+    Backend, BackendError, DeadLetter, Durable, Handed, LastError, Positions, QueueCounts,
+    REPLAY_CLAIM, Subscription, poisoned,
 };
 use crate::producer::envelope;
 
@@ -84,12 +84,17 @@ pub struct SqsQueue {
 /// DLQ entries received by replays, by message id: their receipt handles.
 #[derive(Default)]
 struct Replays {
+    /// The entries the replays under way want; others received are given back at once.
+    wanted: HashSet<String>,
     /// Received, not taken by a replay yet.
     received: HashMap<String, String>,
     /// Taken by a replay, to be deleted once replayed.
     taken: HashMap<String, String>,
-    /// A receive found nothing more since the last replay ended.
+    /// Receives found nothing for longer than a peek holds entries, since the last
+    /// replay ended.
     exhausted: bool,
+    /// Since when receives find nothing.
+    empty_since: Option<Instant>,
 }
 
 impl SqsQueue {
@@ -336,8 +341,17 @@ impl Backend for SqsQueue {
         true
     }
 
+    async fn begin_replay(&self, selected: &[DeadLetter]) {
+        if let Ok(mut replays) = self.replays.lock() {
+            replays
+                .wanted
+                .extend(selected.iter().filter_map(|dead| dead.id.clone()));
+        }
+    }
+
     /// Receives DLQ entries, invisible to others for [`REPLAY_CLAIM`], until `entry`
-    /// is among them or the DLQ has nothing more to give.
+    /// is among them or the DLQ has nothing more to give; keeps those a replay wants
+    /// and gives the rest back.
     async fn claim_replay(&self, entry: &DeadLetter) -> Result<bool, BackendError> {
         let id = entry.id.clone().unwrap_or_default();
         let client = self.client().await;
@@ -361,14 +375,31 @@ impl Backend for SqsQueue {
                 .send()
                 .await
                 .map_err(sdk_error)?;
-            let mut replays = self.replays.lock().map_err(|_| poisoned())?;
-            replays.exhausted = output.messages().is_empty();
-            for message in output.messages() {
-                if let (Some(id), Some(receipt)) = (message.message_id(), message.receipt_handle())
-                {
-                    replays.received.insert(id.to_string(), receipt.to_string());
+            let mut unwanted = Vec::new();
+            {
+                let mut replays = self.replays.lock().map_err(|_| poisoned())?;
+                // Nothing to receive: the DLQ is empty, or a peek holds its entries for
+                // a moment, or another replay for longer.
+                if output.messages().is_empty() {
+                    let since = *replays.empty_since.get_or_insert_with(Instant::now);
+                    replays.exhausted = since.elapsed() > PEEK_HOLD;
+                } else {
+                    replays.empty_since = None;
+                }
+                for message in output.messages() {
+                    let (Some(id), Some(receipt)) =
+                        (message.message_id(), message.receipt_handle())
+                    else {
+                        continue;
+                    };
+                    if replays.wanted.contains(id) {
+                        replays.received.insert(id.to_string(), receipt.to_string());
+                    } else {
+                        unwanted.push(receipt.to_string());
+                    }
                 }
             }
+            self.make_visible(&unwanted).await;
         }
     }
 
@@ -402,6 +433,8 @@ impl Backend for SqsQueue {
         let receipts: Vec<String> = match self.replays.lock() {
             Ok(mut replays) => {
                 replays.exhausted = false;
+                replays.empty_since = None;
+                replays.wanted.clear();
                 replays
                     .received
                     .drain()
@@ -455,6 +488,48 @@ impl Backend for SqsQueue {
 
     fn unavailable(&self) -> Option<String> {
         self.down.get()
+    }
+
+    /// The queue's and the DLQ's approximate counts (`GetQueueAttributes`).
+    async fn positions(&self) -> Result<Option<Positions>, BackendError> {
+        let client = self.client().await;
+        let counts = |queue: String| {
+            let client = client.clone();
+            async move {
+                let output = client
+                    .get_queue_attributes()
+                    .queue_url(queue)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                    .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                let count = |name: QueueAttributeName| {
+                    output
+                        .attributes()
+                        .and_then(|a| a.get(&name))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                Ok::<_, BackendError>(QueueCounts {
+                    visible: count(QueueAttributeName::ApproximateNumberOfMessages),
+                    in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+                    delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+                })
+            }
+        };
+        let (queue, dlq) = tokio::join!(
+            counts(self.config.queue_url.clone()),
+            counts(self.config.dlq_url())
+        );
+        let dlq = dlq?;
+        Ok(Some(Positions {
+            groups: Vec::new(),
+            dlq_depth: Some(dlq.visible + dlq.in_flight + dlq.delayed),
+            delayed_pending: None,
+            queue: Some(queue?),
+        }))
     }
 }
 
