@@ -2,7 +2,8 @@
 //! embedded log, on Redis Streams (the local Redis), on Kafka (librdkafka's mock
 //! cluster, in process) and on SQS (moto's server, started here on a free port): append and acknowledge,
 //! redelivery of what a consumer that died did not commit, the DLQ (listing and
-//! replay, two replays at once on two instances), delays, and per-key order.
+//! replay, two replays at once on two instances), delays (many of them, across a
+//! restart), and per-key order.
 
 mod common;
 
@@ -347,6 +348,85 @@ async fn per_key_order(backend: &dyn Backend) -> Result {
     Ok(())
 }
 
+/// Many delayed messages, due over a few seconds, held by one instance that then goes
+/// away: a backend opened anew gives each back once, when due and not before.
+async fn many_delays(
+    first: Arc<dyn Backend>,
+    again: impl std::future::Future<Output = Result<Arc<dyn Backend>>>,
+) -> Result {
+    const COUNT: usize = 300;
+    let start = wald::message::now_ms();
+    let due_of = |i: usize| start + 1500 + (i as u64 % 30) * 100;
+    let records = (0..COUNT)
+        .map(|i| record(&format!("k{}", i % 7), &format!("{i}")))
+        .collect();
+    first.append(records).await?;
+    // Held as they are read, and committed past, as delivery does (a FIFO queue hands
+    // out no more of a key until what was read of it is done).
+    let mut subscription = first.subscribe("many").await?;
+    let mut scheduled = 0;
+    while scheduled < COUNT {
+        let batch = read(subscription.as_mut(), 1).await?;
+        let more = tokio::time::timeout(
+            Duration::from_millis(100),
+            subscription.next_batch(COUNT - scheduled - 1),
+        )
+        .await
+        .unwrap_or(Ok(Vec::new()))?;
+        let batch: Vec<StoredRecord> = batch.into_iter().chain(more).collect();
+        let delayed = batch
+            .iter()
+            .map(|r| {
+                let i: usize = String::from_utf8_lossy(&r.payload).parse().unwrap_or(0);
+                (r.clone(), due_of(i))
+            })
+            .collect();
+        first.schedule(delayed).await?;
+        let last = batch.iter().map(|r| r.offset).max().unwrap_or(0);
+        subscription.commit(last + 1).await?;
+        scheduled += batch.len();
+    }
+    drop(subscription);
+    drop(first);
+
+    let backend = again.await?;
+    let mut subscription = backend.subscribe("many").await?;
+    let mut came = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while came.len() < COUNT {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {COUNT} delayed messages came back",
+            came.len()
+        );
+        let now = wald::message::now_ms();
+        let held = backend.due(now, 100).await?;
+        let read_again =
+            tokio::time::timeout(Duration::from_millis(100), subscription.next_batch(100))
+                .await
+                .unwrap_or(Ok(Vec::new()))?;
+        for record in held.iter().chain(&read_again) {
+            let i: usize = String::from_utf8_lossy(&record.payload).parse()?;
+            assert!(
+                now + 250 >= due_of(i),
+                "{i} came back {} ms early",
+                due_of(i) - now
+            );
+            assert!(came.insert(i, now).is_none(), "{i} came back twice");
+        }
+        if let Some(last) = read_again.iter().map(|r| r.offset).max() {
+            subscription.commit(last + 1).await?;
+        }
+        backend.complete(held).await?;
+    }
+    assert!(
+        nothing_more(subscription.as_mut()).await?,
+        "delivered twice"
+    );
+    assert!(backend.due(u64::MAX / 2, 10).await?.is_empty());
+    Ok(())
+}
+
 /// Runs every scenario, each on a fresh backend from `open`. A backend that several
 /// instances share is opened twice where a scenario wants two instances; the
 /// embedded log, one instance's own, is shared by the two. `keeps_replayed`: whether
@@ -367,6 +447,7 @@ where
     };
     dlq_replay(one, other, keeps_replayed).await?;
     delay(&*open("delay").await?).await?;
+    many_delays(open("many").await?, open("many")).await?;
     per_key_order(&*open("order").await?).await?;
     Ok(())
 }
@@ -437,7 +518,8 @@ async fn kafka_conforms() -> Result {
             Ok(false) => Ok(()),
             _ => cluster
                 .create_topic(&topic, 3, 1)
-                .and_then(|()| cluster.create_topic(&format!("{topic}.dlq"), 3, 1)),
+                .and_then(|()| cluster.create_topic(&format!("{topic}.dlq"), 3, 1))
+                .and_then(|()| cluster.create_topic(&format!("{topic}.delays"), 7, 1)),
         };
         let brokers = brokers.clone();
         async move {

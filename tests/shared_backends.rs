@@ -10,6 +10,8 @@
 //! - DLQ on Redis Streams, Kafka and SQS: two instances, messages a webhook refused
 //!   dead-lettered, listed through one, replayed through both at once: each message
 //!   delivered once.
+//! - Kafka delays: delayed writes held in the delay topic outlive the instance that
+//!   took them (SIGKILL) and are delivered once, when due, by another.
 //! - SQS (moto): writes, delivery, and a delayed message that arrives when due; the
 //!   recent-messages route answers 501.
 
@@ -439,6 +441,70 @@ async fn an_sqs_dlq_is_replayed_through_two_instances_once() -> Result {
         "",
     )?;
     dlq_replayed_through_two_instances_once(dir.path(), &hook, "sqs").await
+}
+
+/// Delayed writes on Kafka live in the delay topic: the instance that took them is
+/// killed with SIGKILL before they are due, and another delivers each once, when due.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_delays_survive_a_killed_instance() -> Result {
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic("orders", 4, 1)?;
+    cluster.create_topic("orders.dlq", 1, 1)?;
+    cluster.create_topic("orders.delays", 7, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir()?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    let pipes = dir.path().join("pipelines");
+    let options = "[producer.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"";
+    pipeline(
+        &pipes,
+        "orders",
+        &format!("type = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"orders\"\n{options}"),
+        &hook_url,
+        "",
+    )?;
+    let mut first = Server::start(&pipes, &dir.path().join("1"), &[]).await?;
+    let client = reqwest::Client::new();
+    let written = Instant::now();
+    for n in 0..20u64 {
+        let response = client
+            .post(first.url("/api/v1/wal/write"))
+            .json(&json!({"namespace": "orders", "payload": {"n": n}, "delay": "6s"}))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 202, "{}", response.text().await?);
+    }
+    // Read and put in the delay topic (the status counts them there), then killed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = reqwest::get(first.url("/api/v1/wal/namespace/orders/status"))
+            .await?
+            .json()
+            .await?;
+        if status["delayed_pending"] == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never held: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.child.kill().await?;
+    let second = Server::start(&pipes, &dir.path().join("2"), &[]).await?;
+    let expected: BTreeSet<u64> = (0..20).collect();
+    all_received(&hook, &expected, Duration::from_secs(60)).await?;
+    assert!(
+        written.elapsed() >= Duration::from_millis(5900),
+        "delivered before due"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        hook.received.lock().map_err(|_| "lock")?.len(),
+        20,
+        "delivered twice"
+    );
+    assert!(stop(second.child).await?.success());
+    Ok(())
 }
 
 /// A namespace that writes only: what must go on while another one's backend is down.

@@ -20,6 +20,9 @@ pub struct Config {
     /// Topic of the DLQ. Default: `<topic>.dlq`.
     #[serde(default)]
     pub dlq_topic: Option<String>,
+    /// Delay topic, one partition per delay tier (7). Default: `<topic>.delays`.
+    #[serde(default)]
+    pub delay_topic: Option<String>,
     /// Consumer group. Default: `wald.<namespace>`.
     #[serde(default)]
     pub group: Option<String>,

@@ -6,10 +6,9 @@
 //!   some were persisted and others not, the answer is 504 (durability unknown).
 //! - Read: each subscription is one member of the consumer group, with manual commits
 //!   (`enable.auto.commit = false`); a task receives and hands batches over. A commit
-//!   stores, per partition, the offset after the last record done, but never beyond a
-//!   delayed message still held: the consumer holds delayed messages itself (in
-//!   memory), and after a crash they are read again from the committed offset and held
-//!   again. Undelayed messages are not blocked by them.
+//!   stores, per partition, the offset after the last record done.
+//! - Delays: a message read before it is due goes to the delay topic, by tiers, and
+//!   comes back from there when due (`delays.rs`); the commit passes it once written.
 //! - DLQ: the records go to partition 0 of the DLQ topic, where replays are claimed and
 //!   marked (`dlq.rs`).
 //! - Outage: the producer's statistics (every second) say which brokers are up; while
@@ -34,6 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::config::{Compression, Config};
+use super::delays::Delays;
 use super::dlq::{self, DeadLetters};
 use crate::message::{Durability, Record, StoredRecord};
 use crate::producer::backend::{
@@ -57,10 +57,11 @@ pub struct KafkaTopic {
     dlq: DeadLetters,
     /// The delivery group.
     group: String,
-    /// Reads the delivery group's offsets for the status; made at the first read.
-    watcher: Arc<Mutex<Option<BaseConsumer>>>,
+    /// Read the groups' offsets for the status: one consumer per group, made at the
+    /// first read.
+    watchers: Arc<Mutex<HashMap<String, BaseConsumer>>>,
     delivery_timeout: Duration,
-    delayed: Arc<Mutex<Delayed>>,
+    delays: Delays,
     /// The last error, cleared by the next success.
     down: LastError,
     /// Set while the producer knows brokers and none of them is up.
@@ -101,27 +102,6 @@ impl ClientContext for BrokerWatch {
     }
 }
 
-/// Delayed messages held by this instance's consumer, by due time.
-#[derive(Default)]
-struct Delayed {
-    /// (due, number) → the record and where it is in the topic.
-    by_due: BTreeMap<(u64, u64), (StoredRecord, i32, i64)>,
-    /// A record's due time by its number, to forget it.
-    due_of: HashMap<u64, u64>,
-}
-
-impl Delayed {
-    /// Per partition, the lowest offset still held: commits stop there.
-    fn floors(&self) -> HashMap<i32, i64> {
-        let mut floors: HashMap<i32, i64> = HashMap::new();
-        for (_, partition, offset) in self.by_due.values() {
-            let floor = floors.entry(*partition).or_insert(*offset);
-            *floor = (*floor).min(*offset);
-        }
-        floors
-    }
-}
-
 impl KafkaTopic {
     /// The topic of `namespace` as `config` names it. Connects in the background: a
     /// cluster that is down makes writes fail, never the namespace.
@@ -155,6 +135,19 @@ impl KafkaTopic {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        // The delay topic's reader: its own group, and a bounded prefetch.
+        let mut delays_config = consumer_config.clone();
+        delays_config
+            .set("group.id", format!("{}.delays", config.group(namespace)))
+            .set("queued.max.messages.kbytes", "4096");
+        let delays = Delays::new(
+            config
+                .delay_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.delays", config.topic)),
+            producer.clone(),
+            delays_config,
+        );
         let dlq_topic = config
             .dlq_topic
             .clone()
@@ -169,11 +162,11 @@ impl KafkaTopic {
             reconnect,
             dlq: DeadLetters::new(dlq_topic, consumer_config.clone()),
             group: config.group(namespace),
-            watcher: Arc::default(),
+            watchers: Arc::default(),
             consumer_config,
             topic: config.topic.clone(),
             delivery_timeout: config.delivery_timeout.get(),
-            delayed: Arc::default(),
+            delays,
             down: LastError::new("Kafka"),
             no_broker,
         })
@@ -254,7 +247,6 @@ impl Backend for KafkaTopic {
             handed: Handed::new(incoming),
             held,
             done_up_to: HashMap::new(),
-            delayed: self.delayed.clone(),
             task,
         }))
     }
@@ -281,39 +273,19 @@ impl Backend for KafkaTopic {
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
-        let mut held = self.delayed.lock().map_err(|_| poisoned())?;
-        for (record, due) in delayed {
-            let (partition, offset) = place(&record)?;
-            held.due_of.insert(record.offset, due);
-            held.by_due
-                .insert((due, record.offset), (record, partition, offset));
-        }
-        Ok(())
+        self.delays.schedule(delayed).await
     }
 
     async fn due(&self, now_ms: u64, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
-        let held = self.delayed.lock().map_err(|_| poisoned())?;
-        Ok(held
-            .by_due
-            .range(..(now_ms + 1, 0))
-            .take(max)
-            .map(|(_, (record, _, _))| record.clone())
-            .collect())
+        self.delays.due(now_ms, max).await
     }
 
     async fn complete(&self, delivered: Vec<StoredRecord>) -> Result<(), BackendError> {
-        let mut held = self.delayed.lock().map_err(|_| poisoned())?;
-        for record in delivered {
-            if let Some(due) = held.due_of.remove(&record.offset) {
-                held.by_due.remove(&(due, record.offset));
-            }
-        }
-        Ok(())
+        self.delays.complete(&delivered)
     }
 
     async fn next_due(&self) -> Result<Option<u64>, BackendError> {
-        let held = self.delayed.lock().map_err(|_| poisoned())?;
-        Ok(held.by_due.keys().next().map(|(due, _)| *due))
+        self.delays.next_due()
     }
 
     fn unavailable(&self) -> Option<String> {
@@ -322,67 +294,79 @@ impl Backend for KafkaTopic {
     }
 
     /// The delivery group's committed offsets against the partitions' ends, summed
-    /// over the partitions. The DLQ's depth is not counted (it would take reading the
+    /// over the partitions; the delayed messages, those of the delay topic its reader
+    /// did not commit past. The DLQ's depth is not counted (it would take reading the
     /// whole DLQ topic).
     async fn positions(&self) -> Result<Option<Positions>, BackendError> {
-        let (watcher, config, topic, group) = (
-            self.watcher.clone(),
-            self.consumer_config.clone(),
-            self.topic.clone(),
-            self.group.clone(),
-        );
-        let delivery = tokio::task::spawn_blocking(move || {
-            let mut watcher = watcher.lock().map_err(|_| poisoned())?;
-            if watcher.is_none() {
-                // Of the delivery group, to read its commits; it never joins it.
-                let made: BaseConsumer = config
-                    .clone()
-                    .set("group.id", &group)
-                    .create()
-                    .map_err(unavailable)?;
-                *watcher = Some(made);
-            }
-            let watcher = watcher.as_ref().ok_or_else(poisoned)?;
-            let metadata = watcher
-                .fetch_metadata(Some(&topic), WATCH_TIMEOUT)
-                .map_err(unavailable)?;
-            let mut partitions = TopicPartitionList::new();
-            for topic in metadata.topics() {
-                for partition in topic.partitions() {
-                    partitions.add_partition(topic.name(), partition.id());
-                }
-            }
-            let committed = watcher
-                .committed_offsets(partitions, WATCH_TIMEOUT)
-                .map_err(unavailable)?;
-            let (mut next_offset, mut lag) = (0, 0);
-            for element in committed.elements() {
-                let (low, high) = watcher
-                    .fetch_watermarks(&topic, element.partition(), WATCH_TIMEOUT)
-                    .map_err(unavailable)?;
-                let at = match element.offset() {
-                    Offset::Offset(at) => at,
-                    _ => low,
-                };
-                next_offset += at.max(0) as u64;
-                lag += (high - at).max(0) as u64;
-            }
-            Ok::<_, BackendError>(GroupPosition {
-                group,
-                next_offset,
-                lag: Some(lag),
-            })
+        let (watchers, config) = (self.watchers.clone(), self.consumer_config.clone());
+        let (group, topic) = (self.group.clone(), self.topic.clone());
+        let delays_topic = self.delays.topic().to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut watchers = watchers.lock().map_err(|_| poisoned())?;
+            let (next_offset, lag) = group_lag(&mut watchers, &config, &group, &topic)?;
+            let delays_group = format!("{group}.delays");
+            // A missing delay topic holds nothing.
+            let delayed = group_lag(&mut watchers, &config, &delays_group, &delays_topic)
+                .map_or(0, |(_, lag)| lag);
+            Ok(Some(Positions {
+                groups: vec![GroupPosition {
+                    group,
+                    next_offset,
+                    lag: Some(lag),
+                }],
+                dlq_depth: None,
+                delayed_pending: Some(delayed),
+                queue: None,
+            }))
         })
         .await
-        .map_err(|e| BackendError::Unavailable(format!("reading the group's offsets: {e}")))??;
-        let delayed = self.delayed.lock().map_err(|_| poisoned())?.by_due.len() as u64;
-        Ok(Some(Positions {
-            groups: vec![delivery],
-            dlq_depth: None,
-            delayed_pending: Some(delayed),
-            queue: None,
-        }))
+        .map_err(|e| BackendError::Unavailable(format!("reading the group's offsets: {e}")))?
     }
+}
+
+/// Consumer `group`'s committed offsets in `topic` and how far they trail each
+/// partition's end, summed over the partitions (blocking). `watchers` keeps a consumer
+/// per group to read its commits with; it never joins the group.
+fn group_lag(
+    watchers: &mut HashMap<String, BaseConsumer>,
+    config: &ClientConfig,
+    group: &str,
+    topic: &str,
+) -> Result<(u64, u64), BackendError> {
+    if !watchers.contains_key(group) {
+        let made: BaseConsumer = config
+            .clone()
+            .set("group.id", group)
+            .create()
+            .map_err(unavailable)?;
+        watchers.insert(group.to_string(), made);
+    }
+    let watcher = &watchers[group];
+    let metadata = watcher
+        .fetch_metadata(Some(topic), WATCH_TIMEOUT)
+        .map_err(unavailable)?;
+    let mut partitions = TopicPartitionList::new();
+    for found in metadata.topics() {
+        for partition in found.partitions() {
+            partitions.add_partition(found.name(), partition.id());
+        }
+    }
+    let committed = watcher
+        .committed_offsets(partitions, WATCH_TIMEOUT)
+        .map_err(unavailable)?;
+    let (mut next_offset, mut lag) = (0, 0);
+    for element in committed.elements() {
+        let (low, high) = watcher
+            .fetch_watermarks(topic, element.partition(), WATCH_TIMEOUT)
+            .map_err(unavailable)?;
+        let at = match element.offset() {
+            Offset::Offset(at) => at,
+            _ => low,
+        };
+        next_offset += at.max(0) as u64;
+        lag += (high - at).max(0) as u64;
+    }
+    Ok((next_offset, lag))
 }
 
 /// How long a status read of the group's offsets may wait for the cluster.
@@ -436,7 +420,6 @@ struct TopicSubscription {
     held: Arc<Mutex<BTreeMap<u64, (i32, i64)>>>,
     /// Per partition, the offset after the last record done.
     done_up_to: HashMap<i32, i64>,
-    delayed: Arc<Mutex<Delayed>>,
     task: JoinHandle<()>,
 }
 
@@ -456,8 +439,7 @@ impl Subscription for TopicSubscription {
         self.handed.position()
     }
 
-    /// Commits, per partition, the offset after the last record done, held back by
-    /// any delayed message of that partition. A failed commit (a rebalance took the
+    /// Commits, per partition, the offset after the last record done. A failed commit (a rebalance took the
     /// partition away) is left: whoever reads the partition next delivers again from
     /// the last commit, which at-least-once allows.
     async fn commit(&mut self, next_offset: u64) -> Result<(), BackendError> {
@@ -470,11 +452,9 @@ impl Subscription for TopicSubscription {
             let up_to = self.done_up_to.entry(partition).or_insert(0);
             *up_to = (*up_to).max(offset + 1);
         }
-        let floors = self.delayed.lock().map_err(|_| poisoned())?.floors();
         let mut list = TopicPartitionList::new();
         for (&partition, &up_to) in &self.done_up_to {
-            let offset = floors.get(&partition).map_or(up_to, |f| up_to.min(*f));
-            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(up_to))
                 .map_err(unavailable)?;
         }
         if list.count() == 0 {
@@ -586,18 +566,7 @@ fn place_and_convert(message: &impl Message) -> (StoredRecord, i32, i64) {
 }
 
 /// A header the reader adds to each record read: `<partition>:<offset>` in the topic.
-const PLACE_HEADER: &str = "wald-kafka-place";
-
-/// Where a record read from the topic is.
-fn place(record: &StoredRecord) -> Result<(i32, i64), BackendError> {
-    record
-        .header(PLACE_HEADER)
-        .and_then(|p| p.split_once(':'))
-        .and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)))
-        .ok_or_else(|| {
-            BackendError::Unavailable("a delayed record without its place in the topic".into())
-        })
-}
+pub(super) const PLACE_HEADER: &str = "wald-kafka-place";
 
 pub(super) fn to_record(message: &impl Message) -> StoredRecord {
     StoredRecord {

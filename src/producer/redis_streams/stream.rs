@@ -281,6 +281,9 @@ impl Backend for RedisStreams {
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
+        if delayed.is_empty() {
+            return Ok(());
+        }
         self.request(|pipe| {
             for (record, due) in &delayed {
                 pipe.zadd(&self.delayed, envelope::encode(record), *due)
@@ -310,6 +313,9 @@ impl Backend for RedisStreams {
     }
 
     async fn complete(&self, delivered: Vec<StoredRecord>) -> Result<(), BackendError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
         self.request(|pipe| {
             for record in &delivered {
                 pipe.zrem(&self.delayed, envelope::encode(record)).ignore();
