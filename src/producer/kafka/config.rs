@@ -83,6 +83,17 @@ impl Config {
                 );
             }
         }
+        if let Some(delays) = &self.delay_topic {
+            check_topic(checks, &at.key("delay_topic"), delays);
+            if *delays == self.topic || Some(delays) == self.dlq_topic.as_ref() {
+                checks.error(
+                    Code::InvalidValue,
+                    &at.key("delay_topic"),
+                    "`delay_topic` is the namespace's topic or its DLQ topic",
+                    "name a topic of its own, with 7 partitions, or remove `delay_topic` to use `<topic>.delays`",
+                );
+            }
+        }
         if self.linger.get() > std::time::Duration::from_secs(1) {
             checks.error(
                 Code::InvalidValue,
