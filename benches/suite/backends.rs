@@ -87,7 +87,7 @@ fn functional(
         Arc::new(wald::producer::kafka::KafkaTopic::open("bench", &kafka)?);
     let moto = Moto::start();
     let sqs = match &moto {
-        Ok(moto) => Some(runtime.block_on(moto.queue())?),
+        Ok(moto) => Some(runtime.block_on(moto.queue("bench"))?),
         Err(_) => None,
     };
     let samples = alternate(mode.rounds, if sqs.is_some() { 2 } else { 1 }, |variant| {
@@ -138,13 +138,13 @@ fn functional(
 }
 
 /// moto's SQS server on a free port, stopped when dropped.
-struct Moto {
+pub struct Moto {
     child: std::process::Child,
     endpoint: String,
 }
 
 impl Moto {
-    fn start() -> crate::Result<Self> {
+    pub fn start() -> crate::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -176,8 +176,9 @@ impl Moto {
         })
     }
 
-    /// A new standard queue on this server, as a backend.
-    async fn queue(&self) -> crate::Result<Arc<dyn Backend>> {
+    /// A new standard queue `name` on this server, with its DLQ `<name>-dlq`, as a
+    /// backend.
+    pub async fn queue(&self, name: &str) -> crate::Result<Arc<dyn Backend>> {
         use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
         let client = aws_sdk_sqs::Client::from_conf(
             aws_sdk_sqs::Config::builder()
@@ -187,7 +188,12 @@ impl Moto {
                 .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
                 .build(),
         );
-        let created = client.create_queue().queue_name("bench").send().await?;
+        let created = client.create_queue().queue_name(name).send().await?;
+        client
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await?;
         let config: wald::producer::sqs::Config = toml::from_str(&format!(
             "queue_url = \"{}\"\nendpoint = \"{}\"\naccess_key_id = \"bench\"\nsecret_access_key = \"bench\"",
             created.queue_url().unwrap_or_default(),

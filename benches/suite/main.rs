@@ -12,11 +12,14 @@
 //! Postgres, 5 the shared backends (Redis Streams against redis-benchmark; Kafka and SQS
 //! functional figures), 6 reloads, 7 memory, 8 start-up and recovery, 9 a target's
 //! health (healing after an outage with and without the breaker; rate limiting), 10
-//! processing (filter and transform at delivery; a schema at ingest).
+//! processing (filter and transform at delivery; a schema at ingest), 11 DLQ replay on
+//! each backend, 12 a Kafka namespace's memory holding delayed messages.
 //! A scenario whose service is missing (Postgres, redis-server) says so and the others
 //! go on. Results, with how to read them, are in `docs/benchmarks.md`.
 
 mod backends;
+mod delays;
+mod dlq;
 mod http;
 mod load;
 mod log;
@@ -56,6 +59,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("8-startup", startup::run),
     ("9-heal 9-rate-limit", targets::run),
     ("10-processing 10-schema", processing::run),
+    ("11-dlq-replay", dlq::run),
+    ("12-kafka-delays", delays::run),
 ];
 
 fn main() -> Result {
