@@ -1,6 +1,6 @@
 //! One suite, every backend: the same scenarios through the `Backend` trait on the
 //! embedded log, on Redis Streams (the local Redis), on Kafka (librdkafka's mock
-//! cluster, in process) and on SQS (moto's server, started here on a free port): append and acknowledge,
+//! cluster, in process, and tansu, a broker of its own) and on SQS (moto's server, started here on a free port): append and acknowledge,
 //! redelivery of what a consumer that died did not commit, the DLQ (listing and
 //! replay, two replays at once on two instances), delays (many of them, across a
 //! restart), and per-key order.
@@ -531,6 +531,36 @@ async fn kafka_conforms() -> Result {
             Ok(Arc::new(wald::producer::kafka::KafkaTopic::open(name, &config)?) as Arc<dyn Backend>)
         }
     }, true, true)
+    .await
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_conforms_on_tansu() -> Result {
+    // A broker of its own, with PostgreSQL storage.
+    let Some(tansu) = common::Tansu::start().await? else {
+        return Ok(());
+    };
+    let made = tokio::sync::Mutex::new(std::collections::HashSet::new());
+    let (tansu, made) = (&tansu, &made);
+    conformance(
+        |name| async move {
+            let topic = format!("conformance-{name}");
+            if made.lock().await.insert(name) {
+                tansu.create_topic(&topic, 3).await?;
+                tansu.create_topic(&format!("{topic}.dlq"), 3).await?;
+                tansu.create_topic(&format!("{topic}.delays"), 7).await?;
+            }
+            let config: wald::producer::kafka::Config = toml::from_str(&format!(
+                "brokers = \"{}\"\ntopic = \"{topic}\"\n\
+                 [options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+                tansu.brokers
+            ))?;
+            Ok(Arc::new(wald::producer::kafka::KafkaTopic::open(name, &config)?) as Arc<dyn Backend>)
+        },
+        true,
+        true,
+    )
     .await
 }
 

@@ -10,6 +10,9 @@
 //! - DLQ on Redis Streams, Kafka and SQS: two instances, messages a webhook refused
 //!   dead-lettered, listed through one, replayed through both at once: each message
 //!   delivered once.
+//! - tansu (a Kafka-protocol broker of its own, PostgreSQL storage): the two instances,
+//!   SIGKILL and DLQ replay again, and the broker killed and restarted mid-delivery
+//!   with nothing acknowledged lost.
 //! - Kafka delays: delayed writes held in the delay topic outlive the instance that
 //!   took them (SIGKILL) and are delivered once, when due, by another.
 //! - SQS (moto): writes, delivery, and a delayed message that arrives when due; the
@@ -504,6 +507,95 @@ async fn kafka_delays_survive_a_killed_instance() -> Result {
         "delivered twice"
     );
     assert!(stop(second.child).await?.success());
+    Ok(())
+}
+
+/// A namespace `orders` on `topic` of the tansu broker, its DLQ and delay topics made,
+/// delivering to the webhook.
+#[cfg(feature = "kafka")]
+async fn tansu_pipeline(tansu: &common::Tansu, pipes: &Path, topic: &str, hook: &str) -> Result {
+    tansu.create_topic(topic, 4).await?;
+    tansu.create_topic(&format!("{topic}.dlq"), 1).await?;
+    tansu.create_topic(&format!("{topic}.delays"), 7).await?;
+    let options = "[producer.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"";
+    pipeline(
+        pipes,
+        "orders",
+        &format!(
+            "type = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\ndelivery_timeout = \"5s\"\n{options}",
+            tansu.brokers
+        ),
+        hook,
+        "",
+    )
+}
+
+/// On tansu, a broker of its own: two instances share the topic and a killed one
+/// loses nothing; their DLQ is replayed through both at once, each message once.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_tansu_lose_nothing_and_replay_their_dlq_once() -> Result {
+    let Some(tansu) = common::Tansu::start().await? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let hook = Hook {
+        delay: Duration::from_millis(100),
+        ..Hook::default()
+    };
+    let hook_url = start_hook(hook.clone()).await?;
+    let pipes = dir.path().join("pipelines");
+    tansu_pipeline(&tansu, &pipes, "orders", &hook_url).await?;
+    two_instances_lose_nothing(&pipes, dir.path(), &hook).await?;
+
+    let dir = tempfile::tempdir()?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    tansu_pipeline(&tansu, &dir.path().join("pipelines"), "replayed", &hook_url).await?;
+    dlq_replayed_through_two_instances_once(dir.path(), &hook, "kafka").await
+}
+
+/// The tansu broker is killed (SIGKILL) while messages are being delivered and
+/// started again on its data: every write answered 202 is delivered.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tansu_restart_mid_delivery_loses_nothing_acknowledged() -> Result {
+    let Some(mut tansu) = common::Tansu::start().await? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let hook = Hook {
+        delay: Duration::from_millis(50),
+        ..Hook::default()
+    };
+    let hook_url = start_hook(hook.clone()).await?;
+    let pipes = dir.path().join("pipelines");
+    tansu_pipeline(&tansu, &pipes, "orders", &hook_url).await?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[]).await?;
+    let client = reqwest::Client::new();
+    let mut acknowledged = BTreeSet::new();
+    write_until_accepted(&client, &server, "orders", 0..100, &mut acknowledged).await?;
+    // Mid-delivery: the hook takes 50 ms a message.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered(&server, "orders").await? == 0 {
+        assert!(Instant::now() < deadline, "nothing delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tansu.kill()?;
+    // Writes meanwhile are refused or of unknown outcome: only 202s count.
+    for n in 100..110 {
+        if write(&client, &server, "orders", n).await?.status() == 202 {
+            acknowledged.insert(n);
+        }
+    }
+    tansu.run().await?;
+    write_until_accepted(&client, &server, "orders", 110..120, &mut acknowledged).await?;
+    if let Err(e) = all_received(&hook, &acknowledged, Duration::from_secs(90)).await {
+        let log = server.log.lock().map_err(|_| "lock")?.join("\n");
+        eprintln!("{log}");
+        return Err(e);
+    }
+    assert!(stop(server.child).await?.success());
     Ok(())
 }
 

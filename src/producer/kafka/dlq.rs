@@ -37,8 +37,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct DeadLetters {
     topic: String,
     consumer_config: ClientConfig,
-    /// Made at the first read; assigned anew for each.
-    reader: Arc<Mutex<Option<BaseConsumer>>>,
+    /// Reads entries for listings; made at the first.
+    entries: Arc<Mutex<Option<Reader>>>,
+    /// Reads the replay marks, in order; made at the first read.
+    marks_reader: Arc<Mutex<Option<Reader>>>,
     marks: Arc<Mutex<Marks>>,
 }
 
@@ -76,7 +78,8 @@ impl DeadLetters {
         Self {
             topic,
             consumer_config,
-            reader: Arc::default(),
+            entries: Arc::default(),
+            marks_reader: Arc::default(),
             marks: Arc::default(),
         }
     }
@@ -219,6 +222,8 @@ impl DeadLetters {
     /// Reads the partition from `from` to `end` (exclusive), or to where it ends now if
     /// that is sooner: up to `max` records of `kind`, with their offsets, and where the
     /// read ended (exclusive): `end` or the partition's end, unless `max` stopped it.
+    /// Each kind has a reader of its own that goes on from where its last read ended
+    /// (the marks are read in order), and seeks only when asked elsewhere.
     async fn read(
         &self,
         from: i64,
@@ -226,26 +231,33 @@ impl DeadLetters {
         kind: Kind,
         max: usize,
     ) -> Result<(i64, Vec<(i64, StoredRecord)>), BackendError> {
-        let (reader, config, topic) = (
-            self.reader.clone(),
-            self.consumer_config.clone(),
-            self.topic.clone(),
-        );
+        let reader = match kind {
+            Kind::Entries => self.entries.clone(),
+            Kind::Marks => self.marks_reader.clone(),
+        };
+        let (config, topic) = (self.consumer_config.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
             let mut reader = reader.lock().map_err(|_| poisoned())?;
             if reader.is_none() {
-                let made: BaseConsumer = config
+                let consumer: BaseConsumer = config
                     .clone()
                     .set(
                         "group.id",
                         format!("wald-dlq-reader-{}", uuid::Uuid::now_v7()),
                     )
+                    // The end of the partition answers at once, not after a wait.
+                    .set("fetch.wait.max.ms", "10")
                     .create()
                     .map_err(unavailable)?;
-                *reader = Some(made);
+                *reader = Some(Reader {
+                    consumer,
+                    next: None,
+                    ahead: None,
+                });
             }
-            let reader = reader.as_ref().ok_or_else(poisoned)?;
+            let reader = reader.as_mut().ok_or_else(poisoned)?;
             let (_, high) = reader
+                .consumer
                 .fetch_watermarks(&topic, PARTITION, READ_TIMEOUT)
                 .map_err(unavailable)?;
             let end = end.unwrap_or(high).min(high);
@@ -253,31 +265,41 @@ impl DeadLetters {
             if from >= end || max == 0 {
                 return Ok((end.max(from), records));
             }
-            let mut assignment = TopicPartitionList::new();
-            assignment
-                .add_partition_offset(&topic, PARTITION, Offset::Offset(from))
-                .map_err(unavailable)?;
-            reader.assign(&assignment).map_err(unavailable)?;
+            if reader.next != Some(from) {
+                let mut assignment = TopicPartitionList::new();
+                assignment
+                    .add_partition_offset(&topic, PARTITION, Offset::Offset(from))
+                    .map_err(unavailable)?;
+                reader.consumer.assign(&assignment).map_err(unavailable)?;
+                reader.ahead = None;
+            }
+            reader.next = None;
             let deadline = Instant::now() + READ_TIMEOUT;
             loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(BackendError::Unavailable(format!(
-                        "Kafka: reading the DLQ topic `{topic}` took over {READ_TIMEOUT:?}"
-                    )));
-                }
-                let Some(message) = reader.poll(left) else {
-                    continue;
+                let (offset, record) = match reader.ahead.take() {
+                    Some(ahead) => ahead,
+                    None => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(BackendError::Unavailable(format!(
+                                "Kafka: reading the DLQ topic `{topic}` took over {READ_TIMEOUT:?}"
+                            )));
+                        }
+                        let Some(message) = reader.consumer.poll(left) else {
+                            continue;
+                        };
+                        let message = message.map_err(unavailable)?;
+                        (message.offset(), to_record(&message))
+                    }
                 };
-                let message = message.map_err(unavailable)?;
-                let offset = message.offset();
                 if offset < from {
                     continue;
                 }
                 if offset >= end {
+                    // Kept for the next read, which starts here.
+                    reader.ahead = Some((offset, record));
                     break;
                 }
-                let record = to_record(&message);
                 if (record.header(MARK).is_some()) == (kind == Kind::Marks) {
                     records.push((offset, record));
                 }
@@ -285,14 +307,25 @@ impl DeadLetters {
                     break;
                 }
                 if records.len() >= max {
+                    reader.next = Some(offset + 1);
                     return Ok((offset + 1, records));
                 }
             }
+            reader.next = Some(end);
             Ok((end, records))
         })
         .await
         .map_err(|e| BackendError::Unavailable(format!("reading the DLQ topic: {e}")))?
     }
+}
+
+/// A reader of the DLQ partition, and where it stands.
+struct Reader {
+    consumer: BaseConsumer,
+    /// The offset its next record has, when known (no seek needed to read from there).
+    next: Option<i64>,
+    /// A record read past the end of the last read.
+    ahead: Option<(i64, StoredRecord)>,
 }
 
 /// What a read of the partition keeps.
