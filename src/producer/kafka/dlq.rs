@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -38,9 +39,9 @@ pub(super) struct DeadLetters {
     topic: String,
     consumer_config: ClientConfig,
     /// Reads entries for listings; made at the first.
-    entries: Arc<Mutex<Option<Reader>>>,
-    /// Reads the replay marks, in order; made at the first read.
-    marks_reader: Arc<Mutex<Option<Reader>>>,
+    entries: Arc<Mutex<Option<BaseConsumer>>>,
+    /// Reads the replay marks; made at the first read.
+    marks_reader: Arc<Mutex<Option<BaseConsumer>>>,
     marks: Arc<Mutex<Marks>>,
 }
 
@@ -222,8 +223,8 @@ impl DeadLetters {
     /// Reads the partition from `from` to `end` (exclusive), or to where it ends now if
     /// that is sooner: up to `max` records of `kind`, with their offsets, and where the
     /// read ended (exclusive): `end` or the partition's end, unless `max` stopped it.
-    /// Each kind has a reader of its own that goes on from where its last read ended
-    /// (the marks are read in order), and seeks only when asked elsewhere.
+    /// The end is where the broker says the partition ends (`enable.partition.eof`),
+    /// so no offsets request is needed (tansu does not answer librdkafka's).
     async fn read(
         &self,
         from: i64,
@@ -245,87 +246,57 @@ impl DeadLetters {
                         "group.id",
                         format!("wald-dlq-reader-{}", uuid::Uuid::now_v7()),
                     )
+                    .set("enable.partition.eof", "true")
                     // The end of the partition answers at once, not after a wait.
                     .set("fetch.wait.max.ms", "10")
                     .create()
                     .map_err(unavailable)?;
-                *reader = Some(Reader {
-                    consumer,
-                    next: None,
-                    ahead: None,
-                });
+                *reader = Some(consumer);
             }
-            let reader = reader.as_mut().ok_or_else(poisoned)?;
-            let (_, high) = reader
-                .consumer
-                .fetch_watermarks(&topic, PARTITION, READ_TIMEOUT)
-                .map_err(unavailable)?;
-            let end = end.unwrap_or(high).min(high);
+            let reader = reader.as_ref().ok_or_else(poisoned)?;
             let mut records = Vec::new();
-            if from >= end || max == 0 {
-                return Ok((end.max(from), records));
+            if end.is_some_and(|end| from >= end) || max == 0 {
+                return Ok((from, records));
             }
-            if reader.next != Some(from) {
-                let mut assignment = TopicPartitionList::new();
-                assignment
-                    .add_partition_offset(&topic, PARTITION, Offset::Offset(from))
-                    .map_err(unavailable)?;
-                reader.consumer.assign(&assignment).map_err(unavailable)?;
-                reader.ahead = None;
-            }
-            reader.next = None;
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&topic, PARTITION, Offset::Offset(from))
+                .map_err(unavailable)?;
+            reader.assign(&assignment).map_err(unavailable)?;
             let deadline = Instant::now() + READ_TIMEOUT;
+            let mut next = from;
             loop {
-                let (offset, record) = match reader.ahead.take() {
-                    Some(ahead) => ahead,
-                    None => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            return Err(BackendError::Unavailable(format!(
-                                "Kafka: reading the DLQ topic `{topic}` took over {READ_TIMEOUT:?}"
-                            )));
-                        }
-                        let Some(message) = reader.consumer.poll(left) else {
-                            continue;
-                        };
-                        let message = message.map_err(unavailable)?;
-                        (message.offset(), to_record(&message))
-                    }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(BackendError::Unavailable(format!(
+                        "Kafka: reading the DLQ topic `{topic}` took over {READ_TIMEOUT:?}"
+                    )));
+                }
+                let message = match reader.poll(left) {
+                    None => continue,
+                    Some(Err(KafkaError::PartitionEOF(_))) => return Ok((next, records)),
+                    Some(message) => message.map_err(unavailable)?,
                 };
+                let offset = message.offset();
                 if offset < from {
                     continue;
                 }
-                if offset >= end {
-                    // Kept for the next read, which starts here.
-                    reader.ahead = Some((offset, record));
-                    break;
+                if end.is_some_and(|end| offset >= end) {
+                    return Ok((next, records));
                 }
+                let record = to_record(&message);
                 if (record.header(MARK).is_some()) == (kind == Kind::Marks) {
                     records.push((offset, record));
                 }
-                if offset + 1 >= end {
-                    break;
-                }
-                if records.len() >= max {
-                    reader.next = Some(offset + 1);
-                    return Ok((offset + 1, records));
+                next = offset + 1;
+                if end.is_some_and(|end| next >= end) || records.len() >= max {
+                    return Ok((next, records));
                 }
             }
-            reader.next = Some(end);
-            Ok((end, records))
         })
         .await
         .map_err(|e| BackendError::Unavailable(format!("reading the DLQ topic: {e}")))?
     }
-}
-
-/// A reader of the DLQ partition, and where it stands.
-struct Reader {
-    consumer: BaseConsumer,
-    /// The offset its next record has, when known (no seek needed to read from there).
-    next: Option<i64>,
-    /// A record read past the end of the last read.
-    ahead: Option<(i64, StoredRecord)>,
 }
 
 /// What a read of the partition keeps.
