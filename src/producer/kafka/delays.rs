@@ -30,7 +30,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use super::topic::{BrokerWatch, to_record, unavailable};
+use super::client::{BrokerWatch, to_record, unavailable};
 use crate::message::{HEADER_DELIVER_AT, StoredRecord, now_ms};
 use crate::producer::backend::{BackendError, poisoned};
 
@@ -53,7 +53,7 @@ const TIMESTAMP: &str = "wald-delay-timestamp";
 /// On a record handed to delivery: `<partition>:<offset>` in the delay topic.
 const POSITION: &str = "wald-delay-position";
 /// Headers of records read from the namespace's topic that do not go on.
-const DROPPED: [&str; 5] = [WAKE, DUE, TIMESTAMP, POSITION, super::topic::PLACE_HEADER];
+const DROPPED: [&str; 5] = [WAKE, DUE, TIMESTAMP, POSITION, super::client::PLACE_HEADER];
 /// Most woken records held for delivery; past it the reader waits.
 pub(super) const READY_MAX: usize = 1024;
 /// How long one produce may take.

@@ -19,7 +19,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use super::topic::{BrokerWatch, to_record, unavailable};
+use super::client::{BrokerWatch, to_record, unavailable};
 use crate::message::{StoredRecord, now_ms};
 use crate::producer::backend::{BackendError, DeadLetter, REPLAY_CLAIM, poisoned};
 

@@ -25,13 +25,14 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::client::{BrokerWatch, PLACE_HEADER, to_record, unavailable};
 use super::config::{Compression, Config};
 use super::delays::Delays;
 use super::dlq::{self, DeadLetters};
@@ -73,32 +74,6 @@ pub struct KafkaTopic {
 impl Drop for KafkaTopic {
     fn drop(&mut self) {
         self.reconnect.abort();
-    }
-}
-
-/// The producer's context: reads its statistics to know whether any broker is up.
-pub(super) struct BrokerWatch {
-    no_broker: Arc<Mutex<Option<String>>>,
-}
-
-impl ClientContext for BrokerWatch {
-    fn stats(&self, statistics: Statistics) {
-        // Bootstrap entries (-1) and the internal broker do not count.
-        let brokers: Vec<_> = statistics
-            .brokers
-            .values()
-            .filter(|b| b.nodeid >= 0)
-            .collect();
-        let down = !brokers.is_empty() && brokers.iter().all(|b| b.state != "UP");
-        if let Ok(mut no_broker) = self.no_broker.lock() {
-            *no_broker = down.then(|| {
-                let states: Vec<String> = brokers
-                    .iter()
-                    .map(|b| format!("{} {}", b.name, b.state))
-                    .collect();
-                format!("Kafka: no broker is up ({})", states.join(", "))
-            });
-        }
     }
 }
 
@@ -565,31 +540,6 @@ fn place_and_convert(message: &impl Message) -> (StoredRecord, i32, i64) {
     (record, message.partition(), message.offset())
 }
 
-/// A header the reader adds to each record read: `<partition>:<offset>` in the topic.
-pub(super) const PLACE_HEADER: &str = "wald-kafka-place";
-
-pub(super) fn to_record(message: &impl Message) -> StoredRecord {
-    StoredRecord {
-        offset: 0,
-        timestamp_ms: message
-            .timestamp()
-            .to_millis()
-            .and_then(|ms| u64::try_from(ms).ok())
-            .unwrap_or(0),
-        key: message.key().map(<[u8]>::to_vec),
-        headers: message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        payload: message.payload().unwrap_or_default().to_vec(),
-    }
-}
-
 fn compression(c: Compression) -> &'static str {
     match c {
         Compression::None => "none",
@@ -602,8 +552,4 @@ fn compression(c: Compression) -> &'static str {
 
 fn is_timeout(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut)
-}
-
-pub(super) fn unavailable(e: KafkaError) -> BackendError {
-    BackendError::Unavailable(format!("Kafka: {e}"))
 }
