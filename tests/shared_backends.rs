@@ -430,21 +430,16 @@ async fn a_kafka_dlq_is_replayed_through_two_instances_once() -> Result {
     dlq_replayed_through_two_instances_once(dir.path(), &hook, "kafka").await
 }
 
+/// A namespace `orders` on a new SQS queue `orders` (and `orders-dlq`) of `moto`,
+/// delivering to the webhook.
 #[cfg(feature = "sqs")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sqs_dlq_is_replayed_through_two_instances_once() -> Result {
-    let Some(moto) = common::Moto::start().await? else {
-        return Ok(());
-    };
+async fn sqs_pipeline(moto: &common::Moto, pipes: &Path, hook: &str) -> Result {
     let sqs = moto.client();
     let queue = sqs.create_queue().queue_name("orders").send().await?;
     let queue_url = queue.queue_url().ok_or("no queue url")?.to_string();
     sqs.create_queue().queue_name("orders-dlq").send().await?;
-    let dir = tempfile::tempdir()?;
-    let hook = Hook::default();
-    let hook_url = start_hook(hook.clone()).await?;
     pipeline(
-        &dir.path().join("pipelines"),
+        pipes,
         "orders",
         &format!(
             "type = \"sqs\"\nqueue_url = \"{queue_url}\"\nendpoint = \"{}\"\n\
@@ -452,9 +447,21 @@ async fn an_sqs_dlq_is_replayed_through_two_instances_once() -> Result {
              visibility_timeout = \"5s\"",
             moto.endpoint
         ),
-        &hook_url,
+        hook,
         "",
-    )?;
+    )
+}
+
+#[cfg(feature = "sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_dlq_is_replayed_through_two_instances_once() -> Result {
+    let Some(moto) = common::Moto::start().await? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let hook = Hook::default();
+    let hook_url = start_hook(hook.clone()).await?;
+    sqs_pipeline(&moto, &dir.path().join("pipelines"), &hook_url).await?;
     dlq_replayed_through_two_instances_once(dir.path(), &hook, "sqs").await
 }
 
@@ -752,26 +759,11 @@ async fn an_sqs_queue_delivers_everything_and_a_delayed_message_when_due() -> Re
     let Some(moto) = common::Moto::start().await? else {
         return Ok(());
     };
-    let sqs = moto.client();
-    let queue = sqs.create_queue().queue_name("orders").send().await?;
-    let queue_url = queue.queue_url().ok_or("no queue url")?.to_string();
-    sqs.create_queue().queue_name("orders-dlq").send().await?;
     let dir = tempfile::tempdir()?;
     let hook = Hook::default();
     let hook_url = start_hook(hook.clone()).await?;
     let pipes = dir.path().join("pipelines");
-    pipeline(
-        &pipes,
-        "orders",
-        &format!(
-            "type = \"sqs\"\nqueue_url = \"{queue_url}\"\nendpoint = \"{}\"\n\
-             access_key_id = \"test\"\nsecret_access_key = \"test\"\nwait_time = \"1s\"\n\
-             visibility_timeout = \"5s\"",
-            moto.endpoint
-        ),
-        &hook_url,
-        "",
-    )?;
+    sqs_pipeline(&moto, &pipes, &hook_url).await?;
     let config = common::admin_config(dir.path(), "admin-secret")?;
     let server = Server::start(&pipes, &dir.path().join("data"), &[&config[0], &config[1]]).await?;
     let client = reqwest::Client::new();

@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 
 use crate::process::Wald;
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate};
-
-/// Messages per write request.
-const BATCH: usize = 500;
+use crate::servers;
 
 pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
     let messages: u64 = if mode.full { 100_000 } else { 20_000 };
@@ -45,7 +43,13 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         let mut wald = Wald::start(&pipelines, &dir.join("data"))?;
         wald.wait_ready(Duration::from_secs(60))?;
         let delayed = variant == 0;
-        runtime.block_on(write(&wald.address, messages, delayed))?;
+        let writes = (0..messages).map(|n| match delayed {
+            true => json!({"payload": {"n": n}, "delay": "1h"}),
+            false => json!({"payload": {"n": n}}),
+        });
+        let client = reqwest::Client::new();
+        let address = wald.address.parse()?;
+        runtime.block_on(servers::write_batches(&client, address, "held", writes))?;
         // Held in the delay topic, or delivered.
         let field = if delayed {
             "delayed_pending"
@@ -95,29 +99,6 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         goal: Goal::AtMost(1.25),
         notes: vec!["the real binary; librdkafka's mock cluster in the bench process".into()],
     }])
-}
-
-/// Writes `messages` to `held` at `address`, each with a one-hour delay if `delayed`.
-async fn write(address: &str, messages: u64, delayed: bool) -> crate::Result {
-    let client = reqwest::Client::new();
-    let all: Vec<Value> = (0..messages)
-        .map(|n| match delayed {
-            true => json!({"payload": {"n": n}, "delay": "1h"}),
-            false => json!({"payload": {"n": n}}),
-        })
-        .collect();
-    for chunk in all.chunks(BATCH) {
-        let status = client
-            .post(format!("http://{address}/api/v1/wal/write/batch"))
-            .json(&json!({"namespace": "held", "messages": chunk}))
-            .send()
-            .await?
-            .status();
-        if status != 202 {
-            return Err(format!("a write was answered {status}").into());
-        }
-    }
-    Ok(())
 }
 
 async fn status(address: &str) -> crate::Result<Value> {
