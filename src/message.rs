@@ -23,6 +23,8 @@ pub const HEADER_IDEMPOTENCY_KEY: &str = "wald-idempotency-key";
 pub const HEADER_IDEMPOTENCY_HASH: &str = "wald-idempotency-hash";
 /// How often a message was replayed from the DLQ.
 pub const HEADER_REPLAYS: &str = "wald-replays";
+/// Where a record read from a partitioned log (Kafka) is: `<partition>:<offset>`.
+pub const HEADER_PLACE: &str = "wald-kafka-place";
 
 /// Headers a dead-lettered message carries besides its own.
 pub const HEADER_DLQ_TARGET: &str = "wald-dlq-target";

@@ -3,7 +3,7 @@
 //! cluster, in process, and tansu, a broker of its own) and on SQS (moto's server, started here on a free port): append and acknowledge,
 //! redelivery of what a consumer that died did not commit, the DLQ (listing and
 //! replay, two replays at once on two instances), delays (many of them, across a
-//! restart), and per-key order.
+//! restart), per-key order and the most recent records.
 
 mod common;
 
@@ -13,11 +13,11 @@ use std::time::Duration;
 use wald::consumer::replay::{self, EntryState, ListQuery, ReplayRequest};
 use wald::message::{
     Durability, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_TARGET, HEADER_REPLAYS,
-    HEADER_TARGETS, Record, StoredRecord,
+    HEADER_PLACE, HEADER_TARGETS, Record, StoredRecord,
 };
 use wald::producer::embedded::{Embedded, NamespaceStore};
 use wald::producer::redis_streams::{self, RedisStreams};
-use wald::producer::{Backend, Subscription};
+use wald::producer::{Backend, BackendError, Subscription};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -215,7 +215,7 @@ async fn dlq_replay(
         dry_run: true,
         ..ReplayRequest::default()
     };
-    let outcome = replay::replay("ns", &*one, &dry, MAX_REPLAYS).await?;
+    let outcome = replay::replay("ns", &*one, &dry, MAX_REPLAYS, &Default::default()).await?;
     let replayed: Vec<&str> = outcome
         .replayed
         .iter()
@@ -230,9 +230,10 @@ async fn dlq_replay(
         rate_per_second: Some(100_000),
         ..ReplayRequest::default()
     };
+    let (run_a, run_b) = (replay::Run::default(), replay::Run::default());
     let (a, b) = tokio::join!(
-        replay::replay("ns", &*one, &all, MAX_REPLAYS),
-        replay::replay("ns", &*other, &all, MAX_REPLAYS)
+        replay::replay("ns", &*one, &all, MAX_REPLAYS, &run_a),
+        replay::replay("ns", &*other, &all, MAX_REPLAYS, &run_b)
     );
     let (a, b) = (a?, b?);
     let mut replayed: Vec<String> = a
@@ -276,7 +277,7 @@ async fn dlq_replay(
         &[]
     };
     assert_eq!(ids(&done.entries), kept);
-    let again = replay::replay("ns", &*other, &all, MAX_REPLAYS).await?;
+    let again = replay::replay("ns", &*other, &all, MAX_REPLAYS, &Default::default()).await?;
     assert!(again.replayed.is_empty(), "{:?}", again.replayed);
     Ok(())
 }
@@ -353,6 +354,41 @@ async fn per_key_order(backend: &dyn Backend) -> Result {
         assert_eq!(seen.len(), 10);
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{key}: {seen:?}");
     }
+    Ok(())
+}
+
+/// The most recent records, newest first, each with its own offset; a queue says it
+/// cannot list them.
+async fn recent(backend: &dyn Backend, lists: bool) -> Result {
+    for i in 0..10 {
+        backend
+            .append(vec![record(["x", "y", "z"][i % 3], &format!("r{i}"))])
+            .await?;
+        // Apart in time: a partitioned log orders its partitions' records by time.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let listed = backend.recent(4).await;
+    if !lists {
+        assert!(
+            matches!(listed, Err(BackendError::Unsupported(_))),
+            "{listed:?}"
+        );
+        return Ok(());
+    }
+    assert_eq!(payloads(&listed?), ["r9", "r8", "r7", "r6"]);
+    let all = backend.recent(100).await?;
+    let expected: Vec<String> = (0..10).rev().map(|i| format!("r{i}")).collect();
+    assert_eq!(payloads(&all), expected);
+    // Each record's place is its own: its offset, and on a partitioned log its
+    // partition.
+    let places: std::collections::HashSet<_> = all
+        .iter()
+        .map(|r| (r.header(HEADER_PLACE).map(str::to_string), r.offset))
+        .collect();
+    assert_eq!(places.len(), 10, "{places:?}");
+    assert!(all.iter().all(|r| r.timestamp_ms > 0));
+    let keys: Vec<_> = all.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys[0].as_deref(), Some(&b"x"[..]), "r9's key");
     Ok(())
 }
 
@@ -440,7 +476,18 @@ async fn many_delays(
 /// instances share is opened twice where a scenario wants two instances; the
 /// embedded log, one instance's own, is shared by the two. `keeps_replayed`: whether
 /// replayed DLQ entries stay listed (not on a queue).
-async fn conformance<F, Fut>(open: F, shared: bool, keeps_replayed: bool) -> Result
+/// A backend's kind, which decides what the suite expects of it.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// One instance's own log (opened once, shared by the "two instances").
+    Embedded,
+    /// A log several instances share: Redis Streams, Kafka.
+    SharedLog,
+    /// A queue (SQS): replayed entries leave it, and it cannot be read back.
+    Queue,
+}
+
+async fn conformance<F, Fut>(open: F, kind: Kind) -> Result
 where
     F: Fn(&'static str) -> Fut,
     Fut: std::future::Future<Output = Result<Arc<dyn Backend>>>,
@@ -449,15 +496,16 @@ where
     redelivery_after_a_consumer_dies(&*open("redelivery").await?).await?;
     dead_letter(&*open("dlq").await?).await?;
     let one = open("replay").await?;
-    let other = if shared {
-        open("replay").await?
-    } else {
+    let other = if kind == Kind::Embedded {
         one.clone()
+    } else {
+        open("replay").await?
     };
-    dlq_replay(one, other, keeps_replayed).await?;
+    dlq_replay(one, other, kind != Kind::Queue).await?;
     delay(&*open("delay").await?).await?;
     many_delays(open("many").await?, open("many")).await?;
     per_key_order(&*open("order").await?).await?;
+    recent(&*open("recent").await?, kind != Kind::Queue).await?;
     Ok(())
 }
 
@@ -473,8 +521,7 @@ async fn embedded_log_conforms() -> Result {
                 Ok(Arc::new(Embedded(Arc::new(store))) as Arc<dyn Backend>)
             }
         },
-        false,
-        true,
+        Kind::Embedded,
     )
     .await
 }
@@ -496,8 +543,7 @@ async fn redis_streams_conforms() -> Result {
                 Ok(Arc::new(RedisStreams::open(name, &config)?) as Arc<dyn Backend>)
             }
         },
-        true,
-        true,
+        Kind::SharedLog,
     )
     .await;
     let client = redis::Client::open("redis://127.0.0.1:6379")?;
@@ -539,7 +585,7 @@ async fn kafka_conforms() -> Result {
             ))?;
             Ok(Arc::new(wald::producer::kafka::KafkaTopic::open(name, &config)?) as Arc<dyn Backend>)
         }
-    }, true, true)
+    }, Kind::SharedLog)
     .await
 }
 
@@ -567,8 +613,7 @@ async fn kafka_conforms_on_tansu() -> Result {
             ))?;
             Ok(Arc::new(wald::producer::kafka::KafkaTopic::open(name, &config)?) as Arc<dyn Backend>)
         },
-        true,
-        true,
+        Kind::SharedLog,
     )
     .await
 }
@@ -612,8 +657,7 @@ async fn sqs_conforms() -> Result {
                 )
             }
         },
-        true,
-        false,
+        Kind::Queue,
     )
     .await
 }

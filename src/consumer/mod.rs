@@ -95,6 +95,8 @@ pub enum BuildError {
 #[derive(Clone)]
 pub struct Kept {
     pub counters: Arc<DeliveryCounters>,
+    /// DLQ replays running or lately done.
+    pub replays: Arc<replay::Replays>,
     pub pauses: Arc<Pauses>,
     pub components: Arc<Components>,
     pub alerts: Alerts,

@@ -8,13 +8,21 @@
 //! replayed. Each replay adds one to the message's `wald-replays` header; a message
 //! replayed `max_replays` times is not replayed again, so a message that can never be
 //! delivered cannot loop forever.
+//!
+//! A replay runs in a task of its own ([`Replays::spawn`]): it goes on when the request
+//! that started it times out or goes away, and the namespace's status shows how far it
+//! got ([`ReplayRun`]).
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 
 use crate::message::{
-    DLQ_PREFIX, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
+    now_ms, DLQ_PREFIX, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
     HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_LAST_FAILED_MS,
     HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_REPLAYS, HEADER_TARGETS, Record,
     StoredRecord,
@@ -218,12 +226,14 @@ pub async fn list(
     Ok(DlqPage { entries, next_from })
 }
 
-/// Replays the parked entries `request` selects, at most `rate_per_second`.
+/// Replays the parked entries `request` selects, at most `rate_per_second`, counting
+/// them in `run`.
 pub async fn replay(
     namespace: &str,
     backend: &dyn Backend,
     request: &ReplayRequest,
     max_replays: u32,
+    run: &Run,
 ) -> Result<ReplayOutcome, BackendError> {
     let mut selected = Vec::new();
     scan(backend, 0, |dead| {
@@ -240,25 +250,46 @@ pub async fn replay(
         true
     })
     .await?;
+    run.selected.store(selected.len() as u64, Ordering::Relaxed);
     let mut outcome = ReplayOutcome {
         dry_run: request.dry_run,
         replayed: Vec::new(),
         skipped: Vec::new(),
     };
+    if request.dry_run {
+        replay_selected(backend, request, max_replays, selected, &mut outcome, run).await?;
+        return Ok(outcome);
+    }
+    let entries: Vec<DeadLetter> = selected.iter().map(|(_, dead)| dead.clone()).collect();
+    backend.begin_replay(&entries).await;
+    // What the replay held is given back however it ended.
+    let result = replay_selected(backend, request, max_replays, selected, &mut outcome, run).await;
+    backend.end_replay().await;
+    result.map(|()| outcome)
+}
+
+/// Replays (or, on a dry run, tells) each selected entry in turn.
+async fn replay_selected(
+    backend: &dyn Backend,
+    request: &ReplayRequest,
+    max_replays: u32,
+    selected: Vec<(DlqEntry, DeadLetter)>,
+    outcome: &mut ReplayOutcome,
+    run: &Run,
+) -> Result<(), BackendError> {
     let rate = request
         .rate_per_second
         .unwrap_or(DEFAULT_RATE)
         .clamp(1, MAX_RATE);
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    if !request.dry_run {
-        let entries: Vec<DeadLetter> = selected.iter().map(|(_, dead)| dead.clone()).collect();
-        backend.begin_replay(&entries).await;
-    }
     for (entry, dead) in selected {
-        let skip = |reason: String| SkippedEntry {
-            dlq_offset: entry.dlq_offset,
-            message_id: entry.message_id.clone(),
-            reason,
+        let skip = |reason: String| {
+            run.skipped.fetch_add(1, Ordering::Relaxed);
+            SkippedEntry {
+                dlq_offset: entry.dlq_offset,
+                message_id: entry.message_id.clone(),
+                reason,
+            }
         };
         if entry.replays >= max_replays {
             outcome.skipped.push(skip(format!(
@@ -281,6 +312,7 @@ pub async fn replay(
             backend.mark_replayed(&dead).await?;
             appended.first_offset
         };
+        run.replayed.fetch_add(1, Ordering::Relaxed);
         outcome.replayed.push(ReplayedEntry {
             dlq_offset: entry.dlq_offset,
             message_id: entry.message_id,
@@ -288,10 +320,121 @@ pub async fn replay(
             offset,
         });
     }
-    if !request.dry_run {
-        backend.end_replay().await;
+    Ok(())
+}
+
+/// How many replays a namespace's status shows: the running ones and the latest done.
+const SHOWN_RUNS: usize = 5;
+
+/// A namespace's replays, running or lately done (kept across reloads).
+#[derive(Default)]
+pub struct Replays {
+    runs: Mutex<VecDeque<Arc<Run>>>,
+}
+
+/// One replay: what it selected and how far it got.
+#[derive(Default)]
+pub struct Run {
+    id: String,
+    dry_run: bool,
+    started_at_ms: u64,
+    selected: AtomicU64,
+    replayed: AtomicU64,
+    skipped: AtomicU64,
+    /// When it ended, and its error if it failed.
+    ended: Mutex<Option<(u64, Option<String>)>>,
+}
+
+/// A replay as the namespace's status and an unfinished replay request show it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayRun {
+    pub id: String,
+    /// `running`, `done` or `failed`.
+    pub state: &'static str,
+    pub dry_run: bool,
+    /// Entries the request selected (counted once the DLQ is read).
+    pub selected: u64,
+    /// Appended to the log again so far (or, on a dry run, would be).
+    pub replayed: u64,
+    pub skipped: u64,
+    pub started_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// Why it stopped, when it failed; entries not replayed stay parked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Replays {
+    /// Starts replaying in a task of its own, which outlives the request.
+    pub fn spawn(
+        &self,
+        namespace: String,
+        backend: Arc<dyn Backend>,
+        request: ReplayRequest,
+        max_replays: u32,
+    ) -> (Arc<Run>, JoinHandle<Result<ReplayOutcome, BackendError>>) {
+        let run = Arc::new(Run {
+            id: uuid::Uuid::now_v7().to_string(),
+            dry_run: request.dry_run,
+            started_at_ms: now_ms(),
+            ..Run::default()
+        });
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.push_front(run.clone());
+            // The oldest finished ones make room; running ones are always shown.
+            while runs.len() > SHOWN_RUNS {
+                match runs.iter().rposition(|r| r.finished()) {
+                    Some(at) => runs.remove(at),
+                    None => break,
+                };
+            }
+        }
+        let task = tokio::spawn({
+            let run = run.clone();
+            async move {
+                let result = replay(&namespace, backend.as_ref(), &request, max_replays, &run).await;
+                if let Ok(mut ended) = run.ended.lock() {
+                    *ended = Some((now_ms(), result.as_ref().err().map(ToString::to_string)));
+                }
+                result
+            }
+        });
+        (run, task)
     }
-    Ok(outcome)
+
+    /// The running replays and the latest done, newest first.
+    pub fn status(&self) -> Vec<ReplayRun> {
+        self.runs
+            .lock()
+            .map(|runs| runs.iter().map(|r| r.status()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Run {
+    fn finished(&self) -> bool {
+        self.ended.lock().map_or(true, |e| e.is_some())
+    }
+
+    pub fn status(&self) -> ReplayRun {
+        let ended = self.ended.lock().ok().and_then(|e| e.clone());
+        ReplayRun {
+            id: self.id.clone(),
+            state: match &ended {
+                None => "running",
+                Some((_, None)) => "done",
+                Some((_, Some(_))) => "failed",
+            },
+            dry_run: self.dry_run,
+            selected: self.selected.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: ended.as_ref().map(|(at, _)| *at),
+            error: ended.and_then(|(_, error)| error),
+        }
+    }
 }
 
 /// The message as it goes back into the log: its own headers and ids, for the target

@@ -7,12 +7,15 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use tracing::{error, info};
 
 use super::error::{ApiError, ErrorResponse};
 use super::state::AppState;
-use crate::consumer::replay::{self as dlq, DlqPage, ListQuery, ReplayOutcome, ReplayRequest};
+use crate::consumer::replay::{
+    self as dlq, DlqPage, ListQuery, ReplayOutcome, ReplayRequest, ReplayRun,
+};
 use crate::producer::{Backend, BackendError};
 use crate::runtime::Namespace;
 
@@ -45,6 +48,7 @@ pub async fn list(
     security(("api_key" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "What was replayed and what was skipped", body = ReplayOutcome),
+        (status = 202, description = "The replay outlasted most of the request timeout and goes on in the background: how far it got (the namespace's status follows it)", body = ReplayRun),
         (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse),
         (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse),
         (status = 501, response = ErrorResponse), (status = 503, response = ErrorResponse), (status = 504, response = ErrorResponse),
@@ -54,7 +58,7 @@ pub async fn replay(
     Path(name): Path<String>,
     headers: HeaderMap,
     request: Result<Json<ReplayRequest>, JsonRejection>,
-) -> Result<Json<ReplayOutcome>, ApiError> {
+) -> Result<Response, ApiError> {
     let (namespace, backend) = dlq_of(&state, &name, &headers)?;
     let Json(request) = request.map_err(|e| ApiError::Malformed(e.body_text()))?;
     if request
@@ -67,11 +71,24 @@ pub async fn replay(
         )));
     }
     let max_replays = namespace.pipeline.config.consumer.dlq.max_replays;
-    let outcome = dlq::replay(&name, backend.as_ref(), &request, max_replays)
-        .await
+    let (run, task) =
+        namespace
+            .kept
+            .replays
+            .spawn(name.clone(), backend, request, max_replays);
+    // Answered with the outcome when the replay ends well within the request timeout;
+    // else with how far it got, while it goes on.
+    let wait = state.service.http.request_timeout.get().mul_f64(0.75);
+    let Ok(ended) = tokio::time::timeout(wait, task).await else {
+        info!(namespace = %name, replay = %run.status().id, "DLQ replay goes on in the background.");
+        return Ok((StatusCode::ACCEPTED, Json(run.status())).into_response());
+    };
+    let outcome = ended
+        .map_err(|e| BackendError::Unavailable(format!("the replay task ended: {e}")))
+        .and_then(|result| result)
         .map_err(|e| backend_error(&namespace, e, "DLQ replay failed."))?;
     info!(namespace = %name, replayed = outcome.replayed.len(), skipped = outcome.skipped.len(), dry_run = outcome.dry_run, "DLQ replay.");
-    Ok(Json(outcome))
+    Ok(Json(outcome).into_response())
 }
 
 /// The namespace and its log, once the request carries the admin key and the backend

@@ -193,6 +193,10 @@ async fn status_of(namespace: &Namespace) -> serde_json::Value {
     status["writes"] = json!({
         "accepted_messages": namespace.counters.accepted.load(std::sync::atomic::Ordering::Relaxed),
     });
+    let replays = namespace.kept.replays.status();
+    if !replays.is_empty() {
+        status["dlq_replays"] = json!(replays);
+    }
     let Some(backend) = &namespace.backend else {
         return status;
     };

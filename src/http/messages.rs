@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorResponse};
 use super::state::AppState;
-use crate::message::{HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID};
+use crate::message::{
+    HEADER_DELIVER_AT, HEADER_MESSAGE_ID, HEADER_PLACE, HEADER_TARGETS, HEADER_TRANSACTION_ID,
+};
 
 /// Most messages one request lists.
 const MAX_LIMIT: u64 = 1000;
@@ -29,7 +31,11 @@ pub struct RecentQuery {
 /// One logged message, without its payload.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MessageSummary {
+    /// Its offset in the log (on Kafka, in its partition).
     pub offset: u64,
+    /// Its partition, on Kafka.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
     /// When it was logged (milliseconds since the epoch).
     pub timestamp_ms: u64,
     pub message_id: Option<String>,
@@ -65,20 +71,18 @@ pub async fn recent(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Malformed(format!("`limit` is 1 to {MAX_LIMIT}")));
     }
-    let Some(log) = backend.log_position() else {
-        return Err(super::dlq::unsupported(&namespace));
-    };
-    let from = log.next_offset.saturating_sub(limit).max(log.first_offset);
     let records = backend
-        .read(from, limit as usize)
+        .recent(limit as usize)
         .await
         .map_err(|e| super::dlq::backend_error(&namespace, e, "Reading recent messages failed."))?;
     Ok(Json(
         records
             .iter()
-            .rev()
             .map(|r| MessageSummary {
                 offset: r.offset,
+                partition: r
+                    .header(HEADER_PLACE)
+                    .and_then(|place| place.split_once(':')?.0.parse().ok()),
                 timestamp_ms: r.timestamp_ms,
                 message_id: r.header(HEADER_MESSAGE_ID).map(str::to_string),
                 transaction_id: r.header(HEADER_TRANSACTION_ID).map(str::to_string),

@@ -144,6 +144,23 @@ pub trait Backend: Send + Sync {
         Err(BackendError::Unsupported("reading the log back"))
     }
 
+    /// The `max` most recent records of the log, newest first, each with its offset
+    /// (on a partitioned log, its offset in its partition, which the record's
+    /// [`HEADER_PLACE`](crate::message::HEADER_PLACE) names), where the backend can tell
+    /// them.
+    async fn recent(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let Some(log) = self.log_position() else {
+            return Err(BackendError::Unsupported("listing recent messages"));
+        };
+        let from = log
+            .next_offset
+            .saturating_sub(max as u64)
+            .max(log.first_offset);
+        let mut records = self.read(from, max).await?;
+        records.reverse();
+        Ok(records)
+    }
+
     /// Where its consumer groups, its DLQ and its delayed messages stand, as far as the
     /// backend can tell; `None` when it cannot.
     async fn positions(&self) -> Result<Option<Positions>, BackendError> {

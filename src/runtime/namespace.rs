@@ -110,6 +110,7 @@ impl Namespace {
         });
         let kept = Kept {
             counters: Arc::new(DeliveryCounters::default()),
+            replays: Arc::default(),
             pauses: Arc::new(pauses),
             components,
             alerts: alerts.clone(),

@@ -237,10 +237,10 @@ function adminPart(name) {
         el("td", { class: "error-text" }, e.last_error), el("td", {}, when(e.last_failed_at_ms)),
         el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": `Replay ${e.message_id} to ${e.target}`, onclick: () => replay(name, { ids: [e.message_id], target: e.target }) }, "Replay"))))))) : null,
     el("h3", {}, "Recent messages"),
-    admin.messages === null ? el("p", { class: "muted" }, "This namespace's backend cannot read its log back.") : el("div", { class: "table-wrap" }, el("table", { id: "messages" },
+    admin.messages === null ? el("p", { class: "muted" }, "This namespace's backend cannot list its recent messages (a queue).") : el("div", { class: "table-wrap" }, el("table", { id: "messages" },
       el("thead", {}, el("tr", {}, ["Offset", "Logged at", "Message", "Key", "Bytes", "Status"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, admin.messages.map((m) => el("tr", {},
-        el("td", { class: "num" }, m.offset), el("td", {}, when(m.timestamp_ms)), el("td", { class: "id" }, m.message_id || ""),
+        el("td", { class: "num" }, m.partition === undefined ? m.offset : `${m.partition}:${m.offset}`), el("td", {}, when(m.timestamp_ms)), el("td", { class: "id" }, m.message_id || ""),
         el("td", {}, m.key || ""), el("td", { class: "num" }, m.payload_bytes),
         el("td", { "data-tx": m.transaction_id }, el("button", { type: "button", class: "secondary", onclick: (ev) => showTransaction(ev.target, m.transaction_id) }, "Show"))))))),
     el("p", {}, el("button", { type: "button", class: "secondary", onclick: forgetKey }, "Forget the admin key")));

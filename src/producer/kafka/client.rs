@@ -37,8 +37,8 @@ impl ClientContext for BrokerWatch {
     }
 }
 
-/// A header the reader adds to each record read: `<partition>:<offset>` in the topic.
-pub(super) const PLACE_HEADER: &str = "wald-kafka-place";
+/// The header the reader adds to each record read: `<partition>:<offset>` in the topic.
+pub(super) use crate::message::HEADER_PLACE as PLACE_HEADER;
 
 pub(super) fn to_record(message: &impl Message) -> StoredRecord {
     StoredRecord {
@@ -60,6 +60,16 @@ pub(super) fn to_record(message: &impl Message) -> StoredRecord {
             .unwrap_or_default(),
         payload: message.payload().unwrap_or_default().to_vec(),
     }
+}
+
+/// A message read as a record, with [`PLACE_HEADER`] saying where it was read.
+pub(super) fn to_placed_record(message: &impl Message) -> StoredRecord {
+    let mut record = to_record(message);
+    record.headers.push((
+        PLACE_HEADER.into(),
+        format!("{}:{}", message.partition(), message.offset()).into_bytes(),
+    ));
+    record
 }
 
 pub(super) fn unavailable(e: KafkaError) -> BackendError {

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::client::{BrokerWatch, PLACE_HEADER, to_record, unavailable};
+use super::client::{BrokerWatch, to_placed_record, unavailable};
 use super::config::{Compression, Config};
 use super::delays::Delays;
 use super::dlq::{self, DeadLetters};
@@ -266,6 +266,13 @@ impl Backend for KafkaTopic {
     fn unavailable(&self) -> Option<String> {
         let no_broker = self.no_broker.lock().ok()?.clone();
         no_broker.or_else(|| self.down.get())
+    }
+
+    async fn recent(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let (config, topic) = (self.consumer_config.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || super::recent::recent(&config, &topic, max))
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("reading recent records: {e}")))?
     }
 
     /// The delivery group's committed offsets against the partitions' ends, summed
@@ -531,12 +538,8 @@ fn replace_consumer(current: &Current, fresh: StreamConsumer, topic: &str) {
 }
 
 fn place_and_convert(message: &impl Message) -> (StoredRecord, i32, i64) {
-    let mut record = to_record(message);
     // Where the record is, carried in its headers for `schedule`.
-    record.headers.push((
-        PLACE_HEADER.into(),
-        format!("{}:{}", message.partition(), message.offset()).into_bytes(),
-    ));
+    let record = to_placed_record(message);
     (record, message.partition(), message.offset())
 }
 

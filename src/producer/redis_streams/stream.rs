@@ -339,6 +339,28 @@ impl Backend for RedisStreams {
 
     /// `XINFO GROUPS`: a group's lag is what it was not handed yet and what it was
     /// handed and did not acknowledge; the DLQ's depth, its entries not replayed.
+    /// `XREVRANGE`, numbered by the stream's `entries-added` (trimming keeps it).
+    async fn recent(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
+        let (reply,): ((u64, Value),) = self
+            .request(|pipe| {
+                pipe.cmd("EVAL")
+                    .arg(RECENT)
+                    .arg(1)
+                    .arg(&self.stream)
+                    .arg(max);
+            })
+            .await?;
+        let (added, list) = reply;
+        Ok(entries(list)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, mut record))| {
+                record.offset = added.saturating_sub(1 + i as u64);
+                record
+            })
+            .collect())
+    }
+
     async fn positions(&self) -> Result<Option<Positions>, BackendError> {
         let (exists, dlq, replayed, delayed): (bool, u64, u64, u64) = self
             .request(|pipe| {
@@ -388,6 +410,22 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
   return 1
 end
 return 0
+";
+
+/// The ARGV[1] newest entries of stream KEYS[1] and how many entries it was ever
+/// given, read at one moment.
+const RECENT: &str = r"
+local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])
+if #entries == 0 then
+  return {0, entries}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'entries-added' then
+    return {info[i + 1], entries}
+  end
+end
+return {0, entries}
 ";
 
 /// Takes up to ARGV[2] members due at ARGV[1] and leases them until ARGV[3].
