@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use wald::consumer::replay::{self, EntryState, ListQuery, ReplayRequest};
 use wald::message::{
-    Durability, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_TARGET, HEADER_REPLAYS,
-    HEADER_PLACE, HEADER_TARGETS, Record, StoredRecord,
+    Durability, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_TARGET, HEADER_PLACE,
+    HEADER_REPLAYS, HEADER_TARGETS, Record, StoredRecord,
 };
 use wald::producer::embedded::{Embedded, NamespaceStore};
 use wald::producer::redis_streams::{self, RedisStreams};
@@ -608,8 +608,9 @@ async fn kafka_conforms_on_tansu() -> Result {
             }
             let config: wald::producer::kafka::Config = toml::from_str(&format!(
                 "brokers = \"{}\"\ntopic = \"{topic}\"\n\
-                 [options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
-                tansu.brokers
+                 [options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n{}",
+                tansu.brokers,
+                common::Tansu::OPTIONS
             ))?;
             Ok(Arc::new(wald::producer::kafka::KafkaTopic::open(name, &config)?) as Arc<dyn Backend>)
         },

@@ -770,6 +770,85 @@ async fn dead_letters_are_listed_and_replayed_and_a_message_cannot_replay_foreve
 }
 
 #[tokio::test]
+async fn a_replay_longer_than_the_request_timeout_goes_on_and_shows_in_status() -> Result {
+    let hook_state = Hook::default();
+    // Each message fails its 3 attempts, then the webhook takes it.
+    hook_state
+        .failures
+        .lock()
+        .map_err(|_| "lock")?
+        .extend((0..6).map(|n| (format!("late{n}"), (3, 500))));
+    let url = start_hook(hook_state.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    pipeline(&pipes, &url, &dir.path().join("out/audit.jsonl"))?;
+    let config = common::admin_config(dir.path(), "admin-secret")?;
+    let toml = std::fs::read_to_string(&config[1])?;
+    std::fs::write(
+        &config[1],
+        format!("{toml}[http]\nrequest_timeout = \"2s\"\n"),
+    )?;
+    let server = Server::start(&pipes, &dir.path().join("data"), &[&config[0], &config[1]]).await?;
+    let mut txs = Vec::new();
+    for n in 0..6 {
+        let written = write(
+            &server,
+            json!({"namespace": "shop", "payload": {"kind": format!("late{n}")}}),
+        )
+        .await?;
+        txs.push(written["transaction_id"].as_str().ok_or("id")?.to_string());
+    }
+    for tx in &txs {
+        transaction_until(&server, tx, Duration::from_secs(20), |s| {
+            s["state"] == "dead_lettered"
+        })
+        .await?;
+    }
+    // Two a second: six take three seconds, past the two-second request timeout.
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let response = client
+        .post(server.url("/api/v1/wal/namespace/shop/dlq/replay"))
+        .bearer_auth("admin-secret")
+        .json(&json!({"rate_per_second": 2}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let run: Value = response.json().await?;
+    assert_eq!(run["state"], "running", "{run}");
+    assert!(run["replayed"].as_u64() < Some(6), "{run}");
+    // It goes on, and the namespace's status follows it to its end.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let ns: Value = reqwest::get(server.url("/api/v1/wal/namespace/shop/status"))
+            .await?
+            .json()
+            .await?;
+        let shown = ns["dlq_replays"][0].clone();
+        if shown["state"] != "running" || Instant::now() > deadline {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(shown["id"], run["id"]);
+    assert_eq!(shown["state"], "done", "{shown}");
+    assert_eq!(
+        (shown["selected"].as_u64(), shown["replayed"].as_u64()),
+        (Some(6), Some(6))
+    );
+    assert!(shown["finished_at_ms"].as_u64() >= run["started_at_ms"].as_u64());
+    for tx in &txs {
+        transaction_until(&server, tx, Duration::from_secs(20), |s| {
+            s["state"] == "delivered"
+        })
+        .await?;
+    }
+    stop(server.child).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_key_being_retried_does_not_hold_back_the_others_and_each_key_keeps_its_order() -> Result
 {
     let hook_state = Hook::default();

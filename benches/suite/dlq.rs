@@ -51,7 +51,8 @@ async fn replay_rate(backend: Arc<dyn Backend>, entries: usize) -> crate::Result
         ..ReplayRequest::default()
     };
     let started = Instant::now();
-    let outcome = replay::replay("bench", backend.as_ref(), &request, 3, &Default::default()).await?;
+    let outcome =
+        replay::replay("bench", backend.as_ref(), &request, 3, &Default::default()).await?;
     let took = started.elapsed();
     if outcome.replayed.len() != entries {
         return Err(format!(

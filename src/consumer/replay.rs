@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::message::{
-    now_ms, DLQ_PREFIX, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
+    DLQ_PREFIX, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
     HEADER_DLQ_FIRST_FAILED_MS, HEADER_DLQ_LAST_ERROR, HEADER_DLQ_LAST_FAILED_MS,
     HEADER_DLQ_SOURCE_OFFSET, HEADER_DLQ_TARGET, HEADER_REPLAYS, HEADER_TARGETS, Record,
-    StoredRecord,
+    StoredRecord, now_ms,
 };
 use crate::producer::{Backend, BackendError, DeadLetter};
 use crate::targets::Message;
@@ -393,7 +393,8 @@ impl Replays {
         let task = tokio::spawn({
             let run = run.clone();
             async move {
-                let result = replay(&namespace, backend.as_ref(), &request, max_replays, &run).await;
+                let result =
+                    replay(&namespace, backend.as_ref(), &request, max_replays, &run).await;
                 if let Ok(mut ended) = run.ended.lock() {
                     *ended = Some((now_ms(), result.as_ref().err().map(ToString::to_string)));
                 }

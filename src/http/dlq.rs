@@ -71,11 +71,10 @@ pub async fn replay(
         )));
     }
     let max_replays = namespace.pipeline.config.consumer.dlq.max_replays;
-    let (run, task) =
-        namespace
-            .kept
-            .replays
-            .spawn(name.clone(), backend, request, max_replays);
+    let (run, task) = namespace
+        .kept
+        .replays
+        .spawn(name.clone(), backend, request, max_replays);
     // Answered with the outcome when the replay ends well within the request timeout;
     // else with how far it got, while it goes on.
     let wait = state.service.http.request_timeout.get().mul_f64(0.75);

@@ -415,6 +415,13 @@ pub struct Tansu {
 }
 
 impl Tansu {
+    /// Kafka client options every client of this broker needs. tansu 0.6.0 answers a
+    /// `read_committed` offsets request (librdkafka's default isolation) with SQL that
+    /// PostgreSQL before 16 refuses ("subquery in FROM must have an alias") and drops
+    /// the connection; wald's producer is not transactional, so reading uncommitted
+    /// records reads the same ones.
+    pub const OPTIONS: &'static str = "\"isolation.level\" = \"read_uncommitted\"\n";
+
     /// None (the test skipped) when the binary is missing, except under CI.
     pub async fn start() -> Result<Option<Self>, Box<dyn std::error::Error>> {
         let binary = std::env::var_os("TANSU")

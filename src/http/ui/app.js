@@ -188,6 +188,8 @@ function renderNamespace(data, name) {
     el("h2", {}, name, " ", badge(ns.state)),
     ns.description ? el("p", { class: "muted" }, ns.description) : null,
     ...failingParts(ns).map((part) => el("p", { class: "error-text", "data-field": "failing-part" }, part)),
+    ...(ns.dlq_replays || []).filter((r) => r.state !== "done").slice(0, 3).map((r) => el("p", { class: r.state === "failed" ? "error-text" : "muted", "data-field": "dlq-replay" },
+      r.state === "running" ? `DLQ replay running: ${r.replayed} of ${r.selected} replayed, ${r.skipped} skipped.` : `DLQ replay failed after ${r.replayed} of ${r.selected}: ${r.error}`)),
     el("div", { class: "cards" },
       card("written", ns.writes.accepted_messages, "accepted"), card("lag", lag(ns), "lag"),
       card("in the DLQ", ns.dlq_depth ?? "", "dlq"), card("delayed", ns.delayed_pending ?? "", "delayed"),
@@ -296,7 +298,10 @@ async function setPaused(name, target, paused) {
 async function replay(name, request) {
   try {
     const outcome = await api(`/api/v1/wal/namespace/${encodeURIComponent(name)}/dlq/replay`, { method: "POST", admin: true, body: JSON.stringify(request) });
-    view.outcome = `Replayed ${outcome.replayed.length}` + (outcome.skipped.length ? `, skipped ${outcome.skipped.length}: ${outcome.skipped.map((s) => s.reason).join("; ")}` : "") + ".";
+    // A long replay answers how far it got and goes on; the namespace's status follows it.
+    view.outcome = outcome.state === "running"
+      ? `Replay running: ${outcome.replayed} of ${outcome.selected} so far; it goes on in the background.`
+      : `Replayed ${outcome.replayed.length}` + (outcome.skipped.length ? `, skipped ${outcome.skipped.length}: ${outcome.skipped.map((s) => s.reason).join("; ")}` : "") + ".";
   } catch (e) {
     view.outcome = `Replay refused: ${e.message}`;
   }

@@ -1,15 +1,18 @@
-//! What the Kafka backend's parts share (`topic.rs`, `delays.rs`, `dlq.rs`): the
-//! producer's watch over the brokers, a message read as a record, and Kafka's errors
-//! as backend errors.
+//! What the Kafka backend's parts share (`topic.rs`, `delays.rs`, `dlq.rs`,
+//! `recent.rs`): the producer, made anew when it is stuck, and its watch over the
+//! brokers; a message read as a record; Kafka's errors as backend errors.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientContext, Statistics};
+use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::{ClientConfig, ClientContext, Statistics};
+use tracing::{error, warn};
 
 use crate::message::StoredRecord;
-use crate::producer::backend::BackendError;
+use crate::producer::backend::{BackendError, poisoned};
 
 /// The producer's context: reads its statistics to know whether any broker is up.
 pub(super) struct BrokerWatch {
@@ -35,6 +38,102 @@ impl ClientContext for BrokerWatch {
             });
         }
     }
+}
+
+/// How long every send may fail, while a broker is up, before the producer is made
+/// anew.
+pub(super) const RENEW_AFTER: Duration = Duration::from_secs(10);
+
+/// The backend's idempotent producer, shared by its parts. A producer can get stuck
+/// where librdkafka does not recover by itself: a fatal error (it then refuses every
+/// send), or a broker that refuses its producer id for good (tansu 0.6.0, restarted
+/// under a producer that was sending, fails every later produce of that producer id).
+/// A producer whose sends have all failed for [`RENEW_AFTER`] while a broker is up, or
+/// that raised a fatal error, is replaced by a new one (a new producer id); the old
+/// one's failed sends were never acknowledged.
+#[derive(Clone)]
+pub(super) struct SharedProducer {
+    config: ClientConfig,
+    no_broker: Arc<Mutex<Option<String>>>,
+    current: Arc<Mutex<Current>>,
+}
+
+struct Current {
+    producer: FutureProducer<BrokerWatch>,
+    /// Since when every send failed, if the last one did.
+    failing_since: Option<Instant>,
+}
+
+impl SharedProducer {
+    pub(super) fn new(config: ClientConfig) -> Result<Self, BackendError> {
+        let no_broker = Arc::<Mutex<Option<String>>>::default();
+        let producer = make(&config, &no_broker)?;
+        Ok(Self {
+            config,
+            no_broker,
+            current: Arc::new(Mutex::new(Current {
+                producer,
+                failing_since: None,
+            })),
+        })
+    }
+
+    /// The producer to send with now.
+    pub(super) fn get(&self) -> Result<FutureProducer<BrokerWatch>, BackendError> {
+        Ok(self
+            .current
+            .lock()
+            .map_err(|_| poisoned())?
+            .producer
+            .clone())
+    }
+
+    /// Why no broker can be reached, while none can.
+    pub(super) fn no_broker(&self) -> Option<String> {
+        self.no_broker.lock().ok().and_then(|n| n.clone())
+    }
+
+    /// Notes how a send of `producer` went; renews the producer when it is stuck.
+    pub(super) fn note(&self, producer: &FutureProducer<BrokerWatch>, failed: bool) {
+        let Ok(mut current) = self.current.lock() else {
+            return;
+        };
+        // A note about a producer replaced meanwhile says nothing of the new one.
+        if current.producer.client().native_ptr() != producer.client().native_ptr() {
+            return;
+        }
+        if !failed {
+            current.failing_since = None;
+            return;
+        }
+        let since = *current.failing_since.get_or_insert_with(Instant::now);
+        let fatal = producer.client().fatal_error();
+        let stuck = since.elapsed() >= RENEW_AFTER && self.no_broker().is_none();
+        if fatal.is_none() && !stuck {
+            return;
+        }
+        match make(&self.config, &self.no_broker) {
+            Ok(fresh) => {
+                warn!(fatal = ?fatal, failing_for = ?since.elapsed(), "Kafka producer made anew: every send failed while a broker was up.");
+                let old = std::mem::replace(&mut current.producer, fresh);
+                current.failing_since = None;
+                // Dropping a producer waits for what it holds: not on this thread.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(e) => error!(error = %e, "Making a new Kafka producer failed."),
+        }
+    }
+}
+
+fn make(
+    config: &ClientConfig,
+    no_broker: &Arc<Mutex<Option<String>>>,
+) -> Result<FutureProducer<BrokerWatch>, BackendError> {
+    config
+        .create_with_context(BrokerWatch {
+            no_broker: no_broker.clone(),
+        })
+        .map_err(unavailable)
 }
 
 /// The header the reader adds to each record read: `<partition>:<offset>` in the topic.

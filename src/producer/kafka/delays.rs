@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use super::client::{BrokerWatch, to_record, unavailable};
+use super::client::{SharedProducer, to_record, unavailable};
 use crate::message::{HEADER_DELIVER_AT, StoredRecord, now_ms};
 use crate::producer::backend::{BackendError, poisoned};
 
@@ -73,13 +73,15 @@ fn tier(left: u64) -> usize {
 /// for due messages.
 pub(super) struct Delays {
     topic: String,
-    producer: FutureProducer<BrokerWatch>,
+    producer: SharedProducer,
     /// The reader's settings (group `<delivery group>.delays`).
     consumer_config: ClientConfig,
     state: Arc<Mutex<State>>,
     reader: Mutex<Option<JoinHandle<()>>>,
     /// The topic's partitions, once known.
     partitions: Mutex<Option<i32>>,
+    /// Asks for the topic's partitions until it exists; made at the first question.
+    asker: Arc<Mutex<Option<BaseConsumer>>>,
 }
 
 impl Drop for Delays {
@@ -110,7 +112,7 @@ struct State {
 impl Delays {
     pub(super) fn new(
         topic: String,
-        producer: FutureProducer<BrokerWatch>,
+        producer: SharedProducer,
         consumer_config: ClientConfig,
     ) -> Self {
         Self {
@@ -120,6 +122,7 @@ impl Delays {
             state: Arc::default(),
             reader: Mutex::default(),
             partitions: Mutex::default(),
+            asker: Arc::default(),
         }
     }
 
@@ -238,11 +241,17 @@ impl Delays {
             return Ok(Some(known));
         }
         let (config, topic) = (self.consumer_config.clone(), self.topic.clone());
+        let asker = self.asker.clone();
         let count = tokio::task::spawn_blocking(move || {
-            // Asked as a consumer: a producer's question may make the broker create
-            // the topic, with its default partitions.
-            let asker: BaseConsumer = config.create().map_err(unavailable)?;
+            let mut asker = asker.lock().map_err(|_| poisoned())?;
+            if asker.is_none() {
+                // Asked as a consumer: a producer's question may make the broker
+                // create the topic, with its default partitions.
+                *asker = Some(config.create().map_err(unavailable)?);
+            }
             let metadata = asker
+                .as_ref()
+                .ok_or_else(poisoned)?
                 .fetch_metadata(Some(&topic), Duration::from_secs(10))
                 .map_err(unavailable)?;
             Ok::<_, BackendError>(
@@ -272,7 +281,7 @@ impl Delays {
 /// Produces `record` to `partition` of the delay topic, to wake at `wake`, due at
 /// `due`.
 async fn send(
-    producer: &FutureProducer<BrokerWatch>,
+    producer: &SharedProducer,
     topic: &str,
     partition: i32,
     record: &StoredRecord,
@@ -313,18 +322,17 @@ async fn send(
     if let Some(key) = &record.key {
         message = message.key(key);
     }
-    producer
-        .send(message, PRODUCE_TIMEOUT)
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| unavailable(e))
+    let current = producer.get()?;
+    let sent = current.send(message, PRODUCE_TIMEOUT).await;
+    producer.note(&current, sent.is_err());
+    sent.map(|_| ()).map_err(|(e, _)| unavailable(e))
 }
 
 /// Reads the delay topic as a member of its group, until the backend drops it.
 struct Reader {
     consumer: StreamConsumer,
     topic: String,
-    producer: FutureProducer<BrokerWatch>,
+    producer: SharedProducer,
     state: Arc<Mutex<State>>,
     /// Per partition, records read that are asleep, first to wake first.
     waiting: HashMap<i32, VecDeque<(i64, StoredRecord, u64)>>,

@@ -50,6 +50,8 @@ pub(super) struct DeadLetters {
 struct Marks {
     /// The partition is read up to here (exclusive).
     read_up_to: i64,
+    /// Entries (records that are not marks) read so far.
+    entries: u64,
     replayed: HashSet<i64>,
     /// Each entry's claims: (the claim's offset, valid until ms).
     claims: HashMap<i64, Vec<(i64, u64)>>,
@@ -95,7 +97,10 @@ impl DeadLetters {
         from: u64,
         max: usize,
     ) -> Result<Vec<DeadLetter>, BackendError> {
-        let (_, entries) = self.read(from as i64, None, Kind::Entries, max).await?;
+        let entries = self
+            .read(from as i64, None, Kind::Entries, max)
+            .await?
+            .records;
         // The marks of these entries come after them, up to the partition's end.
         self.read_marks(None).await?;
         let marks = self.marks.lock().map_err(|_| poisoned())?;
@@ -182,10 +187,19 @@ impl DeadLetters {
         Ok(delivered.offset)
     }
 
+    /// How many entries are parked (not replayed), once the marks are read to the
+    /// partition's end.
+    pub(super) async fn depth(&self) -> Result<u64, BackendError> {
+        self.read_marks(None).await?;
+        let marks = self.marks.lock().map_err(|_| poisoned())?;
+        Ok(marks.entries.saturating_sub(marks.replayed.len() as u64))
+    }
+
     /// Reads the marks not read yet, up to `end` (exclusive; waiting for the partition
-    /// to get there), or up to the partition's end.
+    /// to get there), or up to the partition's end. Fails when no read gets further
+    /// for [`READ_TIMEOUT`].
     async fn read_marks(&self, end: Option<i64>) -> Result<(), BackendError> {
-        let deadline = Instant::now() + READ_TIMEOUT;
+        let mut deadline = Instant::now() + READ_TIMEOUT;
         loop {
             let from = self.marks.lock().map_err(|_| poisoned())?.read_up_to;
             if end.is_some_and(|end| from >= end) {
@@ -198,40 +212,44 @@ impl DeadLetters {
                     end.unwrap_or_default()
                 )));
             }
-            let (read_to, read) = self.read(from, end, Kind::Marks, usize::MAX).await?;
+            let read = self.read(from, end, Kind::Marks, usize::MAX).await?;
+            if read.next > from {
+                deadline = Instant::now() + READ_TIMEOUT;
+            }
             {
                 let mut marks = self.marks.lock().map_err(|_| poisoned())?;
                 // Another read may have gone on meanwhile: then read on from where it
                 // ended.
                 if marks.read_up_to == from {
-                    for (offset, record) in &read {
+                    for (offset, record) in &read.records {
                         marks.note(*offset, record);
                     }
-                    marks.read_up_to = read_to;
+                    marks.entries += read.passed;
+                    marks.read_up_to = read.next;
                 }
             }
             match end {
-                None => return Ok(()),
-                Some(end) if read_to < end => {
+                None if read.at_end => return Ok(()),
+                Some(end) if read.next < end && read.at_end => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Some(_) => {}
+                _ => {}
             }
         }
     }
 
     /// Reads the partition from `from` to `end` (exclusive), or to where it ends now if
-    /// that is sooner: up to `max` records of `kind`, with their offsets, and where the
-    /// read ended (exclusive): `end` or the partition's end, unless `max` stopped it.
-    /// The end is where the broker says the partition ends (`enable.partition.eof`),
-    /// so no offsets request is needed (tansu does not answer librdkafka's).
+    /// that is sooner: up to `max` records of `kind`. The end is where the broker says
+    /// the partition ends (`enable.partition.eof`), so no offsets request is needed.
+    /// A read that takes over [`READ_TIMEOUT`]
+    /// answers what it read, or fails if that is nothing.
     async fn read(
         &self,
         from: i64,
         end: Option<i64>,
         kind: Kind,
         max: usize,
-    ) -> Result<(i64, Vec<(i64, StoredRecord)>), BackendError> {
+    ) -> Result<Read, BackendError> {
         let reader = match kind {
             Kind::Entries => self.entries.clone(),
             Kind::Marks => self.marks_reader.clone(),
@@ -254,9 +272,12 @@ impl DeadLetters {
                 *reader = Some(consumer);
             }
             let reader = reader.as_ref().ok_or_else(poisoned)?;
-            let mut records = Vec::new();
+            let mut read = Read {
+                next: from,
+                ..Read::default()
+            };
             if end.is_some_and(|end| from >= end) || max == 0 {
-                return Ok((from, records));
+                return Ok(read);
             }
             let mut assignment = TopicPartitionList::new();
             assignment
@@ -264,39 +285,61 @@ impl DeadLetters {
                 .map_err(unavailable)?;
             reader.assign(&assignment).map_err(unavailable)?;
             let deadline = Instant::now() + READ_TIMEOUT;
-            let mut next = from;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    if read.next > from {
+                        return Ok(read);
+                    }
                     return Err(BackendError::Unavailable(format!(
                         "Kafka: reading the DLQ topic `{topic}` took over {READ_TIMEOUT:?}"
                     )));
                 }
                 let message = match reader.poll(left) {
                     None => continue,
-                    Some(Err(KafkaError::PartitionEOF(_))) => return Ok((next, records)),
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        read.at_end = true;
+                        return Ok(read);
+                    }
                     Some(message) => message.map_err(unavailable)?,
                 };
                 let offset = message.offset();
                 if offset < from {
                     continue;
                 }
-                if end.is_some_and(|end| offset >= end) {
-                    return Ok((next, records));
+                if let Some(end) = end.filter(|end| offset >= *end) {
+                    // Nothing is left before `end` (offsets may skip).
+                    read.next = end;
+                    return Ok(read);
                 }
                 let record = to_record(&message);
                 if (record.header(MARK).is_some()) == (kind == Kind::Marks) {
-                    records.push((offset, record));
+                    read.records.push((offset, record));
+                } else {
+                    read.passed += 1;
                 }
-                next = offset + 1;
-                if end.is_some_and(|end| next >= end) || records.len() >= max {
-                    return Ok((next, records));
+                read.next = offset + 1;
+                if end.is_some_and(|end| read.next >= end) || read.records.len() >= max {
+                    return Ok(read);
                 }
             }
         })
         .await
         .map_err(|e| BackendError::Unavailable(format!("reading the DLQ topic: {e}")))?
     }
+}
+
+/// What one read of the partition got.
+#[derive(Default)]
+struct Read {
+    /// Where it ended (exclusive).
+    next: i64,
+    /// The records of the kind asked for, with their offsets.
+    records: Vec<(i64, StoredRecord)>,
+    /// How many records of the other kind it passed.
+    passed: u64,
+    /// Whether it reached the partition's end.
+    at_end: bool,
 }
 
 /// What a read of the partition keeps.

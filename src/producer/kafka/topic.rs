@@ -26,13 +26,13 @@ use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::client::{BrokerWatch, to_placed_record, unavailable};
+use super::client::{SharedProducer, to_placed_record, unavailable};
 use super::config::{Compression, Config};
 use super::delays::Delays;
 use super::dlq::{self, DeadLetters};
@@ -51,7 +51,7 @@ const REJOIN_AFTER: Duration = Duration::from_secs(10);
 
 /// A namespace's topic, its DLQ topic, and the delayed messages its consumer holds.
 pub struct KafkaTopic {
-    producer: FutureProducer<BrokerWatch>,
+    producer: SharedProducer,
     /// Base settings of every consumer (brokers and the pipeline's `options`).
     consumer_config: ClientConfig,
     topic: String,
@@ -65,8 +65,6 @@ pub struct KafkaTopic {
     delays: Delays,
     /// The last error, cleared by the next success.
     down: LastError,
-    /// Set while the producer knows brokers and none of them is up.
-    no_broker: Arc<Mutex<Option<String>>>,
     /// Asks for metadata while no broker is up.
     reconnect: JoinHandle<()>,
 }
@@ -99,12 +97,7 @@ impl KafkaTopic {
         if !config.options.contains_key("statistics.interval.ms") {
             producer.set("statistics.interval.ms", "1000");
         }
-        let no_broker = Arc::<Mutex<Option<String>>>::default();
-        let producer: FutureProducer<BrokerWatch> = producer
-            .create_with_context(BrokerWatch {
-                no_broker: no_broker.clone(),
-            })
-            .map_err(unavailable)?;
+        let producer = SharedProducer::new(producer)?;
         let mut consumer_config = base;
         consumer_config
             .set("enable.auto.commit", "false")
@@ -127,11 +120,7 @@ impl KafkaTopic {
             .dlq_topic
             .clone()
             .unwrap_or_else(|| format!("{}.dlq", config.topic));
-        let reconnect = tokio::spawn(reconnect(
-            producer.clone(),
-            config.topic.clone(),
-            no_broker.clone(),
-        ));
+        let reconnect = tokio::spawn(reconnect(producer.clone(), config.topic.clone()));
         Ok(Self {
             producer,
             reconnect,
@@ -143,7 +132,6 @@ impl KafkaTopic {
             delivery_timeout: config.delivery_timeout.get(),
             delays,
             down: LastError::new("Kafka"),
-            no_broker,
         })
         .inspect(|_| info!(namespace, topic = %config.topic, "Kafka producer created."))
     }
@@ -156,9 +144,10 @@ impl KafkaTopic {
         partition: Option<i32>,
         records: &[Record],
     ) -> Result<(), BackendError> {
-        if let Some(reason) = self.no_broker.lock().ok().and_then(|n| n.clone()) {
+        if let Some(reason) = self.producer.no_broker() {
             return Err(BackendError::Unavailable(reason));
         }
+        let producer = self.producer.get()?;
         let sends = records.iter().map(|record| {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
@@ -176,12 +165,14 @@ impl KafkaTopic {
             if let Some(partition) = partition {
                 message = message.partition(partition);
             }
-            self.producer.send(message, self.delivery_timeout)
+            producer.send(message, self.delivery_timeout)
         });
         let reports = futures::future::join_all(sends).await;
         let persisted = reports.iter().filter(|r| r.is_ok()).count();
         let failure = reports.into_iter().find_map(|r| r.err().map(|(e, _)| e));
         self.down.note(failure.as_ref());
+        self.producer
+            .note(&producer, persisted == 0 && failure.is_some());
         match failure {
             None => Ok(()),
             Some(e) if persisted > 0 || is_timeout(&e) => Err(BackendError::Unknown(format!(
@@ -240,11 +231,11 @@ impl Backend for KafkaTopic {
     }
 
     async fn claim_replay(&self, entry: &DeadLetter) -> Result<bool, BackendError> {
-        self.dlq.claim(&self.producer, entry).await
+        self.dlq.claim(&self.producer.get()?, entry).await
     }
 
     async fn mark_replayed(&self, entry: &DeadLetter) -> Result<(), BackendError> {
-        self.dlq.mark_replayed(&self.producer, entry).await
+        self.dlq.mark_replayed(&self.producer.get()?, entry).await
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
@@ -264,8 +255,7 @@ impl Backend for KafkaTopic {
     }
 
     fn unavailable(&self) -> Option<String> {
-        let no_broker = self.no_broker.lock().ok()?.clone();
-        no_broker.or_else(|| self.down.get())
+        self.producer.no_broker().or_else(|| self.down.get())
     }
 
     async fn recent(&self, max: usize) -> Result<Vec<StoredRecord>, BackendError> {
@@ -277,9 +267,10 @@ impl Backend for KafkaTopic {
 
     /// The delivery group's committed offsets against the partitions' ends, summed
     /// over the partitions; the delayed messages, those of the delay topic its reader
-    /// did not commit past. The DLQ's depth is not counted (it would take reading the
-    /// whole DLQ topic).
+    /// did not commit past; the DLQ's entries without a `replayed` mark (the DLQ
+    /// partition is read on from where the last read ended).
     async fn positions(&self) -> Result<Option<Positions>, BackendError> {
+        let dlq_depth = self.dlq.depth().await.ok();
         let (watchers, config) = (self.watchers.clone(), self.consumer_config.clone());
         let (group, topic) = (self.group.clone(), self.topic.clone());
         let delays_topic = self.delays.topic().to_string();
@@ -296,7 +287,7 @@ impl Backend for KafkaTopic {
                     next_offset,
                     lag: Some(lag),
                 }],
-                dlq_depth: None,
+                dlq_depth,
                 delayed_pending: Some(delayed),
                 queue: None,
             }))
@@ -356,19 +347,18 @@ const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// While no broker is up, asks for the topic's metadata every second, which makes the
 /// producer connect; the statistics then clear the state once a broker is up.
-async fn reconnect(
-    producer: FutureProducer<BrokerWatch>,
-    topic: String,
-    no_broker: Arc<Mutex<Option<String>>>,
-) {
+async fn reconnect(producer: SharedProducer, topic: String) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if no_broker.lock().is_ok_and(|n| n.is_none()) {
+        let Ok(current) = producer.get() else {
+            return;
+        };
+        if producer.no_broker().is_none() {
             continue;
         }
-        let (producer, topic) = (producer.clone(), topic.clone());
+        let topic = topic.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            producer
+            current
                 .client()
                 .fetch_metadata(Some(&topic), Duration::from_secs(1))
         })
