@@ -31,6 +31,8 @@ mod reload;
 mod report;
 mod servers;
 mod startup;
+#[path = "../../tests/common/tansu.rs"]
+mod tansu;
 mod targets;
 
 use std::path::PathBuf;

@@ -256,15 +256,15 @@ pub async fn replay(
         replayed: Vec::new(),
         skipped: Vec::new(),
     };
-    if request.dry_run {
-        replay_selected(backend, request, max_replays, selected, &mut outcome, run).await?;
-        return Ok(outcome);
+    if !request.dry_run {
+        let entries: Vec<DeadLetter> = selected.iter().map(|(_, dead)| dead.clone()).collect();
+        backend.begin_replay(&entries).await;
     }
-    let entries: Vec<DeadLetter> = selected.iter().map(|(_, dead)| dead.clone()).collect();
-    backend.begin_replay(&entries).await;
-    // What the replay held is given back however it ended.
     let result = replay_selected(backend, request, max_replays, selected, &mut outcome, run).await;
-    backend.end_replay().await;
+    // What the replay held is given back however it ended.
+    if !request.dry_run {
+        backend.end_replay().await;
+    }
     result.map(|()| outcome)
 }
 

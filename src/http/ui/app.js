@@ -263,7 +263,7 @@ function forgetKey() {
 async function loadAdmin(name) {
   try {
     const [messages, dlq] = await Promise.all([
-      // A shared backend cannot read its log back (501): its DLQ is shown all the same.
+      // A queue (SQS) cannot list its recent messages (501): its DLQ is shown all the same.
       api(`/api/v1/wal/namespace/${encodeURIComponent(name)}/messages?limit=20`, { admin: true })
         .catch((e) => (e.status === 501 ? null : Promise.reject(e))),
       api(`/api/v1/wal/namespace/${encodeURIComponent(name)}/dlq?state=parked&limit=100`, { admin: true }),
