@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
+use tracing::{error, info};
 
 use crate::message::{
     DLQ_PREFIX, HEADER_DELIVER_AT, HEADER_DLQ_ATTEMPTS, HEADER_DLQ_FIRST_ERROR,
@@ -397,6 +398,16 @@ impl Replays {
                     replay(&namespace, backend.as_ref(), &request, max_replays, &run).await;
                 if let Ok(mut ended) = run.ended.lock() {
                     *ended = Some((now_ms(), result.as_ref().err().map(ToString::to_string)));
+                }
+                let replayed = run.replayed.load(Ordering::Relaxed);
+                let skipped = run.skipped.load(Ordering::Relaxed);
+                match &result {
+                    Ok(_) => {
+                        info!(%namespace, replay = %run.id, replayed, skipped, dry_run = run.dry_run, "DLQ replay done.");
+                    }
+                    Err(e) => {
+                        error!(%namespace, replay = %run.id, replayed, skipped, error = %e, "DLQ replay failed; the entries not replayed stay parked.");
+                    }
                 }
                 result
             }

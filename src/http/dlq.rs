@@ -86,7 +86,6 @@ pub async fn replay(
         .map_err(|e| BackendError::Unavailable(format!("the replay task ended: {e}")))
         .and_then(|result| result)
         .map_err(|e| backend_error(&namespace, e, "DLQ replay failed."))?;
-    info!(namespace = %name, replayed = outcome.replayed.len(), skipped = outcome.skipped.len(), dry_run = outcome.dry_run, "DLQ replay.");
     Ok(Json(outcome).into_response())
 }
 

@@ -80,7 +80,10 @@ impl Tansu {
         let database = format!("tansu_{}", uuid::Uuid::now_v7().simple());
         let created = psql_in(
             "test",
-            &["-c".as_ref(), format!("create database {database}").as_ref()],
+            &[
+                "-c".as_ref(),
+                format!("create database {database}").as_ref(),
+            ],
         )?;
         if !created.status.success() {
             return Err(format!("creating {database}: {}", failure(&created)).into());

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -133,6 +134,19 @@ fn make(
         .create_with_context(BrokerWatch {
             no_broker: no_broker.clone(),
         })
+        .map_err(unavailable)
+}
+
+/// A consumer for reading assigned partitions to their end, outside any group (`name`
+/// and a fresh id make its group id): the end comes as `PartitionEOF`, at once, with no
+/// offsets request.
+pub(super) fn end_reader(config: &ClientConfig, name: &str) -> Result<BaseConsumer, BackendError> {
+    config
+        .clone()
+        .set("group.id", format!("{name}-{}", uuid::Uuid::now_v7()))
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .create()
         .map_err(unavailable)
 }
 

@@ -19,7 +19,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use super::client::{BrokerWatch, to_record, unavailable};
+use super::client::{BrokerWatch, end_reader, to_record, unavailable};
 use crate::message::{StoredRecord, now_ms};
 use crate::producer::backend::{BackendError, DeadLetter, REPLAY_CLAIM, poisoned};
 
@@ -228,18 +228,14 @@ impl DeadLetters {
                     marks.read_up_to = read.next;
                 }
             }
-            match end {
-                None if read.at_end => return Ok(()),
-                Some(end) if read.next < end && read.at_end => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                _ => {}
+            if end.is_none() && read.at_end {
+                return Ok(());
             }
         }
     }
 
-    /// Reads the partition from `from` to `end` (exclusive), or to where it ends now if
-    /// that is sooner: up to `max` records of `kind`. The end is where the broker says
+    /// Reads the partition from `from` up to `end` (exclusive; waiting for records not
+    /// in yet), or without `end` up to where it ends now: up to `max` records of `kind`. The end is where the broker says
     /// the partition ends (`enable.partition.eof`), so no offsets request is needed.
     /// A read that takes over [`READ_TIMEOUT`]
     /// answers what it read, or fails if that is nothing.
@@ -258,18 +254,7 @@ impl DeadLetters {
         tokio::task::spawn_blocking(move || {
             let mut reader = reader.lock().map_err(|_| poisoned())?;
             if reader.is_none() {
-                let consumer: BaseConsumer = config
-                    .clone()
-                    .set(
-                        "group.id",
-                        format!("wald-dlq-reader-{}", uuid::Uuid::now_v7()),
-                    )
-                    .set("enable.partition.eof", "true")
-                    // The end of the partition answers at once, not after a wait.
-                    .set("fetch.wait.max.ms", "10")
-                    .create()
-                    .map_err(unavailable)?;
-                *reader = Some(consumer);
+                *reader = Some(end_reader(&config, "wald-dlq-reader")?);
             }
             let reader = reader.as_ref().ok_or_else(poisoned)?;
             let mut read = Read {
@@ -297,6 +282,9 @@ impl DeadLetters {
                 }
                 let message = match reader.poll(left) {
                     None => continue,
+                    // Short of `end`, the end may be one met before the assignment
+                    // (an event still queued) or records not in yet: read on.
+                    Some(Err(KafkaError::PartitionEOF(_))) if end.is_some() => continue,
                     Some(Err(KafkaError::PartitionEOF(_))) => {
                         read.at_end = true;
                         return Ok(read);

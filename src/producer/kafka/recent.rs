@@ -5,11 +5,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use super::client::{to_placed_record, unavailable};
+use super::client::{end_reader, to_placed_record, unavailable};
 use crate::message::StoredRecord;
 use crate::producer::backend::BackendError;
 
@@ -23,16 +23,7 @@ pub(super) fn recent(
     topic: &str,
     max: usize,
 ) -> Result<Vec<StoredRecord>, BackendError> {
-    let reader: BaseConsumer = config
-        .clone()
-        .set(
-            "group.id",
-            format!("wald-recent-reader-{}", uuid::Uuid::now_v7()),
-        )
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .map_err(unavailable)?;
+    let reader = end_reader(config, "wald-recent-reader")?;
     let metadata = reader
         .fetch_metadata(Some(topic), READ_TIMEOUT)
         .map_err(unavailable)?;
