@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::future_producer::Delivery;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 use tracing::{error, warn};
 
 use crate::message::StoredRecord;
-use crate::producer::backend::{BackendError, poisoned};
+use crate::producer::backend::BackendError;
 
 /// The producer's context: reads its statistics to know whether any broker is up.
 pub(super) struct BrokerWatch {
@@ -80,13 +82,29 @@ impl SharedProducer {
     }
 
     /// The producer to send with now.
-    pub(super) fn get(&self) -> Result<FutureProducer<BrokerWatch>, BackendError> {
-        Ok(self
-            .current
+    pub(super) fn current(&self) -> FutureProducer<BrokerWatch> {
+        self.current
             .lock()
-            .map_err(|_| poisoned())?
+            .unwrap_or_else(|e| e.into_inner())
             .producer
-            .clone())
+            .clone()
+    }
+
+    /// Sends `record` with the producer of the moment and waits for its delivery
+    /// report; notes how it went, which renews a stuck producer.
+    pub(super) async fn send<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+        timeout: Duration,
+    ) -> Result<Delivery, KafkaError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let producer = self.current();
+        let sent = producer.send(record, timeout).await.map_err(|(e, _)| e);
+        self.note(&producer, sent.is_err());
+        sent
     }
 
     /// Why no broker can be reached, while none can.
@@ -95,7 +113,7 @@ impl SharedProducer {
     }
 
     /// Notes how a send of `producer` went; renews the producer when it is stuck.
-    pub(super) fn note(&self, producer: &FutureProducer<BrokerWatch>, failed: bool) {
+    fn note(&self, producer: &FutureProducer<BrokerWatch>, failed: bool) {
         let Ok(mut current) = self.current.lock() else {
             return;
         };

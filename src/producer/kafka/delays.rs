@@ -322,10 +322,11 @@ async fn send(
     if let Some(key) = &record.key {
         message = message.key(key);
     }
-    let current = producer.get()?;
-    let sent = current.send(message, PRODUCE_TIMEOUT).await;
-    producer.note(&current, sent.is_err());
-    sent.map(|_| ()).map_err(|(e, _)| unavailable(e))
+    producer
+        .send(message, PRODUCE_TIMEOUT)
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
 }
 
 /// Reads the delay topic as a member of its group, until the backend drops it.

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use super::client::{BrokerWatch, end_reader, to_record, unavailable};
+use super::client::{SharedProducer, end_reader, to_record, unavailable};
 use crate::message::{StoredRecord, now_ms};
 use crate::producer::backend::{BackendError, DeadLetter, REPLAY_CLAIM, poisoned};
 
@@ -120,7 +120,7 @@ impl DeadLetters {
     /// Claims the replay of `entry` for this instance (see the module's notes).
     pub(super) async fn claim(
         &self,
-        producer: &FutureProducer<BrokerWatch>,
+        producer: &SharedProducer,
         entry: &DeadLetter,
     ) -> Result<bool, BackendError> {
         let entry = entry.record.offset as i64;
@@ -141,7 +141,7 @@ impl DeadLetters {
     /// Records that `entry` was replayed.
     pub(super) async fn mark_replayed(
         &self,
-        producer: &FutureProducer<BrokerWatch>,
+        producer: &SharedProducer,
         entry: &DeadLetter,
     ) -> Result<(), BackendError> {
         let offset = entry.record.offset as i64;
@@ -155,7 +155,7 @@ impl DeadLetters {
     /// Produces a mark; answers its offset.
     async fn mark(
         &self,
-        producer: &FutureProducer<BrokerWatch>,
+        producer: &SharedProducer,
         kind: &str,
         entry: i64,
         until: Option<u64>,
@@ -183,7 +183,7 @@ impl DeadLetters {
         let delivered = producer
             .send(record, READ_TIMEOUT)
             .await
-            .map_err(|(e, _)| unavailable(e))?;
+            .map_err(unavailable)?;
         Ok(delivered.offset)
     }
 

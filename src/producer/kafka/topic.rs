@@ -147,7 +147,6 @@ impl KafkaTopic {
         if let Some(reason) = self.producer.no_broker() {
             return Err(BackendError::Unavailable(reason));
         }
-        let producer = self.producer.get()?;
         let sends = records.iter().map(|record| {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
@@ -165,14 +164,12 @@ impl KafkaTopic {
             if let Some(partition) = partition {
                 message = message.partition(partition);
             }
-            producer.send(message, self.delivery_timeout)
+            self.producer.send(message, self.delivery_timeout)
         });
         let reports = futures::future::join_all(sends).await;
         let persisted = reports.iter().filter(|r| r.is_ok()).count();
-        let failure = reports.into_iter().find_map(|r| r.err().map(|(e, _)| e));
+        let failure = reports.into_iter().find_map(Result::err);
         self.down.note(failure.as_ref());
-        self.producer
-            .note(&producer, persisted == 0 && failure.is_some());
         match failure {
             None => Ok(()),
             Some(e) if persisted > 0 || is_timeout(&e) => Err(BackendError::Unknown(format!(
@@ -231,11 +228,11 @@ impl Backend for KafkaTopic {
     }
 
     async fn claim_replay(&self, entry: &DeadLetter) -> Result<bool, BackendError> {
-        self.dlq.claim(&self.producer.get()?, entry).await
+        self.dlq.claim(&self.producer, entry).await
     }
 
     async fn mark_replayed(&self, entry: &DeadLetter) -> Result<(), BackendError> {
-        self.dlq.mark_replayed(&self.producer.get()?, entry).await
+        self.dlq.mark_replayed(&self.producer, entry).await
     }
 
     async fn schedule(&self, delayed: Vec<(StoredRecord, u64)>) -> Result<(), BackendError> {
@@ -350,9 +347,7 @@ const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 async fn reconnect(producer: SharedProducer, topic: String) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let Ok(current) = producer.get() else {
-            return;
-        };
+        let current = producer.current();
         if producer.no_broker().is_none() {
             continue;
         }
