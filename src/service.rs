@@ -13,6 +13,7 @@ use crate::config::env::Lookup;
 use crate::config::file::Document;
 use crate::config::secret::Secret;
 use crate::config::units::{ByteSize, HumanDuration};
+use crate::runtime::resources::HealthConfig;
 use crate::status::config::StatusStoreConfig;
 use crate::telemetry::LogFormat;
 
@@ -44,6 +45,10 @@ pub struct ServiceConfig {
     pub status_store: StatusStoreConfig,
     /// `[alerts]`: where alerts are posted. Default: none (no alerts).
     pub alerts: Option<AlertsConfig>,
+    /// `[health]`: free disk and memory limits.
+    pub health: HealthConfig,
+    /// `tls = { cert, key, client_ca }`: serve HTTPS. Default: none (plain HTTP).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -60,6 +65,8 @@ impl Default for ServiceConfig {
             http: HttpLimits::default(),
             status_store: StatusStoreConfig::default(),
             alerts: None,
+            health: HealthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -87,6 +94,31 @@ pub struct HttpLimits {
     /// limit a new one takes the place of the one idle the longest. Default: 10000.
     /// Range: 1..=1000000.
     pub max_connections: u32,
+    /// `[http.cors]`: which web origins may call the API. Default: none (CORS off).
+    pub cors: CorsConfig,
+}
+
+/// `tls = { cert, key, client_ca }`: HTTPS on the listener (see [`crate::http::tls`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file with the CA certificates that sign client certificates; when set,
+    /// clients without such a certificate are refused. Default: none.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[http.cors]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) whose pages may call the API; `"*"` for any.
+    /// Default: none.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpLimits {
@@ -99,6 +131,7 @@ impl Default for HttpLimits {
             request_timeout: HumanDuration::from_secs(30),
             idle_timeout: HumanDuration::from_secs(60),
             max_connections: 10_000,
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -172,6 +205,18 @@ impl ServiceConfig {
             .validate(&mut checks, &root.key("status_store"));
         if let Some(alerts) = &self.alerts {
             alerts.validate(&mut checks, &root.key("alerts"));
+        }
+        for (i, origin) in self.http.cors.allowed_origins.iter().enumerate() {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err()
+                || origin.ends_with('/')
+            {
+                checks.error(
+                    Code::InvalidValue,
+                    &http.key("cors").key("allowed_origins").index(i),
+                    format!("`{origin}` is not an origin"),
+                    "write an origin as scheme://host[:port], for example \"https://app.example.com\", or \"*\"",
+                );
+            }
         }
         checks.findings
     }

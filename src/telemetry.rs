@@ -52,4 +52,10 @@ pub mod metric {
     pub const COMPONENT_UP: &str = "wald_component_up";
     pub const COMPONENT_FAILURES: &str = "wald_component_failures_total";
     pub const ALERTS: &str = "wald_alerts_total";
+    pub const DATA_DIR_FREE_BYTES: &str = "wald_data_dir_free_bytes";
+    pub const DATA_DIR_TOTAL_BYTES: &str = "wald_data_dir_total_bytes";
+    pub const DATA_DIR_MIN_FREE_BYTES: &str = "wald_data_dir_min_free_bytes";
+    pub const STORAGE_LOW: &str = "wald_storage_low";
+    pub const RESIDENT_MEMORY_BYTES: &str = "wald_resident_memory_bytes";
+    pub const RESIDENT_MEMORY_LIMIT_BYTES: &str = "wald_resident_memory_limit_bytes";
 }

@@ -214,7 +214,7 @@ fn expand(tree: &str) -> Vec<String> {
     parts.push(&inner[start..]);
     parts
         .into_iter()
-        .filter(|p| !p.is_empty())
+        .filter(|p| !p.trim().is_empty())
         .flat_map(|p| {
             expand(p).into_iter().map(move |rest| {
                 if rest == "self" {

@@ -232,6 +232,7 @@ pub async fn serve_as_wald(app: Router) -> crate::Result<SocketAddr> {
         listener,
         app,
         limits,
+        None,
         std::future::pending(),
     ));
     Ok(address)

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::http::server;
+use crate::http::tls::Tls;
 use crate::http::{AppState, router};
 use crate::runtime::supervisor::Supervisor;
 use crate::runtime::watcher;
@@ -22,6 +23,8 @@ use crate::status::StatusStore;
 pub async fn run(service: ServiceConfig) -> anyhow::Result<()> {
     // First: the namespaces about to open take file descriptors too.
     let limits = server::Limits::of(&service);
+    // Certificates that do not load stop the start before anything opens.
+    let tls = service.tls.as_ref().map(Tls::load).transpose()?;
     let store = StatusStore::open(&service.status_store, &service.data_dir).await?;
     info!(store = store.kind(), "Transaction status store open.");
     let status = Arc::new(store);
@@ -39,7 +42,12 @@ pub async fn run(service: ServiceConfig) -> anyhow::Result<()> {
             stop_tasks.stopping(),
         )),
         tokio::spawn(reload_on_sighup(supervisor.clone(), stop_tasks.stopping())),
+        state.resources.spawn(stop_tasks.stopping()),
     ];
+    if let Some(tls) = &tls {
+        let health = supervisor.components.get("tls");
+        tasks.push(tls.spawn_reload(health, stop_tasks.stopping()));
+    }
     if service.watch {
         tasks.push(watcher::spawn(
             supervisor.clone(),
@@ -49,8 +57,16 @@ pub async fn run(service: ServiceConfig) -> anyhow::Result<()> {
         ));
     }
     let listener = tokio::net::TcpListener::bind(service.listen).await?;
-    info!(address = %listener.local_addr()?, "Listening.");
-    server::run(listener, router(state.clone()), limits, shutdown_signal()).await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(address = %listener.local_addr()?, scheme, "Listening.");
+    server::run(
+        listener,
+        router(state.clone()),
+        limits,
+        tls,
+        shutdown_signal(),
+    )
+    .await;
     stop_tasks.stop();
     // A reload in progress ends within its own deadlines; shutdown does not wait
     // longer than its own for it.

@@ -112,6 +112,10 @@ pub enum ApiError {
     RateLimited { namespace: String, retry_after: u64 },
     #[error("the disk of namespace `{0}` is full; retry later")]
     StorageFull(String),
+    #[error(
+        "free space under the data directory `{0}` is below `min_free_disk`; writes are taken again once space is back"
+    )]
+    StorageLow(String),
     #[error("transaction `{0}` is unknown, or older than the status store's retention")]
     TransactionNotFound(String),
     #[error("the transaction status store is unavailable; retry later")]
@@ -158,6 +162,7 @@ impl ApiError {
             ApiError::UnsupportedByBackend { .. } => "unsupported_by_backend",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StorageFull(_) => "storage_full",
+            ApiError::StorageLow(_) => "storage_low",
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Http(status, _) => code_of_status(*status),
@@ -192,6 +197,7 @@ impl ApiError {
             }
             ApiError::Unavailable(_)
             | ApiError::StorageFull(_)
+            | ApiError::StorageLow(_)
             | ApiError::Overloaded(_)
             | ApiError::BackendUnavailable { .. }
             | ApiError::StatusUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -89,25 +89,40 @@ pub async fn readiness(
     for n in running.namespaces.values() {
         degraded.extend(failing(Some(n.name()), &n.kept.components));
     }
-    if starting.is_empty() {
-        state.ready.store(true, Ordering::Release);
-        (
-            axum::http::StatusCode::OK,
-            Json(json!({
-                "status": "ready",
-                "namespaces": running.namespaces.len(),
-                "unavailable": unavailable,
-                "degraded": degraded,
-            })),
-        )
-    } else {
-        (
+    let resources = state.resources.status();
+    if !starting.is_empty() {
+        return (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Json(
-                json!({ "status": "starting", "starting": starting, "unavailable": unavailable, "degraded": degraded }),
+                json!({ "status": "starting", "starting": starting, "unavailable": unavailable, "degraded": degraded, "resources": resources }),
             ),
-        )
+        );
     }
+    state.ready.store(true, Ordering::Release);
+    // Out of room for writes, or over its memory: out of rotation until that passes
+    // (unlike the parts above, the writes would fail or the process be killed).
+    let status = if resources.storage_low {
+        "storage_low"
+    } else if resources.memory_high {
+        "memory_high"
+    } else {
+        "ready"
+    };
+    let code = if status == "ready" {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({
+            "status": status,
+            "namespaces": running.namespaces.len(),
+            "unavailable": unavailable,
+            "degraded": degraded,
+            "resources": resources,
+        })),
+    )
 }
 
 /// `GET /api/v1/wal/namespace/{ns}/status`: state, backend, log positions, consumer
@@ -123,7 +138,9 @@ pub async fn namespace_status(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(status_of(&*state.namespace(&name)?).await))
+    let mut status = status_of(&*state.namespace(&name)?).await;
+    status["resources"] = json!(state.resources.status());
+    Ok(Json(status))
 }
 
 /// `GET /api/v1/wal/namespaces`: every namespace's status at once, with the running
@@ -164,6 +181,7 @@ pub async fn namespaces(State(state): State<Arc<AppState>>) -> Json<serde_json::
         "last_reload": last_reload,
         "quarantined": quarantined,
         "namespaces": futures::future::join_all(running.namespaces.values().map(|n| status_of(n))).await,
+        "resources": state.resources.status(),
     }))
 }
 

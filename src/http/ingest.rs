@@ -178,7 +178,9 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     Ok((parsed, body))
 }
 
-/// The namespace a write goes to, once the caller may write to it.
+/// The namespace a write goes to, once the caller may write to it and there is room
+/// for the write: free space under `data_dir` is not below `min_free_disk`, when the
+/// namespace's log or the status store lives there.
 fn find_namespace(
     state: &AppState,
     name: &str,
@@ -190,6 +192,13 @@ fn find_namespace(
         .get(name)
         .ok_or_else(|| ApiError::NamespaceNotFound(name.to_string()))?;
     authorize(headers, namespace, running.namespaces.values())?;
+    let on_data_dir = namespace.pipeline.config.producer.is_embedded()
+        || state.supervisor.status().kind() == "embedded";
+    if on_data_dir && state.resources.storage_low() {
+        let e = ApiError::StorageLow(state.service.data_dir.display().to_string());
+        namespace.counters.refused(e.code());
+        return Err(e);
+    }
     Ok(namespace.clone())
 }
 

@@ -300,6 +300,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
     reload_metrics(&mut out, &state);
     component_metrics(&mut out, &state);
     alert_metrics(&mut out, &state);
+    resource_metrics(&mut out, &state);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -386,6 +387,48 @@ fn component_metrics(out: &mut String, state: &AppState) {
         "Failures of a background part since start (each is retried).",
         |c| c.status().failures,
     );
+}
+
+/// Free disk under `data_dir`, resident memory, and their limits.
+fn resource_metrics(out: &mut String, state: &AppState) {
+    let resources = state.resources.status();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {value}");
+    };
+    gauge(
+        metric::DATA_DIR_FREE_BYTES,
+        "Free space on the file system of the data directory.",
+        resources.free_disk_bytes,
+    );
+    gauge(
+        metric::DATA_DIR_TOTAL_BYTES,
+        "Size of the file system of the data directory.",
+        resources.total_disk_bytes,
+    );
+    gauge(
+        metric::DATA_DIR_MIN_FREE_BYTES,
+        "`min_free_disk`: below it, writes are refused.",
+        resources.min_free_disk_bytes,
+    );
+    gauge(
+        metric::STORAGE_LOW,
+        "1 while free space is below `min_free_disk` and writes are refused.",
+        u64::from(resources.storage_low),
+    );
+    gauge(
+        metric::RESIDENT_MEMORY_BYTES,
+        "Resident memory of the process.",
+        resources.resident_memory_bytes,
+    );
+    if let Some(limit) = resources.max_resident_memory_bytes {
+        gauge(
+            metric::RESIDENT_MEMORY_LIMIT_BYTES,
+            "`max_resident_memory`: above it, readiness fails.",
+            limit,
+        );
+    }
 }
 
 /// Alerts by what became of them.

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod dlq;
 pub mod error;
 pub mod health;
+pub mod hygiene;
 pub mod ingest;
 pub mod messages;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod request_id;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod transaction;
 pub mod ui;
 

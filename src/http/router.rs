@@ -1,6 +1,7 @@
 //! The API's routes and the layers every request passes through: request ids, panics
 //! answered 500, JSON error bodies, a declared body over the limit refused at once,
-//! the request timeout, the body limit, metrics by route.
+//! the request timeout, the body limit, metrics by route, and the [`hygiene`] layers
+//! (security headers, CORS, compression).
 
 use std::sync::Arc;
 
@@ -12,13 +13,21 @@ use tracing::error;
 
 use super::error::{self, ApiError};
 use super::state::AppState;
-use super::{admin, dlq, health, ingest, messages, metrics, openapi, request_id, transaction, ui};
+use super::{
+    admin, dlq, health, hygiene, ingest, messages, metrics, openapi, request_id, transaction, ui,
+};
 
 /// The API's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let routes = Router::new()
-        .route("/api/v1/wal/write", post(ingest::write))
-        .route("/api/v1/wal/write/batch", post(ingest::write_batch))
+        .route(
+            "/api/v1/wal/write",
+            post(ingest::write).layer(hygiene::decompress_requests()),
+        )
+        .route(
+            "/api/v1/wal/write/batch",
+            post(ingest::write_batch).layer(hygiene::decompress_requests()),
+        )
         .route("/api/v1/wal/namespaces", get(health::namespaces))
         .route(
             "/api/v1/wal/namespace/{namespace}/status",
@@ -62,11 +71,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// `routes` behind what every request of the API passes through: metrics by route,
-/// the body limit, the request timeout, panics answered 500 and the request id.
+/// the body limit, the request timeout, panics answered 500, the request id, the
+/// security headers, CORS and compressed answers.
 pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     let body_limit =
         usize::try_from(state.service.http.max_body_bytes.bytes()).unwrap_or(usize::MAX);
-    routes
+    let cors = state.service.http.cors.clone();
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
@@ -84,8 +95,8 @@ pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Route
         ))
         .layer(catch_panics())
         .layer(middleware::from_fn(error::json_errors))
-        .layer(middleware::from_fn(request_id::assign))
-        .with_state(state)
+        .layer(middleware::from_fn(request_id::assign));
+    hygiene::layers(routes, &cors).with_state(state)
 }
 
 /// Refuses a body whose declared `Content-Length` is over the limit at once, 413,

@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::tls::Tls;
 use crate::service::ServiceConfig;
 use crate::shutdown::{Shutdown, Stopping};
 
@@ -68,12 +69,13 @@ impl Limits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then waits for the requests
-/// in flight, at most `limits.drain` long.
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` completes, then
+/// waits for the requests in flight, at most `limits.drain` long.
 pub async fn run(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -103,21 +105,27 @@ pub async fn run(
                         continue;
                     }
                 };
+                let acceptor = tls.as_ref().map(|tls| tls.acceptor());
                 if connections.len() >= limits.max_connections && !connections.evict_idlest() {
-                    tasks.spawn(refuse(stream));
+                    tasks.spawn(refuse(stream, acceptor));
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
                 let connection = connections.open();
-                tasks.spawn(serve_connection(
-                    stream,
-                    app.clone(),
-                    builder.clone(),
+                let serve = Serve {
+                    app: app.clone(),
+                    builder: builder.clone(),
                     connection,
-                    connections.clone(),
+                    connections: connections.clone(),
                     limits,
-                    shutdown_connections.stopping(),
-                ));
+                    stopping: shutdown_connections.stopping(),
+                };
+                tasks.spawn(async move {
+                    match acceptor {
+                        None => serve.run(stream).await,
+                        Some(acceptor) => serve.run_tls(stream, acceptor).await,
+                    }
+                });
             }
             // Reap finished connection tasks as they end, so the set stays small.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -283,80 +291,125 @@ impl Drop for InFlight {
     }
 }
 
-/// Serves one connection until it ends: closed by the client, for idleness, evicted, or
-/// at shutdown (after its requests in flight).
-async fn serve_connection(
-    stream: TcpStream,
+/// What serving one connection needs.
+struct Serve {
     app: Router,
     builder: Arc<Builder<TokioExecutor>>,
     connection: Arc<Connection>,
     connections: Arc<Connections>,
     limits: Limits,
     stopping: Stopping,
-) {
-    let inner = TowerToHyperService::new(app);
-    let counted = connection.clone();
-    let service = hyper::service::service_fn(move |request| {
-        let in_flight = counted.begin();
-        let answer = hyper::service::Service::call(&inner, request);
-        async move {
-            let answer = answer.await;
-            drop(in_flight);
-            answer
-        }
-    });
-    let io = TokioIo::new(Watched::new(stream, connection.clone()));
-    let served = builder.serve_connection(io, service);
-    tokio::pin!(served);
-    // Since when the connection is asked to close gracefully (idle, evicted, or at
-    // shutdown): with no request in flight it is closed outright `CLOSE_GRACE` later,
-    // since hyper does not end a connection whose request head is half sent.
-    let mut closing: Option<Instant> = None;
-    loop {
-        let deadline = match closing {
-            Some(since) => Some(since + CLOSE_GRACE),
-            None => connection.idle_deadline(&limits),
-        };
-        tokio::select! {
-            ended = served.as_mut() => {
-                if let Err(e) = ended {
-                    debug!(error = %e, "Connection ended with an error.");
-                }
-                break;
+}
+
+impl Serve {
+    /// The TLS handshake first, within `header_read_timeout` (a client that opens a
+    /// connection and sends nothing is cut like one that sends no request), then the
+    /// requests over it.
+    async fn run_tls(self, stream: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+        let handshake =
+            tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await;
+        match handshake {
+            Ok(Ok(stream)) => self.run(stream).await,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed.");
+                self.connections.close(&self.connection);
             }
-            () = connection.changed.notified() => {
-                if closing.is_none() && connection.closing.load(Ordering::Acquire) {
+            Err(_) => {
+                debug!("TLS handshake timed out.");
+                self.connections.close(&self.connection);
+            }
+        }
+    }
+
+    /// Serves the connection until it ends: closed by the client, for idleness,
+    /// evicted, or at shutdown (after its requests in flight).
+    async fn run<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Serve {
+            app,
+            builder,
+            connection,
+            connections,
+            limits,
+            stopping,
+        } = self;
+        let inner = TowerToHyperService::new(app);
+        let counted = connection.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let in_flight = counted.begin();
+            let answer = hyper::service::Service::call(&inner, request);
+            async move {
+                let answer = answer.await;
+                drop(in_flight);
+                answer
+            }
+        });
+        let io = TokioIo::new(Watched::new(stream, connection.clone()));
+        let served = builder.serve_connection(io, service);
+        tokio::pin!(served);
+        // Since when the connection is asked to close gracefully (idle, evicted, or at
+        // shutdown): with no request in flight it is closed outright `CLOSE_GRACE` later,
+        // since hyper does not end a connection whose request head is half sent.
+        let mut closing: Option<Instant> = None;
+        loop {
+            let deadline = match closing {
+                Some(since) => Some(since + CLOSE_GRACE),
+                None => connection.idle_deadline(&limits),
+            };
+            tokio::select! {
+                ended = served.as_mut() => {
+                    if let Err(e) = ended {
+                        debug!(error = %e, "Connection ended with an error.");
+                    }
+                    break;
+                }
+                () = connection.changed.notified() => {
+                    if closing.is_none() && connection.closing.load(Ordering::Acquire) {
+                        closing = Some(Instant::now());
+                        served.as_mut().graceful_shutdown();
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let idle = connection.idle_deadline(&limits);
+                    match closing {
+                        // Asked to close and still idle after the grace: closed now.
+                        Some(_) if connection.in_flight.load(Ordering::Acquire) == 0 => break,
+                        Some(_) => {}
+                        // Still idle: nothing began since the deadline was taken.
+                        None if idle.is_some_and(|d| d <= Instant::now()) => {
+                            closing = Some(Instant::now());
+                            served.as_mut().graceful_shutdown();
+                        }
+                        None => {}
+                    }
+                }
+                // At shutdown the requests in flight finish within the drain deadline; the
+                // idle connections close at once.
+                () = stopping.wait(), if closing.is_none() => {
                     closing = Some(Instant::now());
                     served.as_mut().graceful_shutdown();
                 }
             }
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                let idle = connection.idle_deadline(&limits);
-                match closing {
-                    // Asked to close and still idle after the grace: closed now.
-                    Some(_) if connection.in_flight.load(Ordering::Acquire) == 0 => break,
-                    Some(_) => {}
-                    // Still idle: nothing began since the deadline was taken.
-                    None if idle.is_some_and(|d| d <= Instant::now()) => {
-                        closing = Some(Instant::now());
-                        served.as_mut().graceful_shutdown();
-                    }
-                    None => {}
-                }
-            }
-            // At shutdown the requests in flight finish within the drain deadline; the
-            // idle connections close at once.
-            () = stopping.wait(), if closing.is_none() => {
-                closing = Some(Instant::now());
-                served.as_mut().graceful_shutdown();
-            }
         }
+        connections.close(&connection);
     }
-    connections.close(&connection);
 }
 
-/// Answers a connection over the limit with 503 `too_many_connections`, and closes it.
-async fn refuse(mut stream: TcpStream) {
+/// Answers a connection over the limit with 503 `too_many_connections` (after the
+/// handshake, on TLS), and closes it.
+async fn refuse(stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        match tls {
+            None => write_refusal(stream).await,
+            Some(acceptor) => write_refusal(acceptor.accept(stream).await?).await,
+        }
+    })
+    .await;
+}
+
+async fn write_refusal(mut stream: impl AsyncWrite + Unpin) -> io::Result<()> {
     let body = error_body(
         "too_many_connections",
         "the server has as many connections as it takes, each with a request in flight; retry later",
@@ -365,11 +418,8 @@ async fn refuse(mut stream: TcpStream) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await;
+    stream.write_all(answer.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 /// The API's JSON error body, for answers made outside the router.
@@ -387,15 +437,15 @@ fn error_body(code: &str, message: &str) -> String {
 /// parse (400, 414, 431, written before the request reaches the router) with the
 /// API's JSON error. The router answers every error with a JSON body, so a head with
 /// one of these statuses and `content-length: 0` can only be hyper's own.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     connection: Arc<Connection>,
     /// The replacement answer not written yet.
     pending: Vec<u8>,
 }
 
-impl Watched {
-    fn new(stream: TcpStream, connection: Arc<Connection>) -> Self {
+impl<S: AsyncWrite + Unpin> Watched<S> {
+    fn new(stream: S, connection: Arc<Connection>) -> Self {
         Self {
             stream,
             connection,
@@ -457,7 +507,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -472,7 +522,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -551,7 +601,7 @@ mod tests {
     #[test]
     fn only_hypers_bodiless_parse_error_answers_are_replaced() {
         let hyper = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
-        let replaced = Watched::replacement(hyper).map(String::from_utf8);
+        let replaced = Watched::<TcpStream>::replacement(hyper).map(String::from_utf8);
         let replaced = replaced.and_then(Result::ok).unwrap_or_default();
         assert!(
             replaced.starts_with("HTTP/1.1 400 Bad Request\r\n"),
@@ -562,11 +612,11 @@ mod tests {
             "{replaced}"
         );
         let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 99\r\n\r\n{}";
-        assert!(Watched::replacement(ours).is_none());
+        assert!(Watched::<TcpStream>::replacement(ours).is_none());
         let ok = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
-        assert!(Watched::replacement(ok).is_none());
+        assert!(Watched::<TcpStream>::replacement(ok).is_none());
         let long = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
-        let long = Watched::replacement(long).unwrap_or_default();
+        let long = Watched::<TcpStream>::replacement(long).unwrap_or_default();
         assert!(String::from_utf8_lossy(&long).contains("headers_too_large"));
     }
 }

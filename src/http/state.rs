@@ -8,6 +8,7 @@ use super::auth;
 use super::error::ApiError;
 use crate::producer::Backend;
 use crate::runtime::Namespace;
+use crate::runtime::resources::Resources;
 use crate::runtime::supervisor::{Running, Supervisor};
 use crate::service::ServiceConfig;
 use crate::status::StatusStore;
@@ -22,6 +23,8 @@ pub struct AppState {
     /// Set once every namespace of the start-up has started delivering; readiness
     /// answers 200 from then on.
     pub ready: std::sync::atomic::AtomicBool,
+    /// Free disk under `data_dir` and resident memory.
+    pub resources: Arc<Resources>,
 }
 
 impl AppState {
@@ -30,6 +33,7 @@ impl AppState {
     pub fn new(service: ServiceConfig, status: Arc<StatusStore>) -> Self {
         Self {
             supervisor: Arc::new(Supervisor::new(service.clone(), status)),
+            resources: Resources::new(&service.data_dir, service.health.clone()),
             service,
             http: Default::default(),
             ready: Default::default(),

@@ -3,6 +3,7 @@
 
 pub mod counters;
 pub mod namespace;
+pub mod resources;
 pub mod supervisor;
 pub mod tailer;
 pub mod watcher;

@@ -1,0 +1,109 @@
+//! What every answer carries for browsers and proxies, and how bodies are compressed.
+//!
+//! - Security headers on every answer: `X-Content-Type-Options: nosniff` and
+//!   `Referrer-Policy: no-referrer`; on the pages (`/ui/`, `/api/docs`) a
+//!   `Content-Security-Policy` that lets them load only wald's own scripts and call only
+//!   wald's API, and `X-Frame-Options: DENY`; `Cache-Control: no-store` on the API's
+//!   answers (statuses and messages are never kept by a cache).
+//! - CORS: off unless `[http.cors] allowed_origins` names origins.
+//! - Answers compressed (gzip, brotli) for clients that ask with `Accept-Encoding`.
+//! - Request bodies compressed with `Content-Encoding: gzip` or `zstd` on the write
+//!   routes ([`decompress_requests`]); the body limit counts the decompressed bytes as
+//!   they come, so a decompression bomb is answered 413 after `max_body_bytes`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::service::CorsConfig;
+
+/// The pages' policy: their own files, inline styles (the API documentation sets
+/// them), images inline, calls to wald's own API only, never in a frame.
+const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// `router` with the security headers, CORS and compressed answers.
+pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, cors: &CorsConfig) -> Router<S> {
+    let router = router
+        .layer(middleware::from_fn(security_headers))
+        .layer(CompressionLayer::new().gzip(true).br(true));
+    match cors_layer(cors) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The layer that decompresses request bodies (`gzip`, `zstd`); other encodings are
+/// answered 415.
+pub fn decompress_requests() -> RequestDecompressionLayer {
+    RequestDecompressionLayer::new().gzip(true).zstd(true)
+}
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if is_page(&path) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_POLICY),
+        );
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    } else if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The status page and the API documentation, which a browser renders.
+fn is_page(path: &str) -> bool {
+    path == "/" || path == "/ui" || path.starts_with("/ui/") || path.starts_with("/api/docs")
+}
+
+/// CORS for the configured origins, or none (browsers then refuse cross-origin calls).
+fn cors_layer(config: &CorsConfig) -> Option<CorsLayer> {
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("traceparent"),
+                HeaderName::from_static("tracestate"),
+            ])
+            .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
+}
