@@ -23,6 +23,9 @@ pub const HEADER_IDEMPOTENCY_KEY: &str = "wald-idempotency-key";
 pub const HEADER_IDEMPOTENCY_HASH: &str = "wald-idempotency-hash";
 /// How often a message was replayed from the DLQ.
 pub const HEADER_REPLAYS: &str = "wald-replays";
+/// The W3C trace context of the write (see [`crate::telemetry::traces`]).
+pub const HEADER_TRACEPARENT: &str = "wald-traceparent";
+pub const HEADER_TRACESTATE: &str = "wald-tracestate";
 /// Where a record read from a partitioned log (Kafka) is: `<partition>:<offset>`.
 pub const HEADER_PLACE: &str = "wald-kafka-place";
 

@@ -16,6 +16,7 @@ use crate::config::units::{ByteSize, HumanDuration};
 use crate::runtime::resources::HealthConfig;
 use crate::status::config::StatusStoreConfig;
 use crate::telemetry::LogFormat;
+use crate::telemetry::traces::TelemetryConfig;
 
 /// The service settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -49,6 +50,8 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     /// `tls = { cert, key, client_ca }`: serve HTTPS. Default: none (plain HTTP).
     pub tls: Option<TlsConfig>,
+    /// `[telemetry]`: where spans are exported.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for ServiceConfig {
@@ -67,6 +70,7 @@ impl Default for ServiceConfig {
             alerts: None,
             health: HealthConfig::default(),
             tls: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -205,6 +209,25 @@ impl ServiceConfig {
             .validate(&mut checks, &root.key("status_store"));
         if let Some(alerts) = &self.alerts {
             alerts.validate(&mut checks, &root.key("alerts"));
+        }
+        let telemetry = root.key("telemetry");
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            checks.error(
+                Code::InvalidValue,
+                &telemetry.key("sample_ratio"),
+                format!("`sample_ratio` is {}", self.telemetry.sample_ratio),
+                "give a share between 0.0 and 1.0, for example 0.1 for one trace in ten",
+            );
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !url::Url::parse(endpoint).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            checks.error(
+                Code::InvalidValue,
+                &telemetry.key("otlp_endpoint"),
+                format!("`{endpoint}` is not an http:// or https:// URL"),
+                "give the collector's OTLP/HTTP address, for example \"http://otel-collector:4318\"",
+            );
         }
         for (i, origin) in self.http.cors.allowed_origins.iter().enumerate() {
             if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err()

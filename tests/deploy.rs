@@ -24,13 +24,19 @@ fn toml_value(path: &std::path::Path, keys: &[&str]) -> toml::Value {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut value: toml::Value = toml::from_str(&text).unwrap_or(toml::Value::Boolean(false));
     for key in keys {
-        value = value.get(key).cloned().unwrap_or(toml::Value::Boolean(false));
+        value = value
+            .get(key)
+            .cloned()
+            .unwrap_or(toml::Value::Boolean(false));
     }
     value
 }
 
 fn bytes(size: &str) -> u64 {
-    let (number, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit()).unwrap_or(size.len()));
+    let (number, unit) = size.split_at(
+        size.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(size.len()),
+    );
     let number: u64 = number.parse().unwrap_or(0);
     number
         * match unit {
@@ -55,7 +61,10 @@ fn the_shipped_settings_and_pipelines_validate() {
     ] {
         let mut command = common::wald();
         command
-            .env("WALD_ADMIN_KEY_SHA256", "e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f")
+            .env(
+                "WALD_ADMIN_KEY_SHA256",
+                "e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f",
+            )
             .args(["validate", "--deny-warnings", "--config"])
             .arg(deploy(config))
             .args(&pipelines);
@@ -80,7 +89,10 @@ fn the_pod_outlasts_the_shutdown_and_readiness_fails_before_the_memory_limit() {
     let shutdown = toml_value(&config, &["shutdown_timeout"]);
     let shutdown = humantime::parse_duration(shutdown.as_str().expect("shutdown_timeout"))
         .expect("a duration");
-    assert!(grace > shutdown.as_secs() + 5, "{grace} s against {shutdown:?}");
+    assert!(
+        grace > shutdown.as_secs() + 5,
+        "{grace} s against {shutdown:?}"
+    );
 
     let limit = statefulset
         .split("limits:")
@@ -90,7 +102,10 @@ fn the_pod_outlasts_the_shutdown_and_readiness_fails_before_the_memory_limit() {
         .expect("a memory limit");
     let readiness = toml_value(&config, &["health", "max_resident_memory"]);
     let readiness = bytes(readiness.as_str().expect("max_resident_memory"));
-    assert!(readiness > 0 && readiness < limit, "{readiness} against {limit}");
+    assert!(
+        readiness > 0 && readiness < limit,
+        "{readiness} against {limit}"
+    );
     assert!(statefulset.contains("readOnlyRootFilesystem: true"));
     assert!(statefulset.contains("runAsNonRoot: true"));
     assert!(statefulset.contains("allowPrivilegeEscalation: false"));

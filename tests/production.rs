@@ -429,9 +429,15 @@ async fn answers_and_write_bodies_are_compressed_and_a_bomb_is_413() -> Result {
     };
     let message =
         |n: u32| serde_json::json!({"namespace": "demo", "payload": {"compressed": n}}).to_string();
+    let brotli = |bytes: &[u8]| -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        brotli::BrotliCompress(&mut &bytes[..], &mut out, &Default::default())?;
+        Ok(out)
+    };
     for (encoding, body) in [
         ("gzip", gzip(message(1).as_bytes())?),
         ("zstd", zstd::bulk::compress(message(2).as_bytes(), 3)?),
+        ("br", brotli(message(5).as_bytes())?),
     ] {
         let answer = client
             .post(server.url("/api/v1/wal/write"))
@@ -457,7 +463,10 @@ async fn answers_and_write_bodies_are_compressed_and_a_bomb_is_413() -> Result {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let lines = std::fs::read_to_string(&out).unwrap_or_default();
-        if (1..=3).all(|n| lines.contains(&format!("\"compressed\":{n}"))) {
+        if [1, 2, 3, 5]
+            .iter()
+            .all(|n| lines.contains(&format!("\"compressed\":{n}")))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "not delivered: {lines}");
@@ -467,16 +476,19 @@ async fn answers_and_write_bodies_are_compressed_and_a_bomb_is_413() -> Result {
     // Decompression bombs: a few KiB that would become 64 MiB.
     let mut bomb = Vec::from(&b"{\"namespace\":\"demo\",\"payload\":\""[..]);
     bomb.resize(64 << 20, b'a');
-    for (encoding, body) in [
+    // Each twice, on the client's kept-alive connections: an answer given before its
+    // body was read in full closes its connection, and says so.
+    let bombs = [
         ("zstd", zstd::bulk::compress(&bomb, 1)?),
         ("gzip", gzip(&bomb[..8 << 20])?),
-    ] {
+    ];
+    for (encoding, body) in bombs.iter().chain(&bombs) {
         assert!(body.len() < 1 << 20, "{encoding}: {}", body.len());
         let answer = client
             .post(server.url("/api/v1/wal/write"))
             .header("content-type", "application/json")
-            .header("content-encoding", encoding)
-            .body(body)
+            .header("content-encoding", *encoding)
+            .body(body.clone())
             .send()
             .await?;
         assert_eq!(answer.status(), 413, "{encoding}");
@@ -486,7 +498,7 @@ async fn answers_and_write_bodies_are_compressed_and_a_bomb_is_413() -> Result {
     // Not a gzip stream; an encoding not taken.
     for (encoding, status, code) in [
         ("gzip", 400, "malformed_request"),
-        ("br", 415, "unsupported_media_type"),
+        ("deflate", 415, "unsupported_media_type"),
     ] {
         let answer = client
             .post(server.url("/api/v1/wal/write"))
@@ -637,5 +649,235 @@ async fn writes_are_refused_below_min_free_disk_and_taken_again_once_space_is_ba
     assert_eq!(ready.status(), 200);
     assert!(server.logged("Free space under the data directory is low"));
     assert!(server.logged("Free space under the data directory is back"));
+    Ok(())
+}
+
+/// What a small HTTP receiver was sent: each request's headers and JSON body.
+#[derive(Clone, Default)]
+struct Received(Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, serde_json::Value)>>>);
+
+impl Received {
+    /// Starts a receiver answering 200 to every POST; returns its base URL.
+    async fn start(&self) -> Result<String> {
+        let kept = self.clone();
+        let app = axum::Router::new().fallback(axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    kept.0.lock().expect("lock").push((headers, json));
+                    "{}"
+                }
+            },
+        ));
+        Ok(format!("http://{}", common::serve(app).await?))
+    }
+
+    fn all(&self) -> Vec<(axum::http::HeaderMap, serde_json::Value)> {
+        self.0.lock().expect("lock").clone()
+    }
+
+    /// Waits until `found` finds something in what arrived.
+    async fn wait_for<T>(
+        &self,
+        what: &str,
+        found: impl Fn(&[(axum::http::HeaderMap, serde_json::Value)]) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(found) = found(&self.all()) {
+                return Ok(found);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("never received {what}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Every span of the OTLP/HTTP JSON exports received.
+fn spans(exports: &[(axum::http::HeaderMap, serde_json::Value)]) -> Vec<serde_json::Value> {
+    exports
+        .iter()
+        .flat_map(|(_, body)| {
+            body["resourceSpans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|r| r["scopeSpans"].as_array().cloned().unwrap_or_default())
+        .flat_map(|s| s["spans"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn header(headers: &axum::http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const WRITER_SPAN: &str = "00f067aa0ba902b7";
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_follows_a_message_from_its_write_to_each_delivery() -> Result {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let collector = Received::default();
+    let collector_url = collector.start().await?;
+    let hook = Received::default();
+    let hook_url = hook.start().await?;
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic("traced", 1, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir()?;
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines)?;
+    std::fs::write(
+        pipelines.join("traced.toml"),
+        format!(
+            "namespace = \"traced\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [[target]]\nname = \"hook\"\ntype = \"http\"\nurl = \"{hook_url}/hook\"\n\
+             [[target]]\nname = \"events\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"traced\"\n"
+        ),
+    )?;
+    let config = dir.path().join("wald.toml");
+    std::fs::write(
+        &config,
+        format!("[telemetry]\notlp_endpoint = \"{collector_url}\"\nservice_name = \"wald-test\"\n"),
+    )?;
+    let server = Server::start(
+        &pipelines,
+        &dir.path().join("data"),
+        &["--config", config.to_str().ok_or("path")?],
+    )
+    .await?;
+    let write = reqwest::Client::new()
+        .post(server.url("/api/v1/wal/write"))
+        .header("traceparent", format!("00-{TRACE_ID}-{WRITER_SPAN}-01"))
+        .header("tracestate", "vendor=abc")
+        .json(&serde_json::json!({"namespace": "traced", "payload": {"traced": true}}))
+        .send()
+        .await?;
+    assert_eq!(write.status(), 202);
+
+    // The webhook gets the trace, below a span of wald's own.
+    let sent = hook
+        .wait_for("the delivery", |got| {
+            got.first().map(|(h, _)| header(h, "traceparent"))
+        })
+        .await?;
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(
+        (parts.len(), parts[1], parts[3]),
+        (4, TRACE_ID, "01"),
+        "{sent}"
+    );
+    assert_ne!(parts[2], WRITER_SPAN, "{sent}");
+    assert_eq!(header(&hook.all()[0].0, "tracestate"), "vendor=abc");
+    let hook_parent = parts[2].to_string();
+
+    // And so does the Kafka record.
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "trace-test")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&["traced"])?;
+    let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv()).await??;
+    let kafka_parent = record
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .ok_or("no traceparent header on the Kafka record")?;
+    let parts: Vec<&str> = kafka_parent.split('-').collect();
+    assert_eq!(parts[1], TRACE_ID, "{kafka_parent}");
+    let kafka_parent = parts[2].to_string();
+    assert_ne!(kafka_parent, hook_parent);
+
+    // The collector has the write, a child of the writer's span, and one delivery
+    // attempt per target, children of the write, whose ids the targets were sent.
+    let spans = collector
+        .wait_for("the spans", |exports| {
+            let spans = spans(exports);
+            let count = |name: &str| spans.iter().filter(|s| s["name"] == name).count();
+            (count("wald.write") >= 1 && count("wald.deliver") >= 2).then_some(spans)
+        })
+        .await?;
+    let write = spans
+        .iter()
+        .find(|s| s["name"] == "wald.write")
+        .ok_or("write span")?;
+    assert_eq!(write["traceId"], TRACE_ID, "{write}");
+    assert_eq!(write["parentSpanId"], WRITER_SPAN, "{write}");
+    let write_id = write["spanId"].as_str().ok_or("span id")?;
+    let attributes = |span: &serde_json::Value| -> String { span["attributes"].to_string() };
+    assert!(attributes(write).contains("\"wald.namespace\""), "{write}");
+    for (target, sent_as) in [("hook", &hook_parent), ("events", &kafka_parent)] {
+        let deliver = spans
+            .iter()
+            .find(|s| {
+                s["name"] == "wald.deliver" && attributes(s).contains(&format!("\"{target}\""))
+            })
+            .ok_or(format!("no delivery span for {target}"))?;
+        assert_eq!(deliver["traceId"], TRACE_ID, "{deliver}");
+        assert_eq!(deliver["parentSpanId"], write_id, "{deliver}");
+        assert_eq!(
+            deliver["spanId"].as_str(),
+            Some(sent_as.as_str()),
+            "{deliver}"
+        );
+    }
+    let resource = collector.all()[0].1["resourceSpans"][0]["resource"].to_string();
+    assert!(resource.contains("wald-test"), "{resource}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_an_exporter_the_writers_trace_context_is_sent_on_as_it_came() -> Result {
+    let hook = Received::default();
+    let hook_url = hook.start().await?;
+    let dir = tempfile::tempdir()?;
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines)?;
+    std::fs::write(
+        pipelines.join("traced.toml"),
+        format!(
+            "namespace = \"traced\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [[target]]\nname = \"hook\"\ntype = \"http\"\nurl = \"{hook_url}/hook\"\n"
+        ),
+    )?;
+    let server = Server::start(&pipelines, &dir.path().join("data"), &[]).await?;
+    let client = reqwest::Client::new();
+    let traceparent = format!("00-{TRACE_ID}-{WRITER_SPAN}-01");
+    for (n, traceparent) in [(1, traceparent.as_str()), (2, "not-a-traceparent"), (3, "")] {
+        let mut write = client
+            .post(server.url("/api/v1/wal/write/batch"))
+            .json(&serde_json::json!({"namespace": "traced", "messages": [{"payload": {"n": n}}]}));
+        if !traceparent.is_empty() {
+            write = write.header("traceparent", traceparent);
+        }
+        assert_eq!(write.send().await?.status(), 202);
+    }
+    let got = hook
+        .wait_for("three deliveries", |got| {
+            (got.len() >= 3).then(|| got.to_vec())
+        })
+        .await?;
+    let sent: Vec<(i64, String)> = got
+        .iter()
+        .map(|(h, body)| {
+            let n = body["n"].as_i64().or(body["payload"]["n"].as_i64());
+            (n.unwrap_or(0), header(h, "traceparent"))
+        })
+        .collect();
+    assert!(sent.contains(&(1, traceparent.clone())), "{sent:?}");
+    assert!(sent.contains(&(2, String::new())), "{sent:?}");
+    assert!(sent.contains(&(3, String::new())), "{sent:?}");
     Ok(())
 }

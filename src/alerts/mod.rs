@@ -312,6 +312,7 @@ impl Poster {
             headers: BTreeMap::new(),
             payload: serde_json::to_vec(&body).unwrap_or_default(),
             payload_is_json: true,
+            trace: None,
         };
         let mut wait = Duration::from_secs(1);
         for tried in 1..=TRIES {

@@ -86,7 +86,13 @@ fn serve(config_path: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode
     if let Some(data_dir) = args.data_dir {
         service.data_dir = data_dir;
     }
+    let spans = crate::telemetry::traces::init(&service.telemetry)
+        .context("starting the span exporter (`[telemetry] otlp_endpoint`)")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(serve::run(service))?;
+    let served = runtime.block_on(serve::run(service));
+    if let Some(spans) = spans {
+        spans.shutdown(std::time::Duration::from_secs(5));
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,7 @@ use crate::processing::Processed;
 use crate::runtime::counters::Outcome;
 use crate::status::{DeliveryState, TargetStatus, TargetUpdate};
 use crate::targets::{DeliveryError, Message};
+use crate::telemetry::traces;
 
 /// How often a paused target's lanes look whether it was resumed.
 const PAUSE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -129,7 +130,24 @@ impl Consumer {
                         self.sleep(wait).await?;
                     }
                 }
-                let (chosen, batch): (Vec<usize>, Vec<Message>) = chosen.into_iter().unzip();
+                let (chosen, mut batch): (Vec<usize>, Vec<Message>) = chosen.into_iter().unzip();
+                let spans: Vec<traces::Span> = chosen
+                    .iter()
+                    .zip(&mut batch)
+                    .map(|(&i, message)| {
+                        let attempt = run[i].pending.get(name).map_or(0, |t| t.attempts) + 1;
+                        let (span, trace) = traces::delivery(
+                            &message.namespace,
+                            name,
+                            route.target.kind(),
+                            &message.message_id,
+                            message.trace.take(),
+                        );
+                        span.attribute("wald.attempt", i64::from(attempt));
+                        message.trace = trace;
+                        span
+                    })
+                    .collect();
                 let result = tokio::select! {
                     result = route.target.deliver_batch(&batch) => result,
                     // A probe that cannot end lets another lane probe.
@@ -142,6 +160,18 @@ impl Consumer {
                     Ok(()) => batch.len(),
                     Err(failed) => failed.delivered,
                 };
+                for (k, span) in spans.into_iter().enumerate() {
+                    match (&result, k.cmp(&reached)) {
+                        (Err(failed), std::cmp::Ordering::Equal) => {
+                            span.end(Some(&failed.error.message));
+                        }
+                        (_, std::cmp::Ordering::Greater) => {
+                            span.attribute("wald.outcome", "not_attempted");
+                            span.end(None);
+                        }
+                        _ => span.end(None),
+                    }
+                }
                 if reached > 0 {
                     route.breaker.succeeded();
                     self.counters

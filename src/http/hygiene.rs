@@ -7,11 +7,21 @@
 //!   answers (statuses and messages are never kept by a cache).
 //! - CORS: off unless `[http.cors] allowed_origins` names origins.
 //! - Answers compressed (gzip, brotli) for clients that ask with `Accept-Encoding`.
-//! - Request bodies compressed with `Content-Encoding: gzip` or `zstd` on the write
-//!   routes ([`decompress_requests`]); the body limit counts the decompressed bytes as
-//!   they come, so a decompression bomb is answered 413 after `max_body_bytes`.
+//! - Request bodies compressed with `Content-Encoding: gzip`, `zstd` or `br` on the
+//!   write routes ([`decompress_requests`]); the body limit counts the decompressed
+//!   bytes as they come, so a decompression bomb is answered 413 after
+//!   `max_body_bytes`.
+//! - An answer given before its request's body was read to the end (a 413, a 401, a
+//!   body that does not decompress) says `Connection: close`: the server closes such a
+//!   connection, and a client must not send its next request on it.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use http_body::Body as _;
 
 use axum::Router;
 use axum::extract::Request;
@@ -32,6 +42,7 @@ const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'sel
 /// `router` with the security headers, CORS and compressed answers.
 pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, cors: &CorsConfig) -> Router<S> {
     let router = router
+        .layer(middleware::from_fn(close_when_body_unread))
         .layer(middleware::from_fn(security_headers))
         .layer(CompressionLayer::new().gzip(true).br(true));
     match cors_layer(cors) {
@@ -40,10 +51,13 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, cors: &CorsCo
     }
 }
 
-/// The layer that decompresses request bodies (`gzip`, `zstd`); other encodings are
-/// answered 415.
+/// The layer that decompresses request bodies (`gzip`, `zstd`, `br`); other encodings
+/// are answered 415.
 pub fn decompress_requests() -> RequestDecompressionLayer {
-    RequestDecompressionLayer::new().gzip(true).zstd(true)
+    RequestDecompressionLayer::new()
+        .gzip(true)
+        .zstd(true)
+        .br(true)
 }
 
 async fn security_headers(request: Request, next: Next) -> Response {
@@ -68,6 +82,56 @@ async fn security_headers(request: Request, next: Next) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// Adds `Connection: close` to an answer given before the request's body was read to
+/// its end. The rest of that body is still on the connection, so the server closes it
+/// after the answer; without the header a client would send its next request on a
+/// connection about to close, and lose it.
+async fn close_when_body_unread(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let ended = Arc::new(AtomicBool::new(body.is_end_stream()));
+    let body = axum::body::Body::new(Watched {
+        body,
+        ended: ended.clone(),
+    });
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if !ended.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that notes when it has been read to its end.
+struct Watched {
+    body: axum::body::Body,
+    ended: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Watched {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.ended.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The status page and the API documentation, which a browser renders.

@@ -17,6 +17,7 @@ use super::state::AppState;
 use crate::message::Durability;
 use crate::runtime::Namespace;
 use crate::source::{self, BatchIn, MessageIn, WriteError, WriteProgress};
+use crate::telemetry::traces::{self, TraceContext};
 
 /// The answer to a write: it is durable (or written, see `durability`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -61,16 +62,23 @@ pub async fn write(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WriteAccepted>), ApiError> {
-    let (message, body): (MessageIn, Bytes) = parse_body(&state, body)?;
+    let (mut message, body): (MessageIn, Bytes) = parse_body(&state, body)?;
     let namespace_name = message
         .namespace
         .clone()
         .ok_or_else(|| ApiError::Malformed("missing field `namespace`".into()))?;
     let namespace = find_namespace(&state, &namespace_name, &headers)?;
     let status = state.supervisor.status();
+    let (span, trace) = traces::write(&namespace_name, 1, incoming_trace(&headers));
+    message.trace = trace;
     let accepted = source::write(&namespace, status, message, &body, progress.map(|p| p.0))
         .await
-        .map_err(|e| refused(&namespace, e))?;
+        .map_err(|e| refused(&namespace, e));
+    if let Ok(accepted) = &accepted {
+        span.attribute("wald.transaction_id", accepted.transaction_id.clone());
+    }
+    end_span(span, &accepted);
+    let accepted = accepted?;
     Ok((
         StatusCode::ACCEPTED,
         Json(WriteAccepted {
@@ -99,12 +107,25 @@ pub async fn write_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
-    let (batch, _): (BatchIn, Bytes) = parse_body(&state, body)?;
+    let (mut batch, _): (BatchIn, Bytes) = parse_body(&state, body)?;
     let namespace = find_namespace(&state, &batch.namespace, &headers)?;
     let status = state.supervisor.status();
+    let (span, trace) = traces::write(
+        &batch.namespace,
+        batch.messages.len(),
+        incoming_trace(&headers),
+    );
+    for message in &mut batch.messages {
+        message.trace = trace.clone();
+    }
     let written = source::write_batch(&namespace, status, batch, progress.map(|p| p.0))
         .await
-        .map_err(|e| refused(&namespace, e))?;
+        .map_err(|e| refused(&namespace, e));
+    if let Ok(written) = &written {
+        span.attribute("wald.transaction_id", written.transaction_id.clone());
+    }
+    end_span(span, &written);
+    let written = written?;
     let results: Vec<BatchResult> = written
         .results
         .into_iter()
@@ -143,6 +164,22 @@ pub async fn write_batch(
             results,
         }),
     ))
+}
+
+/// The writer's trace context: its `traceparent` and `tracestate` headers.
+fn incoming_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    TraceContext::parse(text("traceparent"), text("tracestate"))
+}
+
+/// Ends a write's span with what became of the write.
+fn end_span<T>(span: traces::Span, result: &Result<T, ApiError>) {
+    let (error, status) = match result {
+        Ok(_) => (None, StatusCode::ACCEPTED),
+        Err(e) => (Some(e.to_string()), e.status()),
+    };
+    span.attribute("http.response.status_code", i64::from(status.as_u16()));
+    span.end(error.as_deref());
 }
 
 /// A refused write as an answer, counted among the namespace's refusals by its code.

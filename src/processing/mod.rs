@@ -283,6 +283,7 @@ mod tests {
             headers: BTreeMap::from([("source".into(), "web".into())]),
             payload: br#"{"kind":"refund","amount":5,"ssn":"123"}"#.to_vec(),
             payload_is_json: true,
+            trace: None,
         }
     }
 

@@ -13,9 +13,11 @@ use serde_json::value::RawValue;
 use super::error::WriteError;
 use crate::message::{
     HEADER_CONTENT_TYPE, HEADER_DELIVER_AT, HEADER_IDEMPOTENCY_HASH, HEADER_IDEMPOTENCY_KEY,
-    HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, new_id,
+    HEADER_MESSAGE_ID, HEADER_TARGETS, HEADER_TRACEPARENT, HEADER_TRACESTATE,
+    HEADER_TRANSACTION_ID, RESERVED_PREFIX, Record, new_id,
 };
 use crate::pipeline::config::PipelineConfig;
+use crate::telemetry::traces::TraceContext;
 
 /// Most headers one message may carry.
 const MAX_HEADERS: usize = 64;
@@ -57,6 +59,9 @@ pub struct MessageIn {
     /// message's key is checked on its own, against the message's own JSON.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The write's trace context (its `traceparent` header), kept with the message.
+    #[serde(skip)]
+    pub trace: Option<TraceContext>,
 }
 
 /// Many messages for one namespace, appended together.
@@ -130,6 +135,12 @@ pub fn to_record(
         ),
         (HEADER_CONTENT_TYPE.into(), content_type.as_bytes().to_vec()),
     ];
+    if let Some(trace) = message.trace {
+        headers.push((HEADER_TRACEPARENT.into(), trace.traceparent.into_bytes()));
+        if let Some(state) = trace.tracestate {
+            headers.push((HEADER_TRACESTATE.into(), state.into_bytes()));
+        }
+    }
     if let Some(due) = deliver_at(
         &message.delay,
         &message.deliver_at,

@@ -9,8 +9,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{
-    HEADER_CONTENT_TYPE, HEADER_MESSAGE_ID, HEADER_TRANSACTION_ID, RESERVED_PREFIX, StoredRecord,
+    HEADER_CONTENT_TYPE, HEADER_MESSAGE_ID, HEADER_TRACEPARENT, HEADER_TRACESTATE,
+    HEADER_TRANSACTION_ID, RESERVED_PREFIX, StoredRecord,
 };
+use crate::telemetry::traces::TraceContext;
 
 /// The body a target writes for each message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -37,6 +39,9 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// Whether `payload` is JSON (else binary).
     pub payload_is_json: bool,
+    /// The trace context sent with the delivery: the write's, or the delivery
+    /// attempt's own span's when spans are exported.
+    pub trace: Option<TraceContext>,
 }
 
 impl Message {
@@ -61,6 +66,10 @@ impl Message {
                 .collect(),
             payload: record.payload.clone(),
             payload_is_json: record.header(HEADER_CONTENT_TYPE) != Some("application/octet-stream"),
+            trace: TraceContext::parse(
+                record.header(HEADER_TRACEPARENT),
+                record.header(HEADER_TRACESTATE),
+            ),
         }
     }
 

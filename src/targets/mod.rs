@@ -191,6 +191,18 @@ pub enum Target {
 }
 
 impl Target {
+    /// Its `type`, as a pipeline file names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Http(_) => "http",
+            Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
+            #[cfg(feature = "kafka")]
+            Self::Kafka(_) => "kafka",
+        }
+    }
+
     /// The build stage: opens what the target needs. A target type whose delivery is
     /// not available yet is an error here, so its namespace's messages wait in the log.
     pub async fn build(config: &TargetConfig) -> Result<Self, DeliveryError> {

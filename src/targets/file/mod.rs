@@ -124,6 +124,7 @@ mod tests {
             headers: Default::default(),
             payload: payload.to_vec(),
             payload_is_json,
+            trace: None,
         }
     }
 

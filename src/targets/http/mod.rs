@@ -58,6 +58,12 @@ impl HttpTarget {
         for (name, value) in &self.config.headers {
             request = request.header(name, value.expose());
         }
+        if let Some(trace) = &message.trace {
+            request = request.header("traceparent", &trace.traceparent);
+            if let Some(state) = &trace.tracestate {
+                request = request.header("tracestate", state);
+            }
+        }
         if !self.signing_keys.is_empty() {
             let timestamp = crate::message::now_ms() / 1000;
             let signatures =

@@ -80,7 +80,8 @@ impl KafkaTarget {
     }
 
     /// Produces the messages, in order, each with its message id in the
-    /// `wald-message-id` header (for consumers that deduplicate), and waits for every
+    /// `wald-message-id` header (for consumers that deduplicate) and its trace context
+    /// in `traceparent` and `tracestate` when it has one, and waits for every
     /// delivery report. Reports the ones before the first failure delivered.
     pub async fn deliver_batch(
         &self,
@@ -92,10 +93,22 @@ impl KafkaTarget {
             .map(|m| record(self.key.as_ref(), self.value, m))
             .collect();
         let sends = messages.iter().zip(&rendered).map(|(m, (key, value))| {
-            let headers = OwnedHeaders::new().insert(Header {
+            let mut headers = OwnedHeaders::new().insert(Header {
                 key: "wald-message-id",
                 value: Some(m.message_id.as_bytes()),
             });
+            if let Some(trace) = &m.trace {
+                headers = headers.insert(Header {
+                    key: "traceparent",
+                    value: Some(trace.traceparent.as_bytes()),
+                });
+                if let Some(state) = &trace.tracestate {
+                    headers = headers.insert(Header {
+                        key: "tracestate",
+                        value: Some(state.as_bytes()),
+                    });
+                }
+            }
             let mut record = rdkafka::producer::FutureRecord::to(&self.topic)
                 .payload(value)
                 .headers(headers);

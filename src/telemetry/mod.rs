@@ -1,6 +1,8 @@
 //! Logging set-up. `RUST_LOG` filters (default `info`); `log_format = "json"` in
 //! `wald.toml` writes one JSON object per line. Colours only on a terminal.
 
+pub mod traces;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
