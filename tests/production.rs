@@ -835,6 +835,14 @@ async fn a_trace_follows_a_message_from_its_write_to_each_delivery() -> Result {
     }
     let resource = collector.all()[0].1["resourceSpans"][0]["resource"].to_string();
     assert!(resource.contains("wald-test"), "{resource}");
+    let health: serde_json::Value = reqwest::get(server.url("/api/v1/health"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        health["components"]["telemetry"]["state"], "running",
+        "{health}"
+    );
     Ok(())
 }
 

@@ -30,6 +30,9 @@ pub async fn run(service: ServiceConfig) -> anyhow::Result<()> {
     let status = Arc::new(store);
     let state = Arc::new(AppState::new(service.clone(), status.clone()));
     let supervisor = state.supervisor.clone();
+    if let Some(health) = crate::telemetry::traces::health() {
+        supervisor.components.add(health);
+    }
     supervisor.reload("start").await;
     for n in supervisor.running().namespaces.values() {
         let config = &n.pipeline.config;

@@ -21,11 +21,15 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
+    SpanExporter,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::component::Component;
 
 /// `[telemetry]` in `wald.toml`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -62,6 +66,52 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The tracer of exported spans; unset when spans are not exported.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+/// The exporter's health: degraded while exports fail.
+static HEALTH: OnceLock<Component> = OnceLock::new();
+
+/// The health of the span export (the service part `telemetry`), when spans are
+/// exported.
+pub fn health() -> Option<Component> {
+    HEALTH.get().cloned()
+}
+
+/// The OTLP exporter, reporting each export's outcome to the `telemetry` part: an
+/// unreachable collector shows in health and `/metrics` instead of only losing spans.
+struct Reported {
+    inner: opentelemetry_otlp::SpanExporter,
+    url: String,
+    health: Component,
+}
+
+impl std::fmt::Debug for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reported").field("url", &self.url).finish()
+    }
+}
+
+impl SpanExporter for Reported {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        let reported = result
+            .as_ref()
+            .map_err(|e| format!("{spans} spans not exported to {}: {e}", self.url));
+        self.health.report(&reported, false);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
 
 /// The exporter, for shutdown. Dropping it without [`Exporter::shutdown`] loses the
 /// spans not exported yet.
@@ -90,6 +140,13 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<Option<Exporter>> {
         .with_endpoint(url.clone())
         .with_timeout(EXPORT_TIMEOUT)
         .build()?;
+    let health = Component::new(None, "telemetry");
+    let _ = HEALTH.set(health.clone());
+    let exporter = Reported {
+        inner: exporter,
+        url: url.clone(),
+        health,
+    };
     let batches = BatchSpanProcessor::builder(exporter)
         .with_batch_config(
             BatchConfigBuilder::default()
@@ -132,9 +189,10 @@ impl TraceContext {
         // propagator also takes shorter ids); a later version may add fields.
         let fields: Vec<&str> = traceparent.split('-').collect();
         let lengths_hold = fields.len() >= 4
-            && fields.iter().zip([2, 32, 16, 2]).all(|(f, n)| {
-                f.len() == n && f.bytes().all(|b| b.is_ascii_hexdigit())
-            })
+            && fields
+                .iter()
+                .zip([2, 32, 16, 2])
+                .all(|(f, n)| f.len() == n && f.bytes().all(|b| b.is_ascii_hexdigit()))
             && (fields[0] != "00" || fields.len() == 4);
         if !lengths_hold {
             return None;
