@@ -238,7 +238,7 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() -> Res
     let server = start_with(
         dir.path(),
         &format!(
-            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            "[http]\nheader_read_timeout = \"1s\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
             file("tls.crt"),
             file("tls.key"),
             file("ca.crt")
@@ -252,6 +252,12 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() -> Res
     assert!(get_once(&server.address, &without, path).await.is_err());
     let with_other = connector(&server_ca, Some(other_ca.sign()?))?;
     assert!(get_once(&server.address, &with_other, path).await.is_err());
+    // A client that connects and never begins its handshake is cut like one that never
+    // sends its request.
+    let mut idle = tokio::net::TcpStream::connect(&server.address).await?;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await?;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     Ok(())
 }
 
