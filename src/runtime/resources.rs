@@ -25,7 +25,7 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Free space under `data_dir` below which new writes are refused with 503
-    /// `storage_low`. `0` turns the check off. Default: 256MiB.
+    /// `storage_low`. `0` turns the check off. Default: 128MiB.
     pub min_free_disk: ByteSize,
     /// Resident memory above which readiness fails. Default: none (not checked).
     pub max_resident_memory: Option<ByteSize>,
@@ -34,7 +34,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
-            min_free_disk: ByteSize::mib(256),
+            min_free_disk: ByteSize::mib(128),
             max_resident_memory: None,
         }
     }
