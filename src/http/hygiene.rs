@@ -83,11 +83,14 @@ async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// Adds `Connection: close` to an answer given before the request's body was read to
-/// its end. The rest of that body is still on the connection, so the server closes it
-/// after the answer; without the header a client would send its next request on a
-/// connection about to close, and lose it.
+/// Adds `Connection: close` to an HTTP/1 answer given before the request's body was
+/// read to its end. The rest of that body is still on the connection, so the server
+/// closes it after the answer; without the header a client would send its next request
+/// on a connection about to close, and lose it. (HTTP/2 resets the one stream instead.)
 async fn close_when_body_unread(request: Request, next: Next) -> Response {
+    if request.version() >= axum::http::Version::HTTP_2 {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let ended = Arc::new(AtomicBool::new(body.is_end_stream()));
     let body = axum::body::Body::new(Watched {
