@@ -121,7 +121,11 @@ async fn a_full_disk_stalls_delivery_visibly_and_everything_resumes_once_space_i
     std::fs::create_dir_all(&pipes)?;
     let out = dir.path().join("out.jsonl");
     std::fs::write(pipes.join("disk.toml"), open_pipeline("disk", &out))?;
-    let server = Server::start(&pipes, &data, &[]).await?;
+    // The disk itself fills: no margin of free space refuses writes before it does.
+    let config = dir.path().join("wald.toml");
+    std::fs::write(&config, "[health]\nmin_free_disk = 0\n")?;
+    let server =
+        Server::start(&pipes, &data, &["--config", config.to_str().ok_or("path")?]).await?;
     let client = reqwest::Client::new();
 
     // Write until the disk is full: every write is either acknowledged or refused
