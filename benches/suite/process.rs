@@ -76,6 +76,19 @@ pub fn rss_mib(pid: u32) -> crate::Result<f64> {
 
 /// A plain HTTP/1.1 request: the status code.
 pub fn request(address: &str, method: &str, path: &str, body: &str) -> crate::Result<u16> {
+    Ok(exchange(address, method, path, body)?.0)
+}
+
+/// A GET answered 200: its JSON body.
+pub fn get_json(address: &str, path: &str) -> crate::Result<serde_json::Value> {
+    match exchange(address, "GET", path, "")? {
+        (200, body) => Ok(serde_json::from_str(&body)?),
+        (status, body) => Err(format!("GET {path} answered {status}: {body:.200}").into()),
+    }
+}
+
+/// A plain HTTP/1.1 request on a connection of its own: the status code and the body.
+fn exchange(address: &str, method: &str, path: &str, body: &str) -> crate::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -87,11 +100,13 @@ pub fn request(address: &str, method: &str, path: &str, body: &str) -> crate::Re
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
-    answer
+    let status = answer
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {answer:.80}").into())
+        .ok_or_else(|| format!("not an HTTP answer: {answer:.80}"))?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
 }
 
 pub fn get(address: &str, path: &str) -> crate::Result<u16> {

@@ -341,6 +341,11 @@ impl PrivateRedis {
         })
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Empties the server between rounds.
     pub fn flush(&self) -> crate::Result {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;

@@ -1,0 +1,274 @@
+//! Scenario 1 against a peer: durable single writes over HTTP to the real `wald serve`
+//! (the suite's load generator, one request in flight per connection) against a private
+//! Redis with `appendfsync always` (`redis-benchmark -P 1 XADD`, one connection per
+//! client), each acknowledging only after its fsync, at 64 and then 256 connections,
+//! alternated at each; etcd (`/v3/kv/put` over its HTTP gateway, the same load
+//! generator) as a further row where it is installed. CPU per write is each server
+//! process's user and system time over the writes it answered (`/proc/<pid>/stat`);
+//! the load generators' own CPU is not in it.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+
+use crate::load;
+use crate::process::{self, Wald};
+use crate::report::{Goal, Mode, Row, Sample, Table, alternate, median};
+use crate::servers::PrivateRedis;
+
+/// The concurrencies compared, each in a table of its own.
+const CONNECTIONS: [usize; 2] = [64, 256];
+/// Bytes of each payload and each Redis value.
+const PAYLOAD: usize = 256;
+
+pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
+    let scratch = tempfile::tempdir_in(".")?;
+    let pipelines = scratch.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines)?;
+    std::fs::write(
+        pipelines.join("bench.toml"),
+        format!(
+            "namespace = \"bench\"\n[source]\ntype = \"http\"\npublic = true\n\
+             [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"{}\"\n",
+            scratch.path().join("out.jsonl").display()
+        ),
+    )?;
+    let mut wald = Wald::start(&pipelines, &scratch.path().join("data"))?;
+    wald.wait_ready(Duration::from_secs(30))?;
+    let redis = PrivateRedis::start(
+        scratch.path(),
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    )?
+    .ok_or("redis-server or redis-benchmark is missing")?;
+    let etcd = Etcd::start(scratch.path())?;
+    let etcd_installed = etcd.is_some();
+    let body = Bytes::from(format!(
+        "{{\"namespace\":\"bench\",\"payload\":\"{}\"}}",
+        "x".repeat(PAYLOAD - 2)
+    ));
+    let address: std::net::SocketAddr = wald.address.parse()?;
+    let period = Duration::from_secs(mode.seconds);
+    let mut tables = Vec::new();
+    let variants = if etcd.is_some() { 3 } else { 2 };
+    for connections in CONNECTIONS {
+        let mut cpu = vec![Vec::new(); variants];
+        let samples = alternate(mode.rounds, variants, |variant| {
+            // Each round starts once wald has delivered and indexed the rounds before.
+            settle(&wald.address)?;
+            let (sample, per) = match (variant, &etcd) {
+                (0, _) => per_write(wald.child.id(), || {
+                    load::post(
+                        address,
+                        "/api/v1/wal/write",
+                        body.clone(),
+                        connections,
+                        period,
+                    )
+                })?,
+                (1, _) => {
+                    let measured = per_write(redis.pid(), || {
+                        redis.xadd(connections, PAYLOAD, mode.seconds)
+                    })?;
+                    redis.flush()?;
+                    measured
+                }
+                (_, Some(etcd)) => per_write(etcd.child.id(), || {
+                    load::post(
+                        etcd.address,
+                        "/v3/kv/put",
+                        etcd.put.clone(),
+                        connections,
+                        period,
+                    )
+                })?,
+                (_, None) => return Err("no etcd".into()),
+            };
+            cpu[variant].push(per);
+            Ok(sample)
+        })?;
+        let mut samples = samples.into_iter();
+        let mut rows = vec![
+            Row::new(
+                "wald write (wald serve)",
+                "fdatasync before 202",
+                samples.next().unwrap_or_default(),
+            ),
+            Row::new(
+                "Redis XADD, appendfsync always (redis-benchmark -P 1)",
+                "fsync before reply",
+                samples.next().unwrap_or_default(),
+            ),
+        ];
+        if let Some(etcd) = samples.next() {
+            rows.push(Row::new(
+                "etcd put (HTTP gateway)",
+                "fsync before reply",
+                etcd,
+            ));
+        }
+        let cpu: Vec<f64> = cpu.into_iter().map(|c| median(c.into_iter())).collect();
+        let p99 = |row: &Row| median(row.samples.iter().filter_map(|s| s.p99_ms));
+        let (wald_p99, redis_p99) = (p99(&rows[0]), p99(&rows[1]));
+        let notes = vec![
+            format!(
+                "p99: wald {wald_p99:.2} ms, Redis {redis_p99:.2} ms; goal: wald at most Redis + 2 ms ({})",
+                if wald_p99 <= redis_p99 + 2.0 {
+                    "met"
+                } else {
+                    "not met"
+                }
+            ),
+            format!(
+                "CPU per write (median, the server process only): wald {:.1} µs, Redis {:.1} µs{}",
+                cpu[0],
+                cpu[1],
+                cpu.get(2)
+                    .map_or_else(String::new, |c| format!(", etcd {c:.1} µs"))
+            ),
+            if etcd_installed {
+                "etcd is a reference row, with no goal".to_string()
+            } else {
+                "etcd not measured: it is not installed (Debian's etcd-server)".to_string()
+            },
+            "wald's load generator sends HTTP/1.1 POSTs, one in flight per connection; \
+             redis-benchmark sends RESP, one in flight per client"
+                .to_string(),
+        ];
+        tables.push(Table {
+            id: if connections == 64 { "1-redis-64" } else { "1-redis-256" },
+            title: format!(
+                "1. Durable single writes, {connections} connections, {PAYLOAD}-byte payloads, against Redis appendfsync always"
+            ),
+            unit: "writes/s",
+            rows,
+            of: 0,
+            to: 1,
+            goal: Goal::AtLeast(1.0),
+            notes,
+        });
+    }
+    Ok(tables)
+}
+
+/// A private single-member etcd on free ports, data in a directory of its own, killed
+/// when dropped.
+struct Etcd {
+    child: std::process::Child,
+    address: std::net::SocketAddr,
+    /// A `/v3/kv/put` body of a `PAYLOAD`-byte value.
+    put: Bytes,
+}
+
+impl Etcd {
+    /// None when etcd is not installed.
+    fn start(dir: &std::path::Path) -> crate::Result<Option<Self>> {
+        let free = || -> crate::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (client, peer) = (free()?, free()?);
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let Ok(child) = std::process::Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return Ok(None);
+        };
+        let address = format!("127.0.0.1:{client}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !process::get(&address, "/health").is_ok_and(|status| status == 200) {
+            if Instant::now() > deadline {
+                return Err("etcd did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let put = format!(
+            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+            b64(b"wald-bench"),
+            b64(&[b'x'; PAYLOAD])
+        );
+        Ok(Some(Self {
+            child,
+            address: address.parse()?,
+            put: Bytes::from(put),
+        }))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `measure` and divides the CPU process `pid` spent meanwhile by the writes it
+/// answered: the sample and microseconds of CPU per write.
+fn per_write(
+    pid: u32,
+    measure: impl FnOnce() -> crate::Result<Sample>,
+) -> crate::Result<(Sample, f64)> {
+    let before = cpu_seconds(pid)?;
+    let started = Instant::now();
+    let sample = measure()?;
+    let writes = sample.value * started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - before;
+    Ok((sample, cpu * 1e6 / writes.max(1.0)))
+}
+
+/// User and system CPU seconds of process `pid` so far, all its threads.
+fn cpu_seconds(pid: u32) -> crate::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("no command in /proc/<pid>/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// Waits until namespace `bench` of the server at `address` has delivered and indexed
+/// everything written.
+fn settle(address: &str) -> crate::Result {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = process::get_json(address, "/api/v1/wal/namespace/bench/status")?;
+        let lags = status["consumer_groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| g["lag"].as_u64().unwrap_or(1))
+            .chain([status["status_index"]["lag"].as_u64().unwrap_or(1)]);
+        if lags.into_iter().all(|lag| lag == 0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("wald did not catch up: {status}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
