@@ -66,10 +66,13 @@ impl Message {
                 .collect(),
             payload: record.payload.clone(),
             payload_is_json: record.header(HEADER_CONTENT_TYPE) != Some("application/octet-stream"),
-            trace: TraceContext::parse(
-                record.header(HEADER_TRACEPARENT),
-                record.header(HEADER_TRACESTATE),
-            ),
+            // Kept as ingest checked and wrote it: not parsed again for every delivery.
+            trace: record
+                .header(HEADER_TRACEPARENT)
+                .map(|traceparent| TraceContext {
+                    traceparent: traceparent.to_string(),
+                    tracestate: record.header(HEADER_TRACESTATE).map(str::to_string),
+                }),
         }
     }
 
