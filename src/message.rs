@@ -120,5 +120,10 @@ pub fn now_ms() -> u64 {
 
 /// A new time-ordered id (UUID v7): message and transaction ids sort by time.
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    // Encoded into a buffer rather than through `Display`, which writes it piece by piece.
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_string()
 }

@@ -454,6 +454,15 @@ async fn answers_and_write_bodies_are_compressed_and_a_bomb_is_413() -> Result {
             .await?;
         assert_eq!(answer.status(), 202, "{encoding}: {}", answer.text().await?);
     }
+    // A write's answer, a few hundred bytes, is not worth compressing.
+    let answer = client
+        .post(server.url("/api/v1/wal/write"))
+        .header("accept-encoding", "gzip, br")
+        .json(&serde_json::json!({"namespace": "demo", "payload": {"compressed": 4}}))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 202);
+    assert_eq!(answer.headers().get("content-encoding"), None);
     let batch =
         serde_json::json!({"namespace": "demo", "messages": [{"payload": {"compressed": 3}}]});
     let answer = client

@@ -6,6 +6,7 @@
 //! cargo bench -- --full                     full mode: longer rounds, more load, larger logs
 //! cargo bench -- --only 1-http,5            scenarios whose id starts with one of these
 //! cargo bench -- --json results.json        where the JSON goes (default target/bench.json)
+//! WALD_BENCH_BINARY=path cargo bench ...     another build of `wald serve` measured
 //! ```
 //!
 //! Scenarios: 1 HTTP writes (against the same server answering without an append; and

@@ -18,7 +18,7 @@ impl Wald {
             .local_addr()?
             .port();
         let address = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_wald"))
+        let child = Command::new(binary())
             .env_remove("WALD_CONFIG")
             .env("RUST_LOG", "warn")
             .args(["serve", "--listen", &address, "--pipelines"])
@@ -53,6 +53,12 @@ impl Wald {
     pub fn rss_mib(&self) -> crate::Result<f64> {
         rss_mib(self.child.id())
     }
+}
+
+/// The `wald` binary measured: this build's, or the one the environment variable
+/// `WALD_BENCH_BINARY` names, to measure another build against the same baselines.
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("WALD_BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_wald").into())
 }
 
 impl Drop for Wald {

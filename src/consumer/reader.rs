@@ -70,9 +70,10 @@ impl Consumer {
         let result = loop {
             let watermark = in_flight.first().copied().unwrap_or(read_up_to);
             let now = tokio::time::Instant::now();
-            let commit_due = watermark > committed
-                && now >= next_commit
-                && (in_flight.is_empty() || now >= last_commit + COMMIT_EVERY);
+            // At most one commit per `COMMIT_EVERY`, idle or not: each costs two syncs,
+            // which the log's own syncs wait behind.
+            let commit_due =
+                watermark > committed && now >= next_commit.max(last_commit + COMMIT_EVERY);
             if commit_due {
                 // A cursor that cannot be written (a full disk, a broker away) holds
                 // delivery to nothing: it goes on, and the commit is tried again.

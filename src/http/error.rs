@@ -300,15 +300,11 @@ fn code_of_status(status: StatusCode) -> &'static str {
     }
 }
 
-/// Middleware: every error answer is the API's JSON error. An answer of 400 or more
-/// without a JSON body (axum's rejections of a path or query, the API page's assets,
-/// a 405) is given one, with a code from its status and its text as the message; its
-/// headers (`Allow`, `Retry-After`) stay.
-pub async fn json_errors(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(request).await;
+/// Every error answer is the API's JSON error: an answer of 400 or more without a
+/// JSON body (axum's rejections of a path or query, the API page's assets, a 405) is
+/// given one, with a code from its status and its text as the message; its headers
+/// (`Allow`, `Retry-After`) stay.
+pub async fn as_json(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

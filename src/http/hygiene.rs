@@ -23,9 +23,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use http_body::Body as _;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -38,16 +36,22 @@ use crate::service::CorsConfig;
 const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
      img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// `router` with the security headers, CORS and compressed answers.
-pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>, cors: &CorsConfig) -> Router<S> {
-    let router = router
-        .layer(middleware::from_fn(close_when_body_unread))
-        .layer(middleware::from_fn(security_headers))
-        .layer(CompressionLayer::new().gzip(true).br(true));
+/// `router` with CORS for the configured origins (none: browsers then refuse
+/// cross-origin calls).
+pub fn with_cors<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    cors: &CorsConfig,
+) -> Router<S> {
     match cors_layer(cors) {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// The layer that compresses answers (gzip, brotli) for clients that ask; not on the
+/// write routes, whose answers are a few hundred bytes.
+pub fn compress_answers() -> CompressionLayer {
+    CompressionLayer::new().gzip(true).br(true)
 }
 
 /// The layer that decompresses request bodies (`gzip`, `zstd`, `br`); other encodings
@@ -59,10 +63,8 @@ pub fn decompress_requests() -> RequestDecompressionLayer {
         .br(true)
 }
 
-async fn security_headers(request: Request, next: Next) -> Response {
-    let page = is_page(request.uri().path());
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
+/// Sets the security headers on an answer; `page` for the pages a browser renders.
+pub fn secure(headers: &mut HeaderMap, page: bool) {
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -80,16 +82,15 @@ async fn security_headers(request: Request, next: Next) -> Response {
     } else if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    response
 }
 
-/// Adds `Connection: close` to an HTTP/1 answer given before the request's body was
-/// read to its end. The rest of that body is still on the connection, so the server
-/// closes it after the answer; without the header a client would send its next request
-/// on a connection about to close, and lose it. (HTTP/2 resets the one stream instead.)
-async fn close_when_body_unread(request: Request, next: Next) -> Response {
+/// Watches an HTTP/1 request's body: the flag says, once the request is answered,
+/// whether the body was read to its end. An answer given before that must say
+/// `Connection: close` ([`close_if_unread`]). None for HTTP/2, which resets the one
+/// stream instead.
+pub fn watch_body(request: Request) -> (Request, Option<Arc<AtomicBool>>) {
     if request.version() >= axum::http::Version::HTTP_2 {
-        return next.run(request).await;
+        return (request, None);
     }
     let (parts, body) = request.into_parts();
     let ended = Arc::new(AtomicBool::new(body.is_end_stream()));
@@ -97,13 +98,17 @@ async fn close_when_body_unread(request: Request, next: Next) -> Response {
         body,
         ended: ended.clone(),
     });
-    let mut response = next.run(Request::from_parts(parts, body)).await;
-    if !ended.load(Ordering::Acquire) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    (Request::from_parts(parts, body), Some(ended))
+}
+
+/// Adds `Connection: close` to an answer given before its request's body was read to
+/// its end. The rest of that body is still on the connection, so the server closes it
+/// after the answer; without the header a client would send its next request on a
+/// connection about to close, and lose it.
+pub fn close_if_unread(headers: &mut HeaderMap, ended: Option<&AtomicBool>) {
+    if ended.is_some_and(|ended| !ended.load(Ordering::Acquire)) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    response
 }
 
 /// A request body that notes when it has been read to its end.
@@ -137,7 +142,7 @@ impl http_body::Body for Watched {
 }
 
 /// The status page and the API documentation, which a browser renders.
-fn is_page(path: &str) -> bool {
+pub fn is_page(path: &str) -> bool {
     path == "/" || path == "/ui" || path.starts_with("/ui/") || path.starts_with("/api/docs")
 }
 

@@ -24,15 +24,10 @@ use crate::telemetry::metric;
 
 /// Middleware: counts each request by its route (the pattern, not the path) and status.
 pub async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    let mut counts = state.http.0.lock().unwrap_or_else(|e| e.into_inner());
-    *counts
-        .entry((route, response.status().as_u16()))
-        .or_default() += 1;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state.http.count(route, response.status().as_u16());
     response
 }
 
@@ -284,13 +279,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         metric::HTTP_REQUESTS
     );
     let _ = writeln!(out, "# TYPE {} counter", metric::HTTP_REQUESTS);
-    for ((route, status), count) in state
-        .http
-        .0
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
+    for (route, status, count) in state.http.snapshot() {
         let _ = writeln!(
             out,
             "{}{{route=\"{route}\",status=\"{status}\"}} {count}",

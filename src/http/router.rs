@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, middleware};
-use tracing::error;
+use tracing::{Instrument, error};
 
 use super::error::{self, ApiError};
 use super::state::AppState;
@@ -19,15 +20,11 @@ use super::{
 
 /// The API's routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes = Router::new()
-        .route(
-            "/api/v1/wal/write",
-            post(ingest::write).layer(hygiene::decompress_requests()),
-        )
-        .route(
-            "/api/v1/wal/write/batch",
-            post(ingest::write_batch).layer(hygiene::decompress_requests()),
-        )
+    let writes = Router::new()
+        .route("/api/v1/wal/write", post(ingest::write))
+        .route("/api/v1/wal/write/batch", post(ingest::write_batch))
+        .layer(hygiene::decompress_requests());
+    let reads = Router::new()
         .route("/api/v1/wal/namespaces", get(health::namespaces))
         .route(
             "/api/v1/wal/namespace/{namespace}/status",
@@ -66,17 +63,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/health/liveness", get(health::liveness))
         .route("/api/v1/health/readiness", get(health::readiness))
         .merge(openapi::routes())
-        .merge(ui::routes());
-    with_layers(routes, state)
+        .merge(ui::routes())
+        .layer(hygiene::compress_answers());
+    with_layers(writes.merge(reads), state)
 }
 
 /// `routes` behind what every request of the API passes through: metrics by route,
-/// the body limit, the request timeout, panics answered 500, the request id, the
-/// security headers, CORS and compressed answers.
+/// the body limit, panics answered 500, the [`envelope`] and CORS.
 pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
-    let body_limit =
-        usize::try_from(state.service.http.max_body_bytes.bytes()).unwrap_or(usize::MAX);
-    let cors = state.service.http.cors.clone();
+    let http = &state.service.http;
+    let body_limit = usize::try_from(http.max_body_bytes.bytes()).unwrap_or(usize::MAX);
+    let limits = Envelope {
+        request_timeout: http.request_timeout.get(),
+        max_body_bytes: http.max_body_bytes.bytes(),
+    };
+    let cors = http.cors.clone();
     let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -85,37 +86,63 @@ pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Route
             metrics::count,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(
-            state.service.http.request_timeout.get(),
-            limit_time,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.service.http.max_body_bytes.bytes(),
-            refuse_declared_large_bodies,
-        ))
         .layer(catch_panics())
-        .layer(middleware::from_fn(error::json_errors))
-        .layer(middleware::from_fn(request_id::assign));
-    hygiene::layers(routes, &cors).with_state(state)
+        .layer(middleware::from_fn_with_state(limits, envelope));
+    hygiene::with_cors(routes, &cors).with_state(state)
 }
 
-/// Refuses a body whose declared `Content-Length` is over the limit at once, 413,
-/// before any of it is read (the body limit itself counts the bytes as they come, for
-/// a body without a declared length).
-async fn refuse_declared_large_bodies(
-    axum::extract::State(limit): axum::extract::State<u64>,
+/// The limits the [`envelope`] keeps.
+#[derive(Clone, Copy)]
+struct Envelope {
+    request_timeout: std::time::Duration,
+    max_body_bytes: u64,
+}
+
+/// What every request passes through, in this order: it is given its id (the span of
+/// its log lines, its error bodies, `X-Request-Id` on its answer); a body whose
+/// declared `Content-Length` is over the limit is refused at once, 413, before any of
+/// it is read (the body limit itself counts the bytes of a body without one); the
+/// request is answered within `[http] request_timeout`: 504 with "durability unknown"
+/// once a write began its append (it goes on, and its outcome is kept), else 408
+/// (nothing was written; a body that never arrived in full ends here); an error answer
+/// is made JSON; the answer gets the security headers, and `Connection: close` when it
+/// was given before the request's body was read to its end.
+async fn envelope(
+    axum::extract::State(limits): axum::extract::State<Envelope>,
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
+    let id = request_id::of(request.headers());
+    let page = hygiene::is_page(request.uri().path());
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let (mut request, body_read) = hygiene::watch_body(request);
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit => ApiError::BodyTooLarge(limit).into_response(),
-        _ => next.run(request).await,
+    let answer = async move {
+        if declared.is_some_and(|length| length > limits.max_body_bytes) {
+            return ApiError::BodyTooLarge(limits.max_body_bytes).into_response();
+        }
+        let progress = crate::source::WriteProgress::default();
+        request.extensions_mut().insert(progress.clone());
+        let timeout = limits.request_timeout;
+        let response = match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) if progress.appended() => ApiError::TimedOut(timeout.as_secs()).into_response(),
+            Err(_) => ApiError::RequestTimeout(timeout.as_secs()).into_response(),
+        };
+        error::as_json(response).await
+    };
+    let mut response = request_id::scope(id.clone(), answer).instrument(span).await;
+    let headers = response.headers_mut();
+    hygiene::secure(headers, page);
+    hygiene::close_if_unread(headers, body_read.as_deref());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(request_id::HEADER, value);
     }
+    response
 }
 
 /// A handler that panics is a bug; its request is still answered, 500
@@ -133,24 +160,6 @@ fn catch_panics()
         ApiError::Internal.into_response()
     }
     tower_http::catch_panic::CatchPanicLayer::custom(answer as fn(_) -> _)
-}
-
-/// Answers when a request takes longer than `[http] request_timeout`: 504 with
-/// "durability unknown" once a write began its append (it goes on, and its outcome
-/// is kept), else 408 (nothing was written; a body that never arrived in full ends
-/// here).
-async fn limit_time(
-    axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
-    mut request: axum::extract::Request,
-    next: middleware::Next,
-) -> Response {
-    let progress = crate::source::WriteProgress::default();
-    request.extensions_mut().insert(progress.clone());
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) if progress.appended() => ApiError::TimedOut(timeout.as_secs()).into_response(),
-        Err(_) => ApiError::RequestTimeout(timeout.as_secs()).into_response(),
-    }
 }
 
 async fn not_found() -> Response {
@@ -174,7 +183,13 @@ mod tests {
         let app = Router::new()
             .route("/boom", get(boom))
             .layer(catch_panics())
-            .layer(middleware::from_fn(request_id::assign));
+            .layer(middleware::from_fn_with_state(
+                Envelope {
+                    request_timeout: std::time::Duration::from_secs(5),
+                    max_body_bytes: 1024,
+                },
+                envelope,
+            ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });

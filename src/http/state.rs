@@ -1,8 +1,9 @@
 //! What every handler can see: the service's settings, the supervisor with the running
 //! namespaces, the request counters, readiness.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use super::auth;
 use super::error::ApiError;
@@ -70,6 +71,41 @@ impl AppState {
     }
 }
 
-/// Requests answered, by route and status.
+/// Requests answered, by route and status. Counting takes a shared lock and no
+/// allocation once a route has answered with a status before.
 #[derive(Default)]
-pub struct HttpCounters(pub Mutex<BTreeMap<(String, u16), u64>>);
+pub struct HttpCounters(RwLock<HashMap<String, Vec<(u16, AtomicU64)>>>);
+
+impl HttpCounters {
+    /// Counts one answer of `status` on `route`.
+    pub fn count(&self, route: &str, status: u16) {
+        let counted = |routes: &HashMap<String, Vec<(u16, AtomicU64)>>| {
+            let count = routes.get(route)?.iter().find(|(s, _)| *s == status)?;
+            count.1.fetch_add(1, Ordering::Relaxed);
+            Some(())
+        };
+        if counted(&self.0.read().unwrap_or_else(|e| e.into_inner())).is_some() {
+            return;
+        }
+        let mut routes = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if counted(&routes).is_none() {
+            let statuses = routes.entry(route.to_string()).or_default();
+            statuses.push((status, AtomicU64::new(1)));
+        }
+    }
+
+    /// Every count: route, status and answers, in order.
+    pub fn snapshot(&self) -> Vec<(String, u16, u64)> {
+        let routes = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut counts: Vec<_> = routes
+            .iter()
+            .flat_map(|(route, statuses)| {
+                statuses
+                    .iter()
+                    .map(|(status, n)| (route.clone(), *status, n.load(Ordering::Relaxed)))
+            })
+            .collect();
+        counts.sort();
+        counts
+    }
+}
