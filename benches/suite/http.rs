@@ -11,14 +11,27 @@ use axum::body::Bytes;
 use crate::report::{Goal, Mode, Row, Table, alternate};
 use crate::{load, servers};
 
-/// A public namespace delivering to a file in `dir`.
-fn pipeline(dir: &std::path::Path) -> String {
+/// A public namespace delivering to a file in `dir`: scenario 1's pipeline.
+pub fn pipeline(dir: &std::path::Path) -> String {
     format!(
         "namespace = \"bench\"\n[source]\ntype = \"http\"\npublic = true\n\
          [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"{}\"\n",
         dir.join("out.jsonl").display()
     )
 }
+/// Scenario 1's payload: a JSON string of 256 bytes.
+fn payload() -> String {
+    format!("\"{}\"", "x".repeat(254))
+}
+
+/// Scenario 1's single write: its payload to namespace `bench`.
+pub fn single_write() -> Bytes {
+    Bytes::from(format!(
+        "{{\"namespace\":\"bench\",\"payload\":{}}}",
+        payload()
+    ))
+}
+
 /// Messages in one request of the batch route.
 const BATCH: usize = 100;
 
@@ -44,8 +57,8 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         let bare = servers::serve(servers::bare_router()).await?;
         Ok::<_, crate::Error>((state, wald, same, naive, bare))
     })?;
-    let payload = format!("\"{}\"", "x".repeat(254));
-    let single = Bytes::from(format!("{{\"namespace\":\"bench\",\"payload\":{payload}}}"));
+    let payload = payload();
+    let single = single_write();
     let batch = Bytes::from(format!(
         "{{\"namespace\":\"bench\",\"messages\":[{}]}}",
         vec![format!("{{\"payload\":{payload}}}"); BATCH].join(",")

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 
-use crate::load;
 use crate::process::{self, Wald};
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate, median, quantile_ms};
 use crate::servers::PrivateRedis;
+use crate::{http, load};
 
 /// The concurrencies compared, each in a table of its own.
 const CONNECTIONS: [usize; 2] = [64, 256];
@@ -26,14 +26,7 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
     let scratch = tempfile::tempdir_in(".")?;
     let pipelines = scratch.path().join("pipelines");
     std::fs::create_dir_all(&pipelines)?;
-    std::fs::write(
-        pipelines.join("bench.toml"),
-        format!(
-            "namespace = \"bench\"\n[source]\ntype = \"http\"\npublic = true\n\
-             [[target]]\nname = \"out\"\ntype = \"file\"\npath = \"{}\"\n",
-            scratch.path().join("out.jsonl").display()
-        ),
-    )?;
+    std::fs::write(pipelines.join("bench.toml"), http::pipeline(scratch.path()))?;
     let mut wald = Wald::start(&pipelines, &scratch.path().join("data"))?;
     wald.wait_ready(Duration::from_secs(30))?;
     let redis = PrivateRedis::start(
@@ -43,10 +36,7 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
     .ok_or("redis-server or redis-benchmark is missing")?;
     let etcd = Etcd::start(scratch.path())?;
     let nats = Nats::start(scratch.path())?;
-    let body = Bytes::from(format!(
-        "{{\"namespace\":\"bench\",\"payload\":\"{}\"}}",
-        "x".repeat(PAYLOAD - 2)
-    ));
+    let body = http::single_write();
     let address: std::net::SocketAddr = wald.address.parse()?;
     let period = Duration::from_secs(mode.seconds);
     // wald, Redis, then the reference peers that are installed.
