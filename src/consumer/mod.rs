@@ -68,9 +68,8 @@ use crate::targets::Target;
 use breaker::{Breaker, CircuitStatus};
 use pause::Pauses;
 
-/// Shortest time between two commits of a consumer group's cursor (but after a read
-/// that held delayed messages): each costs two syncs, which the log's own syncs wait
-/// behind. A crash delivers again at most what completed in this time.
+/// Longest time completed deliveries wait for their cursor commit while others are
+/// still in flight (each commit costs two syncs).
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
 /// Longest time a target may take to be built (a reload or a start waits for it).
 const BUILD_DEADLINE: Duration = Duration::from_secs(30);

@@ -62,8 +62,6 @@ impl Consumer {
         // A commit that failed is tried again no sooner than this.
         let mut commit_backoff = Backoff::default();
         let mut next_commit = last_commit;
-        // Delayed messages were held since the last commit.
-        let mut held_delayed = false;
         // A read that did not fill a batch waits `linger` before the next one, so that
         // under load each read takes many records rather than one group commit's few.
         let mut next_read = tokio::time::Instant::now();
@@ -72,20 +70,15 @@ impl Consumer {
         let result = loop {
             let watermark = in_flight.first().copied().unwrap_or(read_up_to);
             let now = tokio::time::Instant::now();
-            // At most one commit per `COMMIT_EVERY`, idle or not: each costs two syncs,
-            // which the log's own syncs wait behind. A read that held delayed messages
-            // commits at once: after a crash before its commit they would be read and
-            // held a second time, and delivered twice.
             let commit_due = watermark > committed
                 && now >= next_commit
-                && (held_delayed || now >= last_commit + COMMIT_EVERY);
+                && (in_flight.is_empty() || now >= last_commit + COMMIT_EVERY);
             if commit_due {
                 // A cursor that cannot be written (a full disk, a broker away) holds
                 // delivery to nothing: it goes on, and the commit is tried again.
                 match subscription.commit(watermark).await {
                     Ok(()) => {
                         committed = watermark;
-                        held_delayed = false;
                         self.committed.send_replace(committed);
                         last_commit = tokio::time::Instant::now();
                         next_commit = last_commit;
@@ -154,11 +147,8 @@ impl Consumer {
                         }
                         break Err(BackendError::Unavailable("a delivery lane ended".into()));
                     }
-                    if !delayed.is_empty() {
-                        if self.schedule(delayed).await.is_err() {
-                            break Ok(());
-                        }
-                        held_delayed = true;
+                    if !delayed.is_empty() && self.schedule(delayed).await.is_err() {
+                        break Ok(());
                     }
                     read_up_to = next;
                 }
