@@ -219,9 +219,14 @@ impl Server {
 
     /// Whether a line the server logged so far contains `text`.
     pub fn logged(&self, text: &str) -> bool {
+        self.logged_line(|l| l.contains(text))
+    }
+
+    /// Whether a line the server logged so far is `such`.
+    pub fn logged_line(&self, such: impl Fn(&str) -> bool) -> bool {
         self.log
             .lock()
-            .is_ok_and(|lines| lines.iter().any(|l| l.contains(text)))
+            .is_ok_and(|lines| lines.iter().any(|l| such(l)))
     }
 
     /// Kills the server with SIGKILL and waits for it.

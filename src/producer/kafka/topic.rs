@@ -6,7 +6,10 @@
 //!   some were persisted and others not, the answer is 504 (durability unknown).
 //! - Read: each subscription is one member of the consumer group, with manual commits
 //!   (`enable.auto.commit = false`); a task receives and hands batches over. A commit
-//!   stores, per partition, the offset after the last record done.
+//!   stores, per partition, the offset after the last record done. Partitions move
+//!   between members by the cooperative protocol (`cooperative-sticky`): a member keeps
+//!   reading what it keeps, and commits what is done in a partition before giving it up,
+//!   never after (`Ownership`).
 //! - Delays: a message read before it is due goes to the delay topic, by tiers, and
 //!   comes back from there when due (`delays.rs`); the commit passes it once written.
 //! - DLQ: the records go to partition 0 of the DLQ topic, where replays are claimed and
@@ -17,17 +20,19 @@
 //!   every second makes the producer connect again (it connects only when it has
 //!   something to send), so that writes resume by themselves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -42,6 +47,9 @@ use crate::producer::backend::{
     Subscription, poisoned,
 };
 
+/// How partitions are shared among a group's members; cooperative unless the
+/// pipeline's `options` say otherwise.
+const ASSIGNMENT: &str = "partition.assignment.strategy";
 /// Messages handed over per batch at most.
 const BATCH: usize = 512;
 /// Longest wait between tries of a consumer that fails.
@@ -103,6 +111,9 @@ impl KafkaTopic {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        if !config.options.contains_key(ASSIGNMENT) {
+            consumer_config.set(ASSIGNMENT, "cooperative-sticky");
+        }
         // The delay topic's reader: its own group, and a bounded prefetch.
         let mut delays_config = consumer_config.clone();
         delays_config
@@ -194,22 +205,13 @@ impl Backend for KafkaTopic {
             topic: self.topic.clone(),
         };
         let consumer = Arc::new(Mutex::new(Arc::new(member.join()?)));
-        let held = Arc::new(Mutex::new(BTreeMap::new()));
         let (batches, incoming) = mpsc::channel(2);
         info!(topic = %self.topic, group, "Reading the Kafka topic.");
-        let task = tokio::spawn(read(
-            member,
-            consumer.clone(),
-            held.clone(),
-            self.down.clone(),
-            batches,
-        ));
+        let task = tokio::spawn(read(member, consumer.clone(), self.down.clone(), batches));
         Ok(Box::new(TopicSubscription {
             consumer,
             topic: self.topic.clone(),
             handed: Handed::new(incoming),
-            held,
-            done_up_to: HashMap::new(),
             task,
         }))
     }
@@ -368,25 +370,99 @@ struct Member {
 }
 
 impl Member {
-    fn join(&self) -> Result<StreamConsumer, BackendError> {
-        let consumer: StreamConsumer = self.config.create().map_err(unavailable)?;
+    /// A new member, with nothing read yet: it reads from the group's commits.
+    fn join(&self) -> Result<GroupConsumer, BackendError> {
+        let context = Rebalances {
+            topic: self.topic.clone(),
+            ownership: Mutex::default(),
+        };
+        let consumer: GroupConsumer = self
+            .config
+            .create_with_context(context)
+            .map_err(unavailable)?;
         consumer.subscribe(&[&self.topic]).map_err(unavailable)?;
         Ok(consumer)
     }
 }
 
+type GroupConsumer = StreamConsumer<Rebalances>;
+
 /// The member a subscription reads and commits as; replaced when it fails for long.
-type Current = Arc<Mutex<Arc<StreamConsumer>>>;
+type Current = Arc<Mutex<Arc<GroupConsumer>>>;
+
+/// The partitions a member reads, and what it read and did in them. A partition given
+/// up is forgotten: its records still being delivered are not committed by this member
+/// (the next reader delivers them again from the last commit, as at-least-once allows),
+/// so that a commit never moves another member's offset back.
+#[derive(Default)]
+struct Ownership {
+    assigned: BTreeSet<i32>,
+    /// Partition and offset of each record read and not yet committed, by number.
+    held: BTreeMap<u64, (i32, i64)>,
+    /// Per partition, the offset after the last record done.
+    done_up_to: HashMap<i32, i64>,
+}
+
+impl Ownership {
+    /// What is done, to commit, in partitions still assigned.
+    fn done(&self, topic: &str, partitions: impl Fn(i32) -> bool) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &up_to) in &self.done_up_to {
+            if partitions(partition) {
+                let _ = list.add_partition_offset(topic, partition, Offset::Offset(up_to));
+            }
+        }
+        list
+    }
+}
+
+/// A member's [`Ownership`], kept in step with the group's rebalances.
+struct Rebalances {
+    topic: String,
+    ownership: Mutex<Ownership>,
+}
+
+impl ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    /// Before partitions go: commits what is done in them, then forgets them.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let gone: BTreeSet<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        let Ok(mut ownership) = self.ownership.lock() else {
+            return;
+        };
+        let done = ownership.done(&self.topic, |p| gone.contains(&p));
+        if done.count() > 0
+            && let Err(e) = consumer.commit(&done, CommitMode::Sync)
+        {
+            warn!(topic = %self.topic, error = %e, "Offsets of partitions given up not committed; what they cover may be delivered again.");
+        }
+        ownership.assigned.retain(|p| !gone.contains(p));
+        ownership.done_up_to.retain(|p, _| !gone.contains(p));
+        ownership.held.retain(|_, (p, _)| !gone.contains(p));
+        info!(topic = %self.topic, partitions = ?gone, "Kafka partitions given up.");
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(added) = rebalance else {
+            return;
+        };
+        let added: BTreeSet<i32> = added.elements().iter().map(|e| e.partition()).collect();
+        if let Ok(mut ownership) = self.ownership.lock() {
+            ownership.assigned.extend(&added);
+            info!(topic = %self.topic, partitions = ?added, reading = ?ownership.assigned, "Kafka partitions assigned.");
+        }
+    }
+}
 
 /// One member of the consumer group.
 struct TopicSubscription {
     consumer: Current,
     topic: String,
     handed: Handed,
-    /// Partition and offset of each record read and not yet committed, by number.
-    held: Arc<Mutex<BTreeMap<u64, (i32, i64)>>>,
-    /// Per partition, the offset after the last record done.
-    done_up_to: HashMap<i32, i64>,
     task: JoinHandle<()>,
 }
 
@@ -406,34 +482,31 @@ impl Subscription for TopicSubscription {
         self.handed.position()
     }
 
-    /// Commits, per partition, the offset after the last record done. A failed commit (a rebalance took the
-    /// partition away) is left: whoever reads the partition next delivers again from
-    /// the last commit, which at-least-once allows.
+    /// Commits, per partition still assigned, the offset after the last record done.
+    /// The ownership stays locked until the commit is made, so that a rebalance cannot
+    /// take a partition away in between. A failed commit is left: whoever reads the
+    /// partition next delivers again from the last commit, which at-least-once allows.
     async fn commit(&mut self, next_offset: u64) -> Result<(), BackendError> {
-        let done = {
-            let mut held = self.held.lock().map_err(|_| poisoned())?;
-            let rest = held.split_off(&next_offset);
-            std::mem::replace(&mut *held, rest)
-        };
-        for (partition, offset) in done.into_values() {
-            let up_to = self.done_up_to.entry(partition).or_insert(0);
-            *up_to = (*up_to).max(offset + 1);
-        }
-        let mut list = TopicPartitionList::new();
-        for (&partition, &up_to) in &self.done_up_to {
-            list.add_partition_offset(&self.topic, partition, Offset::Offset(up_to))
-                .map_err(unavailable)?;
-        }
-        if list.count() == 0 {
-            return Ok(());
-        }
         let consumer = self.consumer.lock().map_err(|_| poisoned())?.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
-        if let Ok(Err(e)) = committed {
-            warn!(topic = %self.topic, error = %e, "Offsets not committed; what they cover may be delivered again.");
-        }
-        Ok(())
+        let topic = self.topic.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let mut ownership = consumer.context().ownership.lock().map_err(|_| poisoned())?;
+            let rest = ownership.held.split_off(&next_offset);
+            let done = std::mem::replace(&mut ownership.held, rest);
+            for (partition, offset) in done.into_values() {
+                let up_to = ownership.done_up_to.entry(partition).or_insert(0);
+                *up_to = (*up_to).max(offset + 1);
+            }
+            let list = ownership.done(&topic, |p| ownership.assigned.contains(&p));
+            if list.count() > 0
+                && let Err(e) = consumer.commit(&list, CommitMode::Sync)
+            {
+                warn!(%topic, error = %e, "Offsets not committed; what they cover may be delivered again.");
+            }
+            Ok(())
+        })
+        .await;
+        committed.map_err(|e| BackendError::Unavailable(format!("committing offsets: {e}")))?
     }
 }
 
@@ -445,7 +518,6 @@ impl Subscription for TopicSubscription {
 async fn read(
     member: Member,
     current: Current,
-    held: Arc<Mutex<BTreeMap<u64, (i32, i64)>>>,
     down: LastError,
     batches: mpsc::Sender<Vec<StoredRecord>>,
 ) {
@@ -490,10 +562,15 @@ async fn read(
             }
         }
         let mut records = Vec::with_capacity(received.len());
-        if let Ok(mut held) = held.lock() {
+        if let Ok(mut ownership) = consumer.context().ownership.lock() {
             for (mut record, partition, offset) in received {
+                // Of a partition given up while the batch was read: its next reader
+                // delivers it.
+                if !ownership.assigned.contains(&partition) {
+                    continue;
+                }
                 record.offset = next_seq;
-                held.insert(next_seq, (partition, offset));
+                ownership.held.insert(next_seq, (partition, offset));
                 next_seq += 1;
                 records.push(record);
             }
@@ -507,7 +584,7 @@ async fn read(
 /// Puts `fresh` in the place of the current consumer. Dropping a consumer blocks until
 /// it has left the group, which after an outage can take long or not end: the old one
 /// is dropped on a blocking thread, so that the reader goes on with the new member.
-fn replace_consumer(current: &Current, fresh: StreamConsumer, topic: &str) {
+fn replace_consumer(current: &Current, fresh: GroupConsumer, topic: &str) {
     let Ok(old) = current
         .lock()
         .map(|mut current| std::mem::replace(&mut *current, Arc::new(fresh)))
