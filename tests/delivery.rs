@@ -338,6 +338,86 @@ async fn a_delayed_message_is_never_early_and_survives_sigkill() -> Result {
     Ok(())
 }
 
+/// The delayed messages' reader passes over every message that is not delayed: it
+/// commits what it passed at most every 50 ms (each commit is two syncs), not after
+/// each read as a reader that handed messages on does. Killed before such a commit, it
+/// passes them over again after the restart: it holds none, and catches up.
+#[tokio::test]
+async fn a_reader_that_only_passes_messages_over_commits_at_a_pace() -> Result {
+    let hook_state = Hook::default();
+    let url = start_hook(hook_state.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let pipes = dir.path().join("pipelines");
+    let data = dir.path().join("data");
+    pipeline(&pipes, &url, &dir.path().join("out/audit.jsonl"))?;
+    // Writes answered once written (a SIGKILL loses none of them: the kernel has them),
+    // so that they come faster than one per 50 ms.
+    let file = pipes.join("shop.toml");
+    let with_producer =
+        std::fs::read_to_string(&file)? + "[producer]\ntype = \"embedded\"\nsync = \"interval\"\n";
+    std::fs::write(&file, with_producer)?;
+    let server = Server::start(&pipes, &data, &[]).await?;
+    let status = |server: &Server| {
+        let url = server.url("/api/v1/wal/namespace/shop/status");
+        async move { Ok::<Value, Box<dyn std::error::Error>>(reqwest::get(url).await?.json().await?) }
+    };
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    for n in 0..60 {
+        let response = client
+            .post(server.url("/api/v1/wal/write"))
+            .json(&json!({"namespace": "shop", "payload": {"kind": "steady", "n": n}}))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 202);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let shown = status(&server).await?;
+    let elapsed = started.elapsed();
+    let commits = shown["delays_reader"]["commits"]
+        .as_u64()
+        .ok_or("commits")?;
+    // A read every few milliseconds (the reader's linger is 5 ms): a commit after
+    // each read would be several per 50 ms. One more for the cursor the reader's group
+    // was given when delivery started.
+    let most = elapsed.as_millis() as u64 / 50 + 3;
+    assert!(commits <= most, "{commits} commits in {elapsed:?}: {shown}");
+    let hook_position = shown["targets"]
+        .as_array()
+        .and_then(|targets| targets.iter().find(|t| t["name"] == "hook"))
+        .map(|t| &t["position"]);
+    assert!(
+        hook_position.and_then(|p| p["commits"].as_u64()) > Some(0),
+        "{shown}"
+    );
+    server.kill().await?;
+    let server = Server::start(&pipes, &data, &[]).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = status(&server).await?;
+        let delivered: std::collections::BTreeSet<u64> = hook_state
+            .calls
+            .lock()
+            .map_err(|_| "lock")?
+            .iter()
+            .filter(|c| c.ok)
+            .filter_map(|c| c.body["payload"]["n"].as_u64())
+            .collect();
+        if delivered.len() == 60 && shown["delays_reader"]["lag"] == 0 {
+            assert_eq!(shown["delayed_pending"], 0, "{shown}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} delivered: {shown}",
+            delivered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(server.child).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn postgres_rows_are_written_by_named_fields_and_survive_killed_connections() -> Result {
     if !common::service_available("Postgres", "127.0.0.1:5432") {

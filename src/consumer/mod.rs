@@ -69,7 +69,10 @@ use breaker::{Breaker, CircuitStatus};
 use pause::Pauses;
 
 /// Longest time completed deliveries wait for their cursor commit while others are
-/// still in flight (each commit costs two syncs).
+/// still in flight, and reads that only passed messages over (a target's reader
+/// passing delayed ones, the delayed messages' reader the rest) wait for theirs. Each
+/// commit costs two syncs; a read that handed messages on commits as soon as nothing
+/// is in flight.
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
 /// Longest time a target may take to be built (a reload or a start waits for it).
 const BUILD_DEADLINE: Duration = Duration::from_secs(30);

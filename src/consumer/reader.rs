@@ -56,6 +56,10 @@ impl Consumer {
         drop(outcomes_tx);
         helpers.spawn(self.clone().record_outcomes(outcomes_rx, done_tx));
         let mut in_flight = BTreeSet::new();
+        // Whether a message read since the last commit went to a lane or was held as
+        // delayed; if not, the reads since only passed messages over, which reading
+        // them again after a crash passes over again.
+        let mut handed_on = false;
         let mut read_up_to = subscription.position();
         let mut committed = read_up_to;
         let mut last_commit = tokio::time::Instant::now();
@@ -72,13 +76,14 @@ impl Consumer {
             let now = tokio::time::Instant::now();
             let commit_due = watermark > committed
                 && now >= next_commit
-                && (in_flight.is_empty() || now >= last_commit + COMMIT_EVERY);
+                && ((handed_on && in_flight.is_empty()) || now >= last_commit + COMMIT_EVERY);
             if commit_due {
                 // A cursor that cannot be written (a full disk, a broker away) holds
                 // delivery to nothing: it goes on, and the commit is tried again.
                 match subscription.commit(watermark).await {
                     Ok(()) => {
                         committed = watermark;
+                        handed_on = false;
                         self.committed.send_replace(committed);
                         last_commit = tokio::time::Instant::now();
                         next_commit = last_commit;
@@ -135,6 +140,7 @@ impl Consumer {
                         }
                         let lane = self.lane_of(&record, next_lane);
                         in_flight.insert(record.offset);
+                        handed_on = true;
                         // Waits while the lane is full: the backlog stays on disk.
                         if lanes[lane].send(record).await.is_err() {
                             lost_lane = true;
@@ -147,8 +153,11 @@ impl Consumer {
                         }
                         break Err(BackendError::Unavailable("a delivery lane ended".into()));
                     }
-                    if !delayed.is_empty() && self.schedule(delayed).await.is_err() {
-                        break Ok(());
+                    if !delayed.is_empty() {
+                        if self.schedule(delayed).await.is_err() {
+                            break Ok(());
+                        }
+                        handed_on = true;
                     }
                     read_up_to = next;
                 }

@@ -224,7 +224,10 @@ async fn status_of(namespace: &Namespace) -> serde_json::Value {
     if let Ok(Some(positions)) = backend.positions().await {
         let mut groups = Vec::new();
         for position in positions.groups {
-            let shown = json!({ "next_offset": position.next_offset, "lag": position.lag });
+            let mut shown = json!({ "next_offset": position.next_offset, "lag": position.lag });
+            if let Some(commits) = position.commits {
+                shown["commits"] = json!(commits);
+            }
             // A target's own group shows as that target's position; the delayed
             // messages' reader and the status index as themselves.
             match crate::message::target_of_group(&position.group) {

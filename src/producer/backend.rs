@@ -232,6 +232,9 @@ pub struct GroupPosition {
     pub next_offset: u64,
     /// Records written and not read by it yet, where the backend can tell.
     pub lag: Option<u64>,
+    /// Commits of its position since the process started, where the backend counts
+    /// them (the embedded log, where each costs two syncs).
+    pub commits: Option<u64>,
 }
 
 /// A queue's counts, approximate as the queue gives them.

@@ -2,9 +2,11 @@
 //! group, replaced atomically (write a temporary file, sync it, rename it over the old
 //! one, sync the directory) so that a crash leaves either the old or the new cursor.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::error::LogError;
 use super::format;
@@ -13,13 +15,18 @@ use super::format;
 #[derive(Debug, Clone)]
 pub struct CursorStore {
     dir: PathBuf,
+    /// Cursors stored per group since the log was opened.
+    commits: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl CursorStore {
     pub fn open(dir: PathBuf) -> Result<Self, LogError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| LogError::io("creating the cursor directory", &dir, e))?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            commits: Arc::default(),
+        })
     }
 
     fn path(&self, group: &str) -> PathBuf {
@@ -64,7 +71,18 @@ impl CursorStore {
     pub fn store(&self, group: &str, next_offset: u64) -> Result<(), LogError> {
         check_group(group)?;
         let path = self.path(group);
-        write_atomically(&path, &format::encode_cursor(next_offset))
+        write_atomically(&path, &format::encode_cursor(next_offset))?;
+        if let Ok(mut commits) = self.commits.lock() {
+            *commits.entry(group.to_string()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// How many times the group's cursor was stored since the log was opened.
+    pub fn commits(&self, group: &str) -> u64 {
+        self.commits
+            .lock()
+            .map_or(0, |commits| commits.get(group).copied().unwrap_or(0))
     }
 
     /// Forgets the group's cursor, so that it holds nothing back; a group without one

@@ -294,6 +294,11 @@ impl Log {
         self.shared.cursors.all()
     }
 
+    /// How many times `group` committed its cursor since the log was opened.
+    pub fn cursor_commits(&self, group: &str) -> u64 {
+        self.shared.cursors.commits(group)
+    }
+
     /// A consumer group's next offset: its committed cursor, else the oldest record.
     pub fn cursor(&self, group: &str) -> Result<u64, LogError> {
         Ok(self

@@ -262,6 +262,7 @@ impl Backend for Embedded {
         let groups = cursors
             .into_iter()
             .map(|(group, next_offset)| GroupPosition {
+                commits: Some(self.0.log.cursor_commits(&group)),
                 group,
                 next_offset,
                 lag: Some(next.saturating_sub(next_offset)),

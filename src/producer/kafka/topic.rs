@@ -285,6 +285,7 @@ impl Backend for KafkaTopic {
                     group,
                     next_offset,
                     lag: Some(lag),
+                    commits: None,
                 }],
                 dlq_depth,
                 delayed_pending: Some(delayed),

@@ -382,6 +382,7 @@ impl Backend for RedisStreams {
                     next_offset: g.entries_read.unwrap_or(0) as u64,
                     lag: g.lag.map(|lag| (lag + g.pending) as u64),
                     group: g.name,
+                    commits: None,
                 })
                 .collect()
         } else {
