@@ -305,14 +305,24 @@ async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_f
     Ok(())
 }
 
+/// A webhook, and in a new directory the `shop` pipeline (`pipelines/`) delivering to
+/// it and to `out/audit.jsonl`.
+async fn shop() -> Result<(Hook, tempfile::TempDir)> {
+    let hook = Hook::default();
+    let url = start_hook(hook.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    pipeline(
+        &dir.path().join("pipelines"),
+        &url,
+        &dir.path().join("out/audit.jsonl"),
+    )?;
+    Ok((hook, dir))
+}
+
 #[tokio::test]
 async fn a_delayed_message_is_never_early_and_survives_sigkill() -> Result {
-    let hook_state = Hook::default();
-    let url = start_hook(hook_state.clone()).await?;
-    let dir = tempfile::tempdir()?;
-    let pipes = dir.path().join("pipelines");
-    let data = dir.path().join("data");
-    pipeline(&pipes, &url, &dir.path().join("out/audit.jsonl"))?;
+    let (hook_state, dir) = shop().await?;
+    let (pipes, data) = (dir.path().join("pipelines"), dir.path().join("data"));
     let server = Server::start(&pipes, &data, &[]).await?;
     let written = write(
         &server,
@@ -344,12 +354,8 @@ async fn a_delayed_message_is_never_early_and_survives_sigkill() -> Result {
 /// passes them over again after the restart: it holds none, and catches up.
 #[tokio::test]
 async fn a_reader_that_only_passes_messages_over_commits_at_a_pace() -> Result {
-    let hook_state = Hook::default();
-    let url = start_hook(hook_state.clone()).await?;
-    let dir = tempfile::tempdir()?;
-    let pipes = dir.path().join("pipelines");
-    let data = dir.path().join("data");
-    pipeline(&pipes, &url, &dir.path().join("out/audit.jsonl"))?;
+    let (hook_state, dir) = shop().await?;
+    let (pipes, data) = (dir.path().join("pipelines"), dir.path().join("data"));
     // Writes answered once written (a SIGKILL loses none of them: the kernel has them),
     // so that they come faster than one per 50 ms.
     let file = pipes.join("shop.toml");
