@@ -405,7 +405,7 @@ struct Ownership {
 }
 
 impl Ownership {
-    /// What is done, to commit, in partitions still assigned.
+    /// The offsets to commit for what is done in the partitions `partitions` picks.
     fn done(&self, topic: &str, partitions: impl Fn(i32) -> bool) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
         for (&partition, &up_to) in &self.done_up_to {
