@@ -222,9 +222,11 @@ async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> R
     };
     let hook_url = start_hook(hook.clone()).await?;
     let pipes = dir.path().join("pipelines");
-    // A short session, so that the dead member's partitions move on quickly.
+    // A short session, so that the dead member's partitions move on quickly; the
+    // cooperative strategy (the other Kafka tests use librdkafka's default, eager).
     let options = format!(
-        "[producer.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n{}",
+        "[producer.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         \"partition.assignment.strategy\" = \"cooperative-sticky\"\n{}",
         common::Tansu::OPTIONS
     );
     pipeline(
@@ -236,7 +238,11 @@ async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> R
             "[[target]]\nname = \"out\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"delivered\"\n"
         ),
     )?;
-    let _ = two_instances_lose_nothing(&pipes, dir.path(), &hook).await?;
+    let log = two_instances_lose_nothing(&pipes, dir.path(), &hook).await?;
+    // Cooperative: the survivor kept reading its partitions and took the dead one's on
+    // top, never giving any up.
+    assert!(log.contains("reading={0, 1, 2, 3}"), "{log}");
+    assert!(!log.contains("Kafka partitions given up"), "{log}");
 
     // The Kafka target produced every message too.
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()

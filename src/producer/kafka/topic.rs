@@ -6,10 +6,9 @@
 //!   some were persisted and others not, the answer is 504 (durability unknown).
 //! - Read: each subscription is one member of the consumer group, with manual commits
 //!   (`enable.auto.commit = false`); a task receives and hands batches over. A commit
-//!   stores, per partition, the offset after the last record done. Partitions move
-//!   between members by the cooperative protocol (`cooperative-sticky`): a member keeps
-//!   reading what it keeps, and commits what is done in a partition before giving it up,
-//!   never after (`Ownership`).
+//!   stores, per partition, the offset after the last record done. A member commits
+//!   what is done in a partition before giving it up in a rebalance, and never after
+//!   (`Ownership`), whichever assignment strategy the group uses.
 //! - Delays: a message read before it is due goes to the delay topic, by tiers, and
 //!   comes back from there when due (`delays.rs`); the commit passes it once written.
 //! - DLQ: the records go to partition 0 of the DLQ topic, where replays are claimed and
@@ -47,9 +46,6 @@ use crate::producer::backend::{
     Subscription, poisoned,
 };
 
-/// How partitions are shared among a group's members; cooperative unless the
-/// pipeline's `options` say otherwise.
-const ASSIGNMENT: &str = "partition.assignment.strategy";
 /// Messages handed over per batch at most.
 const BATCH: usize = 512;
 /// Longest wait between tries of a consumer that fails.
@@ -111,9 +107,6 @@ impl KafkaTopic {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
-        if !config.options.contains_key(ASSIGNMENT) {
-            consumer_config.set(ASSIGNMENT, "cooperative-sticky");
-        }
         // The delay topic's reader: its own group, and a bounded prefetch.
         let mut delays_config = consumer_config.clone();
         delays_config
