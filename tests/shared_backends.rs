@@ -261,12 +261,6 @@ async fn two_instances_share_a_kafka_topic_and_a_killed_one_loses_nothing() -> R
     Ok(())
 }
 
-/// Two instances on the pipeline in `pipes` (on a shared backend): 20 messages the
-/// webhook refuses are dead-lettered, listed through the first, and replayed through
-/// both at once once the webhook takes them: each is delivered once, and every entry
-/// is listed as replayed (but on SQS, a queue, which lets them go). The namespace's
-/// status shows what the backend `kind` (`redis`, `kafka`, `tansu`, `sqs`) can tell of
-/// the DLQ and the delivery group.
 /// Waits until `server`'s member of a Kafka consumer group has been assigned partitions.
 async fn reading_partitions(server: &Server) -> Result {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -279,6 +273,12 @@ async fn reading_partitions(server: &Server) -> Result {
     Ok(())
 }
 
+/// Two instances on the pipeline in `pipes` (on a shared backend): 20 messages the
+/// webhook refuses are dead-lettered, listed through the first, and replayed through
+/// both at once once the webhook takes them: each is delivered once, and every entry
+/// is listed as replayed (but on SQS, a queue, which lets them go). The namespace's
+/// status shows what the backend `kind` (`redis`, `kafka`, `tansu`, `sqs`) can tell of
+/// the DLQ and the delivery group.
 async fn dlq_replayed_through_two_instances_once(dir: &Path, hook: &Hook, kind: &str) -> Result {
     let keeps_replayed = kind != "sqs";
     let pipes = dir.join("pipelines");

@@ -19,6 +19,7 @@ pub fn pipeline(dir: &std::path::Path) -> String {
         dir.join("out.jsonl").display()
     )
 }
+
 /// Scenario 1's payload: a JSON string of 256 bytes.
 fn payload() -> String {
     format!("\"{}\"", "x".repeat(254))
