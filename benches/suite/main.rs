@@ -11,7 +11,7 @@
 //!
 //! Scenarios: 1 HTTP writes (against the same server answering without an append; and
 //! the real binary against Redis with `appendfsync always` at 64 and 256 connections,
-//! etcd and NATS JetStream beside), 2 the log engine alone, 3 the batch route, 4 end to
+//! beside the ceilings of three designs, etcd and NATS JetStream), 2 the log engine alone, 3 the batch route, 4 end to
 //! end to Postgres, 5 the shared backends (Redis Streams against redis-benchmark; Kafka
 //! and SQS functional figures), 6 reloads, 7 memory, 8 start-up and recovery, 9 a
 //! target's health (healing after an outage with and without the breaker; rate
@@ -21,6 +21,7 @@
 //! go on. Results, with how to read them, are in `docs/benchmarks.md`.
 
 mod backends;
+mod ceiling;
 mod delays;
 mod dlq;
 mod http;
@@ -83,6 +84,13 @@ fn main() -> Result {
         return startup::fill(
             &PathBuf::from(&args[1]),
             args.get(2).ok_or("--fill DIR BYTES")?.parse()?,
+        );
+    }
+    if args.first().map(String::as_str) == Some("--ceiling-server") {
+        let usage = "--ceiling-server DIR hand|axum|writer-thread";
+        return ceiling::serve(
+            PathBuf::from(args.get(1).ok_or(usage)?),
+            args.get(2).ok_or(usage)?,
         );
     }
     if args.first().map(String::as_str) == Some("--bare-server") {

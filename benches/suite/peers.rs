@@ -2,16 +2,20 @@
 //! (the suite's load generator, one request in flight per connection) against a private
 //! Redis with `appendfsync always` (`redis-benchmark -P 1 XADD`, one connection per
 //! client), each acknowledging only after its fsync, at 64 and then 256 connections,
-//! alternated at each; etcd (`/v3/kv/put` over its HTTP gateway, the same load
+//! alternated at each; the ceilings of three designs (`ceiling.rs`, the same load
+//! generator), etcd (`/v3/kv/put` over its HTTP gateway, the same load
 //! generator) and NATS JetStream (a private `nats-server` with `sync_interval: always`,
 //! async-nats publishers awaiting each ack) as further rows where they are installed.
 //! CPU per write is each server process's user and system time over the writes it
-//! answered (`/proc/<pid>/stat`); the load generators' own CPU is not in it.
+//! answered (`/proc/<pid>/stat`); the load generators' CPU per write (this process,
+//! or the redis-benchmark it waited for) is reported beside it, since they share the
+//! server's cores.
 
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 
+use crate::ceiling::{Ceiling, Design};
 use crate::process::{self, Wald};
 use crate::report::{Goal, Mode, Row, Sample, Table, alternate, median, quantile_ms};
 use crate::servers::PrivateRedis;
@@ -34,15 +38,21 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
         &["--appendonly", "yes", "--appendfsync", "always"],
     )?
     .ok_or("redis-server or redis-benchmark is missing")?;
+    let ceilings = Design::ALL
+        .into_iter()
+        .map(|design| Ceiling::start(scratch.path(), design))
+        .collect::<crate::Result<Vec<_>>>()?;
     let etcd = Etcd::start(scratch.path())?;
     let nats = Nats::start(scratch.path())?;
     let body = http::single_write();
     let address: std::net::SocketAddr = wald.address.parse()?;
     let period = Duration::from_secs(mode.seconds);
-    // wald, Redis, then the reference peers that are installed.
-    let peers: Vec<Peer> = [etcd.as_ref().map(Peer::Etcd), nats.as_ref().map(Peer::Nats)]
-        .into_iter()
-        .flatten()
+    // wald, Redis, the ceiling, then the reference peers that are installed.
+    let peers: Vec<Peer> = ceilings
+        .iter()
+        .map(Peer::Ceiling)
+        .chain(etcd.as_ref().map(Peer::Etcd))
+        .chain(nats.as_ref().map(Peer::Nats))
         .collect();
     let variants = 2 + peers.len();
     let mut tables = Vec::new();
@@ -69,6 +79,15 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
                     measured
                 }
                 _ => match peers[variant - 2] {
+                    Peer::Ceiling(ceiling) => per_write(ceiling.pid(), || {
+                        load::post(
+                            ceiling.address,
+                            "/api/v1/wal/write",
+                            body.clone(),
+                            connections,
+                            period,
+                        )
+                    })?,
                     Peer::Etcd(etcd) => per_write(etcd.child.id(), || {
                         load::post(
                             etcd.address,
@@ -100,16 +119,25 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
             ),
         ];
         for (peer, sample) in peers.iter().zip(samples) {
-            rows.push(Row::new(peer.name(), "fsync before reply", sample));
+            rows.push(Row::new(peer.name(), peer.durability(), sample));
         }
-        let cpu: Vec<f64> = cpu.into_iter().map(|c| median(c.into_iter())).collect();
+        let load: Vec<f64> = cpu
+            .iter()
+            .map(|c| median(c.iter().map(|c| c.load)))
+            .collect();
+        let cpu: Vec<f64> = cpu
+            .into_iter()
+            .map(|c| median(c.into_iter().map(|c| c.server)))
+            .collect();
         let p99 = |row: &Row| median(row.samples.iter().filter_map(|s| s.p99_ms));
         let (wald_p99, redis_p99) = (p99(&rows[0]), p99(&rows[1]));
-        let peers_cpu: String = peers
-            .iter()
-            .zip(&cpu[2..])
-            .map(|(peer, cpu)| format!(", {} {cpu:.1} µs", peer.short()))
-            .collect();
+        let peers_cpu = |cpu: &[f64]| -> String {
+            peers
+                .iter()
+                .zip(&cpu[2..])
+                .map(|(peer, cpu)| format!(", {} {cpu:.1} µs", peer.short()))
+                .collect()
+        };
         let mut notes = vec![
             format!(
                 "p99: wald {wald_p99:.2} ms, Redis {redis_p99:.2} ms; goal: wald at most Redis + 2 ms ({})",
@@ -120,10 +148,25 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
                 }
             ),
             format!(
-                "CPU per write (median, the server process only): wald {:.1} µs, Redis {:.1} µs{peers_cpu}",
-                cpu[0], cpu[1],
+                "CPU per write (median, the server process only): wald {:.1} µs, Redis {:.1} µs{}",
+                cpu[0],
+                cpu[1],
+                peers_cpu(&cpu),
             ),
-            "etcd and NATS are reference rows, with no goal".to_string(),
+            format!(
+                "CPU per write of the load generator, on the same two cores: wald's {:.1} µs, redis-benchmark {:.1} µs{}",
+                load[0],
+                load[1],
+                peers_cpu(&load),
+            ),
+            format!(
+                "ceilings (the least a durable write over HTTP costs in each design, `ceiling.rs`) / Redis: thread-per-core {:.2} hand-written, {:.2} on axum; axum with a writer thread, as wald, {:.2}; wald / that last ceiling = {:.2}",
+                rows[2].median() / rows[1].median().max(1.0),
+                rows[3].median() / rows[1].median().max(1.0),
+                rows[4].median() / rows[1].median().max(1.0),
+                rows[0].median() / rows[4].median().max(1.0),
+            ),
+            "the ceiling, etcd and NATS are reference rows, with no goal".to_string(),
         ];
         if etcd.is_none() {
             notes.push("etcd not measured: it is not installed (Debian's etcd-server)".into());
@@ -159,6 +202,7 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
 /// A reference peer measured beside wald and Redis.
 #[derive(Clone, Copy)]
 enum Peer<'a> {
+    Ceiling(&'a Ceiling),
     Etcd(&'a Etcd),
     Nats(&'a Nats),
 }
@@ -166,13 +210,36 @@ enum Peer<'a> {
 impl Peer<'_> {
     fn name(self) -> &'static str {
         match self {
+            Peer::Ceiling(ceiling) => match ceiling.design {
+                Design::Hand => {
+                    "ceiling, thread-per-core: hand-written HTTP/1.1, fdatasync per loop turn"
+                }
+                Design::Axum => {
+                    "ceiling, thread-per-core: axum on each loop, fdatasync per loop turn"
+                }
+                Design::WriterThread => {
+                    "ceiling, wald's shape: axum on a work-stealing runtime, a writer thread's group commit"
+                }
+            },
             Peer::Etcd(_) => "etcd put (HTTP gateway)",
             Peer::Nats(_) => "NATS JetStream publish, sync_interval always (async-nats)",
         }
     }
 
+    fn durability(self) -> &'static str {
+        match self {
+            Peer::Ceiling(_) => "fdatasync before 202",
+            Peer::Etcd(_) | Peer::Nats(_) => "fsync before reply",
+        }
+    }
+
     fn short(self) -> &'static str {
         match self {
+            Peer::Ceiling(ceiling) => match ceiling.design {
+                Design::Hand => "ceiling (hand-written)",
+                Design::Axum => "ceiling (axum)",
+                Design::WriterThread => "ceiling (writer thread)",
+            },
             Peer::Etcd(_) => "etcd",
             Peer::Nats(_) => "NATS",
         }
@@ -359,22 +426,39 @@ impl Drop for Etcd {
     }
 }
 
-/// Runs `measure` and divides the CPU process `pid` spent meanwhile by the writes it
-/// answered: the sample and microseconds of CPU per write.
+/// Microseconds of CPU per write: of the server, and of the load generator (this
+/// process and the children it waited for, which is how redis-benchmark is counted).
+#[derive(Clone, Copy)]
+struct Cpu {
+    server: f64,
+    load: f64,
+}
+
+/// Runs `measure` and divides the CPU process `pid` and the load generator spent
+/// meanwhile by the writes it answered.
 fn per_write(
     pid: u32,
     measure: impl FnOnce() -> crate::Result<Sample>,
-) -> crate::Result<(Sample, f64)> {
-    let before = cpu_seconds(pid)?;
+) -> crate::Result<(Sample, Cpu)> {
+    let server = cpu_seconds(&pid.to_string(), false)?;
+    let load = cpu_seconds("self", true)?;
     let started = Instant::now();
     let sample = measure()?;
-    let writes = sample.value * started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid)? - before;
-    Ok((sample, cpu * 1e6 / writes.max(1.0)))
+    let writes = (sample.value * started.elapsed().as_secs_f64()).max(1.0);
+    let server = cpu_seconds(&pid.to_string(), false)? - server;
+    let load = cpu_seconds("self", true)? - load;
+    Ok((
+        sample,
+        Cpu {
+            server: server * 1e6 / writes,
+            load: load * 1e6 / writes,
+        },
+    ))
 }
 
-/// User and system CPU seconds of process `pid` so far, all its threads.
-fn cpu_seconds(pid: u32) -> crate::Result<f64> {
+/// User and system CPU seconds of process `pid` so far, all its threads, and with
+/// `children` those of the children it waited for.
+fn cpu_seconds(pid: &str, children: bool) -> crate::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat
@@ -383,8 +467,13 @@ fn cpu_seconds(pid: u32) -> crate::Result<f64> {
         .1
         .split_whitespace()
         .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after
+    // the name.
+    let times = if children { 11..15 } else { 11..13 };
+    let mut ticks = 0.0;
+    for field in &fields[times] {
+        ticks += field.parse::<f64>()?;
+    }
     Ok(ticks / rustix::param::clock_ticks_per_second() as f64)
 }
 
