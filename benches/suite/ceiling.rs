@@ -41,21 +41,14 @@ impl Ceiling {
     pub fn start(dir: &Path, design: Design) -> crate::Result<Self> {
         let dir = dir.join(format!("ceiling-{}", design.arg()));
         std::fs::create_dir_all(&dir)?;
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .arg("--ceiling-server")
-            .arg(&dir)
-            .arg(design.arg())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?),
-            &mut line,
-        )?;
-        let address = line.trim().parse()?;
+        let (child, address) = crate::process::start_server(&[
+            "--ceiling-server".as_ref(),
+            dir.as_os_str(),
+            design.arg().as_ref(),
+        ])?;
         Ok(Self {
             child,
-            address,
+            address: address.parse()?,
             design,
         })
     }

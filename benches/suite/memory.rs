@@ -99,16 +99,7 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
 
 /// Resident size of this binary serving the bare handler in a child process.
 fn bare_rss() -> crate::Result<f64> {
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("--bare-server")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?),
-        &mut line,
-    )?;
-    let address = line.trim().to_string();
+    let (mut child, address) = crate::process::start_server(&["--bare-server".as_ref()])?;
     // One request, so that the server has served like wald had by its readiness.
     crate::process::request(&address, "POST", "/api/v1/wal/write", "{}")?;
     std::thread::sleep(Duration::from_millis(500));

@@ -55,6 +55,21 @@ impl Wald {
     }
 }
 
+/// Starts this binary as a child process with `args` (one of the suite's servers, see
+/// `main`), and reads the address it prints first.
+pub fn start_server(args: &[&std::ffi::OsStr]) -> crate::Result<(Child, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?),
+        &mut line,
+    )?;
+    Ok((child, line.trim().to_string()))
+}
+
 /// The `wald` binary measured: this build's, or the one the environment variable
 /// `WALD_BENCH_BINARY` names, to measure another build against the same baselines.
 fn binary() -> std::ffi::OsString {
