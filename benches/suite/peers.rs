@@ -47,7 +47,7 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
     let body = http::single_write();
     let address: std::net::SocketAddr = wald.address.parse()?;
     let period = Duration::from_secs(mode.seconds);
-    // wald, Redis, the ceiling, then the reference peers that are installed.
+    // wald, Redis, the ceilings, then the reference peers that are installed.
     let peers: Vec<Peer> = ceilings
         .iter()
         .map(Peer::Ceiling)
@@ -166,7 +166,7 @@ pub fn run(mode: &Mode) -> crate::Result<Vec<Table>> {
                 rows[4].median() / rows[1].median().max(1.0),
                 rows[0].median() / rows[4].median().max(1.0),
             ),
-            "the ceiling, etcd and NATS are reference rows, with no goal".to_string(),
+            "the ceilings, etcd and NATS are reference rows, with no goal".to_string(),
         ];
         if etcd.is_none() {
             notes.push("etcd not measured: it is not installed (Debian's etcd-server)".into());
