@@ -12,11 +12,12 @@
 //! Scenarios: 1 HTTP writes (against the same server answering without an append; and
 //! the real binary against Redis with `appendfsync always` at 64 and 256 connections,
 //! beside the ceilings of three designs, etcd and NATS JetStream), 2 the log engine
-//! alone, 3 the batch route, 4 end to end to Postgres, 5 the shared backends (Redis Streams against redis-benchmark; Kafka
-//! and SQS functional figures), 6 reloads, 7 memory, 8 start-up and recovery, 9 a
-//! target's health (healing after an outage with and without the breaker; rate
-//! limiting), 10 processing (filter and transform at delivery; a schema at ingest), 11
-//! DLQ replay on each backend, 12 a Kafka namespace's memory holding delayed messages.
+//! alone, 3 the batch route, 4 end to end to Postgres, 5 the shared backends (Redis
+//! Streams against redis-benchmark; Kafka and SQS functional figures), 6 reloads, 7
+//! memory, 8 start-up and recovery, 9 a target's health (healing after an outage with
+//! and without the breaker; rate limiting), 10 processing (filter and transform at
+//! delivery; a schema at ingest), 11 DLQ replay on each backend, 12 a Kafka namespace's
+//! memory holding delayed messages.
 //! A scenario whose service is missing (Postgres, redis-server) says so and the others
 //! go on. Results, with how to read them, are in `docs/benchmarks.md`.
 
