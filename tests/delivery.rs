@@ -263,10 +263,7 @@ async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_f
     .await?;
     assert_eq!(target(&status, "hook")["attempts"], 1, "{status}");
 
-    let ns: Value = reqwest::get(server.url("/api/v1/wal/namespace/shop/status"))
-        .await?
-        .json()
-        .await?;
+    let ns = namespace_status(&server, "shop").await?;
     assert_eq!(ns["dlq_depth"], 2, "{ns}");
     let data = dir.path().join("data");
     stop(server.child).await?;
@@ -303,6 +300,12 @@ async fn messages_reach_every_target_with_retries_and_the_dlq_takes_what_keeps_f
         Some("1")
     );
     Ok(())
+}
+
+/// `namespace`'s status, as the API shows it.
+async fn namespace_status(server: &Server, namespace: &str) -> Result<Value> {
+    let url = server.url(&format!("/api/v1/wal/namespace/{namespace}/status"));
+    Ok(reqwest::get(url).await?.json().await?)
 }
 
 /// A webhook, and in a new directory the `shop` pipeline (`pipelines/`) delivering to
@@ -363,10 +366,6 @@ async fn a_reader_that_only_passes_messages_over_commits_at_a_pace() -> Result {
         std::fs::read_to_string(&file)? + "[producer]\ntype = \"embedded\"\nsync = \"interval\"\n";
     std::fs::write(&file, with_producer)?;
     let server = Server::start(&pipes, &data, &[]).await?;
-    let status = |server: &Server| {
-        let url = server.url("/api/v1/wal/namespace/shop/status");
-        async move { Ok::<Value, Box<dyn std::error::Error>>(reqwest::get(url).await?.json().await?) }
-    };
     let client = reqwest::Client::new();
     let started = Instant::now();
     for n in 0..60 {
@@ -378,7 +377,7 @@ async fn a_reader_that_only_passes_messages_over_commits_at_a_pace() -> Result {
         assert_eq!(response.status(), 202);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let shown = status(&server).await?;
+    let shown = namespace_status(&server, "shop").await?;
     let elapsed = started.elapsed();
     let commits = shown["delays_reader"]["commits"]
         .as_u64()
@@ -400,7 +399,7 @@ async fn a_reader_that_only_passes_messages_over_commits_at_a_pace() -> Result {
     let server = Server::start(&pipes, &data, &[]).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let shown = status(&server).await?;
+        let shown = namespace_status(&server, "shop").await?;
         let delivered: std::collections::BTreeSet<u64> = hook_state
             .calls
             .lock()
@@ -828,10 +827,7 @@ async fn dead_letters_are_listed_and_replayed_and_a_message_cannot_replay_foreve
             .contains("max_replays")
     );
 
-    let ns: Value = reqwest::get(server.url("/api/v1/wal/namespace/shop/status"))
-        .await?
-        .json()
-        .await?;
+    let ns = namespace_status(&server, "shop").await?;
     assert_eq!(
         ns["dlq_depth"], 1,
         "only the hopeless message is parked: {ns}"
@@ -916,10 +912,7 @@ async fn a_replay_longer_than_the_request_timeout_goes_on_and_shows_in_status() 
     // It goes on, and the namespace's status follows it to its end.
     let deadline = Instant::now() + Duration::from_secs(20);
     let shown = loop {
-        let ns: Value = reqwest::get(server.url("/api/v1/wal/namespace/shop/status"))
-            .await?
-            .json()
-            .await?;
+        let ns = namespace_status(&server, "shop").await?;
         let shown = ns["dlq_replays"][0].clone();
         if shown["state"] != "running" || Instant::now() > deadline {
             break shown;
@@ -1092,10 +1085,7 @@ async fn a_target_that_never_answers_does_not_stop_writes_and_the_backlog_waits_
         assert_eq!(r.status(), 202, "writes go on while the target hangs");
     }
     let after = rss_kib(pid)?;
-    let ns: Value = reqwest::get(server.url("/api/v1/wal/namespace/slow/status"))
-        .await?
-        .json()
-        .await?;
+    let ns = namespace_status(&server, "slow").await?;
     assert_eq!(ns["log"]["next_offset"], 10_500);
     let lag = ns["consumer_groups"][0]["lag"].as_u64().unwrap_or(0);
     assert!(
@@ -1262,10 +1252,7 @@ async fn a_redis_restart_loses_nothing_and_delivery_resumes() -> Result {
             "message {n}"
         );
     }
-    let status: Value = reqwest::get(server.url("/api/v1/wal/namespace/cache/status"))
-        .await?
-        .json()
-        .await?;
+    let status = namespace_status(&server, "cache").await?;
     assert_eq!(status["dlq_depth"], 0, "{status:#}");
     assert!(
         status["targets"][0]["delivery"]["retried"].as_u64() > Some(0),
